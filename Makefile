@@ -1,0 +1,51 @@
+# hmr2-worker — every entry point is a target here.
+#   make demo    set-up, then the demo (throwaway redis-server, tiny model, overlays in demo-out/)
+#   make test    set-up, then every check: fmt, clippy, Rust tests, Python tests, deploy tests
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+PY := .venv/bin/python
+
+.PHONY: help setup build release demo test test-rust test-python test-deploy lint fmt bench gpu-check clean
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+setup:
+	@scripts/setup
+
+build: setup
+	$(CARGO) build
+
+release: setup
+	$(CARGO) build --release
+
+demo: release
+	./target/release/hmr2-worker demo $(ARGS)
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: setup lint test-python test-rust test-deploy
+
+test-rust: setup
+	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-2}
+
+test-python: setup
+	$(PY) -m pytest -q models/tests benches/baseline
+
+test-deploy: setup
+	@if [ -x deploy/tests/run ]; then deploy/tests/run; fi
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: release
+	./target/release/hmr2-worker bench $(ARGS)
+
+gpu-check:
+	scripts/gpu-check.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,101 @@
+//! `hmr2-worker check`: what this machine and configuration can do, in one screen.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::gpu;
+use crate::model::{self, Model, TorchModel};
+
+/// Prints versions, device and memory figures; fails when the configured device or the model
+/// cannot be used.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let mut out = String::new();
+    let cuda = tch::Cuda::is_available();
+    let count = if cuda { tch::Cuda::device_count() } else { 0 };
+    let _ = writeln!(out, "hmr2-worker   {}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "libtorch      {}", torch_version());
+    let _ = writeln!(out, "cuda          {}", yes_no(cuda));
+    let _ = writeln!(out, "cudnn         {}", yes_no(tch::Cuda::cudnn_is_available()));
+    let _ = writeln!(out, "cuda devices  {count}");
+    let _ = writeln!(out, "configured    {}", config.model.device);
+    print!("{out}");
+    let device = model::resolve_device(config.device())?;
+    println!("device        {}", model::device_label(device));
+    if let tch::Device::Cuda(n) = device {
+        print_gpu_memory(n);
+    }
+    if config.model.path.exists() {
+        let mut m = TorchModel::load(&config.model.path, device)?;
+        println!("model         {} ({})", config.model.path.display(), m.meta().label());
+        println!("model meta    {}", m.meta().raw);
+        let crops = vec![0u8; crate::image::CROP * crate::image::CROP * 3];
+        m.forward(&crops, 1, false)?;
+        println!("forward       ok (1 frame)");
+        if let tch::Device::Cuda(n) = device {
+            print_gpu_memory(n);
+        }
+    } else {
+        println!(
+            "model         {} not found (run `make setup` or export one)",
+            config.model.path.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_gpu_memory(n: usize) {
+    match gpu::memory_info(n) {
+        Ok(m) => println!(
+            "memory        {:.2} GiB free of {:.2} GiB",
+            gib(m.free as f64),
+            gib(m.total as f64)
+        ),
+        Err(e) => println!("memory        unavailable: {e}"),
+    }
+    match gpu::stats(n) {
+        Ok(s) => println!(
+            "allocator     allocated {:.1} MiB, reserved {:.1} MiB, peak {:.1} MiB",
+            mib(s.allocated as f64),
+            mib(s.reserved as f64),
+            mib(s.peak_allocated as f64)
+        ),
+        Err(e) => println!("allocator     unavailable: {e}"),
+    }
+}
+
+/// The libtorch version this binary runs with, read from the loaded library's folder.
+pub fn torch_version() -> String {
+    // The wheel's `torch/version.py` sits next to `lib/`; fall back to the linked version.
+    let from_env = std::env::var("LIBTORCH").ok();
+    let candidates = from_env
+        .into_iter()
+        .chain([concat!(env!("CARGO_MANIFEST_DIR"), "/.libtorch").to_string()]);
+    for dir in candidates {
+        if let Ok(s) = std::fs::read_to_string(format!("{dir}/version.py")) {
+            if let Some(v) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("__version__ = "))
+                .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+            {
+                return v;
+            }
+        }
+    }
+    "2.11.0 (linked)".to_string()
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "available"
+    } else {
+        "not available"
+    }
+}
+
+fn gib(b: f64) -> f64 {
+    b / (1u64 << 30) as f64
+}
+
+fn mib(b: f64) -> f64 {
+    b / (1u64 << 20) as f64
+}

@@ -1,0 +1,372 @@
+//! One `Config`, layered: embedded `config/default.toml` → `--config FILE` → `HMR2_*`
+//! environment (nested with `__`) → command-line flags; validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// The embedded defaults, which double as the reference documentation of every setting.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything the worker can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub queue: QueueConfig,
+    pub model: ModelConfig,
+    pub gpu: GpuConfig,
+    pub limits: LimitsConfig,
+    pub pipeline: PipelineConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL, possibly with credentials (never logged; see [`redact_url`]).
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+}
+
+/// The queue protocol's knobs (DESIGN §3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub prefix: String,
+    pub max_batch: usize,
+    pub block_ms: u64,
+    pub claim_idle_ms: u64,
+    pub claim_interval_ms: u64,
+    pub max_deliveries: u64,
+    pub results_maxlen: u64,
+    pub dead_maxlen: u64,
+    pub consumer: String,
+    pub gauge_interval_ms: u64,
+}
+
+/// Which model, on which device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    pub device: String,
+}
+
+/// GPU memory policy (DESIGN §4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    pub release: ReleasePolicy,
+    pub release_threshold_bytes: u64,
+    pub drift_tolerance_bytes: u64,
+    pub max_consecutive_failures: u32,
+}
+
+/// When the caching allocator's unused blocks go back to the driver.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleasePolicy {
+    PerJob,
+    Threshold,
+    Never,
+}
+
+/// Input limits: anything beyond them is rejected before it costs memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_image_bytes: usize,
+    pub max_pixels: u64,
+    pub max_boxes: usize,
+    pub max_job_bytes: usize,
+}
+
+/// CPU-side pipeline sizing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub decode_threads: usize,
+    pub queue_depth: usize,
+}
+
+/// The metrics / health listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub grace_seconds: u64,
+}
+
+/// A device as configured: resolved to a concrete one at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(format!(
+                    "unknown device {other:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+                )),
+            },
+        }
+    }
+}
+
+/// Setting overrides from the command line (the last layer).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides(Vec<(&'static str, figment::value::Value)>);
+
+impl Overrides {
+    /// Sets `key` (dotted, e.g. `"redis.url"`) when `value` is present.
+    pub fn set<T: Serialize>(&mut self, key: &'static str, value: Option<T>) -> &mut Self {
+        if let Some(v) = value {
+            if let Ok(v) = figment::value::Value::serialize(v) {
+                self.0.push((key, v));
+            }
+        }
+        self
+    }
+}
+
+impl Config {
+    /// The embedded defaults alone (no file, no environment).
+    pub fn defaults() -> Self {
+        Self::load(None, &Overrides::default(), false).expect("embedded defaults are valid")
+    }
+
+    /// Loads every layer; `env` says whether `HMR2_*` variables are read.
+    pub fn load(file: Option<&Path>, flags: &Overrides, env: bool) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        if env {
+            // Only nested keys (HMR2_SECTION__KEY); other HMR2_* variables are not settings.
+            fig = fig.merge(
+                Env::prefixed("HMR2_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            );
+        }
+        for (key, value) in &flags.0 {
+            fig = fig.merge(Serialized::default(key, value.clone()));
+        }
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value once, with a message naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        match url::Url::parse(&self.redis.url) {
+            Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
+            Ok(u) => {
+                return bad(
+                    "redis.url",
+                    format!(
+                        "{} is not a redis:// or rediss:// URL with a host",
+                        redact_url(u.as_str())
+                    ),
+                )
+            }
+            Err(e) => return bad("redis.url", format!("cannot parse URL: {e}")),
+        }
+        if self.redis.pool_size == 0 {
+            return bad("redis.pool_size", "must be at least 1");
+        }
+        let p = &self.queue.prefix;
+        if p.is_empty() || p.len() > 64 || p.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return bad(
+                "queue.prefix",
+                "must be 1-64 characters without whitespace",
+            );
+        }
+        if self.queue.max_batch == 0 || self.queue.max_batch > 1024 {
+            return bad("queue.max_batch", "must be between 1 and 1024");
+        }
+        if self.queue.block_ms == 0 {
+            return bad(
+                "queue.block_ms",
+                "must be at least 1 (0 would block forever and stall shutdown)",
+            );
+        }
+        if self.queue.claim_idle_ms < self.queue.block_ms {
+            return bad(
+                "queue.claim_idle_ms",
+                "must be at least queue.block_ms, or live workers' entries would be stolen",
+            );
+        }
+        if self.queue.claim_interval_ms == 0 || self.queue.gauge_interval_ms == 0 {
+            return bad("queue.claim_interval_ms", "intervals must be at least 1 ms");
+        }
+        if self.queue.max_deliveries == 0 {
+            return bad("queue.max_deliveries", "must be at least 1");
+        }
+        if self.queue.results_maxlen == 0 || self.queue.dead_maxlen == 0 {
+            return bad("queue.results_maxlen", "stream caps must be at least 1");
+        }
+        if let Err(e) = DeviceSpec::parse(&self.model.device) {
+            return bad("model.device", e);
+        }
+        if self.model.path.as_os_str().is_empty() {
+            return bad("model.path", "must name a TorchScript file");
+        }
+        if self.gpu.release == ReleasePolicy::Threshold && self.gpu.release_threshold_bytes == 0 {
+            return bad(
+                "gpu.release_threshold_bytes",
+                "must be above 0 when gpu.release = \"threshold\"",
+            );
+        }
+        if self.limits.max_image_bytes == 0 || self.limits.max_pixels == 0 {
+            return bad("limits.max_image_bytes", "image limits must be above 0");
+        }
+        if self.limits.max_boxes == 0 {
+            return bad("limits.max_boxes", "must be at least 1");
+        }
+        if self.pipeline.queue_depth == 0 {
+            return bad("pipeline.queue_depth", "must be at least 1");
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "http.listen",
+                format!("{:?} is not an address like 0.0.0.0:9464", self.http.listen),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad("log.level", format!("not a valid filter: {e}"));
+        }
+        Ok(())
+    }
+
+    /// The configured device.
+    pub fn device(&self) -> DeviceSpec {
+        DeviceSpec::parse(&self.model.device).expect("validated")
+    }
+
+    /// Threads that decode images.
+    pub fn decode_threads(&self) -> usize {
+        match self.pipeline.decode_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// This worker's consumer name in the group.
+    pub fn consumer_name(&self) -> String {
+        if self.queue.consumer.is_empty() {
+            crate::telemetry::worker_id()
+        } else {
+            self.queue.consumer.clone()
+        }
+    }
+
+    /// The configuration as TOML, with the Redis password redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.redis.url = redact_url(&c.redis.url);
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`; anything unparsable is hidden whole.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable url>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_design() {
+        let c = Config::defaults();
+        assert_eq!(c.queue.prefix, "hmr2");
+        assert_eq!(c.gpu.release, ReleasePolicy::PerJob);
+        assert_eq!(c.http.listen, "0.0.0.0:9464");
+        assert_eq!(c.device(), DeviceSpec::Auto);
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(DeviceSpec::parse("cuda:3"), Ok(DeviceSpec::Cuda(3)));
+        assert_eq!(DeviceSpec::parse("cuda"), Ok(DeviceSpec::Cuda(0)));
+        assert!(DeviceSpec::parse("tpu").unwrap_err().contains("unknown device"));
+        assert!(DeviceSpec::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn redaction_hides_passwords() {
+        let r = redact_url("redis://worker:s3cret@redis:6379/0");
+        assert!(!r.contains("s3cret"), "{r}");
+        assert!(r.contains("worker:***@redis"), "{r}");
+        assert_eq!(redact_url("not a url"), "<unparsable url>");
+        let mut c = Config::defaults();
+        c.redis.url = "rediss://:hunter2@h:6380".into();
+        assert!(!c.to_redacted_toml().contains("hunter2"));
+    }
+}

@@ -1,0 +1,302 @@
+//! The model behind a small trait: the worker loop runs the tiny TorchScript model on a CPU in
+//! tests and the full model on a GPU with no other change.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use crate::config::DeviceSpec;
+use crate::error::ModelError;
+use crate::image::CROP;
+
+/// Outputs the worker needs from every model.
+pub const REQUIRED_OUTPUTS: &[&str] = &[
+    "pred_cam",
+    "global_orient",
+    "body_pose",
+    "betas",
+    "keypoints_3d",
+];
+
+/// Number of 3D keypoints (25 OpenPose-order joints + 19 J19 joints).
+pub const NUM_KEYPOINTS: usize = 44;
+/// Number of SMPL vertices.
+pub const NUM_VERTICES: usize = 6890;
+
+/// What a model file says about itself (`meta()`), checked at load.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelMeta {
+    pub name: String,
+    #[serde(default)]
+    pub preset: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub dtype: String,
+    pub input_size: [usize; 2],
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub smpl: String,
+    #[serde(default)]
+    pub weights: String,
+    /// The raw JSON, for `check` and logs.
+    #[serde(skip)]
+    pub raw: String,
+}
+
+impl ModelMeta {
+    /// Parses and checks `meta()` against the worker's contract.
+    pub fn parse(raw: &str) -> Result<Self, ModelError> {
+        let mut meta: ModelMeta = serde_json::from_str(raw)
+            .map_err(|e| ModelError::Contract(format!("meta() is not the expected JSON: {e}")))?;
+        meta.raw = raw.to_string();
+        if meta.input_size != [CROP, CROP] {
+            return Err(ModelError::Contract(format!(
+                "model expects {:?} crops, the worker makes [{CROP}, {CROP}]",
+                meta.input_size
+            )));
+        }
+        for key in REQUIRED_OUTPUTS {
+            if !meta.outputs.contains_key(*key) {
+                return Err(ModelError::Contract(format!(
+                    "model has no `{key}` output (it has: {})",
+                    meta.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Short label for results and `hmr2_build_info`: `hmr2 tiny bf16`.
+    pub fn label(&self) -> String {
+        [self.name.as_str(), self.preset.as_str(), self.dtype.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Whether the model returns vertices at all.
+    pub fn has_vertices(&self) -> bool {
+        self.outputs.contains_key("vertices")
+    }
+}
+
+/// Host-side outputs of one forward pass of `n` crops, row-major `f32`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchOutput {
+    pub n: usize,
+    /// `[n, 3]` weak-perspective camera (s, tx, ty).
+    pub pred_cam: Vec<f32>,
+    /// `[n, 9]` root rotation matrix.
+    pub global_orient: Vec<f32>,
+    /// `[n, 23 * 9]` joint rotation matrices.
+    pub body_pose: Vec<f32>,
+    /// `[n, 10]` shape coefficients.
+    pub betas: Vec<f32>,
+    /// `[n, 44 * 3]` 3D keypoints, metres, camera-aligned.
+    pub keypoints_3d: Vec<f32>,
+    /// `[n, 6890 * 3]` vertices when requested and available.
+    pub vertices: Option<Vec<f32>>,
+}
+
+impl BatchOutput {
+    /// Output of the frames `range` (used when the OOM ladder splits a batch).
+    pub fn append(&mut self, other: BatchOutput) {
+        self.n += other.n;
+        self.pred_cam.extend(other.pred_cam);
+        self.global_orient.extend(other.global_orient);
+        self.body_pose.extend(other.body_pose);
+        self.betas.extend(other.betas);
+        self.keypoints_3d.extend(other.keypoints_3d);
+        match (&mut self.vertices, other.vertices) {
+            (Some(a), Some(b)) => a.extend(b),
+            (None, Some(b)) if self.n == b.len() / (NUM_VERTICES * 3) => self.vertices = Some(b),
+            _ => {}
+        }
+    }
+}
+
+/// A model the inference thread can run. Implementations live on one thread.
+pub trait Model {
+    /// Runs `n` crops (`n * 256 * 256 * 3` RGB bytes) and returns host-side outputs. Every
+    /// device tensor is dropped before this returns.
+    fn forward(&mut self, crops: &[u8], n: usize, vertices: bool) -> Result<BatchOutput, ModelError>;
+    /// What the model says about itself.
+    fn meta(&self) -> &ModelMeta;
+    /// The device label, e.g. `cuda:0`.
+    fn device_label(&self) -> String;
+    /// The CUDA ordinal, when on a GPU.
+    fn cuda_index(&self) -> Option<usize>;
+}
+
+/// A TorchScript file made by `python -m models.export`, run through libtorch.
+pub struct TorchModel {
+    module: CModule,
+    device: Device,
+    meta: ModelMeta,
+}
+
+/// Resolves a configured device against what this process can use.
+pub fn resolve_device(spec: DeviceSpec) -> Result<Device, ModelError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto => Ok(if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
+        DeviceSpec::Cuda(n) => {
+            let count = if tch::Cuda::is_available() {
+                tch::Cuda::device_count() as usize
+            } else {
+                0
+            };
+            if n < count {
+                Ok(Device::Cuda(n))
+            } else if count == 0 {
+                Err(ModelError::Device(
+                    format!("cuda:{n}"),
+                    "CUDA is not available in this process (no GPU or no driver)".into(),
+                ))
+            } else {
+                Err(ModelError::Device(
+                    format!("cuda:{n}"),
+                    format!("only {count} CUDA device(s) visible"),
+                ))
+            }
+        }
+    }
+}
+
+/// `cpu` or `cuda:N`.
+pub fn device_label(d: Device) -> String {
+    match d {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    }
+}
+
+impl TorchModel {
+    /// Loads a TorchScript file onto `device`, reads and checks its `meta()`.
+    pub fn load(path: &Path, device: Device) -> Result<Self, ModelError> {
+        let load_err = |message: String| ModelError::Load {
+            path: path.display().to_string(),
+            message,
+        };
+        if !path.exists() {
+            return Err(load_err(
+                "no such file (run `make setup` for the tiny model, or `python -m models.export`)"
+                    .into(),
+            ));
+        }
+        if let Device::Cuda(_) = device {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let mut module = CModule::load_on_device(path, device)
+            .map_err(|e| load_err(first_line(&e.to_string())))?;
+        module.set_eval();
+        let raw = match module.method_is::<IValue>("meta", &[]) {
+            Ok(IValue::String(s)) => s,
+            Ok(other) => {
+                return Err(ModelError::Contract(format!(
+                    "meta() returned {other:?}, expected a JSON string"
+                )))
+            }
+            Err(e) => {
+                return Err(ModelError::Contract(format!(
+                    "model has no meta() method: {}",
+                    first_line(&e.to_string())
+                )))
+            }
+        };
+        let meta = ModelMeta::parse(&raw)?;
+        Ok(TorchModel {
+            module,
+            device,
+            meta,
+        })
+    }
+
+    fn run(&mut self, crops: &[u8], n: usize, vertices: bool) -> Result<BatchOutput, tch::TchError> {
+        let _guard = tch::no_grad_guard();
+        let input = Tensor::from_slice(crops)
+            .view([n as i64, CROP as i64, CROP as i64, 3])
+            .to_device(self.device);
+        let out = self.module.forward_is(&[IValue::Tensor(input)])?;
+        let IValue::GenericDict(pairs) = out else {
+            return Err(tch::TchError::Kind(format!(
+                "forward returned {out:?}, expected Dict[str, Tensor]"
+            )));
+        };
+        let mut o = BatchOutput {
+            n,
+            ..Default::default()
+        };
+        for (k, v) in pairs {
+            let (IValue::String(key), IValue::Tensor(t)) = (k, v) else {
+                continue;
+            };
+            let slot = match key.as_str() {
+                "pred_cam" => &mut o.pred_cam,
+                "global_orient" => &mut o.global_orient,
+                "body_pose" => &mut o.body_pose,
+                "betas" => &mut o.betas,
+                "keypoints_3d" => &mut o.keypoints_3d,
+                "vertices" if vertices => o.vertices.get_or_insert_with(Vec::new),
+                _ => continue,
+            };
+            // Copy to the host; the device tensor `t` is dropped at the end of this iteration.
+            let host = t
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous()
+                .view([-1]);
+            *slot = Vec::<f32>::try_from(&host)?;
+        }
+        let expect = [
+            ("pred_cam", o.pred_cam.len(), 3),
+            ("global_orient", o.global_orient.len(), 9),
+            ("body_pose", o.body_pose.len(), 23 * 9),
+            ("betas", o.betas.len(), 10),
+            ("keypoints_3d", o.keypoints_3d.len(), NUM_KEYPOINTS * 3),
+        ];
+        for (name, got, per) in expect {
+            if got != n * per {
+                return Err(tch::TchError::Kind(format!(
+                    "output {name} has {got} values, expected {n} x {per}"
+                )));
+            }
+        }
+        Ok(o)
+    }
+}
+
+impl Model for TorchModel {
+    fn forward(&mut self, crops: &[u8], n: usize, vertices: bool) -> Result<BatchOutput, ModelError> {
+        assert_eq!(crops.len(), n * CROP * CROP * 3, "crop buffer size");
+        self.run(crops, n, vertices)
+            .map_err(|e| ModelError::from_torch(e.to_string()))
+    }
+
+    fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    fn device_label(&self) -> String {
+        device_label(self.device)
+    }
+
+    fn cuda_index(&self) -> Option<usize> {
+        match self.device {
+            Device::Cuda(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
