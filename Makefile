@@ -33,7 +33,7 @@ test-rust: setup
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-2}
 
 test-python: setup
-	$(PY) -m pytest -q models/tests benches/baseline
+	$(PY) -m pytest -q models/tests
 
 test-deploy: setup
 	@if [ -x deploy/tests/run ]; then deploy/tests/run; fi

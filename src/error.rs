@@ -89,7 +89,13 @@ impl ModelError {
     /// "CUDA out of memory. Tried to allocate ..." (and "out of memory" from other backends).
     pub fn from_torch(message: String) -> Self {
         if is_oom_message(&message) {
-            ModelError::OutOfMemory(first_line(&message))
+            // TorchScript puts its own line first; keep the allocator's line.
+            let line = message
+                .lines()
+                .find(|l| is_oom_message(l))
+                .map(|l| l.trim().chars().take(300).collect())
+                .unwrap_or_else(|| first_line(&message));
+            ModelError::OutOfMemory(line)
         } else {
             ModelError::Forward(first_line(&message))
         }
@@ -148,6 +154,10 @@ mod tests {
         );
         assert_eq!(e.code(), "out_of_memory");
         assert!(!e.to_string().contains("stack"));
+        let e = ModelError::from_torch(
+            "The following operation failed in the TorchScript interpreter.\nTraceback\nRuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB".into(),
+        );
+        assert!(e.to_string().contains("Tried to allocate"), "{e}");
         let e = ModelError::from_torch("shape mismatch".into());
         assert_eq!(e.code(), "inference_failed");
     }
