@@ -15,7 +15,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let _ = writeln!(out, "hmr2-worker   {}", env!("CARGO_PKG_VERSION"));
     let _ = writeln!(out, "libtorch      {}", torch_version());
     let _ = writeln!(out, "cuda          {}", yes_no(cuda));
-    let _ = writeln!(out, "cudnn         {}", yes_no(tch::Cuda::cudnn_is_available()));
+    let _ = writeln!(
+        out,
+        "cudnn         {}",
+        yes_no(tch::Cuda::cudnn_is_available())
+    );
     let _ = writeln!(out, "cuda devices  {count}");
     let _ = writeln!(out, "configured    {}", config.model.device);
     print!("{out}");
@@ -26,7 +30,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     if config.model.path.exists() {
         let mut m = TorchModel::load(&config.model.path, device)?;
-        println!("model         {} ({})", config.model.path.display(), m.meta().label());
+        println!(
+            "model         {} ({})",
+            config.model.path.display(),
+            m.meta().label()
+        );
         println!("model meta    {}", m.meta().raw);
         let crops = vec![0u8; crate::image::CROP * crate::image::CROP * 3];
         m.forward(&crops, 1, false)?;
@@ -67,9 +75,10 @@ fn print_gpu_memory(n: usize) {
 pub fn torch_version() -> String {
     // The wheel's `torch/version.py` sits next to `lib/`; fall back to the linked version.
     let from_env = std::env::var("LIBTORCH").ok();
-    let candidates = from_env
-        .into_iter()
-        .chain([concat!(env!("CARGO_MANIFEST_DIR"), "/.libtorch").to_string()]);
+    let candidates =
+        from_env
+            .into_iter()
+            .chain([concat!(env!("CARGO_MANIFEST_DIR"), "/.libtorch").to_string()]);
     for dir in candidates {
         if let Ok(s) = std::fs::read_to_string(format!("{dir}/version.py")) {
             if let Some(v) = s

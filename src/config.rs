@@ -231,12 +231,8 @@ impl Config {
             return bad("redis.pool_size", "must be at least 1");
         }
         let p = &self.queue.prefix;
-        if p.is_empty() || p.len() > 64 || p.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return bad(
-                "queue.prefix",
-                "must be 1-64 characters without whitespace",
-            );
+        if p.is_empty() || p.len() > 64 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("queue.prefix", "must be 1-64 characters without whitespace");
         }
         if self.queue.max_batch == 0 || self.queue.max_batch > 1024 {
             return bad("queue.max_batch", "must be between 1 and 1024");
@@ -355,7 +351,9 @@ mod tests {
     fn devices_parse() {
         assert_eq!(DeviceSpec::parse("cuda:3"), Ok(DeviceSpec::Cuda(3)));
         assert_eq!(DeviceSpec::parse("cuda"), Ok(DeviceSpec::Cuda(0)));
-        assert!(DeviceSpec::parse("tpu").unwrap_err().contains("unknown device"));
+        assert!(DeviceSpec::parse("tpu")
+            .unwrap_err()
+            .contains("unknown device"));
         assert!(DeviceSpec::parse("cuda:x").is_err());
     }
 

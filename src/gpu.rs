@@ -68,7 +68,9 @@ fn check(code: c_int, err: &[c_char; ERR_LEN]) -> Result<(), GpuError> {
         _ => {
             // SAFETY: the shim always NUL-terminates within ERR_LEN (buffer zeroed beforehand).
             let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-            Err(GpuError::Torch(msg.lines().next().unwrap_or("").to_string()))
+            Err(GpuError::Torch(
+                msg.lines().next().unwrap_or("").to_string(),
+            ))
         }
     }
 }

@@ -23,9 +23,18 @@
 
 pub mod camera;
 pub mod check;
+pub mod cli;
 pub mod config;
+pub mod enqueue;
 pub mod error;
 pub mod gpu;
+pub mod http;
 pub mod image;
+pub mod job;
+pub mod metrics;
 pub mod model;
+pub mod queue;
 pub mod telemetry;
+pub mod worker;
+
+pub use worker::run;

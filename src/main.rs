@@ -5,10 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hmr2_worker::config::{Config, Overrides};
-use hmr2_worker::{check, telemetry};
+use hmr2_worker::{check, cli, telemetry};
 
 #[derive(Parser)]
-#[command(name = "hmr2-worker", version, about = "HMR2.0 human-mesh workers on Redis Streams")]
+#[command(
+    name = "hmr2-worker",
+    version,
+    about = "HMR2.0 human-mesh workers on Redis Streams"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -47,11 +51,38 @@ struct GlobalArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the worker until SIGTERM/SIGINT: in-flight jobs finish within the grace period.
+    Run,
+    /// Enqueues image files (or every .jpg/.jpeg/.png in folders) as jobs; prints the job ids.
+    Enqueue(EnqueueArgs),
     /// Prints versions, the chosen device, CUDA/cuDNN availability and memory figures; exits
     /// non-zero when the configured device or model is unusable.
     Check,
     /// Prints the effective configuration (password redacted).
     Config,
+}
+
+#[derive(Args)]
+struct EnqueueArgs {
+    /// Image files or folders.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Video id: jobs become `<video_id>:<frame_number>`, numbered in file order.
+    #[arg(long)]
+    video_id: Option<String>,
+    /// JSON file with boxes: `[[x1,y1,x2,y2], ...]` for every frame, or
+    /// `{"<file name>": [[...]], ...}` per frame.
+    #[arg(long, value_name = "FILE")]
+    boxes: Option<PathBuf>,
+    /// Send the image bytes in the `image` field instead of base64 in the JSON.
+    #[arg(long)]
+    raw: bool,
+    /// Stream that receives the results (default `{prefix}:results`).
+    #[arg(long)]
+    reply_to: Option<String>,
+    /// Ask for the 6890 mesh vertices too.
+    #[arg(long)]
+    vertices: bool,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +107,20 @@ fn main() -> ExitCode {
     telemetry::init(&config.log);
     let result = match cli.command {
         Command::Check => check::run(&config),
+        Command::Run => runtime().and_then(|rt| rt.block_on(cli::run_worker(config))),
+        Command::Enqueue(a) => runtime().and_then(|rt| {
+            rt.block_on(cli::enqueue(
+                &config,
+                cli::EnqueueOptions {
+                    paths: a.paths,
+                    video_id: a.video_id,
+                    boxes: a.boxes,
+                    raw: a.raw,
+                    reply_to: a.reply_to,
+                    vertices: a.vertices,
+                },
+            ))
+        }),
         Command::Config => {
             print!("{}", config.to_redacted_toml());
             Ok(())
@@ -88,4 +133,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

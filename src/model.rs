@@ -70,12 +70,16 @@ impl ModelMeta {
 
     /// Short label for results and `hmr2_build_info`: `hmr2 tiny bf16`.
     pub fn label(&self) -> String {
-        [self.name.as_str(), self.preset.as_str(), self.dtype.as_str()]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ")
+        [
+            self.name.as_str(),
+            self.preset.as_str(),
+            self.dtype.as_str(),
+        ]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
     }
 
     /// Whether the model returns vertices at all.
@@ -102,28 +106,16 @@ pub struct BatchOutput {
     pub vertices: Option<Vec<f32>>,
 }
 
-impl BatchOutput {
-    /// Output of the frames `range` (used when the OOM ladder splits a batch).
-    pub fn append(&mut self, other: BatchOutput) {
-        self.n += other.n;
-        self.pred_cam.extend(other.pred_cam);
-        self.global_orient.extend(other.global_orient);
-        self.body_pose.extend(other.body_pose);
-        self.betas.extend(other.betas);
-        self.keypoints_3d.extend(other.keypoints_3d);
-        match (&mut self.vertices, other.vertices) {
-            (Some(a), Some(b)) => a.extend(b),
-            (None, Some(b)) if self.n == b.len() / (NUM_VERTICES * 3) => self.vertices = Some(b),
-            _ => {}
-        }
-    }
-}
-
 /// A model the inference thread can run. Implementations live on one thread.
 pub trait Model {
     /// Runs `n` crops (`n * 256 * 256 * 3` RGB bytes) and returns host-side outputs. Every
     /// device tensor is dropped before this returns.
-    fn forward(&mut self, crops: &[u8], n: usize, vertices: bool) -> Result<BatchOutput, ModelError>;
+    fn forward(
+        &mut self,
+        crops: &[u8],
+        n: usize,
+        vertices: bool,
+    ) -> Result<BatchOutput, ModelError>;
     /// What the model says about itself.
     fn meta(&self) -> &ModelMeta;
     /// The device label, e.g. `cuda:0`.
@@ -220,7 +212,12 @@ impl TorchModel {
         })
     }
 
-    fn run(&mut self, crops: &[u8], n: usize, vertices: bool) -> Result<BatchOutput, tch::TchError> {
+    fn run(
+        &mut self,
+        crops: &[u8],
+        n: usize,
+        vertices: bool,
+    ) -> Result<BatchOutput, tch::TchError> {
         let _guard = tch::no_grad_guard();
         let input = Tensor::from_slice(crops)
             .view([n as i64, CROP as i64, CROP as i64, 3])
@@ -275,7 +272,12 @@ impl TorchModel {
 }
 
 impl Model for TorchModel {
-    fn forward(&mut self, crops: &[u8], n: usize, vertices: bool) -> Result<BatchOutput, ModelError> {
+    fn forward(
+        &mut self,
+        crops: &[u8],
+        n: usize,
+        vertices: bool,
+    ) -> Result<BatchOutput, ModelError> {
         assert_eq!(crops.len(), n * CROP * CROP * 3, "crop buffer size");
         self.run(crops, n, vertices)
             .map_err(|e| ModelError::from_torch(e.to_string()))
@@ -299,4 +301,40 @@ impl Model for TorchModel {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
+}
+
+/// One frame's slice of a [`BatchOutput`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameOutput {
+    pub pred_cam: [f32; 3],
+    pub global_orient: [f32; 9],
+    pub body_pose: Vec<f32>,
+    pub betas: Vec<f32>,
+    pub keypoints_3d: Vec<f32>,
+    pub vertices: Option<Vec<f32>>,
+}
+
+impl BatchOutput {
+    /// The outputs of frame `i`.
+    pub fn frame(&self, i: usize) -> FrameOutput {
+        fn slice(v: &[f32], i: usize, per: usize) -> Vec<f32> {
+            v[i * per..(i + 1) * per].to_vec()
+        }
+        let mut pred_cam = [0.0; 3];
+        pred_cam.copy_from_slice(&self.pred_cam[i * 3..i * 3 + 3]);
+        let mut global_orient = [0.0; 9];
+        global_orient.copy_from_slice(&self.global_orient[i * 9..i * 9 + 9]);
+        FrameOutput {
+            pred_cam,
+            global_orient,
+            body_pose: slice(&self.body_pose, i, 23 * 9),
+            betas: slice(&self.betas, i, 10),
+            keypoints_3d: slice(&self.keypoints_3d, i, NUM_KEYPOINTS * 3),
+            vertices: self
+                .vertices
+                .as_ref()
+                .filter(|v| v.len() == self.n * NUM_VERTICES * 3)
+                .map(|v| slice(v, i, NUM_VERTICES * 3)),
+        }
+    }
 }

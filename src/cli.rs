@@ -1,0 +1,122 @@
+//! The long-running commands behind `src/main.rs`: the worker with signal handling, and
+//! `enqueue`. Kept in the library so `main.rs` only parses flags.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::enqueue::{self, Frame};
+use crate::queue::Keys;
+
+/// Runs the worker; SIGTERM or SIGINT starts a graceful shutdown, a second one exits at once.
+pub async fn run_worker(config: Config) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    tokio::spawn(stop_on_signal(token.clone()));
+    crate::run(config, token).await?;
+    Ok(())
+}
+
+/// Cancels `token` on the first SIGTERM/SIGINT; exits the process on the second.
+pub async fn stop_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: stopping (send it again to exit at once)");
+    token.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    std::process::exit(130);
+}
+
+/// Options of `hmr2-worker enqueue`.
+pub struct EnqueueOptions {
+    pub paths: Vec<PathBuf>,
+    pub video_id: Option<String>,
+    pub boxes: Option<PathBuf>,
+    pub raw: bool,
+    pub reply_to: Option<String>,
+    pub vertices: bool,
+}
+
+/// Enqueues image files with a progress bar and prints one job id per line.
+pub async fn enqueue(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
+    let files = enqueue::image_files(&o.paths)?;
+    anyhow::ensure!(!files.is_empty(), "no .jpg, .jpeg or .png files found");
+    let boxes: Option<serde_json::Value> = match &o.boxes {
+        Some(p) => Some(
+            serde_json::from_slice(
+                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not JSON", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut frames = Vec::with_capacity(files.len());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    for (i, path) in files.iter().enumerate() {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("frame")
+            .to_string();
+        let frame_boxes = match &boxes {
+            None => None,
+            Some(serde_json::Value::Array(_)) => boxes.clone(),
+            Some(serde_json::Value::Object(map)) => map.get(&name).cloned(),
+            Some(_) => {
+                anyhow::bail!("--boxes must hold a list of boxes or an object keyed by file name")
+            }
+        };
+        let frame_boxes: Option<Vec<[f64; 4]>> = frame_boxes
+            .map(serde_json::from_value)
+            .transpose()
+            .context("boxes must be [[x1, y1, x2, y2], ...]")?;
+        frames.push(Frame {
+            job_id: match &o.video_id {
+                Some(v) => format!("{v}:{i}"),
+                None => format!("{name}-{stamp}-{i}"),
+            },
+            video_id: o.video_id.clone(),
+            frame_number: o.video_id.as_ref().map(|_| i as u64),
+            image: std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            boxes: frame_boxes,
+            reply_to: o.reply_to.clone(),
+            include_vertices: o.vertices,
+        });
+    }
+    let client = redis::Client::open(config.redis.url.as_str())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to {}",
+                crate::config::redact_url(&config.redis.url)
+            )
+        })?;
+    let keys = Keys::new(&config.queue.prefix);
+    let bar = ProgressBar::new(frames.len() as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("enqueue → {}", keys.jobs));
+    enqueue::enqueue(&mut conn, &keys, &frames, o.raw, |n| {
+        bar.set_position(n as u64)
+    })
+    .await?;
+    bar.finish();
+    for f in &frames {
+        println!("{}", f.job_id);
+    }
+    Ok(())
+}

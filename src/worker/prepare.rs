@@ -1,0 +1,114 @@
+//! The CPU stage of one job: parse, decode, check boxes, crop. Runs on a blocking thread.
+
+use std::time::Instant;
+
+use metrics::histogram;
+
+use crate::config::LimitsConfig;
+use crate::error::InputError;
+use crate::image::{self, CropBox, Limits, CROP_BYTES};
+use crate::job::{self, Echo, Job};
+use crate::metrics as m;
+use crate::queue::Entry;
+
+/// A person to run: the box as given (or the whole frame) and its crop geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PersonBox {
+    pub bbox: [f32; 4],
+    pub crop: CropBox,
+}
+
+/// A job ready for the device: its crops, one per person, back to back.
+pub struct Prepared {
+    pub job: Job,
+    pub image_size: [u32; 2],
+    pub people: Vec<PersonBox>,
+    pub crops: Vec<u8>,
+    /// Parse + decode + crop, milliseconds.
+    pub decode_ms: f64,
+}
+
+/// A job rejected for its input, with what can be echoed and the image size when known.
+pub struct Rejected {
+    pub error: InputError,
+    pub echo: Echo,
+    pub image_size: Option<[u32; 2]>,
+}
+
+/// Parses the entry's `job` field, decodes its image and crops every person.
+pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Rejected> {
+    let t = Instant::now();
+    let reject = |error: InputError, echo: &Echo, image_size: Option<[u32; 2]>| Rejected {
+        error,
+        echo: echo.clone(),
+        image_size,
+    };
+    let raw_image = entry.field("image").filter(|b| !b.is_empty());
+    let Some(raw_job) = entry.field("job") else {
+        return Err(reject(
+            InputError::InvalidJob("the stream entry has no `job` field".into()),
+            &Echo::default(),
+            None,
+        ));
+    };
+    let job = job::parse(raw_job, raw_image.is_some(), limits)
+        .map_err(|(error, echo)| reject(error, &echo, None))?;
+    let echo = &job.echo;
+
+    let decoded_b64;
+    let bytes: &[u8] = match (raw_image, &job.image_base64) {
+        (Some(b), _) => b,
+        (None, Some(s)) => {
+            decoded_b64 = image::decode_base64(s, limits.max_image_bytes)
+                .map_err(|e| reject(e, echo, None))?;
+            &decoded_b64
+        }
+        (None, None) => return Err(reject(InputError::MissingImage, echo, None)),
+    };
+    let lim = Limits {
+        max_image_bytes: limits.max_image_bytes,
+        max_pixels: limits.max_pixels,
+    };
+    let info = image::probe(bytes, &lim).map_err(|e| reject(e, echo, None))?;
+    let size = [info.width, info.height];
+    let boxes: Vec<[f32; 4]> = if job.boxes.is_empty() {
+        vec![image::full_frame_box(info.width, info.height)]
+    } else {
+        job.boxes
+            .iter()
+            .map(|b| image::validate_box(*b, info.width, info.height))
+            .collect::<Result<_, _>>()
+            .map_err(|e| reject(e, echo, Some(size)))?
+    };
+    let people: Vec<PersonBox> = boxes
+        .iter()
+        .map(|&bbox| PersonBox {
+            bbox,
+            crop: image::crop_box(bbox),
+        })
+        .collect();
+    let min_box = people
+        .iter()
+        .map(|p| p.crop.size)
+        .fold(f32::INFINITY, f32::min);
+    let frame = image::decode(bytes, &info, image::jpeg_scale_for(min_box))
+        .map_err(|e| reject(e, echo, Some(size)))?;
+    let decoded = t.elapsed().as_secs_f64();
+    histogram!(m::STAGE_DURATION, "stage" => m::stage::DECODE).record(decoded);
+
+    let t2 = Instant::now();
+    let mut crops = vec![0u8; people.len() * CROP_BYTES];
+    for (p, slot) in people.iter().zip(crops.chunks_exact_mut(CROP_BYTES)) {
+        image::crop_into(&frame, &p.crop, slot);
+    }
+    drop(frame);
+    let cropped = t2.elapsed().as_secs_f64();
+    histogram!(m::STAGE_DURATION, "stage" => m::stage::PREPROCESS).record(cropped);
+    Ok(Prepared {
+        job,
+        image_size: size,
+        people,
+        crops,
+        decode_ms: (decoded + cropped) * 1e3,
+    })
+}

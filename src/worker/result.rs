@@ -1,0 +1,77 @@
+//! Postprocess: model outputs of one job's people → the result of the wire contract.
+
+use crate::camera;
+use crate::job::{JobResult, Person, Status, Timings, VERSION};
+use crate::model::{FrameOutput, NUM_KEYPOINTS, NUM_VERTICES};
+use crate::worker::prepare::PersonBox;
+
+/// Identity of the worker, echoed in every result.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub worker: String,
+    pub device: String,
+    pub model: String,
+}
+
+fn mat3(v: &[f32]) -> [[f32; 3]; 3] {
+    [[v[0], v[1], v[2]], [v[3], v[4], v[5]], [v[6], v[7], v[8]]]
+}
+
+fn triples(v: &[f32]) -> Vec<[f32; 3]> {
+    v.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect()
+}
+
+/// One person's result: full-frame camera and 2D keypoints from the crop camera.
+pub fn person(p: &PersonBox, out: FrameOutput, image_size: [u32; 2], vertices: bool) -> Person {
+    let [w, h] = image_size;
+    let cam = camera::cam_full(out.pred_cam, p.crop.center, p.crop.size, w, h);
+    let keypoints_3d = triples(&out.keypoints_3d);
+    debug_assert_eq!(keypoints_3d.len(), NUM_KEYPOINTS);
+    let keypoints_2d = camera::project(&keypoints_3d, &cam, w, h);
+    Person {
+        bbox: p.bbox,
+        box_center: p.crop.center,
+        box_size: p.crop.size,
+        pred_cam: out.pred_cam,
+        pred_cam_t_full: cam.cam_t,
+        focal_length: cam.focal,
+        global_orient: mat3(&out.global_orient),
+        body_pose: out.body_pose.chunks_exact(9).map(mat3).collect(),
+        betas: out.betas,
+        keypoints_3d,
+        keypoints_2d,
+        vertices: if vertices {
+            out.vertices
+                .filter(|v| v.len() == NUM_VERTICES * 3)
+                .map(|v| triples(&v))
+        } else {
+            None
+        },
+    }
+}
+
+/// A successful result.
+pub fn ok_result(
+    entry_id: &str,
+    echo: &crate::job::Echo,
+    image_size: [u32; 2],
+    people: Vec<Person>,
+    timings_ms: Timings,
+    origin: &Origin,
+) -> JobResult {
+    JobResult {
+        v: VERSION,
+        job_id: echo.job_id.clone(),
+        entry_id: entry_id.to_string(),
+        video_id: echo.video_id.clone(),
+        frame_number: echo.frame_number,
+        status: Status::Ok,
+        error: None,
+        image_size: Some(image_size),
+        people,
+        timings_ms,
+        worker: origin.worker.clone(),
+        device: origin.device.clone(),
+        model: origin.model.clone(),
+    }
+}
