@@ -5,7 +5,9 @@
 The file has the worker's model contract (``forward(crops) -> Dict[str, Tensor]``, ``meta()``);
 it wraps the tiny preset and raises ``RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB
 (simulated: batch N > max M)")`` when a batch has more than ``max_batch`` crops, so the worker's
-OOM handling (halving the batch) can be tested on a CPU.
+OOM handling (halving the batch) can be tested on a CPU. A crop that is entirely white (every
+byte 255) never fits, not even alone: it stands for a frame that fails at batch size one, which
+the worker must leave pending for a retry and dead-letter after ``max_deliveries``.
 """
 
 import argparse
@@ -42,6 +44,11 @@ class OomModel(nn.Module):
                 "CUDA out of memory. Tried to allocate 2.00 GiB (simulated: batch {} > max {})".format(
                     b, self.max_batch
                 )
+            )
+        white = crops.reshape(b, -1).amin(dim=1) == 255
+        if bool(white.any()):
+            raise RuntimeError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (simulated: an all-white crop never fits)"
             )
         return self.model(crops)
 

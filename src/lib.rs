@@ -34,6 +34,7 @@ pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod queue;
+pub mod redis_server;
 pub mod telemetry;
 pub mod worker;
 

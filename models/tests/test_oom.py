@@ -23,3 +23,13 @@ def test_oom_model_fails_above_its_limit_only(tmp_path, capsys):
         message = r"CUDA out of memory\. Tried to allocate 2\.00 GiB \(simulated: batch 3 > max 2\)"
         with pytest.raises(Exception, match=message):
             model(make_crops(3))
+
+
+def test_an_all_white_crop_never_fits():
+    model = oom_model.make(max_batch=4)
+    crops = make_crops(2)
+    crops[1] = 255
+    with torch.no_grad():
+        with pytest.raises(Exception, match="all-white crop never fits"):
+            model(crops)
+        assert model(crops[:1])["pred_cam"].shape == (1, 3)

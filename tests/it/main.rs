@@ -1,0 +1,8 @@
+//! Integration tests: one binary, a real `redis-server` (one shared server, a key prefix per
+//! test; tests that restart Redis start their own), the tiny TorchScript model on the CPU.
+
+mod crop;
+mod lifecycle;
+mod observability;
+mod support;
+mod worker;

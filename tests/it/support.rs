@@ -1,0 +1,248 @@
+//! Shared helpers: Redis, workers (in-process and as child processes), frames, results.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hmr2_worker::config::Config;
+use hmr2_worker::enqueue::{self, Frame};
+use hmr2_worker::queue::Keys;
+use hmr2_worker::redis_server::{free_port, RedisServer};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny_model() -> PathBuf {
+    let p = repo().join("models/artifacts/hmr2-tiny.pt");
+    assert!(p.exists(), "{} is missing: run `make setup`", p.display());
+    p
+}
+
+pub fn oom_model() -> PathBuf {
+    let p = repo().join("models/artifacts/oom-test.pt");
+    assert!(p.exists(), "{} is missing: run `make setup`", p.display());
+    p
+}
+
+/// The Redis server shared by the tests of this binary (each test uses its own prefix).
+pub fn shared_redis() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start().expect("start redis-server"))
+}
+
+/// A prefix no other test uses.
+pub fn prefix(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}-{}-{name}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Test configuration: tiny model on the CPU, short timeouts, a free metrics port.
+pub fn config(redis_url: &str, prefix: &str) -> Config {
+    let mut c = Config::defaults();
+    c.redis.url = redis_url.to_string();
+    c.queue.prefix = prefix.to_string();
+    c.queue.max_batch = 8;
+    c.queue.block_ms = 200;
+    c.queue.claim_interval_ms = 200;
+    c.queue.gauge_interval_ms = 200;
+    c.model.path = tiny_model();
+    c.model.device = "cpu".into();
+    c.pipeline.decode_threads = 2;
+    c.http.listen = format!("127.0.0.1:{}", free_port().unwrap());
+    c.shutdown.grace_seconds = 20;
+    c
+}
+
+/// A worker running in this process.
+pub struct Worker {
+    pub token: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), hmr2_worker::worker::RunError>>,
+    pub http: String,
+}
+
+impl Worker {
+    pub fn start(config: Config) -> Self {
+        let token = CancellationToken::new();
+        let http = format!("http://{}", config.http.listen);
+        let task = tokio::spawn(hmr2_worker::run(config, token.clone()));
+        Worker { token, task, http }
+    }
+
+    /// Stops it and waits for a clean return.
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("worker stops within 60 s")
+            .expect("worker task")
+            .expect("worker returns Ok");
+    }
+}
+
+/// A worker as a child process of the real binary, configured through `HMR2_*` variables.
+pub fn spawn_worker_process(config: &Config) -> Child {
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", config.queue.prefix)))
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_hmr2-worker"))
+        .arg("run")
+        .env("HMR2_REDIS__URL", &config.redis.url)
+        .env("HMR2_QUEUE__PREFIX", &config.queue.prefix)
+        .env("HMR2_QUEUE__MAX_BATCH", config.queue.max_batch.to_string())
+        .env("HMR2_QUEUE__BLOCK_MS", config.queue.block_ms.to_string())
+        .env("HMR2_QUEUE__CLAIM_IDLE_MS", config.queue.claim_idle_ms.to_string())
+        .env("HMR2_MODEL__PATH", &config.model.path)
+        .env("HMR2_MODEL__DEVICE", &config.model.device)
+        .env("HMR2_HTTP__LISTEN", &config.http.listen)
+        .env("HMR2_SHUTDOWN__GRACE_SECONDS", config.shutdown.grace_seconds.to_string())
+        .env("HMR2_PIPELINE__DECODE_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn the worker binary")
+}
+
+pub async fn connect(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis")
+}
+
+/// A textured test image (gradients + noise), encoded.
+pub fn image(width: u32, height: u32, seed: u32, png: bool) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let n = (state & 0x3f) as u8;
+        image::Rgb([
+            ((x * 255 / width.max(1)) as u8).wrapping_add(n),
+            ((y * 255 / height.max(1)) as u8).wrapping_add(n / 2),
+            ((seed * 40) as u8).wrapping_add(n),
+        ])
+    });
+    let mut out = Cursor::new(Vec::new());
+    let format = if png {
+        image::ImageFormat::Png
+    } else {
+        image::ImageFormat::Jpeg
+    };
+    img.write_to(&mut out, format).expect("encode");
+    out.into_inner()
+}
+
+/// A plain frame job.
+pub fn frame(job_id: &str, image: Vec<u8>) -> Frame {
+    Frame {
+        job_id: job_id.to_string(),
+        video_id: Some("video".into()),
+        frame_number: Some(0),
+        image,
+        boxes: None,
+        reply_to: None,
+        include_vertices: false,
+    }
+}
+
+pub async fn enqueue_frames(url: &str, prefix: &str, frames: &[Frame], raw: bool) -> Vec<String> {
+    let mut c = connect(url).await;
+    enqueue::enqueue(&mut c, &Keys::new(prefix), frames, raw, |_| {})
+        .await
+        .expect("enqueue")
+}
+
+/// Adds one entry with arbitrary fields to the job stream.
+pub async fn xadd_raw(url: &str, prefix: &str, fields: &[(&str, &[u8])]) -> String {
+    let mut c = connect(url).await;
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(Keys::new(prefix).jobs).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query_async(&mut c).await.expect("xadd")
+}
+
+/// Every result in `stream`: (job_id field, parsed result).
+pub async fn results(url: &str, stream: &str) -> Vec<(String, Value)> {
+    let mut c = connect(url).await;
+    let reply: redis::streams::StreamRangeReply = c.xrange_all(stream).await.expect("xrange");
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let get = |k: &str| match e.map.get(k) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).to_string(),
+                _ => String::new(),
+            };
+            let result = serde_json::from_str(&get("result")).expect("result is JSON");
+            (get("job_id"), result)
+        })
+        .collect()
+}
+
+/// Waits until `stream` holds results for `n` distinct job ids; returns them by job id.
+pub async fn wait_results(url: &str, stream: &str, n: usize, timeout: Duration) -> HashMap<String, Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let all = results(url, stream).await;
+        let by_id: HashMap<String, Value> = all.into_iter().collect();
+        if by_id.len() >= n {
+            return by_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} results in {stream} after {timeout:?}",
+            by_id.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn xlen(url: &str, key: &str) -> usize {
+    let mut c = connect(url).await;
+    c.xlen(key).await.expect("xlen")
+}
+
+/// Entries delivered to the group and not acknowledged.
+pub async fn pending(url: &str, prefix: &str) -> usize {
+    let k = Keys::new(prefix);
+    let mut c = connect(url).await;
+    let r: redis::RedisResult<redis::streams::StreamPendingReply> = c.xpending(&k.jobs, &k.group).await;
+    match r {
+        Ok(p) => p.count(),
+        Err(_) => 0,
+    }
+}
+
+/// GET `url`: status and body.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
+}
+
+/// Waits until GET `url` answers `status`.
+pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((s, _)) = http_get(url).await {
+            if s == status {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} did not answer {status} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
