@@ -306,6 +306,25 @@ impl Queue {
         Ok(claimed)
     }
 
+    /// Resets the idle time of entries this worker is still working on (`XCLAIM ... JUSTID`,
+    /// which does not count as a delivery), so no other worker reclaims them while they are
+    /// merely waiting in this worker's pipeline.
+    pub async fn extend_lease(&self, ids: &[String]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.keys.jobs)
+            .arg(&self.keys.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID");
+        let _: Value = cmd.query_async(&mut *c).await?;
+        Ok(())
+    }
+
     /// Publishes a result and acknowledges (and deletes) its job in one atomic step.
     /// `Ok(false)`: the entry was no longer pending, nothing was written.
     pub async fn publish(

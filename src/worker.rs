@@ -19,9 +19,9 @@ pub mod infer;
 pub mod prepare;
 pub mod result;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge, histogram};
@@ -56,12 +56,45 @@ pub enum RunError {
     Listen(String, std::io::Error),
 }
 
-/// A fetched entry and the permit that bounds the pipeline.
+/// A fetched entry, the permit that bounds the pipeline, and its lease.
 struct Delivery {
     entry: Entry,
     fetched: Instant,
     queue_wait_ms: f64,
     _permit: OwnedSemaphorePermit,
+    _lease: Lease,
+}
+
+/// The ids of the entries this worker holds; their idle time is reset periodically so other
+/// workers do not reclaim jobs that are merely queued here.
+#[derive(Clone, Default)]
+struct Leases(Arc<Mutex<HashSet<String>>>);
+
+/// Membership of one entry in [`Leases`], ended when the delivery is dropped (published,
+/// dead-lettered, failed or abandoned).
+struct Lease {
+    leases: Leases,
+    id: String,
+}
+
+impl Leases {
+    fn take(&self, id: &str) -> Lease {
+        self.0.lock().expect("lease set").insert(id.to_string());
+        Lease {
+            leases: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.0.lock().expect("lease set").iter().cloned().collect()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.leases.0.lock().expect("lease set").remove(&self.id);
+    }
 }
 
 /// What the stages share.
@@ -183,12 +216,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let (deliver_tx, deliver_rx) = mpsc::channel::<Delivery>(ctx.config.queue.max_batch);
     let (prepared_tx, prepared_rx) =
         mpsc::channel::<(Delivery, Prepared)>(ctx.config.queue.max_batch);
+    let leases = Leases::default();
     let fetcher = tokio::spawn(fetch(
         ctx.clone(),
         Arc::new(Semaphore::new(inflight)),
+        leases.clone(),
         deliver_tx,
         shutdown.clone(),
     ));
+    let renewer = tokio::spawn(renew_leases(ctx.clone(), leases, gauges_stop.clone()));
     let decoders = tokio::spawn(decode(ctx.clone(), deliver_rx, prepared_tx));
     let coordinator = tokio::spawn(coordinate(ctx.clone(), prepared_rx, batch_tx, done_rx));
 
@@ -212,6 +248,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     gauges_stop.cancel();
     let _ = gauges.await;
+    let _ = renewer.await;
     if drained.is_ok() {
         let _ = tokio::task::spawn_blocking(move || infer_thread.join()).await;
     }
@@ -258,6 +295,7 @@ fn now_ms() -> u64 {
 async fn fetch(
     ctx: Arc<Ctx>,
     permits: Arc<Semaphore>,
+    leases: Leases,
     out: mpsc::Sender<Delivery>,
     shutdown: CancellationToken,
 ) {
@@ -332,6 +370,7 @@ async fn fetch(
                 histogram!(m::QUEUE_WAIT).record(queue_wait_ms / 1e3);
             }
             let delivery = Delivery {
+                _lease: leases.take(&entry.id),
                 entry,
                 fetched: Instant::now(),
                 queue_wait_ms,
@@ -620,6 +659,21 @@ where
                     _ = ctx.hard_stop.cancelled() => return None,
                 }
             }
+        }
+    }
+}
+
+/// Keeps the entries this worker holds from looking orphaned: resets their idle time three
+/// times per `claim_idle_ms`.
+async fn renew_leases(ctx: Arc<Ctx>, leases: Leases, stop: CancellationToken) {
+    let every = Duration::from_millis((ctx.config.queue.claim_idle_ms / 3).max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = ctx.queue.extend_lease(&leases.ids()).await {
+            tracing::debug!(error = %e, "could not renew leases");
         }
     }
 }

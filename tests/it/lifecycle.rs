@@ -1,0 +1,162 @@
+//! Faults and lifecycle: a killed worker, SIGTERM, a Redis restart.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use hmr2_worker::queue::Keys;
+use hmr2_worker::redis_server::RedisServer;
+
+use crate::support::*;
+
+fn frames(n: usize) -> Vec<hmr2_worker::enqueue::Frame> {
+    (0..n)
+        .map(|i| frame(&format!("f{i}"), image(480, 360, (i % 5) as u32, false)))
+        .collect()
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_killed_worker_are_reclaimed_and_finished_by_another() {
+    let redis = shared_redis();
+    let p = prefix("kill");
+    let keys = Keys::new(&p);
+    let n = 150;
+    enqueue_frames(&redis.url(), &p, &frames(n), true).await;
+
+    let mut cfg = config(&redis.url(), &p);
+    cfg.queue.claim_idle_ms = 1_000;
+    let mut first = spawn_worker_process(&cfg);
+    // Kill it mid-run: once it has published some results and holds unacknowledged entries.
+    let url = redis.url();
+    wait_until(
+        "the first worker to be mid-run",
+        Duration::from_secs(60),
+        || async { xlen(&url, &keys.results).await >= 5 && pending(&url, &p).await > 0 },
+    )
+    .await;
+    signal(&first, libc::SIGKILL);
+    first.wait().unwrap();
+    let orphaned = pending(&redis.url(), &p).await;
+    let done_before = xlen(&redis.url(), &keys.results).await;
+    assert!(orphaned > 0, "the killed worker left entries pending");
+    assert!(done_before < n, "the kill came mid-run");
+
+    let mut cfg2 = config(&redis.url(), &p);
+    cfg2.queue.claim_idle_ms = 1_000;
+    let second = Worker::start(cfg2);
+    let got = wait_results(&redis.url(), &keys.results, n, Duration::from_secs(120)).await;
+    second.stop().await;
+    let expected: HashSet<String> = (0..n).map(|i| format!("f{i}")).collect();
+    assert_eq!(
+        got.keys().cloned().collect::<HashSet<_>>(),
+        expected,
+        "no job lost"
+    );
+    for r in got.values() {
+        assert_eq!(r["status"], "ok");
+    }
+    assert_eq!(pending(&redis.url(), &p).await, 0);
+    assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
+    // Duplicates are possible only for entries the killed worker had in flight.
+    let total = xlen(&redis.url(), &keys.results).await;
+    assert!(
+        total - n <= orphaned,
+        "{total} results for {n} jobs, {orphaned} were in flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_jobs_leaves_the_rest_and_exits_zero() {
+    let redis = shared_redis();
+    let p = prefix("term");
+    let keys = Keys::new(&p);
+    let n = 400;
+    enqueue_frames(&redis.url(), &p, &frames(n), true).await;
+    let mut child = spawn_worker_process(&config(&redis.url(), &p));
+    let url = redis.url();
+    wait_until("first results", Duration::from_secs(60), || async {
+        xlen(&url, &keys.results).await >= 5
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "clean exit");
+    let done = xlen(&redis.url(), &keys.results).await;
+    let left = xlen(&redis.url(), &keys.jobs).await;
+    assert_eq!(
+        pending(&redis.url(), &p).await,
+        0,
+        "in-flight jobs were finished, not abandoned"
+    );
+    assert_eq!(
+        done + left,
+        n,
+        "every job is either answered or still queued"
+    );
+    assert!(
+        left > 0,
+        "the worker stopped fetching instead of draining the whole queue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_rides_out_a_redis_restart() {
+    let mut redis = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+    ])
+    .unwrap();
+    let p = prefix("restart");
+    let keys = Keys::new(&p);
+    let n = 200;
+    enqueue_frames(&redis.url(), &p, &frames(n), true).await;
+    let worker = Worker::start(config(&redis.url(), &p));
+    let url = redis.url();
+    wait_until("first results", Duration::from_secs(60), || async {
+        xlen(&url, &keys.results).await >= 10
+    })
+    .await;
+    redis.shutdown();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart().unwrap();
+    let got = wait_results(&redis.url(), &keys.results, n, Duration::from_secs(120)).await;
+    assert_eq!(got.len(), n, "every job answered after the restart");
+    let mut waited = 0;
+    while pending(&redis.url(), &p).await > 0 && waited < 50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    worker.stop().await;
+    assert_eq!(pending(&redis.url(), &p).await, 0);
+    assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
+}
