@@ -357,6 +357,77 @@ mod tests {
         assert!(DeviceSpec::parse("cuda:x").is_err());
     }
 
+    fn invalid(jail_toml: &str) -> String {
+        let mut msg = String::new();
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", jail_toml)?;
+            msg = Config::load(Some(Path::new("c.toml")), &Overrides::default(), false)
+                .unwrap_err()
+                .to_string();
+            Ok(())
+        });
+        msg
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[queue]\nprefix = \"from-file\"\nmax_batch = 4\n[model]\ndevice = \"cpu\"\n",
+            )?;
+            jail.set_env("HMR2_QUEUE__MAX_BATCH", "6");
+            jail.set_env("HMR2_REDIS__URL", "redis://env:6379");
+            jail.set_env("HMR2_CACHE_DIR", "/not/a/setting");
+            let c = Config::load(Some(Path::new("c.toml")), &Overrides::default(), true).unwrap();
+            assert_eq!(c.queue.prefix, "from-file");
+            assert_eq!(c.queue.max_batch, 6, "env beats file");
+            assert_eq!(c.redis.url, "redis://env:6379");
+            assert_eq!(c.model.device, "cpu");
+            assert_eq!(c.queue.block_ms, Config::defaults().queue.block_ms, "defaults fill the rest");
+            let mut flags = Overrides::default();
+            flags.set("queue.max_batch", Some(9)).set("redis.url", None::<String>);
+            let c = Config::load(Some(Path::new("c.toml")), &flags, true).unwrap();
+            assert_eq!(c.queue.max_batch, 9, "flags beat env");
+            assert_eq!(c.redis.url, "redis://env:6379", "absent flags change nothing");
+            let c = Config::load(Some(Path::new("c.toml")), &Overrides::default(), false).unwrap();
+            assert_eq!(c.queue.max_batch, 4, "env is ignored when not asked for");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn each_bad_value_names_its_setting() {
+        let cases = [
+            ("[redis]\nurl = \"http://x\"", "redis.url"),
+            ("[redis]\nurl = \"not a url\"", "redis.url"),
+            ("[queue]\nmax_batch = 0", "queue.max_batch"),
+            ("[queue]\nblock_ms = 0", "queue.block_ms"),
+            ("[queue]\nprefix = \"\"", "queue.prefix"),
+            ("[queue]\nmax_deliveries = 0", "queue.max_deliveries"),
+            ("[queue]\nclaim_idle_ms = 10", "queue.claim_idle_ms"),
+            ("[model]\ndevice = \"tpu:0\"", "unknown device"),
+            ("[gpu]\nrelease = \"sometimes\"", "release"),
+            ("[gpu]\nrelease = \"threshold\"\nrelease_threshold_bytes = 0", "gpu.release_threshold_bytes"),
+            ("[limits]\nmax_boxes = 0", "limits.max_boxes"),
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[log]\nformat = \"xml\"", "format"),
+            ("[queue]\nmax_btach = 3", "max_btach"),
+        ];
+        for (toml, needle) in cases {
+            let msg = invalid(toml);
+            assert!(msg.contains(needle), "{toml:?} gave {msg:?}");
+        }
+        let missing = Config::load(Some(Path::new("/no/such.toml")), &Overrides::default(), false);
+        assert!(missing.unwrap_err().to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn the_redis_password_never_shows_in_errors() {
+        let msg = invalid("[redis]\nurl = \"http://user:hunter2@x\"");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
     #[test]
     fn redaction_hides_passwords() {
         let r = redact_url("redis://worker:s3cret@redis:6379/0");

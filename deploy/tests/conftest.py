@@ -1,0 +1,178 @@
+"""Shared helpers of the deploy tests: paths, YAML/TOML loading, the metric contract, PromQL names."""
+
+import os
+import re
+import socket
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+PROM = DEPLOY / "prometheus"
+RULES = PROM / "rules" / "hmr2-worker.rules.yml"
+RULE_TESTS = sorted((PROM / "tests").glob("*.test.yml"))
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "hmr2-worker.json"
+OPERATIONS = ROOT / "docs" / "operations.md"
+DEFAULT_TOML = ROOT / "config" / "default.toml"
+K8S_TOML = K8S / "base" / "worker.toml"
+IMAGE_TOML = DEPLOY / "worker.toml"
+
+# The metric contract (shared/DESIGN.md §5, plus the drift counter and baseline gauge the worker
+# adds): name -> type. Histograms are used through their _bucket/_sum/_count series.
+METRICS = {
+    "hmr2_gpu_memory_used_bytes": "gauge",
+    "hmr2_gpu_memory_total_bytes": "gauge",
+    "hmr2_gpu_utilization_ratio": "gauge",
+    "hmr2_torch_allocated_bytes": "gauge",
+    "hmr2_torch_reserved_bytes": "gauge",
+    "hmr2_torch_baseline_allocated_bytes": "gauge",
+    "hmr2_job_peak_allocated_bytes": "histogram",
+    "hmr2_gpu_cache_releases_total": "counter",
+    "hmr2_gpu_oom_total": "counter",
+    "hmr2_gpu_memory_drift_total": "counter",
+    "hmr2_jobs_total": "counter",
+    "hmr2_stage_duration_seconds": "histogram",
+    "hmr2_job_queue_wait_seconds": "histogram",
+    "hmr2_job_duration_seconds": "histogram",
+    "hmr2_batch_size": "histogram",
+    "hmr2_queue_length": "gauge",
+    "hmr2_queue_pending": "gauge",
+    "hmr2_queue_lag": "gauge",
+    "hmr2_worker_ready": "gauge",
+    "hmr2_build_info": "gauge",
+}
+
+# Metrics a worker on a CPU does not export, with the reason. Anything else the dashboard or the
+# alerts use must be in the worker's /metrics.
+GPU_ONLY = {
+    name: "GPU-only: NVML / CUDA caching-allocator figure, absent on a CPU worker (DESIGN §5)"
+    for name in (
+        "hmr2_gpu_memory_used_bytes",
+        "hmr2_gpu_memory_total_bytes",
+        "hmr2_gpu_utilization_ratio",
+        "hmr2_torch_allocated_bytes",
+        "hmr2_torch_reserved_bytes",
+        "hmr2_torch_baseline_allocated_bytes",
+        "hmr2_job_peak_allocated_bytes",
+        "hmr2_gpu_cache_releases_total",
+        "hmr2_gpu_oom_total",
+        "hmr2_gpu_memory_drift_total",
+    )
+}
+NOT_FROM_WORKER = {
+    "DCGM_FI_DEV_FB_USED": "exported by NVIDIA's DCGM exporter, not by the worker",
+    "up": "written by Prometheus for every scrape",
+}
+
+_NAME = re.compile(r"\b(hmr2_[a-z0-9_]+|DCGM_[A-Z0-9_]+|up)\b")
+_SUFFIX = re.compile(r"_(bucket|sum|count)$")
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric families a PromQL expression reads (histogram series map to their family)."""
+    names = set()
+    for n in _NAME.findall(expr):
+        base = _SUFFIX.sub("", n)
+        names.add(base if METRICS.get(base) == "histogram" else n)
+    return names
+
+
+def load_yaml_docs(path: Path) -> list:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def load_yaml(path: Path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_toml(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def setting(path: Path, section: str, key: str):
+    """A setting of a worker config file, else its default from config/default.toml."""
+    value = load_toml(path).get(section, {}).get(key)
+    return value if value is not None else load_toml(DEFAULT_TOML)[section][key]
+
+
+def listen_port(path: Path) -> int:
+    return int(str(setting(path, "http", "listen")).rsplit(":", 1)[1])
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in load_yaml(RULES)["groups"] for r in g["rules"] if "alert" in r]
+
+
+def dashboard_exprs(dash: dict) -> list[tuple[str, str]]:
+    """(where, expr) of every query in the dashboard, rows' nested panels included."""
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    out.append((f'panel "{p.get("title")}" {t.get("refId")}', t["expr"]))
+            walk(p.get("panels", []))
+
+    walk(dash.get("panels", []))
+    return out
+
+
+def dashboard_variable_selectors(dash: dict) -> list[tuple[str, str, str]]:
+    """(variable, series selector, label) of every label_values() variable."""
+    out = []
+    for v in dash.get("templating", {}).get("list", []):
+        if v.get("type") != "query":
+            continue
+        q = v["query"]["query"] if isinstance(v.get("query"), dict) else v.get("query", "")
+        m = re.fullmatch(r"\s*label_values\((.+),\s*([a-zA-Z_]+)\)\s*", q)
+        assert m, f"variable {v['name']}: only label_values(selector, label) is supported: {q}"
+        out.append((v["name"], m.group(1), m.group(2)))
+    return out
+
+
+GRAFANA_SUBSTITUTIONS = [
+    (re.compile(r"\$\{?__rate_interval\}?"), "1m"),
+    (re.compile(r"\$\{?__interval\}?"), "15s"),
+    (re.compile(r"\$\{?__range\}?"), "5m"),
+    (re.compile(r"\$\{?(instance|gpu|job)\}?"), ".*"),
+]
+
+
+def grafana_to_promql(expr: str) -> str:
+    """A dashboard query as Prometheus would receive it with every variable at "All"."""
+    for pattern, value in GRAFANA_SUBSTITUTIONS:
+        expr = pattern.sub(value, expr)
+    # Regex replacements such as "$1" in label_replace are PromQL, not Grafana variables.
+    leftover = re.findall(r"\$\{?[A-Za-z_]\w*", expr)
+    assert not leftover, f"unknown dashboard variables {leftover} in {expr}"
+    return expr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_bin() -> Path:
+    return Path(os.environ.get("HMR2_WORKER_BIN", ROOT / "target" / "debug" / "hmr2-worker"))
+
+
+def worker_bin_or_skip(subcommand: str) -> Path:
+    """The worker binary, or skip when it is not built or lacks `subcommand`."""
+    path = worker_bin()
+    if not path.exists():
+        pytest.skip(f"worker binary {path} is not built (cargo build, or set HMR2_WORKER_BIN)")
+    probe = subprocess.run([str(path), subcommand, "--help"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{path} has no `{subcommand}` subcommand yet: {probe.stderr.strip()[:200]}")
+    return path

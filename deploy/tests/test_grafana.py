@@ -1,0 +1,105 @@
+"""The Grafana dashboard: well-formed, templated by instance and GPU, built only on contract metrics,
+and covering every one of them. (Whether each query evaluates is checked against a real Prometheus
+in test_live.py.)"""
+
+import json
+
+import pytest
+
+from conftest import (
+    DASHBOARD,
+    METRICS,
+    NOT_FROM_WORKER,
+    dashboard_exprs,
+    dashboard_variable_selectors,
+    grafana_to_promql,
+    metric_names,
+)
+
+GPU_LABELLED = {
+    "hmr2_gpu_memory_used_bytes",
+    "hmr2_gpu_memory_total_bytes",
+    "hmr2_gpu_utilization_ratio",
+    "hmr2_torch_allocated_bytes",
+    "hmr2_torch_reserved_bytes",
+    "hmr2_torch_baseline_allocated_bytes",
+    "hmr2_job_peak_allocated_bytes",
+    "hmr2_gpu_cache_releases_total",
+    "hmr2_gpu_oom_total",
+    "hmr2_gpu_memory_drift_total",
+}
+
+
+@pytest.fixture(scope="module")
+def dash():
+    return json.loads(DASHBOARD.read_text())
+
+
+def all_panels(dash):
+    out = []
+
+    def walk(ps):
+        for p in ps:
+            out.append(p)
+            walk(p.get("panels", []))
+
+    walk(dash["panels"])
+    return out
+
+
+def test_dashboard_is_well_formed(dash):
+    assert dash["uid"] == "hmr2-worker" and dash["title"]
+    panels = all_panels(dash)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for p in panels:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        if p["type"] != "row":
+            assert p["targets"], p["title"]
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == "${datasource}", f"{p['title']}: use the datasource variable"
+
+
+def test_templated_by_datasource_instance_and_gpu(dash):
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for name in ("instance", "gpu"):
+        v = variables[name]
+        assert v["multi"] and v["includeAll"] and v["allValue"] == ".*", name
+    selectors = {name: (sel, label) for name, sel, label in dashboard_variable_selectors(dash)}
+    assert selectors["instance"][1] == "instance"
+    assert selectors["gpu"][1] == "gpu"
+
+
+def test_every_query_filters_by_the_variables(dash):
+    for where, expr in dashboard_exprs(dash):
+        names = metric_names(expr) & set(METRICS)
+        if names:
+            assert 'instance=~"$instance"' in expr, f"{where}: not filtered by instance"
+        if names & GPU_LABELLED:
+            assert 'gpu=~"$gpu"' in expr, f"{where}: not filtered by gpu"
+
+
+def test_queries_use_contract_metrics_and_cover_all_of_them(dash):
+    used = set()
+    for where, expr in dashboard_exprs(dash):
+        grafana_to_promql(expr)  # no unknown variables
+        names = metric_names(expr)
+        unknown = names - set(METRICS) - set(NOT_FROM_WORKER)
+        assert not unknown, f"{where}: metrics outside DESIGN §5: {unknown}"
+        used |= names
+    assert set(METRICS) - used == set(), f"metrics with no panel: {set(METRICS) - used}"
+
+
+def test_has_the_panels_operators_need(dash):
+    exprs = " ".join(e for _, e in dashboard_exprs(dash))
+    # DCGM joined to the worker's GPU by uuid.
+    assert "DCGM_FI_DEV_FB_USED" in exprs and "on (uuid)" in exprs and '"UUID"' in exprs
+    # Latency percentiles by stage.
+    for q in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({q}, sum by (stage, le) (rate(hmr2_stage_duration_seconds_bucket" in exprs
+    # Frames/s, outcomes.
+    assert 'outcome="ok"' in exprs and "sum by (outcome)" in exprs
+    titles = {p["title"] for p in all_panels(dash)}
+    assert any("VRAM" in t for t in titles) and any("Batch size" in t for t in titles)
