@@ -159,6 +159,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         "device" => loaded.device.clone(),
         "model" => loaded.meta.label())
     .set(1.0);
+    // Every counter exists from the start, so rate() and alerts see a zero, not a gap.
+    for o in [outcome::OK, outcome::INVALID_INPUT, outcome::FAILED, outcome::DEAD_LETTERED, outcome::RECLAIMED] {
+        counter!(m::JOBS, "outcome" => o).increment(0);
+    }
+    if let Some(n) = loaded.cuda_index {
+        for name in [m::OOM, m::CACHE_RELEASES, m::DRIFT] {
+            counter!(name, "gpu" => n.to_string()).increment(0);
+        }
+    } else {
+        tracing::info!("no GPU in use: GPU memory gauges are not exported");
+    }
     health.set(&health.warm, true);
 
     let queue = Queue::new(&config)?;

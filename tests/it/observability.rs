@@ -1,0 +1,270 @@
+//! What an operator sees: /metrics over real HTTP, health and readiness, OOM recovery, memory.
+
+use std::time::{Duration, Instant};
+
+use hmr2_worker::metrics as m;
+use hmr2_worker::queue::Keys;
+use hmr2_worker::redis_server::RedisServer;
+
+use crate::support::*;
+
+/// The metric names of DESIGN §5.
+const DESIGN_NAMES: &[&str] = &[
+    m::GPU_MEMORY_USED,
+    m::GPU_MEMORY_TOTAL,
+    m::GPU_UTILIZATION,
+    m::TORCH_ALLOCATED,
+    m::TORCH_RESERVED,
+    m::JOB_PEAK_ALLOCATED,
+    m::CACHE_RELEASES,
+    m::OOM,
+    m::JOBS,
+    m::STAGE_DURATION,
+    m::QUEUE_WAIT,
+    m::JOB_DURATION,
+    m::BATCH_SIZE,
+    m::QUEUE_LENGTH,
+    m::QUEUE_PENDING,
+    m::QUEUE_LAG,
+    m::WORKER_READY,
+    m::BUILD_INFO,
+];
+
+/// Counters labelled by GPU: on a CPU machine they only appear once something happened.
+const GPU_COUNTERS: &[&str] = &[m::CACHE_RELEASES, m::OOM];
+
+fn value_of(metrics: &str, line_prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_http_list_every_design_name() {
+    let redis = shared_redis();
+    let p = prefix("metrics");
+    let frames: Vec<_> = (0..4).map(|i| frame(&format!("m{i}"), image(320, 240, i, false))).collect();
+    enqueue_frames(&redis.url(), &p, &frames, true).await;
+    let worker = Worker::start(config(&redis.url(), &p));
+    wait_results(&redis.url(), &Keys::new(&p).results, 4, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // one queue-gauge sample
+    let (status, body) = http_get(&format!("{}/metrics", worker.http)).await.expect("GET /metrics");
+    assert_eq!(status, 200);
+    let gpu = tch::Cuda::is_available();
+    for name in DESIGN_NAMES {
+        let present = body.contains(&format!("# TYPE {name} ")) || body.contains(&format!("\n{name}"));
+        if !gpu && (m::GPU_ONLY.contains(name) || GPU_COUNTERS.contains(name)) {
+            // No GPU in this process: NVML and allocator gauges are absent by design.
+            continue;
+        }
+        assert!(present, "{name} missing from /metrics:\n{body}");
+        assert!(body.contains(&format!("# HELP {name} ")), "{name} has no description");
+    }
+    assert!(value_of(&body, "hmr2_jobs_total{outcome=\"ok\"}").unwrap() >= 4.0);
+    assert_eq!(value_of(&body, "hmr2_worker_ready"), Some(1.0));
+    assert!(body.contains("hmr2_build_info{"), "{body}");
+    assert!(body.contains(&format!("hmr2_queue_length{{stream=\"{p}:jobs\"}}")));
+    // Only GET on the three paths.
+    let client = reqwest::Client::new();
+    let post = client.post(format!("{}/metrics", worker.http)).send().await.unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+    let other = client.get(format!("{}/admin", worker.http)).send().await.unwrap();
+    assert_eq!(other.status().as_u16(), 404);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_needs_warm_up_and_redis() {
+    let mut redis = RedisServer::start().unwrap();
+    let p = prefix("ready");
+    let mut cfg = config(&redis.url(), &p);
+    cfg.queue.max_batch = 32; // a longer warm-up to look at
+    let worker = Worker::start(cfg);
+    // Until warm-up is over, /readyz says no (and says why).
+    wait_status(&format!("{}/healthz", worker.http), 200, Duration::from_secs(60)).await;
+    let mut seen_not_ready = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, body) = http_get(&format!("{}/readyz", worker.http)).await.unwrap();
+        if s == 200 {
+            assert!(body.contains("\"warm\":true"));
+            break;
+        }
+        assert_eq!(s, 503);
+        seen_not_ready = true;
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = seen_not_ready; // the window may be too short to observe on a fast machine
+    redis.kill();
+    wait_status(&format!("{}/readyz", worker.http), 503, Duration::from_secs(10)).await;
+    let (_, body) = http_get(&format!("{}/readyz", worker.http)).await.unwrap();
+    assert!(body.contains("\"redis_ok\":false"), "{body}");
+    let (s, _) = http_get(&format!("{}/healthz", worker.http)).await.unwrap();
+    assert_eq!(s, 200, "alive even while Redis is down");
+    redis.restart().unwrap();
+    wait_status(&format!("{}/readyz", worker.http), 200, Duration::from_secs(20)).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_splits_batches_and_every_job_finishes() {
+    let redis = shared_redis();
+    let p = prefix("oom");
+    let keys = Keys::new(&p);
+    // The test model "runs out of memory" above 2 crops per forward; the worker batches 8.
+    let frames: Vec<_> = (0..40)
+        .map(|i| {
+            let mut f = frame(&format!("o{i}"), image(320, 240, i % 3, false));
+            if i % 5 == 0 {
+                f.boxes = Some(vec![[0.0, 0.0, 100.0, 200.0], [120.0, 10.0, 300.0, 230.0]]);
+            }
+            f
+        })
+        .collect();
+    enqueue_frames(&redis.url(), &p, &frames, true).await;
+    let mut cfg = config(&redis.url(), &p);
+    cfg.model.path = oom_model();
+    let worker = Worker::start(cfg);
+    let got = wait_results(&redis.url(), &keys.results, 40, Duration::from_secs(120)).await;
+    let (_, body) = http_get(&format!("{}/metrics", worker.http)).await.unwrap();
+    worker.stop().await;
+    assert!(got.values().all(|r| r["status"] == "ok"));
+    let ooms = value_of(&body, "hmr2_gpu_oom_total{gpu=\"cpu\"}").unwrap_or(0.0);
+    assert!(ooms >= 1.0, "the OOMs were counted:\n{body}");
+    assert_eq!(pending(&redis.url(), &p).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_never_fits_is_retried_then_dead_lettered() {
+    let redis = shared_redis();
+    let p = prefix("neverfits");
+    let keys = Keys::new(&p);
+    // An all-white crop makes the test model fail even alone (OOM at batch size 1).
+    let white = {
+        let img = image::RgbImage::from_pixel(256, 256, image::Rgb([255, 255, 255]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    // This box's square crop lies entirely inside the white image.
+    let mut white_job = frame("white", white);
+    white_job.boxes = Some(vec![[64.0, 0.0, 192.0, 256.0]]);
+    let mut frames = vec![white_job];
+    frames.extend((0..6).map(|i| frame(&format!("ok{i}"), image(320, 240, i, false))));
+    enqueue_frames(&redis.url(), &p, &frames, true).await;
+    let mut cfg = config(&redis.url(), &p);
+    cfg.model.path = oom_model();
+    cfg.queue.claim_idle_ms = 300;
+    cfg.queue.max_deliveries = 2;
+    let worker = Worker::start(cfg);
+    let got = wait_results(&redis.url(), &keys.results, 7, Duration::from_secs(60)).await;
+    worker.stop().await;
+    for i in 0..6 {
+        assert_eq!(got[&format!("ok{i}")]["status"], "ok");
+    }
+    let white = &got["white"];
+    assert_eq!(white["status"], "error");
+    assert_eq!(white["error"]["code"], "too_many_deliveries", "{white}");
+    assert_eq!(xlen(&redis.url(), &keys.dead).await, 1);
+    assert_eq!(pending(&redis.url(), &p).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_make_the_worker_not_ready() {
+    let redis = shared_redis();
+    let p = prefix("failing");
+    let white = {
+        let img = image::RgbImage::from_pixel(256, 256, image::Rgb([255, 255, 255]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let frames: Vec<_> = (0..3)
+        .map(|i| {
+            let mut f = frame(&format!("w{i}"), white.clone());
+            f.boxes = Some(vec![[64.0, 0.0, 192.0, 256.0]]);
+            f
+        })
+        .collect();
+    enqueue_frames(&redis.url(), &p, &frames, true).await;
+    let mut cfg = config(&redis.url(), &p);
+    cfg.model.path = oom_model();
+    cfg.queue.max_batch = 1;
+    cfg.queue.claim_idle_ms = 300;
+    cfg.queue.max_deliveries = 1000;
+    cfg.gpu.max_consecutive_failures = 3;
+    let worker = Worker::start(cfg);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((s, body)) = http_get(&format!("{}/readyz", worker.http)).await {
+            if body.contains("\"failing\":true") {
+                assert_eq!(s, 503);
+                assert!(body.contains("\"inference_alive\":true"), "{body}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the worker never reported failing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+    assert_eq!(xlen(&redis.url(), &Keys::new(&p).results).await, 0, "failed frames are not acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_release_policy_serves_jobs() {
+    let redis = shared_redis();
+    for policy in ["per_job", "threshold", "never"] {
+        let p = prefix(policy);
+        let frames: Vec<_> = (0..4).map(|i| frame(&format!("{policy}{i}"), image(200, 200, i, true))).collect();
+        enqueue_frames(&redis.url(), &p, &frames, false).await;
+        let mut cfg = config(&redis.url(), &p);
+        cfg.gpu.release = serde_json::from_value(serde_json::json!(policy)).unwrap();
+        let worker = Worker::start(cfg);
+        let got = wait_results(&redis.url(), &Keys::new(&p).results, 4, Duration::from_secs(60)).await;
+        worker.stop().await;
+        assert!(got.values().all(|r| r["status"] == "ok"), "{policy}");
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_stays_flat_over_two_thousand_frames() {
+    let redis = shared_redis();
+    let p = prefix("rss");
+    let keys = Keys::new(&p);
+    let images: Vec<Vec<u8>> = (0..8).map(|i| image(320, 240, i, false)).collect();
+    let total = 2000;
+    let mut child = spawn_worker_process(&config(&redis.url(), &p));
+    let mut samples = Vec::new();
+    for chunk in 0..(total / 250) {
+        let frames: Vec<_> = (0..250)
+            .map(|i| {
+                let n = chunk * 250 + i;
+                frame(&format!("r{n}"), images[n % images.len()].clone())
+            })
+            .collect();
+        enqueue_frames(&redis.url(), &p, &frames, true).await;
+        wait_results(&redis.url(), &keys.results, (chunk + 1) * 250, Duration::from_secs(300)).await;
+        samples.push(rss_kib(child.id()));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The first 500 frames are the warm-up (allocator pools, thread stacks, caches).
+    let after_warmup = samples[1];
+    let peak = *samples[1..].iter().max().unwrap();
+    let growth_mib = (peak.saturating_sub(after_warmup)) as f64 / 1024.0;
+    eprintln!("RSS samples (KiB) every 250 frames: {samples:?}; growth after warm-up {growth_mib:.1} MiB");
+    assert!(growth_mib < 24.0, "RSS grew by {growth_mib:.1} MiB after warm-up: {samples:?}");
+}
