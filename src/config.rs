@@ -335,6 +335,7 @@ pub fn redact_url(raw: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
 
@@ -384,12 +385,21 @@ mod tests {
             assert_eq!(c.queue.max_batch, 6, "env beats file");
             assert_eq!(c.redis.url, "redis://env:6379");
             assert_eq!(c.model.device, "cpu");
-            assert_eq!(c.queue.block_ms, Config::defaults().queue.block_ms, "defaults fill the rest");
+            assert_eq!(
+                c.queue.block_ms,
+                Config::defaults().queue.block_ms,
+                "defaults fill the rest"
+            );
             let mut flags = Overrides::default();
-            flags.set("queue.max_batch", Some(9)).set("redis.url", None::<String>);
+            flags
+                .set("queue.max_batch", Some(9))
+                .set("redis.url", None::<String>);
             let c = Config::load(Some(Path::new("c.toml")), &flags, true).unwrap();
             assert_eq!(c.queue.max_batch, 9, "flags beat env");
-            assert_eq!(c.redis.url, "redis://env:6379", "absent flags change nothing");
+            assert_eq!(
+                c.redis.url, "redis://env:6379",
+                "absent flags change nothing"
+            );
             let c = Config::load(Some(Path::new("c.toml")), &Overrides::default(), false).unwrap();
             assert_eq!(c.queue.max_batch, 4, "env is ignored when not asked for");
             Ok(())
@@ -408,7 +418,10 @@ mod tests {
             ("[queue]\nclaim_idle_ms = 10", "queue.claim_idle_ms"),
             ("[model]\ndevice = \"tpu:0\"", "unknown device"),
             ("[gpu]\nrelease = \"sometimes\"", "release"),
-            ("[gpu]\nrelease = \"threshold\"\nrelease_threshold_bytes = 0", "gpu.release_threshold_bytes"),
+            (
+                "[gpu]\nrelease = \"threshold\"\nrelease_threshold_bytes = 0",
+                "gpu.release_threshold_bytes",
+            ),
             ("[limits]\nmax_boxes = 0", "limits.max_boxes"),
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
             ("[log]\nformat = \"xml\"", "format"),
@@ -418,7 +431,11 @@ mod tests {
             let msg = invalid(toml);
             assert!(msg.contains(needle), "{toml:?} gave {msg:?}");
         }
-        let missing = Config::load(Some(Path::new("/no/such.toml")), &Overrides::default(), false);
+        let missing = Config::load(
+            Some(Path::new("/no/such.toml")),
+            &Overrides::default(),
+            false,
+        );
         assert!(missing.unwrap_err().to_string().contains("does not exist"));
     }
 

@@ -17,7 +17,7 @@
 //! - [`queue`]: the Redis Streams protocol; atomic steps are Lua scripts beside it.
 //! - [`worker`]: the pipeline: fetch → decode/crop → batch → infer → publish; [`run`].
 //! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
-//! - [`telemetry`]: logging.
+//! - [`telemetry`] — logging set-up and the worker's identity.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 

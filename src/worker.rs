@@ -160,7 +160,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         "model" => loaded.meta.label())
     .set(1.0);
     // Every counter exists from the start, so rate() and alerts see a zero, not a gap.
-    for o in [outcome::OK, outcome::INVALID_INPUT, outcome::FAILED, outcome::DEAD_LETTERED, outcome::RECLAIMED] {
+    for o in [
+        outcome::OK,
+        outcome::INVALID_INPUT,
+        outcome::FAILED,
+        outcome::DEAD_LETTERED,
+        outcome::RECLAIMED,
+    ] {
         counter!(m::JOBS, "outcome" => o).increment(0);
     }
     if let Some(n) = loaded.cuda_index {
@@ -572,7 +578,7 @@ async fn finish(ctx: Arc<Ctx>, j: InFlight) {
 }
 
 /// Bad input: error result + dead letter + ack, at once.
-async fn reject(ctx: Arc<Ctx>, d: Delivery, r: Rejected) {
+async fn reject(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
     let code = r.error.code();
     let message = r.error.to_string();
     tracing::info!(entry = %d.entry.id, job_id = r.echo.job_id.as_deref().unwrap_or(""), code, "rejected bad input");
@@ -591,10 +597,10 @@ async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
     let echo = d
         .entry
         .field("job")
-        .and_then(
+        .map(
             |raw| match crate::job::parse(raw, true, &ctx.config.limits) {
-                Ok(j) => Some(j.echo),
-                Err((_, echo)) => Some(echo),
+                Ok(j) => j.echo,
+                Err((_, echo)) => echo,
             },
         )
         .unwrap_or_default();

@@ -135,10 +135,9 @@ impl Memory {
                 self.cfg.release,
                 s.reserved,
                 self.cfg.release_threshold_bytes,
-            ) {
-                if gpu::empty_cache().is_ok() {
-                    counter!(m::CACHE_RELEASES, "gpu" => label.clone()).increment(1);
-                }
+            ) && gpu::empty_cache().is_ok()
+            {
+                counter!(m::CACHE_RELEASES, "gpu" => label.clone()).increment(1);
             }
         }
         let stats = match &self.gauges {

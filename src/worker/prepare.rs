@@ -36,12 +36,14 @@ pub struct Rejected {
 }
 
 /// Parses the entry's `job` field, decodes its image and crops every person.
-pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Rejected> {
+pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rejected>> {
     let t = Instant::now();
-    let reject = |error: InputError, echo: &Echo, image_size: Option<[u32; 2]>| Rejected {
-        error,
-        echo: echo.clone(),
-        image_size,
+    let reject = |error: InputError, echo: &Echo, image_size: Option<[u32; 2]>| {
+        Box::new(Rejected {
+            error,
+            echo: echo.clone(),
+            image_size,
+        })
     };
     let raw_image = entry.field("image").filter(|b| !b.is_empty());
     let Some(raw_job) = entry.field("job") else {

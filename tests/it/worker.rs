@@ -45,14 +45,22 @@ async fn two_hundred_mixed_jobs_get_exactly_two_hundred_results() {
     let got = wait_results(&redis.url(), &keys.results, 200, Duration::from_secs(180)).await;
     worker.stop().await;
 
-    assert_eq!(results(&redis.url(), &keys.results).await.len(), 200, "one result per job");
+    assert_eq!(
+        results(&redis.url(), &keys.results).await.len(),
+        200,
+        "one result per job"
+    );
     for (i, f) in frames.iter().enumerate() {
         let r = &got[&f.job_id];
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["job_id"], f.job_id.as_str());
         assert_eq!(r["frame_number"], i);
         let people = r["people"].as_array().unwrap();
-        assert_eq!(people.len(), f.boxes.as_ref().map_or(1, |b| b.len()), "job {i}");
+        assert_eq!(
+            people.len(),
+            f.boxes.as_ref().map_or(1, |b| b.len()),
+            "job {i}"
+        );
         for person in people {
             assert_eq!(person["keypoints_2d"].as_array().unwrap().len(), 44);
             assert_eq!(person["keypoints_3d"].as_array().unwrap().len(), 44);
@@ -61,11 +69,23 @@ async fn two_hundred_mixed_jobs_get_exactly_two_hundred_results() {
             assert_eq!(person["betas"].as_array().unwrap().len(), 10);
             assert!(person.get("vertices").is_none(), "vertices only on request");
         }
-        let size = if i % 3 == 0 { json!([320, 240]) } else { json!([240, 320]) };
+        let size = if i % 3 == 0 {
+            json!([320, 240])
+        } else {
+            json!([240, 320])
+        };
         assert_eq!(r["image_size"], size);
     }
-    assert_eq!(pending(&redis.url(), &p).await, 0, "everything acknowledged");
-    assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0, "acknowledged entries are deleted");
+    assert_eq!(
+        pending(&redis.url(), &p).await,
+        0,
+        "everything acknowledged"
+    );
+    assert_eq!(
+        xlen(&redis.url(), &keys.jobs).await,
+        0,
+        "acknowledged entries are deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +97,13 @@ async fn vertices_come_only_when_asked_for_and_reply_to_is_honoured() {
     f.reply_to = Some(format!("{p}:mine"));
     enqueue_frames(&redis.url(), &p, &[f], true).await;
     let worker = Worker::start(config(&redis.url(), &p));
-    let got = wait_results(&redis.url(), &format!("{p}:mine"), 1, Duration::from_secs(60)).await;
+    let got = wait_results(
+        &redis.url(),
+        &format!("{p}:mine"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
     worker.stop().await;
     let person = &got["with-vertices"]["people"][0];
     assert_eq!(person["vertices"].as_array().unwrap().len(), 6890);
@@ -108,25 +134,112 @@ async fn each_kind_of_bad_input_gets_its_code_and_a_dead_letter() {
         j.to_string().into_bytes()
     };
     let huge = "A".repeat(2 * 1024 * 1024);
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
-        ("invalid_json", vec![("job", b"{\"job_id\": \"x\", oops".to_vec())]),
-        ("invalid_json", vec![("job", br#"{"job_id":"nan","image_base64":"AA","boxes":[[NaN,0,1,1]]}"#.to_vec())]),
+    type Fields = Vec<(&'static str, Vec<u8>)>;
+    let cases: Vec<(&str, Fields)> = vec![
+        (
+            "invalid_json",
+            vec![("job", b"{\"job_id\": \"x\", oops".to_vec())],
+        ),
+        (
+            "invalid_json",
+            vec![(
+                "job",
+                br#"{"job_id":"nan","image_base64":"AA","boxes":[[NaN,0,1,1]]}"#.to_vec(),
+            )],
+        ),
         ("invalid_job", vec![("image", jpeg.clone())]),
-        ("unsupported_version", vec![("job", job(json!({"job_id": "v2", "v": 2})))]),
-        ("missing_image", vec![("job", br#"{"job_id":"noimg"}"#.to_vec())]),
-        ("invalid_base64", vec![("job", job(json!({"job_id": "b64", "image_base64": "!!not base64!!"})))]),
-        ("invalid_image", vec![("job", job(json!({"job_id": "trunc", "image_base64": b64(&jpeg[..jpeg.len() / 2])})))]),
-        ("invalid_image", vec![("job", job(json!({"job_id": "text", "image_base64": b64(b"hello, this is not an image")})))]),
-        ("invalid_image", vec![("job", job(json!({"job_id": "zero", "image_base64": b64(&png_with_header(0, 10))})))]),
-        ("image_too_large", vec![("job", job(json!({"job_id": "bomb", "image_base64": b64(&png_with_header(100_000, 100_000))})))]),
-        ("image_too_large", vec![("job", job(json!({"job_id": "bytes", "image_base64": huge})))]),
-        ("invalid_box", vec![("job", job(json!({"job_id": "outside", "boxes": [[1000, 1000, 1100, 1100]]})))]),
-        ("invalid_box", vec![("job", job(json!({"job_id": "inverted", "boxes": [[100, 100, 50, 150]]})))]),
-        ("invalid_box", vec![("job", job(json!({"job_id": "overflow", "boxes": [[0, 0, 1e39, 10]]})))]),
-        ("invalid_box", vec![("job", job(json!({"job_id": "many", "boxes": vec![[0, 0, 10, 10]; 33]})))]),
-        ("invalid_box", vec![("job", job(json!({"job_id": "shape", "boxes": [[0, 0, 10]]})))]),
-        ("invalid_job", vec![("job", job(json!({"job_id": "x".repeat(300)})))]),
-        ("invalid_job", vec![("job", job(json!({"job_id": "inc", "include": ["mesh"]})))]),
+        (
+            "unsupported_version",
+            vec![("job", job(json!({"job_id": "v2", "v": 2})))],
+        ),
+        (
+            "missing_image",
+            vec![("job", br#"{"job_id":"noimg"}"#.to_vec())],
+        ),
+        (
+            "invalid_base64",
+            vec![(
+                "job",
+                job(json!({"job_id": "b64", "image_base64": "!!not base64!!"})),
+            )],
+        ),
+        (
+            "invalid_image",
+            vec![(
+                "job",
+                job(json!({"job_id": "trunc", "image_base64": b64(&jpeg[..jpeg.len() / 2])})),
+            )],
+        ),
+        (
+            "invalid_image",
+            vec![(
+                "job",
+                job(json!({"job_id": "text", "image_base64": b64(b"hello, this is not an image")})),
+            )],
+        ),
+        (
+            "invalid_image",
+            vec![(
+                "job",
+                job(json!({"job_id": "zero", "image_base64": b64(&png_with_header(0, 10))})),
+            )],
+        ),
+        (
+            "image_too_large",
+            vec![(
+                "job",
+                job(
+                    json!({"job_id": "bomb", "image_base64": b64(&png_with_header(100_000, 100_000))}),
+                ),
+            )],
+        ),
+        (
+            "image_too_large",
+            vec![("job", job(json!({"job_id": "bytes", "image_base64": huge})))],
+        ),
+        (
+            "invalid_box",
+            vec![(
+                "job",
+                job(json!({"job_id": "outside", "boxes": [[1000, 1000, 1100, 1100]]})),
+            )],
+        ),
+        (
+            "invalid_box",
+            vec![(
+                "job",
+                job(json!({"job_id": "inverted", "boxes": [[100, 100, 50, 150]]})),
+            )],
+        ),
+        (
+            "invalid_box",
+            vec![(
+                "job",
+                job(json!({"job_id": "overflow", "boxes": [[0, 0, 1e39, 10]]})),
+            )],
+        ),
+        (
+            "invalid_box",
+            vec![(
+                "job",
+                job(json!({"job_id": "many", "boxes": vec![[0, 0, 10, 10]; 33]})),
+            )],
+        ),
+        (
+            "invalid_box",
+            vec![(
+                "job",
+                job(json!({"job_id": "shape", "boxes": [[0, 0, 10]]})),
+            )],
+        ),
+        (
+            "invalid_job",
+            vec![("job", job(json!({"job_id": "x".repeat(300)})))],
+        ),
+        (
+            "invalid_job",
+            vec![("job", job(json!({"job_id": "inc", "include": ["mesh"]})))],
+        ),
         ("invalid_job", vec![("job", job(json!({"job_id": 42})))]),
     ];
     let mut ids = Vec::new();
@@ -147,8 +260,15 @@ async fn each_kind_of_bad_input_gets_its_code_and_a_dead_letter() {
     // The worker still serves good jobs afterwards.
     enqueue_frames(&redis.url(), &p, &[frame("good-after", jpeg.clone())], true).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !results(&redis.url(), &keys.results).await.iter().any(|(id, _)| id == "good-after") {
-        assert!(std::time::Instant::now() < deadline, "the good job after bad ones was not served");
+    while !results(&redis.url(), &keys.results)
+        .await
+        .iter()
+        .any(|(id, _)| id == "good-after")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the good job after bad ones was not served"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     worker.stop().await;
@@ -166,13 +286,22 @@ async fn each_kind_of_bad_input_gets_its_code_and_a_dead_letter() {
     let after = results(&redis.url(), &keys.results).await;
     let ok = after.iter().find(|(id, _)| id == "good-after").unwrap();
     assert_eq!(ok.1["status"], "ok");
-    assert_eq!(xlen(&redis.url(), &keys.dead).await, cases.len(), "one dead letter per bad job");
+    assert_eq!(
+        xlen(&redis.url(), &keys.dead).await,
+        cases.len(),
+        "one dead letter per bad job"
+    );
     let mut c = connect(&redis.url()).await;
     let dead: redis::streams::StreamRangeReply =
-        redis::AsyncCommands::xrange_all(&mut c, &keys.dead).await.unwrap();
+        redis::AsyncCommands::xrange_all(&mut c, &keys.dead)
+            .await
+            .unwrap();
     for e in &dead.ids {
         assert!(e.map.contains_key("error") && e.map.contains_key("deliveries"));
-        assert!(e.map.contains_key("job") || e.map.contains_key("image"), "original fields kept");
+        assert!(
+            e.map.contains_key("job") || e.map.contains_key("image"),
+            "original fields kept"
+        );
     }
     assert_eq!(pending(&redis.url(), &p).await, 0);
     assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
@@ -184,7 +313,10 @@ fn max_diff(a: &Value, b: &Value) -> f64 {
         (Value::Number(x), Value::Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
         (Value::Array(x), Value::Array(y)) => {
             assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(x, y)| max_diff(x, y)).fold(0.0, f64::max)
+            x.iter()
+                .zip(y)
+                .map(|(x, y)| max_diff(x, y))
+                .fold(0.0, f64::max)
         }
         (Value::Object(x), Value::Object(y)) => x
             .iter()
@@ -215,7 +347,13 @@ async fn a_frame_gives_the_same_result_at_batch_sizes_one_and_eight() {
         let mut cfg = config(&redis.url(), &p);
         cfg.queue.max_batch = max_batch;
         let worker = Worker::start(cfg);
-        let got = wait_results(&redis.url(), &Keys::new(&p).results, 8, Duration::from_secs(60)).await;
+        let got = wait_results(
+            &redis.url(),
+            &Keys::new(&p).results,
+            8,
+            Duration::from_secs(60),
+        )
+        .await;
         worker.stop().await;
         for r in got.values() {
             people.push(r["people"].clone());
