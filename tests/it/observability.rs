@@ -45,22 +45,36 @@ fn value_of(metrics: &str, line_prefix: &str) -> Option<f64> {
 async fn metrics_over_http_list_every_design_name() {
     let redis = shared_redis();
     let p = prefix("metrics");
-    let frames: Vec<_> = (0..4).map(|i| frame(&format!("m{i}"), image(320, 240, i, false))).collect();
+    let frames: Vec<_> = (0..4)
+        .map(|i| frame(&format!("m{i}"), image(320, 240, i, false)))
+        .collect();
     enqueue_frames(&redis.url(), &p, &frames, true).await;
     let worker = Worker::start(config(&redis.url(), &p));
-    wait_results(&redis.url(), &Keys::new(&p).results, 4, Duration::from_secs(60)).await;
+    wait_results(
+        &redis.url(),
+        &Keys::new(&p).results,
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // one queue-gauge sample
-    let (status, body) = http_get(&format!("{}/metrics", worker.http)).await.expect("GET /metrics");
+    let (status, body) = http_get(&format!("{}/metrics", worker.http))
+        .await
+        .expect("GET /metrics");
     assert_eq!(status, 200);
     let gpu = tch::Cuda::is_available();
     for name in DESIGN_NAMES {
-        let present = body.contains(&format!("# TYPE {name} ")) || body.contains(&format!("\n{name}"));
+        let present =
+            body.contains(&format!("# TYPE {name} ")) || body.contains(&format!("\n{name}"));
         if !gpu && (m::GPU_ONLY.contains(name) || GPU_COUNTERS.contains(name)) {
             // No GPU in this process: NVML and allocator gauges are absent by design.
             continue;
         }
         assert!(present, "{name} missing from /metrics:\n{body}");
-        assert!(body.contains(&format!("# HELP {name} ")), "{name} has no description");
+        assert!(
+            body.contains(&format!("# HELP {name} ")),
+            "{name} has no description"
+        );
     }
     assert!(value_of(&body, "hmr2_jobs_total{outcome=\"ok\"}").unwrap() >= 4.0);
     assert_eq!(value_of(&body, "hmr2_worker_ready"), Some(1.0));
@@ -68,9 +82,17 @@ async fn metrics_over_http_list_every_design_name() {
     assert!(body.contains(&format!("hmr2_queue_length{{stream=\"{p}:jobs\"}}")));
     // Only GET on the three paths.
     let client = reqwest::Client::new();
-    let post = client.post(format!("{}/metrics", worker.http)).send().await.unwrap();
+    let post = client
+        .post(format!("{}/metrics", worker.http))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post.status().as_u16(), 405);
-    let other = client.get(format!("{}/admin", worker.http)).send().await.unwrap();
+    let other = client
+        .get(format!("{}/admin", worker.http))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status().as_u16(), 404);
     worker.stop().await;
 }
@@ -83,7 +105,12 @@ async fn readiness_needs_warm_up_and_redis() {
     cfg.queue.max_batch = 32; // a longer warm-up to look at
     let worker = Worker::start(cfg);
     // Until warm-up is over, /readyz says no (and says why).
-    wait_status(&format!("{}/healthz", worker.http), 200, Duration::from_secs(60)).await;
+    wait_status(
+        &format!("{}/healthz", worker.http),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
     let mut seen_not_ready = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -99,13 +126,23 @@ async fn readiness_needs_warm_up_and_redis() {
     }
     let _ = seen_not_ready; // the window may be too short to observe on a fast machine
     redis.kill();
-    wait_status(&format!("{}/readyz", worker.http), 503, Duration::from_secs(10)).await;
+    wait_status(
+        &format!("{}/readyz", worker.http),
+        503,
+        Duration::from_secs(10),
+    )
+    .await;
     let (_, body) = http_get(&format!("{}/readyz", worker.http)).await.unwrap();
     assert!(body.contains("\"redis_ok\":false"), "{body}");
     let (s, _) = http_get(&format!("{}/healthz", worker.http)).await.unwrap();
     assert_eq!(s, 200, "alive even while Redis is down");
     redis.restart().unwrap();
-    wait_status(&format!("{}/readyz", worker.http), 200, Duration::from_secs(20)).await;
+    wait_status(
+        &format!("{}/readyz", worker.http),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
     worker.stop().await;
 }
 
@@ -206,11 +243,18 @@ async fn repeated_failures_make_the_worker_not_ready() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "the worker never reported failing");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never reported failing"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     worker.stop().await;
-    assert_eq!(xlen(&redis.url(), &Keys::new(&p).results).await, 0, "failed frames are not acked");
+    assert_eq!(
+        xlen(&redis.url(), &Keys::new(&p).results).await,
+        0,
+        "failed frames are not acked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,12 +262,20 @@ async fn every_release_policy_serves_jobs() {
     let redis = shared_redis();
     for policy in ["per_job", "threshold", "never"] {
         let p = prefix(policy);
-        let frames: Vec<_> = (0..4).map(|i| frame(&format!("{policy}{i}"), image(200, 200, i, true))).collect();
+        let frames: Vec<_> = (0..4)
+            .map(|i| frame(&format!("{policy}{i}"), image(200, 200, i, true)))
+            .collect();
         enqueue_frames(&redis.url(), &p, &frames, false).await;
         let mut cfg = config(&redis.url(), &p);
         cfg.gpu.release = serde_json::from_value(serde_json::json!(policy)).unwrap();
         let worker = Worker::start(cfg);
-        let got = wait_results(&redis.url(), &Keys::new(&p).results, 4, Duration::from_secs(60)).await;
+        let got = wait_results(
+            &redis.url(),
+            &Keys::new(&p).results,
+            4,
+            Duration::from_secs(60),
+        )
+        .await;
         worker.stop().await;
         assert!(got.values().all(|r| r["status"] == "ok"), "{policy}");
     }
@@ -256,7 +308,13 @@ async fn host_memory_stays_flat_over_two_thousand_frames() {
             })
             .collect();
         enqueue_frames(&redis.url(), &p, &frames, true).await;
-        wait_results(&redis.url(), &keys.results, (chunk + 1) * 250, Duration::from_secs(300)).await;
+        wait_results(
+            &redis.url(),
+            &keys.results,
+            (chunk + 1) * 250,
+            Duration::from_secs(300),
+        )
+        .await;
         samples.push(rss_kib(child.id()));
     }
     child.kill().unwrap();
@@ -265,6 +323,11 @@ async fn host_memory_stays_flat_over_two_thousand_frames() {
     let after_warmup = samples[1];
     let peak = *samples[1..].iter().max().unwrap();
     let growth_mib = (peak.saturating_sub(after_warmup)) as f64 / 1024.0;
-    eprintln!("RSS samples (KiB) every 250 frames: {samples:?}; growth after warm-up {growth_mib:.1} MiB");
-    assert!(growth_mib < 24.0, "RSS grew by {growth_mib:.1} MiB after warm-up: {samples:?}");
+    eprintln!(
+        "RSS samples (KiB) every 250 frames: {samples:?}; growth after warm-up {growth_mib:.1} MiB"
+    );
+    assert!(
+        growth_mib < 24.0,
+        "RSS grew by {growth_mib:.1} MiB after warm-up: {samples:?}"
+    );
 }

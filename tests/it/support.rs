@@ -42,7 +42,11 @@ pub fn shared_redis() -> &'static RedisServer {
 /// A prefix no other test uses.
 pub fn prefix(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("t{}-{}-{name}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Test configuration: tiny model on the CPU, short timeouts, a free metrics port.
@@ -90,19 +94,26 @@ impl Worker {
 
 /// A worker as a child process of the real binary, configured through `HMR2_*` variables.
 pub fn spawn_worker_process(config: &Config) -> Child {
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", config.queue.prefix)))
-        .expect("log file");
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("{}.log", config.queue.prefix)))
+            .expect("log file");
     Command::new(env!("CARGO_BIN_EXE_hmr2-worker"))
         .arg("run")
         .env("HMR2_REDIS__URL", &config.redis.url)
         .env("HMR2_QUEUE__PREFIX", &config.queue.prefix)
         .env("HMR2_QUEUE__MAX_BATCH", config.queue.max_batch.to_string())
         .env("HMR2_QUEUE__BLOCK_MS", config.queue.block_ms.to_string())
-        .env("HMR2_QUEUE__CLAIM_IDLE_MS", config.queue.claim_idle_ms.to_string())
+        .env(
+            "HMR2_QUEUE__CLAIM_IDLE_MS",
+            config.queue.claim_idle_ms.to_string(),
+        )
         .env("HMR2_MODEL__PATH", &config.model.path)
         .env("HMR2_MODEL__DEVICE", &config.model.device)
         .env("HMR2_HTTP__LISTEN", &config.http.listen)
-        .env("HMR2_SHUTDOWN__GRACE_SECONDS", config.shutdown.grace_seconds.to_string())
+        .env(
+            "HMR2_SHUTDOWN__GRACE_SECONDS",
+            config.shutdown.grace_seconds.to_string(),
+        )
         .env("HMR2_PIPELINE__DECODE_THREADS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -193,7 +204,12 @@ pub async fn results(url: &str, stream: &str) -> Vec<(String, Value)> {
 }
 
 /// Waits until `stream` holds results for `n` distinct job ids; returns them by job id.
-pub async fn wait_results(url: &str, stream: &str, n: usize, timeout: Duration) -> HashMap<String, Value> {
+pub async fn wait_results(
+    url: &str,
+    stream: &str,
+    n: usize,
+    timeout: Duration,
+) -> HashMap<String, Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let all = results(url, stream).await;
@@ -219,7 +235,8 @@ pub async fn xlen(url: &str, key: &str) -> usize {
 pub async fn pending(url: &str, prefix: &str) -> usize {
     let k = Keys::new(prefix);
     let mut c = connect(url).await;
-    let r: redis::RedisResult<redis::streams::StreamPendingReply> = c.xpending(&k.jobs, &k.group).await;
+    let r: redis::RedisResult<redis::streams::StreamPendingReply> =
+        c.xpending(&k.jobs, &k.group).await;
     match r {
         Ok(p) => p.count(),
         Err(_) => 0,
@@ -242,7 +259,10 @@ pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "{url} did not answer {status} within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not answer {status} within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
