@@ -21,14 +21,19 @@
 //! 256×256 sample points: the source region the crop touches is read once per output row, and
 //! nothing outside it is blurred.
 //!
-//! ## DCT-scaled JPEG decoding
-//! A JPEG can be decoded at 1/2, 1/4 or 1/8 of its size for less (the inverse DCT keeps fewer
-//! coefficients, and colour conversion and the crop touch fewer pixels; the entropy decoding
-//! stays: a 720p frame at q90 takes ~25% less time at 1/2, ~30% less at 1/4). When every box of a
-//! frame is large enough that its crop still shrinks the scaled frame by at least 3×
-//! ([`JPEG_SCALE_MIN_BOX`]), the worker decodes at that scale; [`Frame::scale`] records it and
-//! [`crop_into`] maps original-image coordinates onto the scaled pixels and blurs with the same
-//! filter width on the picture (`sigma / scale` scaled pixels, see [`blur_sigma`]).
+//! ## JPEG decoders, and DCT scaling
+//! At full resolution JPEGs are decoded with zune-jpeg (the `image` crate's decoder):
+//! single-threaded and the cheapest in CPU time. A JPEG can also be decoded at 1/2, 1/4 or 1/8 of
+//! its size (the inverse DCT keeps fewer coefficients), which only jpeg-decoder offers; it is used
+//! for that alone ([`jpeg_scale_for`]). Measured on 2 cores, CPU time per frame, decode plus a
+//! whole-frame crop (q90 frames with mild grain): 720p zune 2.4 ms against jpeg-decoder
+//! 3.9/3.5/3.2 ms at 1/2, 1/4, 1/8; 1080p 5.3 against 7.0/5.0-5.3/4.8-5.6; 4K 21.3 against
+//! 28/22/20-21. jpeg-decoder hands rows to helper threads on every decode and its entropy
+//! decoding is slower, so scaling does not pay for itself in CPU; it is kept for the largest
+//! boxes (4K frames and up), where it is CPU-neutral and the frame takes 16× less memory.
+//! [`Frame::scale`] records the scale, and [`crop_into`] maps original-image coordinates onto the
+//! scaled pixels and blurs with the same filter width on the picture (`sigma / scale` scaled
+//! pixels, see [`blur_sigma`]).
 //!
 //! ## EXIF orientation: ignored, on purpose
 //! Pixels are used in their *stored* orientation. Frames come from video splitters, which write no
@@ -55,17 +60,17 @@ pub const CROP_BYTES: usize = CROP * CROP * 3;
 /// The box aspect HMR2.0 was trained on (`BBOX_SHAPE = [192, 256]`), width over height.
 const BOX_ASPECT: f32 = 192.0 / 256.0;
 
-/// A DCT scale `k` is used only while the smallest crop box still spans at least this many
-/// scaled pixels (`box_size / k ≥ 768 = 3·CROP`), i.e. the crop still shrinks the scaled frame
-/// at least 3×. A 720p whole-frame box (side 1707) decodes at 1/2, a 1080p one at 1/2, a 4K one
-/// at 1/4; person boxes under 1536 px at full size.
+/// A DCT scale `k` (4 or 8, see the module doc for why not 2) is used only while the smallest
+/// crop box still spans at least this many scaled pixels (`box_size / k ≥ 768 = 3·CROP`), i.e.
+/// the crop still shrinks the scaled frame at least 3×: a 4K whole-frame box (side 5120) decodes
+/// at 1/4; 720p and 1080p frames, and boxes under 3072 px, at full size.
 ///
 /// Why 3× and not 2×: measured against the reference crop of the full-resolution decode
 /// (1080p JPEG, q90, per-pixel noise and 8 px checks), the mean difference at 1/2 scale is
 /// 6.3 grey levels for a 1024 px box, 2.0 at 1100, 1.0 at 1536, 0.5 at 1800 and ≤ 0.3 from 2048
-/// on (1/4 scale: 0.8 at 2048); on smooth content it stays under 0.7 throughout. Just above
-/// `d = 2` the reference's own blur is too weak for its sampling step, so its crop aliases the
-/// texture and the DCT's block average cannot reproduce that.
+/// on (1/4 scale: 0.8 at 2048, ≤ 0.5 from 3072); on smooth content it stays under 0.7
+/// throughout. Just above `d = 2` the reference's own blur is too weak for its sampling step, so
+/// its crop aliases the texture and the DCT's block average cannot reproduce that.
 pub const JPEG_SCALE_MIN_BOX: f32 = 3.0 * CROP as f32;
 
 /// A box side may be at most this many times the image's longer side. Larger boxes can only be
@@ -221,8 +226,22 @@ fn png_dimensions(b: &[u8]) -> Result<(u32, u32), InputError> {
     Ok((be(16), be(20)))
 }
 
-/// Width and height from a JPEG's frame header (SOFn), walking the marker segments before it.
+/// Width and height from a JPEG's frame header (SOFn).
 fn jpeg_dimensions(b: &[u8]) -> Result<(u32, u32), InputError> {
+    // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
+    let is_sof = |m: u8| matches!(m, 0xC0..=0xCF) && !matches!(m, 0xC4 | 0xC8 | 0xCC);
+    let at = jpeg_segment(b, is_sof)?;
+    let truncated = || InputError::InvalidImage("truncated JPEG header".into());
+    let sof = b.get(at + 2..at + 7).ok_or_else(truncated)?;
+    let height = u16::from_be_bytes([sof[1], sof[2]]);
+    let width = u16::from_be_bytes([sof[3], sof[4]]);
+    Ok((u32::from(width), u32::from(height)))
+}
+
+/// Walks a JPEG's marker segments from the start and returns the position of the length field
+/// of the first segment whose marker satisfies `wanted` (only header segments are walked; the
+/// first scan, SOS, ends the walk).
+fn jpeg_segment(b: &[u8], wanted: impl Fn(u8) -> bool) -> Result<usize, InputError> {
     let truncated = || InputError::InvalidImage("truncated JPEG header".into());
     let mut i = 2;
     loop {
@@ -239,11 +258,16 @@ fn jpeg_dimensions(b: &[u8]) -> Result<(u32, u32), InputError> {
         }
         let marker = *b.get(i).ok_or_else(truncated)?;
         i += 1;
+        if wanted(marker) {
+            return Ok(i);
+        }
         match marker {
             // Markers without a length field.
             0x01 | 0xD0..=0xD8 => continue,
             0xD9 | 0xDA => {
-                return Err(InputError::InvalidImage("JPEG has no frame header".into()));
+                return Err(InputError::InvalidImage(
+                    "JPEG has no frame header before its data".into(),
+                ));
             }
             _ => {}
         }
@@ -256,14 +280,22 @@ fn jpeg_dimensions(b: &[u8]) -> Result<(u32, u32), InputError> {
                 "corrupt JPEG header: bad segment length".into(),
             ));
         }
-        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
-        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            let sof = b.get(i + 2..i + 7).ok_or_else(truncated)?;
-            let height = u16::from_be_bytes([sof[1], sof[2]]);
-            let width = u16::from_be_bytes([sof[3], sof[4]]);
-            return Ok((u32::from(width), u32::from(height)));
-        }
         i += len;
+    }
+}
+
+/// Refuses a JPEG cut short: its compressed data must be followed by an end-of-image marker
+/// (`FF D9`, which cannot occur inside entropy-coded data; an embedded EXIF thumbnail's EOI comes
+/// before the first scan and is not counted; bytes appended after the EOI are fine). The
+/// full-resolution decoder would otherwise fill the missing part with grey, as browsers do.
+fn check_jpeg_complete(b: &[u8]) -> Result<(), InputError> {
+    let scan = jpeg_segment(b, |m| m == 0xDA)?;
+    if b[scan..].windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(InputError::InvalidImage(
+            "JPEG is truncated: no end-of-image marker after its data".into(),
+        ))
     }
 }
 
@@ -334,11 +366,12 @@ pub fn validate_box(b: [f64; 4], width: u32, height: u32) -> Result<[f32; 4], In
     Ok([x1 as f32, y1 as f32, x2 as f32, y2 as f32])
 }
 
-/// The DCT scale (1, 2, 4 or 8) to decode a JPEG at when its smallest crop box has side
-/// `min_box_size` (original pixels): the largest `k` with `min_box_size / k ≥`
-/// [`JPEG_SCALE_MIN_BOX`], so every crop still shrinks the scaled frame at least 3×.
+/// The DCT scale (1, 4 or 8) to decode a JPEG at when its smallest crop box has side
+/// `min_box_size` (original pixels): the largest `k` of 8 and 4 with `min_box_size / k ≥`
+/// [`JPEG_SCALE_MIN_BOX`], so every crop still shrinks the scaled frame at least 3×; else 1.
+/// (1/2 is never chosen: it costs more CPU than a full-resolution decode, see the module doc.)
 pub fn jpeg_scale_for(min_box_size: f32) -> u32 {
-    [8, 4, 2]
+    [8, 4]
         .into_iter()
         .find(|&k| min_box_size / k as f32 >= JPEG_SCALE_MIN_BOX)
         .unwrap_or(1)
@@ -400,6 +433,34 @@ pub fn decode(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Frame, Input
     })
 }
 
+/// `image` decoder limits for a `w`×`h` image of at most `bytes_per_pixel`, plus room for the
+/// decoder's own buffers.
+fn image_limits(w: u32, h: u32, bytes_per_pixel: u64) -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(u64::from(w) * u64::from(h) * bytes_per_pixel + (16 << 20));
+    limits
+}
+
+/// Full-resolution JPEG decoding: zune-jpeg (through `image`), single-threaded and the cheapest
+/// in CPU time (see the module doc).
+fn decode_jpeg_full(bytes: &[u8], info: &ImageInfo) -> Result<Frame, InputError> {
+    use image::{codecs::jpeg::JpegDecoder, DynamicImage, ImageDecoder};
+    let corrupt = |e: image::ImageError| InputError::InvalidImage(format!("JPEG: {e}"));
+    check_jpeg_complete(bytes)?;
+    let (w, h) = (info.width, info.height);
+    let mut dec = JpegDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+    dec.set_limits(image_limits(w, h, 4)).map_err(corrupt)?;
+    let img = DynamicImage::from_decoder(dec).map_err(corrupt)?;
+    if (img.width(), img.height()) != (w, h) {
+        return Err(InputError::InvalidImage(
+            "JPEG: inconsistent frame headers".into(),
+        ));
+    }
+    Ok(Frame::from_rgb(w, h, img.into_rgb8().into_raw()))
+}
+
 fn decode_jpeg(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Frame, InputError> {
     let corrupt = |e: jpeg_decoder::Error| InputError::InvalidImage(format!("JPEG: {e}"));
     let (w, h) = (info.width, info.height);
@@ -412,6 +473,9 @@ fn decode_jpeg(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Frame, Inpu
     // Below 2k pixels the decoder's choice of scale would be ambiguous; such images are tiny.
     while k > 1 && w.min(h) < 2 * k {
         k /= 2;
+    }
+    if k == 1 {
+        return decode_jpeg_full(bytes, info);
     }
     let mut dec = jpeg_decoder::Decoder::new(bytes);
     // The decoder must not allocate more than the probed dimensions allow (RGB, or CMYK).
@@ -476,12 +540,9 @@ fn decode_png(bytes: &[u8], info: &ImageInfo) -> Result<Frame, InputError> {
     use image::{codecs::png::PngDecoder, DynamicImage};
     let corrupt = |e: image::ImageError| InputError::InvalidImage(format!("PNG: {e}"));
     let (w, h) = (info.width, info.height);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
-    // RGBA16 is the largest layout (8 bytes a pixel), plus room for the decoder's own buffers.
-    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (16 << 20));
-    let dec = PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(corrupt)?;
+    // RGBA16 is the largest layout: 8 bytes a pixel.
+    let dec =
+        PngDecoder::with_limits(Cursor::new(bytes), image_limits(w, h, 8)).map_err(corrupt)?;
     let img = DynamicImage::from_decoder(dec).map_err(corrupt)?;
     if (img.width(), img.height()) != (w, h) {
         return Err(InputError::InvalidImage("PNG: inconsistent header".into()));
@@ -632,6 +693,25 @@ const SCRATCH_KEEP: usize = 1 << 20;
 /// Applies the planned axes: for each output row, the weighted sum of its source rows over the
 /// columns span `[x.lo, x.hi]`, then each output pixel from its weighted columns.
 fn resample(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { resample_avx2(frame, s, out) };
+        return;
+    }
+    resample_portable(frame, s, out);
+}
+
+/// [`resample_portable`] compiled for AVX2: 8 float lanes instead of 4 in the row sums, where a
+/// blurred crop spends most of its time; identical results (no FMA contraction either way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn resample_avx2(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
+    resample_portable(frame, s, out);
+}
+
+#[inline(always)]
+fn resample_portable(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
     let stride = frame.pixels_width as usize * 3;
     let (c_lo, span) = (s.x.lo as usize * 3, (s.x.hi - s.x.lo) as usize * 3 + 3);
     s.line.clear();
@@ -650,17 +730,9 @@ fn resample(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
         };
         // Two source rows per sweep over the line buffer: half the loads and stores of it.
         while let Some((&r0, &w0)) = taps.next() {
-            match taps.next() {
-                Some((&r1, &w1)) => {
-                    for ((a, &p0), &p1) in s.line.iter_mut().zip(source(r0)).zip(source(r1)) {
-                        *a += w0 * f32::from(p0) + w1 * f32::from(p1);
-                    }
-                }
-                None => {
-                    for (a, &p0) in s.line.iter_mut().zip(source(r0)) {
-                        *a += w0 * f32::from(p0);
-                    }
-                }
+            let (r1, w1) = taps.next().map_or((r0, 0.0), |(&r, &w)| (r, w));
+            for ((l, &p), &q) in s.line.iter_mut().zip(source(r0)).zip(source(r1)) {
+                *l += w0 * f32::from(p) + w1 * f32::from(q);
             }
         }
         let taps = s.x.taps;
@@ -1099,11 +1171,10 @@ mod tests {
     fn jpeg_scale_choice() {
         for (size, k) in [
             (100.0, 1),
-            (1100.0, 1),
-            (1535.9, 1),
-            (1536.0, 2),
-            (1706.7, 2), // 1280×720 whole frame
-            (2560.0, 2), // 1920×1080 whole frame
+            (1536.0, 1),
+            (1706.7, 1), // 1280×720 whole frame
+            (2560.0, 1), // 1920×1080 whole frame
+            (3071.9, 1),
             (3072.0, 4),
             (5120.0, 4), // 3840×2160 whole frame
             (6144.0, 8),

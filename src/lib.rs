@@ -21,10 +21,12 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 
+pub mod bench;
 pub mod camera;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod enqueue;
 pub mod error;
 pub mod gpu;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hmr2_worker::config::{Config, Overrides};
-use hmr2_worker::{check, cli, telemetry};
+use hmr2_worker::{bench, check, cli, demo, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +60,56 @@ enum Command {
     Check,
     /// Prints the effective configuration (password redacted).
     Config,
+    /// The whole system in one command: a throwaway redis-server, the worker in-process (tiny
+    /// model, best device), synthetic 1280x720 frames or your images, a progress bar, a summary
+    /// table, and PNG overlays of the 2D keypoints and skeleton in --out.
+    Demo(DemoArgs),
+    /// End-to-end benchmark through a real Redis (throwaway unless --redis-url), with the raw
+    /// decode rate and the model-only rate measured beside it; prints a table, writes JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Synthetic frames to run (with images given, each image runs once).
+    #[arg(long, default_value_t = 64)]
+    frames: usize,
+    /// Folder for the PNG overlays.
+    #[arg(long, value_name = "DIR", default_value = "demo-out")]
+    out: PathBuf,
+    /// How many of the first frames get an overlay.
+    #[arg(long, default_value_t = 4)]
+    overlays: usize,
+    /// Image files or folders of .jpg/.jpeg/.png (default: synthetic frames).
+    images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Jobs to run end to end.
+    #[arg(long, default_value_t = 2000)]
+    frames: usize,
+    /// Frame size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
+    size: (u32, u32),
+    /// Walking figures per frame whose boxes go with each job (0-3; 0 = no boxes, whole frame).
+    #[arg(long, default_value_t = 0)]
+    people: usize,
+    /// Distinct frames drawn, encoded once and cycled through.
+    #[arg(long, default_value_t = 8)]
+    distinct: usize,
+    /// Send the JPEG bytes in the `image` field instead of base64 in the job JSON.
+    #[arg(long)]
+    raw: bool,
+    /// Where the JSON report goes.
+    #[arg(long, value_name = "FILE", default_value = "bench-out/bench.json")]
+    json: PathBuf,
+    /// More batch sizes for the model-only measurement, e.g. 1,8,32,64.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Also write the distinct frames (JPEG) and their boxes here, for the Python baseline.
+    #[arg(long, value_name = "DIR")]
+    save_frames: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -97,6 +147,12 @@ fn main() -> ExitCode {
         .set("queue.max_batch", g.max_batch)
         .set("http.listen", g.listen.clone())
         .set("log.format", g.log_format.clone());
+    if matches!(cli.command, Command::Demo(_) | Command::Bench(_))
+        && std::env::var_os("HMR2_LOG__LEVEL").is_none()
+    {
+        // The worker's start-up lines would break the progress output; warnings still show.
+        flags.set("log.level", Some("warn"));
+    }
     let config = match Config::load(g.config.as_deref(), &flags, true) {
         Ok(c) => c,
         Err(e) => {
@@ -120,6 +176,35 @@ fn main() -> ExitCode {
                     vertices: a.vertices,
                 },
             ))
+        }),
+        Command::Demo(a) => runtime().and_then(|rt| {
+            rt.block_on(demo::run(
+                config,
+                demo::DemoOptions {
+                    frames: a.frames,
+                    out: a.out,
+                    overlays: a.overlays,
+                    images: a.images,
+                    redis_url: g.redis_url.clone(),
+                },
+            ))
+        }),
+        Command::Bench(a) => runtime().and_then(|rt| {
+            rt.block_on(bench::run(
+                config,
+                bench::BenchOptions {
+                    frames: a.frames,
+                    size: a.size,
+                    people: a.people,
+                    distinct: a.distinct,
+                    raw: a.raw,
+                    redis_url: g.redis_url.clone(),
+                    json: a.json,
+                    sweep: a.sweep,
+                    save_frames: a.save_frames,
+                },
+            ))
+            .map(|_| ())
         }),
         Command::Config => {
             print!("{}", config.to_redacted_toml());

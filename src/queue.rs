@@ -115,6 +115,27 @@ pub struct Claimed {
     pub deleted: usize,
 }
 
+/// What an atomic publish step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Result published, job acknowledged and deleted.
+    Done,
+    /// The job was no longer pending (another worker finished it): nothing written.
+    NotPending,
+    /// The reply key holds something other than a stream: nothing written.
+    ReplyNotAStream,
+}
+
+impl Written {
+    fn from_script(n: i64) -> Self {
+        match n {
+            1 => Written::Done,
+            -1 => Written::ReplyNotAStream,
+            _ => Written::NotPending,
+        }
+    }
+}
+
 /// A dead letter to write.
 pub struct DeadLetter<'a> {
     pub entry: &'a Entry,
@@ -214,6 +235,13 @@ impl Queue {
     /// The group starts at `0` so jobs enqueued before any worker existed are processed.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut c = self.conn().await?;
+        // Look first: creating needs a write, which Redis refuses when it is out of memory.
+        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&self.keys.jobs).await;
+        if let Ok(g) = groups {
+            if g.groups.iter().any(|g| g.name == self.keys.group) {
+                return Ok(());
+            }
+        }
         let r: Result<String, _> = c
             .xgroup_create_mkstream(&self.keys.jobs, &self.keys.group, "0")
             .await;
@@ -326,14 +354,13 @@ impl Queue {
     }
 
     /// Publishes a result and acknowledges (and deletes) its job in one atomic step.
-    /// `Ok(false)`: the entry was no longer pending, nothing was written.
     pub async fn publish(
         &self,
         entry_id: &str,
         reply_to: &str,
         job_id: &str,
         result_json: &str,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Written, QueueError> {
         let mut c = self.conn().await?;
         let n: i64 = self
             .publish
@@ -346,11 +373,11 @@ impl Queue {
             .arg(result_json)
             .invoke_async(&mut *c)
             .await?;
-        Ok(n == 1)
+        Ok(Written::from_script(n))
     }
 
     /// Error result + dead-letter entry + acknowledgement, in one atomic step.
-    pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<bool, QueueError> {
+    pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<Written, QueueError> {
         let mut c = self.conn().await?;
         let mut inv = self.dead_letter.prepare_invoke();
         inv.key(&self.keys.jobs)
@@ -370,7 +397,7 @@ impl Queue {
             inv.arg(k).arg(v.as_slice());
         }
         let n: i64 = inv.invoke_async(&mut *c).await?;
-        Ok(n == 1)
+        Ok(Written::from_script(n))
     }
 
     /// Length, pending count and group lag of the job stream.

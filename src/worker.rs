@@ -32,13 +32,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::error::{ConfigError, ModelError, QueueError};
+use crate::error::{ConfigError, InputError, ModelError, QueueError};
 use crate::http::{self, Health};
 use crate::image::CROP_BYTES;
 use crate::job::{JobResult, Timings};
 use crate::metrics::{self as m, outcome};
 use crate::model::{self, FrameOutput, TorchModel};
-use crate::queue::{DeadLetter, Entry, Queue};
+use crate::queue::{DeadLetter, Entry, Queue, Written};
 use infer::{Batch, BatchDone};
 use prepare::{Prepared, Rejected};
 use result::Origin;
@@ -568,9 +568,20 @@ async fn finish(ctx: Arc<Ctx>, j: InFlight) {
         let t = Instant::now();
         let published = retry(&ctx, || ctx.queue.publish(&delivery.entry.id, &reply, &job_id, &json)).await;
         histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());
-        if published == Some(true) {
-            counter!(m::JOBS, "outcome" => outcome::OK).increment(1);
-            histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
+        match published {
+            Some(Written::Done) => {
+                counter!(m::JOBS, "outcome" => outcome::OK).increment(1);
+                histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
+            }
+            Some(Written::NotPending) => {
+                tracing::debug!("another worker finished this job first; result dropped");
+            }
+            Some(Written::ReplyNotAStream) => {
+                let error = InputError::InvalidJob(format!("reply_to {reply:?} names a key that is not a stream"));
+                let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size) };
+                reject(ctx.clone(), delivery, Box::new(rejected)).await;
+            }
+            None => {}
         }
     }
     .instrument(span)
@@ -631,32 +642,41 @@ async fn dead_letter(
     message: &str,
 ) -> bool {
     let json = result.to_json();
-    let reply = ctx
+    let job_id = echo.job_id.clone().unwrap_or_default();
+    let mut reply = ctx
         .queue
         .keys()
         .reply_stream(echo.reply_to.as_deref())
         .to_string();
-    let job_id = echo.job_id.clone().unwrap_or_default();
-    let letter = || {
-        ctx.queue.dead_letter(DeadLetter {
-            entry: &d.entry,
-            reply_to: &reply,
-            job_id: &job_id,
-            result_json: &json,
-            code,
-            message,
-            worker: &ctx.origin.worker,
-        })
-    };
-    retry(ctx, letter).await == Some(true)
+    loop {
+        let letter = || {
+            ctx.queue.dead_letter(DeadLetter {
+                entry: &d.entry,
+                reply_to: &reply,
+                job_id: &job_id,
+                result_json: &json,
+                code,
+                message,
+                worker: &ctx.origin.worker,
+            })
+        };
+        match retry(ctx, letter).await {
+            Some(Written::Done) => return true,
+            Some(Written::ReplyNotAStream) if reply != ctx.queue.keys().results => {
+                // The job's reply_to is unusable: answer on the default stream instead.
+                reply = ctx.queue.keys().results.clone();
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// Runs a Redis step until it succeeds, backing off while Redis is away; gives up only when the
 /// grace period is over (the job then stays pending: nothing was acknowledged).
-async fn retry<F, Fut>(ctx: &Ctx, mut step: F) -> Option<bool>
+async fn retry<T, F, Fut>(ctx: &Ctx, mut step: F) -> Option<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, QueueError>>,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
 {
     let mut backoff = Backoff::default();
     loop {

@@ -1,11 +1,17 @@
+#!lua
 -- Dead-letter one job: error result to its reply stream, the original fields plus the reason to
 -- the dead-letter stream, then acknowledge and delete it, atomically.
 -- KEYS[1] job stream, KEYS[2] reply stream, KEYS[3] dead-letter stream
 -- ARGV[1] group, ARGV[2] job entry id, ARGV[3] reply MAXLEN, ARGV[4] dead MAXLEN,
 -- ARGV[5] job_id, ARGV[6] result JSON, ARGV[7] error code, ARGV[8] error message,
 -- ARGV[9] deliveries, ARGV[10] worker, ARGV[11..] original field/value pairs
--- Returns 1 when written, 0 when the entry was no longer pending.
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+-- Returns 1 when written, 0 when the entry was no longer pending, -1 when the reply key holds
+-- something other than a stream (nothing written in either case).
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'stream' then
+  return -1
+end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job_id', ARGV[5], 'result', ARGV[6])
@@ -19,5 +25,6 @@ for _, v in ipairs(extra) do
   dead[#dead + 1] = v
 end
 redis.call(unpack(dead))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return 1

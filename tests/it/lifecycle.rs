@@ -160,3 +160,58 @@ async fn the_worker_rides_out_a_redis_restart() {
     assert_eq!(pending(&redis.url(), &p).await, 0);
     assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_acknowledged_while_redis_refuses_writes() {
+    let redis = RedisServer::start().unwrap();
+    let p = prefix("maxmem");
+    let keys = Keys::new(&p);
+    let n = 40;
+    enqueue_frames(&redis.url(), &p, &frames(n), true).await;
+    let mut admin = connect(&redis.url()).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.jobs)
+        .arg(&keys.group)
+        .arg("0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let worker = Worker::start(config(&redis.url(), &p));
+    // The worker fetches and runs the jobs, but every publish is refused (OOM).
+    let url = redis.url();
+    wait_until("jobs to be fetched", Duration::from_secs(60), || async {
+        pending(&url, &p).await > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        xlen(&redis.url(), &keys.results).await,
+        0,
+        "nothing published"
+    );
+    assert_eq!(
+        xlen(&redis.url(), &keys.jobs).await,
+        n,
+        "nothing acknowledged or deleted"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let got = wait_results(&redis.url(), &keys.results, n, Duration::from_secs(120)).await;
+    worker.stop().await;
+    assert!(got.values().all(|r| r["status"] == "ok"));
+    assert_eq!(pending(&redis.url(), &p).await, 0);
+    assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
+}

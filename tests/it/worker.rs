@@ -364,3 +364,24 @@ async fn a_frame_gives_the_same_result_at_batch_sizes_one_and_eight() {
         assert!(d <= 1e-3, "results differ by {d} between batch sizes");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_that_is_not_a_stream_gets_an_error_on_the_default_stream() {
+    let redis = shared_redis();
+    let p = prefix("replytype");
+    let keys = Keys::new(&p);
+    let mut c = connect(&redis.url()).await;
+    let _: () = redis::AsyncCommands::set(&mut c, format!("{p}:a-string"), "x")
+        .await
+        .unwrap();
+    let mut f = frame("bad-reply", image(200, 200, 2, false));
+    f.reply_to = Some(format!("{p}:a-string"));
+    enqueue_frames(&redis.url(), &p, &[f], true).await;
+    let worker = Worker::start(config(&redis.url(), &p));
+    let got = wait_results(&redis.url(), &keys.results, 1, Duration::from_secs(60)).await;
+    worker.stop().await;
+    let r = &got["bad-reply"];
+    assert_eq!(r["error"]["code"], "invalid_job", "{r}");
+    assert_eq!(xlen(&redis.url(), &keys.dead).await, 1);
+    assert_eq!(pending(&redis.url(), &p).await, 0);
+}

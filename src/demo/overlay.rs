@@ -1,0 +1,175 @@
+//! PNG overlays of a result: each person's box, the skeleton of the 25 OpenPose-order keypoints
+//! (BODY_25) and the 19 other keypoints as small grey dots, drawn on the frame.
+
+use ::image::{Rgb, RgbImage};
+use serde::Deserialize;
+
+/// The bones of OpenPose BODY_25 (the first 25 of the 44 keypoints, `shared/HMR2_FACTS.md`):
+/// 0 nose, 1 neck, 2–4 right shoulder/elbow/wrist, 5–7 left shoulder/elbow/wrist, 8 mid hip,
+/// 9–11 right hip/knee/ankle, 12–14 left hip/knee/ankle, 15/16 right/left eye, 17/18 right/left
+/// ear, 19–21 left big toe/small toe/heel, 22–24 right big toe/small toe/heel.
+pub const BODY_25_BONES: [(usize, usize); 24] = [
+    (1, 8),
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (8, 9),
+    (9, 10),
+    (10, 11),
+    (8, 12),
+    (12, 13),
+    (13, 14),
+    (1, 0),
+    (0, 15),
+    (15, 17),
+    (0, 16),
+    (16, 18),
+    (14, 19),
+    (19, 20),
+    (14, 21),
+    (11, 22),
+    (22, 23),
+    (11, 24),
+];
+
+/// OpenPose's colour of each bone, in [`BODY_25_BONES`] order.
+const BONE_COLOURS: [[u8; 3]; 24] = [
+    [255, 0, 85],
+    [255, 0, 0],
+    [255, 85, 0],
+    [255, 170, 0],
+    [255, 255, 0],
+    [170, 255, 0],
+    [85, 255, 0],
+    [255, 0, 0],
+    [0, 255, 85],
+    [0, 255, 170],
+    [0, 255, 255],
+    [0, 170, 255],
+    [0, 85, 255],
+    [0, 0, 255],
+    [255, 0, 170],
+    [170, 0, 255],
+    [255, 0, 255],
+    [85, 0, 255],
+    [0, 0, 255],
+    [0, 0, 255],
+    [0, 0, 255],
+    [0, 255, 255],
+    [0, 255, 255],
+    [0, 255, 255],
+];
+
+/// What an overlay needs of one person of a result.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct PersonPoints {
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub keypoints_2d: Vec<[f32; 2]>,
+}
+
+/// Draws every person on `img`; line widths scale with the frame.
+pub fn draw(img: &mut RgbImage, people: &[PersonPoints]) {
+    let unit = (img.width().max(img.height()) as f32 / 400.0).max(1.0);
+    for p in people {
+        draw_box(img, p.bbox, unit.ceil() as u32, [255, 255, 255]);
+        let k = &p.keypoints_2d;
+        for (&(a, b), colour) in BODY_25_BONES.iter().zip(BONE_COLOURS) {
+            if let (Some(&pa), Some(&pb)) = (k.get(a), k.get(b)) {
+                draw_segment(img, pa, pb, 1.2 * unit, colour);
+            }
+        }
+        for (i, &q) in k.iter().enumerate() {
+            if i < 25 {
+                draw_segment(img, q, q, 2.2 * unit, [255, 255, 255]);
+                draw_segment(img, q, q, 1.4 * unit, [20, 20, 20]);
+            } else {
+                draw_segment(img, q, q, 1.2 * unit, [160, 160, 160]);
+            }
+        }
+    }
+}
+
+/// Fills every pixel within `radius` of the segment `a`–`b` (a dot when `a == b`).
+fn draw_segment(img: &mut RgbImage, a: [f32; 2], b: [f32; 2], radius: f32, colour: [u8; 3]) {
+    if !(a.iter().chain(&b).all(|v| v.is_finite())) {
+        return;
+    }
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let x1 = (a[0].min(b[0]) - radius).floor().max(0.0);
+    let x2 = (a[0].max(b[0]) + radius).ceil().min(w - 1.0);
+    let y1 = (a[1].min(b[1]) - radius).floor().max(0.0);
+    let y2 = (a[1].max(b[1]) + radius).ceil().min(h - 1.0);
+    if x1 > x2 || y1 > y2 {
+        return;
+    }
+    let (abx, aby) = (b[0] - a[0], b[1] - a[1]);
+    let len2 = abx * abx + aby * aby;
+    for y in y1 as u32..=y2 as u32 {
+        for x in x1 as u32..=x2 as u32 {
+            let (px, py) = (x as f32 - a[0], y as f32 - a[1]);
+            let t = if len2 > 0.0 {
+                ((px * abx + py * aby) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            if (px - t * abx).hypot(py - t * aby) <= radius {
+                img.put_pixel(x, y, Rgb(colour));
+            }
+        }
+    }
+}
+
+fn draw_box(img: &mut RgbImage, b: [f32; 4], width: u32, colour: [u8; 3]) {
+    let r = width as f32 / 2.0;
+    let [x1, y1, x2, y2] = b;
+    for (p, q) in [
+        ([x1, y1], [x2, y1]),
+        ([x2, y1], [x2, y2]),
+        ([x2, y2], [x1, y2]),
+        ([x1, y2], [x1, y1]),
+    ] {
+        draw_segment(img, p, q, r, colour);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bones_stay_within_the_openpose_25() {
+        for (a, b) in BODY_25_BONES {
+            assert!(a < 25 && b < 25 && a != b);
+        }
+        // Every one of the 25 joints is connected (a tree: 25 joints, 24 bones).
+        let mut seen = [false; 25];
+        for (a, b) in BODY_25_BONES {
+            seen[a] = true;
+            seen[b] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn drawing_marks_the_keypoints_and_ignores_points_off_frame() {
+        let mut img = RgbImage::new(100, 100);
+        let mut keypoints = vec![[5.0, 95.0]; 44];
+        keypoints[1] = [50.0, 20.0];
+        keypoints[8] = [50.0, 80.0];
+        keypoints[30] = [f32::NAN, 1e9];
+        keypoints[31] = [-1e6, -1e6];
+        let p = PersonPoints {
+            bbox: [10.0, 10.0, 90.0, 90.0],
+            keypoints_2d: keypoints,
+        };
+        draw(&mut img, &[p]);
+        // The neck–mid-hip bone (1, 8) is drawn in its colour half-way between them.
+        assert_eq!(img.get_pixel(50, 35).0, BONE_COLOURS[0]);
+        assert_eq!(img.get_pixel(10, 50).0, [255, 255, 255], "box edge");
+        assert_eq!(img.get_pixel(70, 50).0, [0, 0, 0], "background untouched");
+    }
+}
