@@ -93,6 +93,7 @@ pub async fn enqueue(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
             include_vertices: o.vertices,
         });
     }
+    crate::queue::install_tls_provider();
     let client = redis::Client::open(config.redis.url.as_str())?;
     let mut conn = client
         .get_multiplexed_async_connection()

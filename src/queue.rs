@@ -18,6 +18,12 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 use crate::config::Config;
 use crate::error::QueueError;
 
+/// Selects rustls's crypto provider for `rediss://` connections (once per process). The system
+/// trust store is used; `SSL_CERT_FILE` points it at a private CA.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Every key and name the worker uses, built in one place from the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -167,6 +173,7 @@ pub struct Queue {
 impl Queue {
     /// Prepares the pool (no connection is made yet).
     pub fn new(config: &Config) -> Result<Self, QueueError> {
+        install_tls_provider();
         let client = redis::Client::open(config.redis.url.as_str())?;
         let mut pc = deadpool_redis::Config::from_url(config.redis.url.clone());
         let timeout = Duration::from_millis(config.redis.connect_timeout_ms);

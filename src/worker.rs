@@ -378,6 +378,9 @@ async fn fetch(
             ctx.health.set(&ctx.health.redis_ok, true);
         }
         let now = now_ms();
+        if !entries.is_empty() {
+            tracing::debug!(entries = entries.len(), "fetched");
+        }
         for entry in entries {
             let permit = held.pop().expect("never more entries than permits");
             let queue_wait_ms = entry
@@ -570,6 +573,7 @@ async fn finish(ctx: Arc<Ctx>, j: InFlight) {
         histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());
         match published {
             Some(Written::Done) => {
+                tracing::debug!(reply = %reply, people = prepared.people.len(), "published");
                 counter!(m::JOBS, "outcome" => outcome::OK).increment(1);
                 histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
             }

@@ -4,5 +4,6 @@
 mod crop;
 mod lifecycle;
 mod observability;
+mod security;
 mod support;
 mod worker;

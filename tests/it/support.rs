@@ -94,6 +94,12 @@ impl Worker {
 
 /// A worker as a child process of the real binary, configured through `HMR2_*` variables.
 pub fn spawn_worker_process(config: &Config) -> Child {
+    spawn_worker_process_with(config, &[])
+}
+
+/// Like [`spawn_worker_process`], with extra environment variables. Its stderr goes to
+/// `$TMPDIR/<prefix>.log`.
+pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> Child {
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("{}.log", config.queue.prefix)))
             .expect("log file");
@@ -115,6 +121,7 @@ pub fn spawn_worker_process(config: &Config) -> Child {
             config.shutdown.grace_seconds.to_string(),
         )
         .env("HMR2_PIPELINE__DECODE_THREADS", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -265,4 +272,10 @@ pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Sends SIGTERM to a child worker.
+pub fn signal_term(child: &Child) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
 }
