@@ -19,6 +19,7 @@ pub struct PersonBox {
 }
 
 /// A job ready for the device: its crops, one per person, back to back.
+#[derive(Debug)]
 pub struct Prepared {
     pub job: Job,
     pub image_size: [u32; 2],
@@ -29,6 +30,7 @@ pub struct Prepared {
 }
 
 /// A job rejected for its input, with what can be echoed and the image size when known.
+#[derive(Debug)]
 pub struct Rejected {
     pub error: InputError,
     pub echo: Echo,
