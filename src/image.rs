@@ -90,7 +90,7 @@ pub struct Limits {
 /// The encodings a job's image may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// JPEG (baseline, extended or progressive, 8-bit; also lossless).
+    /// JPEG (baseline, extended or progressive; Huffman-coded).
     Jpeg,
     /// PNG (any colour type and bit depth).
     Png,
