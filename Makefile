@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PY := .venv/bin/python
 
-.PHONY: help setup build release demo test test-rust test-python test-deploy lint fmt bench gpu-check clean
+.PHONY: help setup build release demo test test-rust test-python test-reliability test-deploy lint fmt bench chaos gpu-check clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -27,13 +27,17 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test: setup lint test-python test-rust test-deploy
+test: setup lint test-python test-rust test-reliability test-deploy
 
 test-rust: setup
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-2}
 
 test-python: setup
 	$(PY) -m pytest -q models/tests
+
+test-reliability: setup
+	cargo build
+	scripts/chaos.sh --quick
 
 test-deploy: setup
 	@if [ -x deploy/tests/run ]; then deploy/tests/run; fi
@@ -43,6 +47,9 @@ fmt:
 
 bench: release
 	./target/release/hmr2-worker bench $(ARGS)
+
+chaos: release
+	scripts/chaos.sh
 
 gpu-check:
 	scripts/gpu-check.sh

@@ -52,6 +52,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 }
 
 fn print_gpu_memory(n: usize) {
+    match crate::metrics::nvml_summary(n) {
+        Ok(line) => println!("nvml          {line}"),
+        Err(e) => println!("nvml          {e}"),
+    }
     match gpu::memory_info(n) {
         Ok(m) => println!(
             "memory        {:.2} GiB free of {:.2} GiB",

@@ -240,6 +240,24 @@ impl GpuGauges {
     }
 }
 
+/// One line about the NVML device behind CUDA ordinal `cuda_index`: name, UUID, memory used and
+/// total, utilisation (for `check`).
+pub fn nvml_summary(cuda_index: usize) -> Result<String, String> {
+    let nvml = Nvml::init().map_err(|e| format!("NVML not available: {e}"))?;
+    let uuid = nvml_device_uuid(&nvml, cuda_index).ok_or("no NVML device for this CUDA ordinal")?;
+    let dev = nvml
+        .device_by_uuid(uuid.as_str())
+        .map_err(|e| e.to_string())?;
+    let name = dev.name().unwrap_or_default();
+    let mem = dev.memory_info().map_err(|e| e.to_string())?;
+    let util = dev.utilization_rates().map(|u| u.gpu).unwrap_or(0);
+    Ok(format!(
+        "{name} {uuid}: {:.2} GiB used of {:.2} GiB, {util}% busy",
+        mem.used as f64 / (1u64 << 30) as f64,
+        mem.total as f64 / (1u64 << 30) as f64
+    ))
+}
+
 /// Maps a CUDA ordinal to an NVML device UUID. `CUDA_VISIBLE_DEVICES` may list indices or
 /// UUIDs; without it, ordinals follow NVML's (PCI bus) order, as with
 /// `CUDA_DEVICE_ORDER=PCI_BUS_ID` (the usual setting on GPU nodes).

@@ -144,6 +144,16 @@ impl Memory {
             Some(g) => g.sample(),
             None => gpu::stats(d).ok(),
         };
+        if let Some(s) = stats {
+            tracing::debug!(
+                batch,
+                frames = n,
+                allocated = s.allocated,
+                reserved = s.reserved,
+                peak_allocated = s.peak_allocated,
+                "batch memory"
+            );
+        }
         if let (Some(s), Some(base)) = (stats, self.baseline) {
             let over = s.allocated - base;
             if over > self.cfg.drift_tolerance_bytes as i64 {

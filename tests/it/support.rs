@@ -93,13 +93,38 @@ impl Worker {
 }
 
 /// A worker as a child process of the real binary, configured through `HMR2_*` variables.
-pub fn spawn_worker_process(config: &Config) -> Child {
+pub fn spawn_worker_process(config: &Config) -> WorkerProcess {
     spawn_worker_process_with(config, &[])
+}
+
+/// A worker child process, killed when dropped (so a failing test leaves nothing behind).
+pub struct WorkerProcess(Child);
+
+impl std::ops::Deref for WorkerProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Like [`spawn_worker_process`], with extra environment variables. Its stderr goes to
 /// `$TMPDIR/<prefix>.log`.
-pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> Child {
+pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> WorkerProcess {
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("{}.log", config.queue.prefix)))
             .expect("log file");
@@ -126,6 +151,7 @@ pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> Child
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(WorkerProcess)
         .expect("spawn the worker binary")
 }
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# GPU evidence in one call, on a machine with an NVIDIA GPU, python3 with torch 2.11 and no
+# network (see docs/gpu-report.md for the last report):
+#   1. exports the full-size HMR2 model in bf16 on the GPU (random weights of the real
+#      architecture, or --checkpoint via EXPORT_ARGS);
+#   2. starts a bundled redis-server;
+#   3. `hmr2-worker check` on cuda:0;
+#   4. runs the worker on cuda:0, pushes FRAMES synthetic 1280x720 JPEG frames, scrapes /metrics
+#      every second, logs allocator figures after every batch;
+#   5. runs `hmr2-worker bench` (end to end, model-only and raw-decode rates) on the same GPU;
+#   6. writes $OUT/report.md (frames/s, batch sizes, allocated/reserved after every batch, NVML
+#      used, OOMs, per-stage times) next to the raw files.
+# Environment: OUT (default gpu-out), HMR2_BIN (default .device/hmr2-worker or
+# target/release/hmr2-worker), REDIS_DIR (a bundle from shared/device/bundle-redis.sh, default
+# .device/redis; else redis-server on PATH), FRAMES (5000), BATCH (64), PYTHON (python3), DEVICE
+# (cuda:0), MODEL (exported when missing). A dry run on a CPU machine:
+#   DEVICE=cpu MODEL=models/artifacts/hmr2-tiny.pt FRAMES=300 BATCH=16 scripts/gpu-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+FRAMES=${FRAMES:-5000}
+BATCH=${BATCH:-64}
+DEVICE=${DEVICE:-cuda:0}
+PY=${PYTHON:-python3}
+BIN=${HMR2_BIN:-}
+[ -n "$BIN" ] || { [ -x .device/hmr2-worker ] && BIN=.device/hmr2-worker || BIN=target/release/hmr2-worker; }
+REDIS_DIR=${REDIS_DIR:-.device/redis}
+REDIS=redis-server; [ -x "$REDIS_DIR/redis-server" ] && REDIS="$REDIS_DIR/redis-server"
+mkdir -p "$OUT"
+log() { printf '[gpu-check %s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$OUT/steps.log"; }
+
+TORCH_LIB=$($PY -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+MODEL=${MODEL:-/tmp/hmr2-full-bf16.pt}
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+if [ ! -f "$MODEL" ]; then
+  log "exporting the full model (bf16, cuda) to $MODEL"
+  $PY -m models.export --preset full --dtype bf16 --device cuda --out "$MODEL" ${EXPORT_ARGS:-} 2>&1 | tee "$OUT/export.log"
+fi
+
+port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$REDIS" --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+pids+=($!)
+URL="redis://127.0.0.1:$port"
+sleep 1
+
+log "check"
+"$BIN" check --device "$DEVICE" --model "$MODEL" | tee "$OUT/check.txt"
+
+log "worker on $DEVICE, max_batch $BATCH, $FRAMES frames"
+HTTP=127.0.0.1:$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RUST_LOG=info,hmr2_worker::worker::infer=debug "$BIN" run --log-format json --model "$MODEL" \
+  --device "$DEVICE" --max-batch "$BATCH" --redis-url "$URL" --prefix gpucheck --listen "$HTTP" \
+  2>"$OUT/worker.log" &
+worker=$!
+pids+=($worker)
+$PY scripts/gpu_report.py wait-ready "http://$HTTP/readyz" 600
+$PY scripts/gpu_report.py scrape "http://$HTTP/metrics" "$OUT/metrics.jsonl" &
+pids+=($!)
+"$BIN" enqueue --synthetic "$FRAMES" --size 1280x720 --redis-url "$URL" --prefix gpucheck --raw >/dev/null
+$PY scripts/gpu_report.py wait-results "$URL" gpucheck:results "$FRAMES" 900 | tee "$OUT/drain.json"
+sleep 2
+kill -TERM "$worker"; wait "$worker" || true
+
+log "bench (end to end, model-only, raw decode)"
+"$BIN" bench --frames "$FRAMES" --model "$MODEL" --device "$DEVICE" --max-batch "$BATCH" \
+  --redis-url "$URL" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || log "bench failed"
+
+$PY scripts/gpu_report.py report "$OUT" > "$OUT/report.md"
+log "report written to $OUT/report.md"
+cat "$OUT/report.md"
