@@ -15,32 +15,34 @@
 //! Shutdown: the token stops the fetcher; dropping senders drains every stage in order; after
 //! `shutdown.grace_seconds` whatever is left stays pending for other workers.
 
+mod fetch;
 pub mod infer;
 pub mod prepare;
+mod publish;
 pub mod result;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::Config;
-use crate::error::{ConfigError, InputError, ModelError, QueueError};
+use crate::error::{ConfigError, ModelError, QueueError};
 use crate::http::{self, Health};
 use crate::image::CROP_BYTES;
-use crate::job::{JobResult, Timings};
 use crate::metrics::{self as m, outcome};
 use crate::model::{self, FrameOutput, TorchModel};
-use crate::queue::{DeadLetter, Entry, Queue, Written};
+use crate::queue::Queue;
+use fetch::{Backoff, Delivery, Leases};
 use infer::{Batch, BatchDone};
-use prepare::{Prepared, Rejected};
+use prepare::Prepared;
+use publish::{finish, reject};
 use result::Origin;
 
 /// Why the worker could not start.
@@ -54,47 +56,6 @@ pub enum RunError {
     Queue(#[from] QueueError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
-}
-
-/// A fetched entry, the permit that bounds the pipeline, and its lease.
-struct Delivery {
-    entry: Entry,
-    fetched: Instant,
-    queue_wait_ms: f64,
-    _permit: OwnedSemaphorePermit,
-    _lease: Lease,
-}
-
-/// The ids of the entries this worker holds; their idle time is reset periodically so other
-/// workers do not reclaim jobs that are merely queued here.
-#[derive(Clone, Default)]
-struct Leases(Arc<Mutex<HashSet<String>>>);
-
-/// Membership of one entry in [`Leases`], ended when the delivery is dropped (published,
-/// dead-lettered, failed or abandoned).
-struct Lease {
-    leases: Leases,
-    id: String,
-}
-
-impl Leases {
-    fn take(&self, id: &str) -> Lease {
-        self.0.lock().expect("lease set").insert(id.to_string());
-        Lease {
-            leases: self.clone(),
-            id: id.to_string(),
-        }
-    }
-
-    fn ids(&self) -> Vec<String> {
-        self.0.lock().expect("lease set").iter().cloned().collect()
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.leases.0.lock().expect("lease set").remove(&self.id);
-    }
 }
 
 /// What the stages share.
@@ -234,14 +195,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let (prepared_tx, prepared_rx) =
         mpsc::channel::<(Delivery, Prepared)>(ctx.config.queue.max_batch);
     let leases = Leases::default();
-    let fetcher = tokio::spawn(fetch(
+    let fetcher = tokio::spawn(fetch::fetch(
         ctx.clone(),
         Arc::new(Semaphore::new(inflight)),
         leases.clone(),
         deliver_tx,
         shutdown.clone(),
     ));
-    let renewer = tokio::spawn(renew_leases(ctx.clone(), leases, gauges_stop.clone()));
+    let renewer = tokio::spawn(fetch::renew_leases(
+        ctx.clone(),
+        leases,
+        gauges_stop.clone(),
+    ));
     let decoders = tokio::spawn(decode(ctx.clone(), deliver_rx, prepared_tx));
     let coordinator = tokio::spawn(coordinate(ctx.clone(), prepared_rx, batch_tx, done_rx));
 
@@ -273,141 +238,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let _ = http_task.await;
     tracing::info!("worker stopped");
     Ok(())
-}
-
-/// Exponential backoff that logs once per outage.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn failed(&mut self, e: &QueueError) {
-        if self.failures == 0 {
-            tracing::warn!(error = %e, "redis unavailable; retrying with backoff");
-        }
-        self.failures += 1;
-    }
-
-    fn recovered(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "redis reachable again");
-        }
-        self.failures = 0;
-    }
-
-    fn delay(&self) -> Duration {
-        let ms = 50u64 << self.failures.min(7);
-        Duration::from_millis(ms.min(5_000))
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Reads new entries and reclaims orphaned ones, as many as there are free permits.
-async fn fetch(
-    ctx: Arc<Ctx>,
-    permits: Arc<Semaphore>,
-    leases: Leases,
-    out: mpsc::Sender<Delivery>,
-    shutdown: CancellationToken,
-) {
-    let q = &ctx.config.queue;
-    let mut conn = None;
-    let mut cursor = "0-0".to_string();
-    let claim_every = Duration::from_millis(q.claim_interval_ms);
-    let mut next_claim = Instant::now();
-    let mut backoff = Backoff::default();
-    loop {
-        let first = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-            _ = shutdown.cancelled() => return,
-        };
-        let mut held = vec![first];
-        while held.len() < q.max_batch {
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => held.push(p),
-                Err(_) => break,
-            }
-        }
-        let mut entries = Vec::new();
-        let mut failed = None;
-        if Instant::now() >= next_claim {
-            match ctx.queue.claim_stale(held.len(), &mut cursor).await {
-                Ok(claimed) => {
-                    if cursor == "0-0" {
-                        next_claim = Instant::now() + claim_every;
-                    }
-                    entries.extend(claimed.entries);
-                }
-                Err(e) => failed = Some(e),
-            }
-        }
-        if failed.is_none() && entries.is_empty() {
-            if conn.is_none() {
-                match ctx.queue.blocking_connection().await {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => failed = Some(e),
-                }
-            }
-            if let Some(c) = conn.as_mut() {
-                tokio::select! {
-                    r = ctx.queue.read_new(c, held.len()) => match r {
-                        Ok(new) => entries = new,
-                        Err(e) => { conn = None; failed = Some(e); }
-                    },
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
-        if let Some(e) = failed {
-            backoff.failed(&e);
-            ctx.health.set(&ctx.health.redis_ok, false);
-            drop(held);
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.delay()) => continue,
-                _ = shutdown.cancelled() => return,
-            }
-        }
-        if backoff.failures > 0 || !ctx.health.redis_ok.load(Ordering::Relaxed) {
-            backoff.recovered();
-            ctx.health.set(&ctx.health.redis_ok, true);
-        }
-        let now = now_ms();
-        if !entries.is_empty() {
-            tracing::debug!(entries = entries.len(), "fetched");
-        }
-        for entry in entries {
-            let permit = held.pop().expect("never more entries than permits");
-            let queue_wait_ms = entry
-                .enqueued_ms()
-                .map_or(0.0, |t| now.saturating_sub(t) as f64);
-            if !entry.reclaimed {
-                histogram!(m::QUEUE_WAIT).record(queue_wait_ms / 1e3);
-            }
-            let delivery = Delivery {
-                _lease: leases.take(&entry.id),
-                entry,
-                fetched: Instant::now(),
-                queue_wait_ms,
-                _permit: permit,
-            };
-            if delivery.entry.reclaimed {
-                counter!(m::JOBS, "outcome" => outcome::RECLAIMED).increment(1);
-                if delivery.entry.deliveries > q.max_deliveries {
-                    tokio::spawn(too_many_deliveries(ctx.clone(), delivery));
-                    continue;
-                }
-            }
-            if out.send(delivery).await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 /// Decodes deliveries on blocking threads, `decode_threads` at a time.
@@ -529,194 +359,6 @@ async fn coordinate(
         }
     }
     publishers
-}
-
-/// Publishes a finished job (or leaves a failed one pending for a retry).
-async fn finish(ctx: Arc<Ctx>, j: InFlight) {
-    let InFlight {
-        delivery,
-        prepared,
-        outputs,
-        failure,
-        inference_ms,
-        ..
-    } = j;
-    let span = tracing::info_span!("job", job_id = prepared.job.echo.job_id.as_deref().unwrap_or(""), entry = %delivery.entry.id);
-    async move {
-        if let Some(error) = failure {
-            counter!(m::JOBS, "outcome" => outcome::FAILED).increment(1);
-            tracing::warn!(%error, deliveries = delivery.entry.deliveries, "inference failed; the job stays pending for a retry");
-            return;
-        }
-        let t = Instant::now();
-        let echo = &prepared.job.echo;
-        let vertices = prepared.job.include.vertices;
-        let people = prepared
-            .people
-            .iter()
-            .zip(outputs)
-            .map(|(p, o)| result::person(p, o.expect("every frame has an output"), prepared.image_size, vertices))
-            .collect();
-        let timings = Timings {
-            queue_wait: delivery.queue_wait_ms,
-            decode: prepared.decode_ms,
-            inference: inference_ms,
-            total: delivery.fetched.elapsed().as_secs_f64() * 1e3,
-        };
-        let r = result::ok_result(&delivery.entry.id, echo, prepared.image_size, people, timings, &ctx.origin);
-        let json = r.to_json();
-        histogram!(m::STAGE_DURATION, "stage" => m::stage::POSTPROCESS).record(t.elapsed().as_secs_f64());
-        let reply = ctx.queue.keys().reply_stream(echo.reply_to.as_deref()).to_string();
-        let job_id = echo.job_id.clone().unwrap_or_default();
-        let t = Instant::now();
-        let published = retry(&ctx, || ctx.queue.publish(&delivery.entry.id, &reply, &job_id, &json)).await;
-        histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());
-        match published {
-            Some(Written::Done) => {
-                tracing::debug!(reply = %reply, people = prepared.people.len(), "published");
-                counter!(m::JOBS, "outcome" => outcome::OK).increment(1);
-                histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
-            }
-            Some(Written::NotPending) => {
-                tracing::debug!("another worker finished this job first; result dropped");
-            }
-            Some(Written::ReplyNotAStream) => {
-                let error = InputError::InvalidJob(format!("reply_to {reply:?} names a key that is not a stream"));
-                let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size) };
-                reject(ctx.clone(), delivery, Box::new(rejected)).await;
-            }
-            None => {}
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// Bad input: error result + dead letter + ack, at once.
-async fn reject(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
-    let code = r.error.code();
-    let message = r.error.to_string();
-    tracing::info!(entry = %d.entry.id, job_id = r.echo.job_id.as_deref().unwrap_or(""), code, "rejected bad input");
-    let mut result = JobResult::error(&d.entry.id, &r.echo, code, message.clone());
-    result.image_size = r.image_size;
-    fill_origin(&mut result, &ctx.origin);
-    result.timings_ms.queue_wait = d.queue_wait_ms;
-    result.timings_ms.total = d.fetched.elapsed().as_secs_f64() * 1e3;
-    if dead_letter(&ctx, &d, &r.echo, &result, code, &message).await {
-        counter!(m::JOBS, "outcome" => outcome::INVALID_INPUT).increment(1);
-    }
-}
-
-/// Delivered too often: dead letter with `too_many_deliveries`.
-async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
-    let echo = d
-        .entry
-        .field("job")
-        .map(
-            |raw| match crate::job::parse(raw, true, &ctx.config.limits) {
-                Ok(j) => j.echo,
-                Err((_, echo)) => echo,
-            },
-        )
-        .unwrap_or_default();
-    let message = format!(
-        "delivered {} times (max_deliveries = {}); giving up",
-        d.entry.deliveries, ctx.config.queue.max_deliveries
-    );
-    tracing::warn!(entry = %d.entry.id, deliveries = d.entry.deliveries, "dead-lettering a job delivered too often");
-    let mut result = JobResult::error(&d.entry.id, &echo, "too_many_deliveries", message.clone());
-    fill_origin(&mut result, &ctx.origin);
-    if dead_letter(&ctx, &d, &echo, &result, "too_many_deliveries", &message).await {
-        counter!(m::JOBS, "outcome" => outcome::DEAD_LETTERED).increment(1);
-    }
-}
-
-fn fill_origin(r: &mut JobResult, o: &Origin) {
-    r.worker = o.worker.clone();
-    r.device = o.device.clone();
-    r.model = o.model.clone();
-}
-
-async fn dead_letter(
-    ctx: &Ctx,
-    d: &Delivery,
-    echo: &crate::job::Echo,
-    result: &JobResult,
-    code: &str,
-    message: &str,
-) -> bool {
-    let json = result.to_json();
-    let job_id = echo.job_id.clone().unwrap_or_default();
-    let mut reply = ctx
-        .queue
-        .keys()
-        .reply_stream(echo.reply_to.as_deref())
-        .to_string();
-    loop {
-        let letter = || {
-            ctx.queue.dead_letter(DeadLetter {
-                entry: &d.entry,
-                reply_to: &reply,
-                job_id: &job_id,
-                result_json: &json,
-                code,
-                message,
-                worker: &ctx.origin.worker,
-            })
-        };
-        match retry(ctx, letter).await {
-            Some(Written::Done) => return true,
-            Some(Written::ReplyNotAStream) if reply != ctx.queue.keys().results => {
-                // The job's reply_to is unusable: answer on the default stream instead.
-                reply = ctx.queue.keys().results.clone();
-            }
-            _ => return false,
-        }
-    }
-}
-
-/// Runs a Redis step until it succeeds, backing off while Redis is away; gives up only when the
-/// grace period is over (the job then stays pending: nothing was acknowledged).
-async fn retry<T, F, Fut>(ctx: &Ctx, mut step: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    let mut backoff = Backoff::default();
-    loop {
-        match step().await {
-            Ok(v) => {
-                if backoff.failures > 0 {
-                    backoff.recovered();
-                    ctx.health.set(&ctx.health.redis_ok, true);
-                }
-                return Some(v);
-            }
-            Err(e) => {
-                backoff.failed(&e);
-                ctx.health.set(&ctx.health.redis_ok, false);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.delay()) => {}
-                    _ = ctx.hard_stop.cancelled() => return None,
-                }
-            }
-        }
-    }
-}
-
-/// Keeps the entries this worker holds from looking orphaned: resets their idle time three
-/// times per `claim_idle_ms`.
-async fn renew_leases(ctx: Arc<Ctx>, leases: Leases, stop: CancellationToken) {
-    let every = Duration::from_millis((ctx.config.queue.claim_idle_ms / 3).max(10));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
-        }
-        if let Err(e) = ctx.queue.extend_lease(&leases.ids()).await {
-            tracing::debug!(error = %e, "could not renew leases");
-        }
-    }
 }
 
 /// Queue gauges and idle GPU gauges, every `gauge_interval_ms`.

@@ -136,7 +136,7 @@ proptest! {
         png[20..24].copy_from_slice(&h.to_be_bytes());
         let r = prepare(&entry(br#"{"job_id":"bomb"}"#, Some(png)), &limits());
         if u64::from(w) * u64::from(h) > limits().max_pixels {
-            let err = r.err().expect("over the pixel limit");
+            let err = r.expect_err("over the pixel limit");
             prop_assert_eq!(err.error.code(), "image_too_large");
         }
     }
