@@ -38,6 +38,10 @@ pub async fn stop_on_signal(token: CancellationToken) {
 /// Options of `hmr2-worker enqueue`.
 pub struct EnqueueOptions {
     pub paths: Vec<PathBuf>,
+    /// Instead of files: this many synthetic frames (textured JPEGs with figures and their boxes).
+    pub synthetic: Option<usize>,
+    /// Size of synthetic frames.
+    pub size: (u32, u32),
     pub video_id: Option<String>,
     pub boxes: Option<PathBuf>,
     pub raw: bool,
@@ -45,8 +49,38 @@ pub struct EnqueueOptions {
     pub vertices: bool,
 }
 
-/// Enqueues image files with a progress bar and prints one job id per line.
+/// Enqueues image files (or synthetic frames) with a progress bar and prints one job id per line.
 pub async fn enqueue(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
+    let frames = match o.synthetic {
+        Some(n) => synthetic(n, o.size, &o),
+        None => frames_from_files(&o)?,
+    };
+    send(config, frames, o.raw).await
+}
+
+fn synthetic(n: usize, (w, h): (u32, u32), o: &EnqueueOptions) -> Vec<Frame> {
+    let distinct = crate::demo::frames::synthetic_frames(w, h, 1, n.min(32));
+    let video = o
+        .video_id
+        .clone()
+        .unwrap_or_else(|| "synthetic".to_string());
+    (0..n)
+        .map(|i| {
+            let f = &distinct[i % distinct.len()];
+            Frame {
+                job_id: format!("{video}:{i}"),
+                video_id: Some(video.clone()),
+                frame_number: Some(i as u64),
+                image: f.jpeg.clone(),
+                boxes: Some(f.boxes.clone()),
+                reply_to: o.reply_to.clone(),
+                include_vertices: o.vertices,
+            }
+        })
+        .collect()
+}
+
+fn frames_from_files(o: &EnqueueOptions) -> anyhow::Result<Vec<Frame>> {
     let files = enqueue::image_files(&o.paths)?;
     anyhow::ensure!(!files.is_empty(), "no .jpg, .jpeg or .png files found");
     let boxes: Option<serde_json::Value> = match &o.boxes {
@@ -93,6 +127,10 @@ pub async fn enqueue(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
             include_vertices: o.vertices,
         });
     }
+    Ok(frames)
+}
+
+async fn send(config: &Config, frames: Vec<Frame>, raw: bool) -> anyhow::Result<()> {
     crate::queue::install_tls_provider();
     let client = redis::Client::open(config.redis.url.as_str())?;
     let mut conn = client
@@ -111,7 +149,7 @@ pub async fn enqueue(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     bar.set_message(format!("enqueue → {}", keys.jobs));
-    enqueue::enqueue(&mut conn, &keys, &frames, o.raw, |n| {
+    enqueue::enqueue(&mut conn, &keys, &frames, raw, |n| {
         bar.set_position(n as u64)
     })
     .await?;

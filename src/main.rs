@@ -115,8 +115,15 @@ struct BenchArgs {
 #[derive(Args)]
 struct EnqueueArgs {
     /// Image files or folders.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "synthetic")]
     paths: Vec<PathBuf>,
+    /// Instead of files, enqueue N synthetic frames (textured JPEGs with a figure and its box),
+    /// for load tests.
+    #[arg(long, value_name = "N", conflicts_with = "paths")]
+    synthetic: Option<usize>,
+    /// Size of synthetic frames.
+    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
+    size: (u32, u32),
     /// Video id: jobs become `<video_id>:<frame_number>`, numbered in file order.
     #[arg(long)]
     video_id: Option<String>,
@@ -169,6 +176,8 @@ fn main() -> ExitCode {
                 &config,
                 cli::EnqueueOptions {
                     paths: a.paths,
+                    synthetic: a.synthetic,
+                    size: a.size,
                     video_id: a.video_id,
                     boxes: a.boxes,
                     raw: a.raw,
