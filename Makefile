@@ -3,6 +3,8 @@
 #   make test    set-up, then every check: fmt, clippy, Rust tests, Python tests, deploy tests
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
+# libgomp spin-waits after every CPU forward pass unless told otherwise.
+export OMP_WAIT_POLICY ?= PASSIVE
 CARGO ?= cargo
 PY := .venv/bin/python
 
@@ -33,7 +35,7 @@ test-rust: setup
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-2}
 
 test-python: setup
-	$(PY) -m pytest -q models/tests
+	$(PY) -m pytest -q models/tests benches/baseline
 
 test-reliability: setup
 	cargo build

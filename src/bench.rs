@@ -16,14 +16,16 @@
 //!    it only measures the backlog.
 //! 4. Stage shares, batch sizes and GPU peaks come from the worker's own `/metrics`, scraped over
 //!    HTTP (GPU gauges every 250 ms during the run); peak RSS is `VmHWM` of this process.
-//! 5. After the worker stops: the raw decode rate (`probe` + `decode` at the worker's DCT scale,
-//!    on `decode_threads` threads), the same with the crops, and the model alone at `max_batch`
-//!    (and each `--sweep` size) on the worker's device.
+//! 5. The raw decode rate of the same frames (`probe` + `decode` at the worker's DCT scale, on
+//!    `decode_threads` threads) is measured once before the worker run and once after it, so a
+//!    change in the machine's load shows; after the worker stops, also decode + crop, and the
+//!    model alone at `max_batch` (and each `--sweep` size) on the worker's device.
 //!
 //! On the CPU the forward pass and the rest of the pipeline share the same cores, so the rate of
-//! "everything but the forward pass" is derived as `1 / (1/e2e − 1/model_only)`; running the bench
-//! with a model whose forward costs nothing (`benches/baseline/null_model.py`) measures it
-//! directly.
+//! "everything but the forward pass" is derived from CPU time: the core-seconds per frame of the
+//! run (worker and redis-server) minus those of the forward pass alone, spread over all cores.
+//! That ignores cores left idle; running the bench with a model whose forward costs nothing
+//! (`benches/baseline/null_model.py`) measures the same thing directly, idle time included.
 
 pub mod measure;
 pub mod report;
@@ -161,6 +163,12 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
         })
         .collect();
     let jpeg_scale = measure::worker_scale(&encoded[0], &limits);
+    let threads = config.decode_threads();
+    let count = o.frames.clamp(100, 2000) / 2;
+    eprintln!("bench: raw decode rate ({count} frames on {threads} threads)");
+    let decode_before = tokio::task::block_in_place(|| {
+        measure::decode_rate(&encoded, threads, count, false, &limits)
+    })?;
 
     config.queue.results_maxlen = config.queue.results_maxlen.max(2 * o.frames as u64);
     let device = model::resolve_device(config.device())?;
@@ -175,7 +183,12 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
         if o.raw { "raw image field" } else { "base64" }
     );
     let t = Instant::now();
+    let mut producer = session.producer();
     for chunk in (0..o.frames).collect::<Vec<_>>().chunks(64) {
+        if stop.is_cancelled() {
+            session.stop().await?;
+            anyhow::bail!("interrupted while enqueueing");
+        }
         let jobs: Vec<Frame> = chunk
             .iter()
             .map(|&i| {
@@ -191,14 +204,24 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
                 }
             })
             .collect();
-        session.enqueue(&jobs, o.raw, |_| {}).await?;
+        producer.enqueue(&jobs, o.raw).await?;
     }
     let enqueue_seconds = t.elapsed().as_secs_f64();
     let peak_rss_reset = measure::reset_peak_rss();
 
     eprintln!("bench: starting the worker (model load and warm-up)");
-    session.start_worker().await?;
-    let t0 = Instant::now();
+    tokio::select! {
+        r = session.start_worker() => r?,
+        _ = stop.cancelled() => {
+            session.stop().await?;
+            anyhow::bail!("interrupted");
+        }
+    }
+    let (t0, cpu0, redis0) = (
+        Instant::now(),
+        measure::cpu_seconds(),
+        measure::children_cpu_seconds(),
+    );
     let sampler_stop = CancellationToken::new();
     let sampler = matches!(device, tch::Device::Cuda(_))
         .then(|| tokio::spawn(sample_gpu(session.metrics_addr(), sampler_stop.clone())));
@@ -235,6 +258,8 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
         }
     }
     let wall = t0.elapsed().as_secs_f64();
+    let cpu_cores = (measure::cpu_seconds() - cpu0) / wall;
+    let redis_cpu_cores = (measure::children_cpu_seconds() - redis0) / wall;
     let scrape = Scrape::parse(&session.scrape().await?);
     sampler_stop.cancel();
     let gpu = match sampler {
@@ -246,10 +271,8 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
     drop(session);
 
     eprintln!("bench: raw decode and model-only measurements");
-    let threads = cfg.decode_threads();
-    let count = o.frames.clamp(100, 3000);
     // Blocking on purpose: nothing else runs now, and the threads must have the cores.
-    let (raw_decode, decode_and_crop, crops) = tokio::task::block_in_place(|| {
+    let (decode_after, decode_and_crop, crops) = tokio::task::block_in_place(|| {
         anyhow::Ok((
             measure::decode_rate(&encoded, threads, count, false, &limits)?,
             measure::decode_rate(&encoded, threads, count, true, &limits)?,
@@ -277,12 +300,19 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
     })
     .await??;
 
+    let raw_decode = Rate::new(
+        decode_before.frames + decode_after.frames,
+        decode_before.seconds + decode_after.seconds,
+    );
     let ok = latencies.len();
     let e2e = Rate::new(ok, wall);
     let fwd = model_only[0].frames_per_s;
-    let on_cpu = matches!(device, tch::Device::Cpu);
-    let except_forward =
-        (on_cpu && e2e.frames_per_s < fwd).then(|| 1.0 / (1.0 / e2e.frames_per_s - 1.0 / fwd));
+    // Core-seconds per frame of the whole run (worker + redis-server) minus those of the
+    // forward pass alone at the same batch size: what everything else costs, on all cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let rest = (cpu_cores + redis_cpu_cores) / e2e.frames_per_s.max(1e-9)
+        - model_only[0].cpu_cores / fwd.max(1e-9);
+    let except_forward = (matches!(device, tch::Device::Cpu) && rest > 0.0).then(|| cores / rest);
     let model_label = scrape
         .0
         .iter()
@@ -325,6 +355,8 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             errors,
             latency_ms: Percentiles::of(latencies),
             enqueue_seconds,
+            cpu_cores,
+            redis_cpu_cores,
         },
         stages: Stage::from_scrape(&scrape, o.frames, wall),
         batch_sizes: BatchSizes::from_scrape(&scrape),
@@ -354,6 +386,7 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             e2e_vs_model_only: e2e.frames_per_s / fwd,
         },
         raw_decode,
+        raw_decode_runs: [decode_before, decode_after],
         decode_and_crop,
         model_only,
     };

@@ -32,7 +32,9 @@ pub async fn stop_on_signal(token: CancellationToken) {
     tracing::info!("signal received: stopping (send it again to exit at once)");
     token.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    std::process::exit(130);
+    // _exit: no atexit handlers (libtorch's static destructors would race a running forward).
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(130) };
 }
 
 /// Options of `hmr2-worker enqueue`.

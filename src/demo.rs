@@ -13,6 +13,7 @@ pub mod overlay;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -20,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench::measure::{self, Percentiles, Scrape};
 use crate::bench::report::BatchSizes;
-use crate::bench::session::{self, Outcome, Session};
+use crate::bench::session::{self, Outcome, Producer, Session};
 use crate::config::Config;
 use crate::enqueue::{self, Frame};
 
@@ -45,7 +46,7 @@ pub struct DemoOptions {
 /// One input frame.
 struct Input {
     name: String,
-    bytes: std::sync::Arc<Vec<u8>>,
+    bytes: Arc<Vec<u8>>,
     boxes: Option<Vec<[f64; 4]>>,
 }
 
@@ -55,7 +56,7 @@ fn inputs(o: &DemoOptions) -> anyhow::Result<Vec<Input>> {
         let synth = frames::synthetic_frames(1280, 720, 1, o.frames.min(DISTINCT_FRAMES));
         let synth: Vec<_> = synth
             .into_iter()
-            .map(|f| (std::sync::Arc::new(f.jpeg), f.boxes))
+            .map(|f| (Arc::new(f.jpeg), f.boxes))
             .collect();
         return Ok((0..o.frames)
             .map(|i| {
@@ -77,7 +78,7 @@ fn inputs(o: &DemoOptions) -> anyhow::Result<Vec<Input>> {
             let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
             Ok(Input {
                 name: stem.to_string(),
-                bytes: std::sync::Arc::new(bytes),
+                bytes: Arc::new(bytes),
                 boxes: None,
             })
         })
@@ -124,22 +125,10 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     );
     bar.set_message("hmr2");
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
-    let jobs: Vec<Frame> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Frame {
-            job_id: format!("demo:{i}"),
-            video_id: Some("demo".into()),
-            frame_number: Some(i as u64),
-            image: f.bytes.to_vec(),
-            boxes: f.boxes.clone(),
-            reply_to: None,
-            include_vertices: false,
-        })
-        .collect();
+    let inputs = Arc::new(inputs);
     let t0 = Instant::now();
-    session.enqueue(&jobs, false, |_| {}).await?;
-    drop(jobs);
+    let mut feed = tokio::spawn(feed(session.producer(), inputs.clone()));
+    let mut fed = false;
 
     let mut kept: BTreeMap<usize, Outcome> = BTreeMap::new();
     let (mut waits, mut totals) = (Vec::new(), Vec::new());
@@ -148,7 +137,13 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     while seen < n {
         let batch = tokio::select! {
             r = session.read_results(500) => r?,
+            r = &mut feed, if !fed => {
+                r??;
+                fed = true;
+                continue;
+            }
             _ = stop.cancelled() => {
+                feed.abort();
                 bar.abandon_with_message("interrupted");
                 session.stop().await?;
                 anyhow::bail!("interrupted after {seen} of {n} frames");
@@ -264,6 +259,31 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     print!("{t}");
     let failed: usize = errors.values().sum();
     anyhow::ensure!(failed == 0, "{failed} frame(s) failed");
+    Ok(())
+}
+
+/// Enqueues the inputs in small pipelined chunks, so results flow while frames still go in and
+/// only one chunk of jobs is held in memory at a time.
+async fn feed(mut producer: Producer, inputs: Arc<Vec<Input>>) -> anyhow::Result<()> {
+    for (c, chunk) in inputs.chunks(32).enumerate() {
+        let jobs: Vec<Frame> = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let i = c * 32 + k;
+                Frame {
+                    job_id: format!("demo:{i}"),
+                    video_id: Some("demo".into()),
+                    frame_number: Some(i as u64),
+                    image: f.bytes.to_vec(),
+                    boxes: f.boxes.clone(),
+                    reply_to: None,
+                    include_vertices: false,
+                }
+            })
+            .collect();
+        producer.enqueue(&jobs, false).await?;
+    }
     Ok(())
 }
 

@@ -18,6 +18,8 @@
 //! - [`worker`]: the pipeline: fetch → decode/crop → batch → infer → publish; [`run`].
 //! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`] — logging set-up and the worker's identity.
+//! - [`enqueue`], [`redis_server`]: what the upload pipeline does, and a throwaway Redis.
+//! - [`cli`], [`check`], [`demo`], [`bench`]: the commands behind `src/main.rs`.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 

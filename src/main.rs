@@ -143,6 +143,7 @@ struct EnqueueArgs {
 }
 
 fn main() -> ExitCode {
+    passive_openmp();
     let cli = Cli::parse();
     let g = &cli.global;
     let mut flags = Overrides::default();
@@ -233,4 +234,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// libgomp reads `OMP_WAIT_POLICY` once, when it is loaded: by default its threads spin after
+/// every parallel region, burning the cores the decoders need. When the variable is unset, set
+/// it and re-execute this binary so libtorch's CPU threads sleep when idle.
+fn passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+    // exec only returns on failure: carry on with the default policy.
+    eprintln!("hmr2-worker: could not re-execute with OMP_WAIT_POLICY=PASSIVE: {err}");
 }

@@ -38,6 +38,8 @@ pub struct ForwardRate {
     pub frames_per_s: f64,
     /// Allocator peak during one batch (GPU only).
     pub peak_allocated_bytes: Option<i64>,
+    /// CPU seconds of this process per second of the measurement (how many cores it kept busy).
+    pub cpu_cores: f64,
 }
 
 /// An encoded frame and its boxes, as the bench sends it.
@@ -139,7 +141,7 @@ pub fn forward_rate(
     if let Some(d) = cuda {
         let _ = crate::gpu::reset_peak(d);
     }
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     let mut batches = 0;
     while batches < min_batches || t.elapsed().as_secs_f64() < min_seconds {
         model.forward(&input, batch, false)?;
@@ -153,6 +155,7 @@ pub fn forward_rate(
         ms_per_batch: seconds * 1e3 / batches as f64,
         frames_per_s: (batches * batch) as f64 / seconds,
         peak_allocated_bytes: peak,
+        cpu_cores: (cpu_seconds() - cpu) / seconds,
     })
 }
 
@@ -195,6 +198,44 @@ fn proc_status_kb(key: &str) -> Option<u64> {
 /// Resets the peak RSS to the current RSS (Linux `clear_refs` 5); false when not permitted.
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// CPU time (user + system) this process has used, all threads, seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU time (user + system) of this process's live child processes (the throwaway
+/// redis-server), seconds, from `/proc/<pid>/stat`.
+pub fn children_cpu_seconds() -> f64 {
+    let me = std::process::id().to_string();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0.0;
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state ppid ... utime(14) stime(15).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(1) == Some(&me.as_str()) {
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            total += (t(11) + t(12)) / ticks;
+        }
+    }
+    total
 }
 
 /// Nearest-rank percentile `p` (0–100) of `sorted` (ascending); 0 when empty.
@@ -393,6 +434,18 @@ hmr2_worker_ready 1
         assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
         assert_eq!(percentile(&[], 50.0), 0.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
+    }
+
+    #[test]
+    fn cpu_time_is_counted() {
+        let before = cpu_seconds();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_seconds() > before);
+        assert!(children_cpu_seconds() >= 0.0);
     }
 
     #[test]

@@ -17,8 +17,11 @@ pub struct Report {
     pub stages: Vec<Stage>,
     pub batch_sizes: BatchSizes,
     pub memory: Memory,
-    /// `probe` + `decode` only, at the worker's DCT scale, on `decode_threads` threads.
+    /// `probe` + `decode` only, at the worker's DCT scale, on `decode_threads` threads: both
+    /// runs together (one before the worker run, one after, so a change in the machine's load
+    /// shows as a difference between them).
     pub raw_decode: Rate,
+    pub raw_decode_runs: [Rate; 2],
     /// `probe` + `decode` + every crop: the CPU work of the worker's decode stage.
     pub decode_and_crop: Rate,
     /// The model alone at `max_batch`, then at every `--sweep` size.
@@ -71,6 +74,10 @@ pub struct EndToEnd {
     /// `timings_ms.total` of each result: fetch (XREADGROUP) → result ready to publish.
     pub latency_ms: Percentiles,
     pub enqueue_seconds: f64,
+    /// CPU seconds of this process (the worker and the result reader) per second of the run.
+    pub cpu_cores: f64,
+    /// The same for the throwaway redis-server (0 with `--redis-url`).
+    pub redis_cpu_cores: f64,
 }
 
 /// One stage of `hmr2_stage_duration_seconds`.
@@ -122,9 +129,9 @@ pub struct GpuPeaks {
 /// Ratios the targets are stated in.
 #[derive(Debug, Clone, Serialize)]
 pub struct Derived {
-    /// CPU device only: `1 / (1/e2e − 1/model_only)`, the frames/s of everything but the forward
-    /// pass when both share the same cores (core-seconds per frame of the whole pipeline minus
-    /// those of the forward pass at the same batch size).
+    /// CPU device only: the frames/s of everything but the forward pass on all cores, from CPU
+    /// time: `cores / (core-seconds per frame of the run, worker + redis-server, − core-seconds
+    /// per frame of the model alone at max_batch)`. Idle cores are not counted.
     pub pipeline_except_forward_fps: Option<f64>,
     /// `pipeline_except_forward_fps / raw_decode` (target ≥ 0.8 on the CPU).
     pub pipeline_vs_raw_decode: Option<f64>,
@@ -254,6 +261,11 @@ pub fn table(r: &Report) -> String {
     );
     row(
         &mut o,
+        "  cores busy: worker / redis-server",
+        format!("{:>8.2} / {:.2}", e.cpu_cores, e.redis_cpu_cores),
+    );
+    row(
+        &mut o,
         "latency, fetch -> result (ms)",
         format!(
             "p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
@@ -263,7 +275,12 @@ pub fn table(r: &Report) -> String {
     row(
         &mut o,
         &format!("raw decode (1/{} scale)", s.jpeg_scale),
-        format!("{:>8.1} frames/s", r.raw_decode.frames_per_s),
+        format!(
+            "{:>8.1} frames/s  (before {:.1}, after {:.1})",
+            r.raw_decode.frames_per_s,
+            r.raw_decode_runs[0].frames_per_s,
+            r.raw_decode_runs[1].frames_per_s
+        ),
     );
     row(
         &mut o,
@@ -275,8 +292,8 @@ pub fn table(r: &Report) -> String {
             &mut o,
             &format!("model only, batch {}", f.batch),
             format!(
-                "{:>8.1} frames/s  ({:.1} ms/batch)",
-                f.frames_per_s, f.ms_per_batch
+                "{:>8.1} frames/s  ({:.1} ms/batch, {:.2} cores busy)",
+                f.frames_per_s, f.ms_per_batch, f.cpu_cores
             ),
         );
     }

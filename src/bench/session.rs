@@ -102,6 +102,7 @@ impl Session {
         let port = free_port()?;
         config.http.listen = format!("127.0.0.1:{port}");
         config.validate()?;
+        crate::queue::install_tls_provider();
         let client = redis::Client::open(config.redis.url.as_str())?;
         let conn = client
             .get_multiplexed_async_connection()
@@ -140,15 +141,12 @@ impl Session {
         self.redis.clone()
     }
 
-    /// Adds `frames` to the job stream, pipelined; `progress` gets the number done so far.
-    pub async fn enqueue(
-        &mut self,
-        frames: &[Frame],
-        raw: bool,
-        progress: impl FnMut(usize),
-    ) -> anyhow::Result<()> {
-        enqueue::enqueue(&mut self.conn, &self.keys, frames, raw, progress).await?;
-        Ok(())
+    /// A handle that adds jobs to the session's job stream (on a task of its own, if need be).
+    pub fn producer(&self) -> Producer {
+        Producer {
+            conn: self.conn.clone(),
+            keys: self.keys.clone(),
+        }
     }
 
     /// Starts the worker (`hmr2_worker::run`) on a task and waits until `/readyz` answers 200:
@@ -228,6 +226,21 @@ impl Session {
     }
 }
 
+/// Adds jobs to a session's job stream.
+#[derive(Clone)]
+pub struct Producer {
+    conn: MultiplexedConnection,
+    keys: Keys,
+}
+
+impl Producer {
+    /// Adds `frames` to the job stream, pipelined.
+    pub async fn enqueue(&mut self, frames: &[Frame], raw: bool) -> anyhow::Result<()> {
+        enqueue::enqueue(&mut self.conn, &self.keys, frames, raw, |_| {}).await?;
+        Ok(())
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         // An early return (an error) must not leave the worker fetching; the redis-server is
@@ -256,7 +269,10 @@ pub fn watch_signals(redis: RedisHandle) -> CancellationToken {
         if let Some(mut s) = redis.lock().ok().and_then(|mut r| r.take()) {
             s.kill();
         }
-        std::process::exit(130);
+        // `_exit`, not `exit`: libtorch's static destructors would run under the inference
+        // thread's feet and crash the process instead of ending it.
+        // SAFETY: ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(130) }
     });
     stop
 }

@@ -33,10 +33,25 @@ pub fn oom_model() -> PathBuf {
     p
 }
 
-/// The Redis server shared by the tests of this binary (each test uses its own prefix).
+/// The Redis server shared by the tests of this binary (each test uses its own prefix); killed
+/// when the test binary exits (statics are never dropped).
 pub fn shared_redis() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(|| RedisServer::start().expect("start redis-server"))
+    static PID: AtomicU32 = AtomicU32::new(0);
+    extern "C" fn kill_shared() {
+        let pid = PID.load(Ordering::Relaxed);
+        if pid != 0 {
+            // SAFETY: kill(2) on the child this process started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    SERVER.get_or_init(|| {
+        let server = RedisServer::start().expect("start redis-server");
+        PID.store(server.pid().unwrap_or(0), Ordering::Relaxed);
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(kill_shared) };
+        server
+    })
 }
 
 /// A prefix no other test uses.
