@@ -299,7 +299,8 @@ impl Config {
     /// Threads that decode images.
     pub fn decode_threads(&self) -> usize {
         match self.pipeline.decode_threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // One more than the cores: hides the hand-offs between fetch, decode and batching.
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
             n => n,
         }
     }

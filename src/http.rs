@@ -95,20 +95,16 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    let code = if s.health.alive() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        s.health.report(),
-    )
+    health_answer(s.health.alive(), &s.health)
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let code = if s.health.ready() {
+    health_answer(s.health.ready(), &s.health)
+}
+
+/// 200 or 503, with every flag in the body so an operator sees why.
+fn health_answer(ok: bool, health: &Health) -> impl IntoResponse {
+    let code = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -116,6 +112,6 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
-        s.health.report(),
+        health.report(),
     )
 }

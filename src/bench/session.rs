@@ -252,28 +252,12 @@ impl Drop for Session {
 /// Cancels `stop` on the first SIGINT/SIGTERM; on the second, kills the redis-server and exits
 /// at once (status 130).
 pub fn watch_signals(redis: RedisHandle) -> CancellationToken {
-    use tokio::signal::unix::{signal, SignalKind};
     let stop = CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        eprintln!("\nstopping (press Ctrl-C again to quit at once)");
-        token.cancel();
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tokio::spawn(crate::cli::stop_on_signal(stop.clone(), move || {
         if let Some(mut s) = redis.lock().ok().and_then(|mut r| r.take()) {
             s.kill();
         }
-        // `_exit`, not `exit`: libtorch's static destructors would run under the inference
-        // thread's feet and crash the process instead of ending it.
-        // SAFETY: ends the process at once; nothing runs after it.
-        unsafe { libc::_exit(130) }
-    });
+    }));
     stop
 }
 

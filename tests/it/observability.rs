@@ -180,12 +180,7 @@ async fn a_frame_that_never_fits_is_retried_then_dead_lettered() {
     let p = prefix("neverfits");
     let keys = Keys::new(&p);
     // An all-white crop makes the test model fail even alone (OOM at batch size 1).
-    let white = {
-        let img = image::RgbImage::from_pixel(256, 256, image::Rgb([255, 255, 255]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    };
+    let white = white_png(256);
     // This box's square crop lies entirely inside the white image.
     let mut white_job = frame("white", white);
     white_job.boxes = Some(vec![[64.0, 0.0, 192.0, 256.0]]);
@@ -213,12 +208,7 @@ async fn a_frame_that_never_fits_is_retried_then_dead_lettered() {
 async fn repeated_failures_make_the_worker_not_ready() {
     let redis = shared_redis();
     let p = prefix("failing");
-    let white = {
-        let img = image::RgbImage::from_pixel(256, 256, image::Rgb([255, 255, 255]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    };
+    let white = white_png(256);
     let frames: Vec<_> = (0..3)
         .map(|i| {
             let mut f = frame(&format!("w{i}"), white.clone());

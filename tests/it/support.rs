@@ -202,6 +202,15 @@ pub fn image(width: u32, height: u32, seed: u32, png: bool) -> Vec<u8> {
     out.into_inner()
 }
 
+/// An all-white PNG: the OOM test model never fits such a crop, not even alone.
+pub fn white_png(side: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(side, side, image::Rgb([255, 255, 255]));
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode");
+    out.into_inner()
+}
+
 /// A plain frame job.
 pub fn frame(job_id: &str, image: Vec<u8>) -> Frame {
     Frame {
