@@ -32,7 +32,8 @@ lint: setup
 test: setup lint test-python test-rust test-reliability test-deploy
 
 test-rust: setup
-	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-2}
+	$(CARGO) test --lib --bins --tests -- --test-threads=$${TEST_THREADS:-2}
+	$(CARGO) test --benches
 
 test-python: setup
 	$(PY) -m pytest -q models/tests benches/baseline
