@@ -33,7 +33,7 @@ test: setup lint test-python test-rust test-reliability test-deploy
 
 test-rust: setup
 	$(CARGO) test --lib --bins --tests -- --test-threads=$${TEST_THREADS:-2}
-	$(CARGO) test --benches
+	$(CARGO) test --bench codec --bench pipeline
 
 test-python: setup
 	$(PY) -m pytest -q models/tests benches/baseline
