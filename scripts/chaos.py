@@ -194,6 +194,7 @@ def run(args) -> int:
         "pending_left": pending,
         "fleet_rss_mib_after_warmup": round(rss[warm] / 1024, 1) if rss else None,
         "fleet_rss_mib_end": round(rss[-1] / 1024, 1) if rss else None,
+        "fleet_rss_mib_by_fifth": [round(rss[min(len(rss) - 1, k * len(rss) // 5)] / 1024, 1) for k in range(1, 6)] if rss else [],
         "redis_used_mib_after_warmup": round(redis_mem[warm] / 2**20, 1) if redis_mem else None,
         "redis_used_mib_peak_after_warmup": round(max(redis_mem[warm:]) / 2**20, 1) if redis_mem else None,
         "redis_used_mib_end": round(redis_mem[-1] / 2**20, 1) if redis_mem else None,
