@@ -338,3 +338,58 @@ impl BatchOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"name":"hmr2","preset":"tiny","dtype":"bf16","input_size":[256,256],
+        "outputs":{"pred_cam":[],"global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#;
+
+    #[test]
+    fn a_matching_meta_is_accepted_and_labelled() {
+        let m = ModelMeta::parse(GOOD).unwrap();
+        assert_eq!(m.label(), "hmr2 tiny bf16");
+        assert!(!m.has_vertices());
+    }
+
+    #[test]
+    fn mismatches_are_clear_start_up_errors() {
+        let wrong_size = GOOD.replace("[256,256]", "[256,192]");
+        let e = ModelMeta::parse(&wrong_size).unwrap_err().to_string();
+        assert!(e.contains("[256, 192]") && e.contains("crops"), "{e}");
+        let no_kp = GOOD.replace(r#","keypoints_3d":[]"#, "");
+        let e = ModelMeta::parse(&no_kp).unwrap_err().to_string();
+        assert!(e.contains("no `keypoints_3d` output"), "{e}");
+        let e = ModelMeta::parse("not json").unwrap_err().to_string();
+        assert!(e.contains("meta() is not the expected JSON"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_model_file_says_how_to_get_one() {
+        let e = TorchModel::load(Path::new("/no/such/model.pt"), Device::Cpu)
+            .err()
+            .expect("no file")
+            .to_string();
+        assert!(e.contains("make setup"), "{e}");
+    }
+
+    #[test]
+    fn frames_are_sliced_out_of_a_batch() {
+        let n = 2;
+        let o = BatchOutput {
+            n,
+            pred_cam: (0..6).map(|v| v as f32).collect(),
+            global_orient: vec![0.0; 18],
+            body_pose: vec![1.0; 2 * 23 * 9],
+            betas: vec![2.0; 20],
+            keypoints_3d: vec![3.0; 2 * 44 * 3],
+            vertices: None,
+        };
+        let f = o.frame(1);
+        assert_eq!(f.pred_cam, [3.0, 4.0, 5.0]);
+        assert_eq!(f.body_pose.len(), 23 * 9);
+        assert_eq!(f.keypoints_3d.len(), 44 * 3);
+        assert!(f.vertices.is_none());
+    }
+}
