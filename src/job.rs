@@ -293,25 +293,34 @@ pub struct Person {
 }
 
 impl JobResult {
-    /// An error result for `echo` with `code` and `message`.
-    pub fn error(entry_id: &str, echo: &Echo, code: &str, message: String) -> Self {
+    /// A successful, empty result for the job `entry_id` with `echo` (filled in by the caller).
+    pub fn new(entry_id: &str, echo: &Echo) -> Self {
         JobResult {
             v: VERSION,
             job_id: echo.job_id.clone(),
             entry_id: entry_id.to_string(),
             video_id: echo.video_id.clone(),
             frame_number: echo.frame_number,
-            status: Status::Error,
-            error: Some(ErrorBody {
-                code: code.to_string(),
-                message,
-            }),
+            status: Status::Ok,
+            error: None,
             image_size: None,
             people: Vec::new(),
             timings_ms: Timings::default(),
             worker: String::new(),
             device: String::new(),
             model: String::new(),
+        }
+    }
+
+    /// An error result for `echo` with `code` and `message`.
+    pub fn error(entry_id: &str, echo: &Echo, code: &str, message: String) -> Self {
+        JobResult {
+            status: Status::Error,
+            error: Some(ErrorBody {
+                code: code.to_string(),
+                message,
+            }),
+            ..JobResult::new(entry_id, echo)
         }
     }
 

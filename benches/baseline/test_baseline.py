@@ -2,10 +2,7 @@
 
 import json
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +20,8 @@ MODEL = baseline.ROOT / "models/artifacts/hmr2-tiny.pt"
 def redis_url():
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (make setup installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}"
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(500):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.01)
+    with baseline.redis_server() as url:
         yield url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def textured(w: int, h: int, seed: int) -> Image.Image:

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import (
     DASHBOARD,
+    GPU_ONLY,
     METRICS,
     NOT_FROM_WORKER,
     dashboard_exprs,
@@ -16,18 +17,7 @@ from conftest import (
     metric_names,
 )
 
-GPU_LABELLED = {
-    "hmr2_gpu_memory_used_bytes",
-    "hmr2_gpu_memory_total_bytes",
-    "hmr2_gpu_utilization_ratio",
-    "hmr2_torch_allocated_bytes",
-    "hmr2_torch_reserved_bytes",
-    "hmr2_torch_baseline_allocated_bytes",
-    "hmr2_job_peak_allocated_bytes",
-    "hmr2_gpu_cache_releases_total",
-    "hmr2_gpu_oom_total",
-    "hmr2_gpu_memory_drift_total",
-}
+GPU_LABELLED = set(GPU_ONLY)
 
 
 @pytest.fixture(scope="module")

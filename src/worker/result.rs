@@ -1,7 +1,7 @@
 //! Postprocess: model outputs of one job's people → the result of the wire contract.
 
 use crate::camera;
-use crate::job::{JobResult, Person, Status, Timings, VERSION};
+use crate::job::{JobResult, Person, Timings};
 use crate::model::{FrameOutput, NUM_KEYPOINTS, NUM_VERTICES};
 use crate::worker::prepare::PersonBox;
 
@@ -60,18 +60,12 @@ pub fn ok_result(
     origin: &Origin,
 ) -> JobResult {
     JobResult {
-        v: VERSION,
-        job_id: echo.job_id.clone(),
-        entry_id: entry_id.to_string(),
-        video_id: echo.video_id.clone(),
-        frame_number: echo.frame_number,
-        status: Status::Ok,
-        error: None,
         image_size: Some(image_size),
         people,
         timings_ms,
         worker: origin.worker.clone(),
         device: origin.device.clone(),
         model: origin.model.clone(),
+        ..JobResult::new(entry_id, echo)
     }
 }
