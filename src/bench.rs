@@ -325,7 +325,7 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             load_before,
             load_after: loadavg(),
-            libtorch: crate::check::torch_version(),
+            libtorch: crate::model::torch_version(),
             version: env!("CARGO_PKG_VERSION").into(),
         },
         setup: Setup {

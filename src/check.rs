@@ -13,7 +13,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let cuda = tch::Cuda::is_available();
     let count = if cuda { tch::Cuda::device_count() } else { 0 };
     let _ = writeln!(out, "hmr2-worker   {}", env!("CARGO_PKG_VERSION"));
-    let _ = writeln!(out, "libtorch      {}", torch_version());
+    let _ = writeln!(out, "libtorch      {}", model::torch_version());
     let _ = writeln!(out, "cuda          {}", yes_no(cuda));
     let _ = writeln!(
         out,
@@ -73,28 +73,6 @@ fn print_gpu_memory(n: usize) {
         ),
         Err(e) => println!("allocator     unavailable: {e}"),
     }
-}
-
-/// The libtorch version this binary runs with, read from the loaded library's folder.
-pub fn torch_version() -> String {
-    // The wheel's `torch/version.py` sits next to `lib/`; fall back to the linked version.
-    let from_env = std::env::var("LIBTORCH").ok();
-    let candidates =
-        from_env
-            .into_iter()
-            .chain([concat!(env!("CARGO_MANIFEST_DIR"), "/.libtorch").to_string()]);
-    for dir in candidates {
-        if let Ok(s) = std::fs::read_to_string(format!("{dir}/version.py")) {
-            if let Some(v) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("__version__ = "))
-                .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
-            {
-                return v;
-            }
-        }
-    }
-    "2.11.0 (linked)".to_string()
 }
 
 fn yes_no(b: bool) -> &'static str {

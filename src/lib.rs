@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod redis_server;
+pub mod signal;
 pub mod telemetry;
 pub mod worker;
 

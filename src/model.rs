@@ -124,6 +124,28 @@ pub trait Model {
     fn cuda_index(&self) -> Option<usize>;
 }
 
+/// The libtorch version this binary runs with, read from the loaded library's folder.
+pub fn torch_version() -> String {
+    // The wheel's `torch/version.py` sits next to `lib/`; fall back to the linked version.
+    let from_env = std::env::var("LIBTORCH").ok();
+    let candidates =
+        from_env
+            .into_iter()
+            .chain([concat!(env!("CARGO_MANIFEST_DIR"), "/.libtorch").to_string()]);
+    for dir in candidates {
+        if let Ok(s) = std::fs::read_to_string(format!("{dir}/version.py")) {
+            if let Some(v) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("__version__ = "))
+                .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+            {
+                return v;
+            }
+        }
+    }
+    "2.11.0 (linked)".to_string()
+}
+
 /// A TorchScript file made by `python -m models.export`, run through libtorch.
 pub struct TorchModel {
     module: CModule,

@@ -116,7 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
     gauge!(m::BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
-        "torch" => crate::check::torch_version(),
+        "torch" => model::torch_version(),
         "device" => loaded.device.clone(),
         "model" => loaded.meta.label())
     .set(1.0);

@@ -253,7 +253,7 @@ impl Drop for Session {
 /// at once (status 130).
 pub fn watch_signals(redis: RedisHandle) -> CancellationToken {
     let stop = CancellationToken::new();
-    tokio::spawn(crate::cli::stop_on_signal(stop.clone(), move || {
+    tokio::spawn(crate::signal::stop_on_signal(stop.clone(), move || {
         if let Some(mut s) = redis.lock().ok().and_then(|mut r| r.take()) {
             s.kill();
         }
