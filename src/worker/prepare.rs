@@ -37,6 +37,51 @@ pub struct Rejected {
     pub image_size: Option<[u32; 2]>,
 }
 
+/// What the worker decides for a frame before decoding it: its size, the people to run (the
+/// job's boxes, checked, or the whole frame) and the DCT scale to decode at.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub info: image::ImageInfo,
+    pub people: Vec<PersonBox>,
+    pub scale: u32,
+}
+
+/// Plans one frame: probes `bytes` within `limits`, checks `boxes` against the image (none: the
+/// whole frame) and picks the decode scale. On a bad box the error comes with the image size.
+pub fn plan(
+    bytes: &[u8],
+    boxes: &[[f64; 4]],
+    limits: &Limits,
+) -> Result<Plan, (InputError, Option<[u32; 2]>)> {
+    let info = image::probe(bytes, limits).map_err(|e| (e, None))?;
+    let size = [info.width, info.height];
+    let boxes: Vec<[f32; 4]> = if boxes.is_empty() {
+        vec![image::full_frame_box(info.width, info.height)]
+    } else {
+        boxes
+            .iter()
+            .map(|b| image::validate_box(*b, info.width, info.height))
+            .collect::<Result<_, _>>()
+            .map_err(|e| (e, Some(size)))?
+    };
+    let people: Vec<PersonBox> = boxes
+        .into_iter()
+        .map(|bbox| PersonBox {
+            bbox,
+            crop: image::crop_box(bbox),
+        })
+        .collect();
+    let min_box = people
+        .iter()
+        .map(|p| p.crop.size)
+        .fold(f32::INFINITY, f32::min);
+    Ok(Plan {
+        info,
+        people,
+        scale: image::jpeg_scale_for(min_box),
+    })
+}
+
 /// Parses the entry's `job` field, decodes its image and crops every person.
 pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rejected>> {
     let t = Instant::now();
@@ -73,29 +118,13 @@ pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rej
         max_image_bytes: limits.max_image_bytes,
         max_pixels: limits.max_pixels,
     };
-    let info = image::probe(bytes, &lim).map_err(|e| reject(e, echo, None))?;
+    let Plan {
+        info,
+        people,
+        scale,
+    } = plan(bytes, &job.boxes, &lim).map_err(|(e, size)| reject(e, echo, size))?;
     let size = [info.width, info.height];
-    let boxes: Vec<[f32; 4]> = if job.boxes.is_empty() {
-        vec![image::full_frame_box(info.width, info.height)]
-    } else {
-        job.boxes
-            .iter()
-            .map(|b| image::validate_box(*b, info.width, info.height))
-            .collect::<Result<_, _>>()
-            .map_err(|e| reject(e, echo, Some(size)))?
-    };
-    let people: Vec<PersonBox> = boxes
-        .iter()
-        .map(|&bbox| PersonBox {
-            bbox,
-            crop: image::crop_box(bbox),
-        })
-        .collect();
-    let min_box = people
-        .iter()
-        .map(|p| p.crop.size)
-        .fold(f32::INFINITY, f32::min);
-    let frame = image::decode(bytes, &info, image::jpeg_scale_for(min_box))
+    let frame = image::decode(bytes, &info, scale)
         .map_err(|e| reject(e, echo, Some(size)))?;
     let decoded = t.elapsed().as_secs_f64();
     histogram!(m::STAGE_DURATION, "stage" => m::stage::DECODE).record(decoded);
