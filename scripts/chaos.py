@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ class Fleet:
     def __init__(self, args, url: str, prefix: str, logdir: Path):
         self.args, self.url, self.prefix, self.logdir = args, url, prefix, logdir
         self.procs = {}
+        self.ports = {}
         self.started = 0
 
     def start(self, slot: int):
@@ -75,7 +77,7 @@ class Fleet:
             HMR2_QUEUE__MAX_DELIVERIES=str(self.args.max_deliveries),
             HMR2_MODEL__PATH=str(self.args.model),
             HMR2_MODEL__DEVICE="cpu",
-            HMR2_HTTP__LISTEN=f"127.0.0.1:{free_port()}",
+            HMR2_HTTP__LISTEN=f"127.0.0.1:{self.ports.setdefault(slot, free_port())}",
             HMR2_PIPELINE__DECODE_THREADS="1",
             HMR2_LOG__FORMAT="json",
         )
@@ -84,6 +86,27 @@ class Fleet:
         self.procs[slot] = subprocess.Popen(
             [str(self.args.bin), "run"], env=env, stdout=subprocess.DEVNULL, stderr=log
         )
+
+    def ready(self, slot: int) -> bool:
+        """Whether the worker in `slot` answers /readyz with 200 (warmed up, group created)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[slot]}/readyz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        """Waits until every worker is ready: kills before that would test start-up, not
+        recovery, and the group would not exist yet. Bounded by `timeout`, not by this machine's
+        speed."""
+        deadline = time.time() + timeout
+        while not all(self.ready(s) for s in self.procs):
+            dead = [s for s, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                raise SystemExit(f"worker(s) {dead} exited during start-up; logs in {self.logdir}")
+            if time.time() > deadline:
+                raise SystemExit(f"workers not ready after {timeout:.0f}s; logs in {self.logdir}")
+            time.sleep(0.2)
 
     def consumer(self, slot: int) -> str:
         return f"{socket.gethostname()}/{self.procs[slot].pid}"
@@ -130,6 +153,9 @@ def run(args) -> int:
     fleet = Fleet(args, url, prefix, tmp)
     for slot in range(args.workers):
         fleet.start(slot)
+    t_ready = time.time()
+    fleet.wait_ready(args.ready_timeout)
+    print(f"{args.workers} workers ready in {time.time() - t_ready:.1f}s", flush=True)
     rng = random.Random(args.seed)
     kills, in_flight_at_kills = 0, 0
     rss, redis_mem = [], []
@@ -150,7 +176,10 @@ def run(args) -> int:
                 proc = fleet.procs[slot]
                 if proc.poll() is None:
                     consumer = fleet.consumer(slot)
-                    pend = [c for c in r.xinfo_consumers(jobs, group) if c["name"].decode() == consumer] if r.exists(jobs) else []
+                    try:
+                        pend = [c for c in r.xinfo_consumers(jobs, group) if c["name"].decode() == consumer]
+                    except redis.ResponseError:  # NOGROUP: nothing can be pending yet
+                        pend = []
                     in_flight_at_kills += pend[0]["pending"] if pend else 0
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
@@ -176,7 +205,10 @@ def run(args) -> int:
     not_ok = [j for j, rs in by_job.items() if rs[0]["status"] != "ok"]
     dups = {j: rs for j, rs in by_job.items() if len(rs) > 1}
     differing = [j for j, rs in dups.items() if any(x["people"] != rs[0]["people"] for x in rs[1:])]
-    pending = r.xpending(jobs, group)["pending"] if r.exists(jobs) else 0
+    try:
+        pending = r.xpending(jobs, group)["pending"]
+    except redis.ResponseError:  # no stream or no group: nothing pending
+        pending = 0
     warm = max(1, len(rss) // 5)
     figures = {
         "mode": args.mode,
@@ -224,6 +256,8 @@ def main() -> int:
         help="kills every few seconds abandon each worker's in-flight jobs; allow for that",
     )
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--ready-timeout", type=float, default=600,
+                    help="seconds the first workers may take to load the model and get ready")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bin", type=Path, default=ROOT / "target/release/hmr2-worker")
     ap.add_argument("--model", type=Path, default=ROOT / "models/artifacts/hmr2-tiny.pt")
