@@ -67,6 +67,7 @@ class Fleet:
 
     def start(self, slot: int):
         env = dict(os.environ)
+        port = self.ports[slot] = free_port()
         env.update(
             HMR2_REDIS__URL=self.url,
             HMR2_QUEUE__PREFIX=self.prefix,
@@ -77,7 +78,7 @@ class Fleet:
             HMR2_QUEUE__MAX_DELIVERIES=str(self.args.max_deliveries),
             HMR2_MODEL__PATH=str(self.args.model),
             HMR2_MODEL__DEVICE="cpu",
-            HMR2_HTTP__LISTEN=f"127.0.0.1:{self.ports.setdefault(slot, free_port())}",
+            HMR2_HTTP__LISTEN=f"127.0.0.1:{port}",
             HMR2_PIPELINE__DECODE_THREADS="1",
             HMR2_LOG__FORMAT="json",
         )
