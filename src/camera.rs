@@ -32,10 +32,6 @@ pub struct FullCam {
 
 /// The focal length, in pixels, of a `width`×`height` frame: the model's 5000 px at 256 px,
 /// scaled to the frame's longer side.
-pub fn focal_for(width: u32, height: u32) -> f32 {
-    (focal_for_f64(width, height)) as f32
-}
-
 fn focal_for_f64(width: u32, height: u32) -> f64 {
     FOCAL_LENGTH as f64 / MODEL_IMAGE_SIZE as f64 * width.max(height) as f64
 }
@@ -101,9 +97,9 @@ mod tests {
 
     #[test]
     fn focal_scales_with_the_longer_side() {
-        assert_eq!(focal_for(1280, 720), 25_000.0);
-        assert_eq!(focal_for(720, 1280), 25_000.0);
-        assert_eq!(focal_for(256, 256), 5_000.0);
+        assert_eq!(focal_for_f64(1280, 720), 25_000.0);
+        assert_eq!(focal_for_f64(720, 1280), 25_000.0);
+        assert_eq!(focal_for_f64(256, 256), 5_000.0);
     }
 
     #[test]

@@ -17,14 +17,23 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where Redis is.
     pub redis: RedisConfig,
+    /// The queue protocol.
     pub queue: QueueConfig,
+    /// Which model, on which device.
     pub model: ModelConfig,
+    /// GPU memory policy.
     pub gpu: GpuConfig,
+    /// Input limits.
     pub limits: LimitsConfig,
+    /// CPU-side pipeline sizing.
     pub pipeline: PipelineConfig,
+    /// The metrics and health listener.
     pub http: HttpConfig,
+    /// Log output.
     pub log: LogConfig,
+    /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
 }
 
@@ -34,7 +43,9 @@ pub struct Config {
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URL, possibly with credentials (never logged; see [`redact_url`]).
     pub url: String,
+    /// Connections in the pool shared by the publishers and the gauges (the fetcher has its own).
     pub pool_size: usize,
+    /// Time allowed to open one connection, milliseconds.
     pub connect_timeout_ms: u64,
 }
 
@@ -42,15 +53,26 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
+    /// Key prefix: `{prefix}:jobs`, `{prefix}:results`, `{prefix}:dead`, group `{prefix}-workers`.
     pub prefix: String,
+    /// Largest number of frames (person crops) per forward pass, and jobs per XREADGROUP.
     pub max_batch: usize,
+    /// How long one XREADGROUP waits for new jobs, milliseconds (also bounds shutdown latency).
     pub block_ms: u64,
+    /// An entry pending this long on another consumer is presumed orphaned and reclaimed,
+    /// milliseconds.
     pub claim_idle_ms: u64,
+    /// How often this worker looks for orphaned entries (XAUTOCLAIM), milliseconds.
     pub claim_interval_ms: u64,
+    /// An entry delivered more often than this is dead-lettered with an error result.
     pub max_deliveries: u64,
+    /// Approximate cap on the default results stream (`XADD MAXLEN ~`).
     pub results_maxlen: u64,
+    /// Approximate cap on the dead-letter stream.
     pub dead_maxlen: u64,
+    /// Consumer name in the group; empty = `<hostname>/<pid>` (see [`Config::consumer_name`]).
     pub consumer: String,
+    /// How often the queue gauges (length, pending, lag) are sampled, milliseconds.
     pub gauge_interval_ms: u64,
 }
 
@@ -58,7 +80,9 @@ pub struct QueueConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// TorchScript file made by `python -m models.export`.
     pub path: PathBuf,
+    /// `auto` (cuda:0 when available, else cpu), `cpu`, `cuda` (= cuda:0) or `cuda:N`.
     pub device: String,
 }
 
@@ -66,9 +90,14 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GpuConfig {
+    /// When the caching allocator's unused blocks go back to the driver.
     pub release: ReleasePolicy,
+    /// Reserved-bytes threshold for [`ReleasePolicy::Threshold`], bytes.
     pub release_threshold_bytes: u64,
+    /// Allowed growth of allocated bytes over the post-warm-up baseline after a batch before
+    /// it is reported as drift, bytes.
     pub drift_tolerance_bytes: u64,
+    /// Consecutive failed batches after which the worker reports not-ready.
     pub max_consecutive_failures: u32,
 }
 
@@ -85,17 +114,33 @@ pub enum ReleasePolicy {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Largest accepted encoded image, bytes (after base64 decoding).
     pub max_image_bytes: usize,
+    /// Largest accepted image, pixels (width x height), checked before decoding.
     pub max_pixels: u64,
+    /// Most person boxes per frame.
     pub max_boxes: usize,
+    /// Largest accepted job JSON, bytes.
     pub max_job_bytes: usize,
+}
+
+impl LimitsConfig {
+    /// The limits the wire contract's job parser enforces.
+    pub fn job(&self) -> hmr2_client::Limits {
+        hmr2_client::Limits {
+            max_job_bytes: self.max_job_bytes,
+            max_boxes: self.max_boxes,
+        }
+    }
 }
 
 /// CPU-side pipeline sizing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// Threads that decode and crop images; 0 = one more than the CPU cores.
     pub decode_threads: usize,
+    /// Batches queued ahead of the device (the backpressure bound).
     pub queue_depth: usize,
 }
 
@@ -103,6 +148,7 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` listener.
     pub listen: String,
 }
 
@@ -110,7 +156,9 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// `text` for people, `json` for log collectors.
     pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (`RUST_LOG`, when set, wins).
     pub level: String,
 }
 
@@ -126,6 +174,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT: how long in-flight jobs may take to finish, seconds; the rest stays
+    /// pending for other workers.
     pub grace_seconds: u64,
 }
 
@@ -308,7 +358,7 @@ impl Config {
     /// This worker's consumer name in the group.
     pub fn consumer_name(&self) -> String {
         if self.queue.consumer.is_empty() {
-            crate::telemetry::worker_id()
+            worker_id()
         } else {
             self.queue.consumer.clone()
         }
@@ -320,6 +370,15 @@ impl Config {
         c.redis.url = redact_url(&c.redis.url);
         toml::to_string_pretty(&c).unwrap_or_default()
     }
+}
+
+/// `<hostname>/<pid>`: names this worker in results, dead letters and the consumer group.
+pub fn worker_id() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{host}/{}", std::process::id())
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`; anything unparsable is hidden whole.
@@ -339,6 +398,28 @@ pub fn redact_url(raw: &str) -> String {
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
+
+    /// Every setting of `config/default.toml` is a documented field of its section's struct.
+    #[test]
+    fn every_setting_is_a_documented_field() {
+        let source = include_str!("config.rs");
+        let table: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+        for (section, keys) in &table {
+            let keys = keys.as_table().expect("sections only");
+            for key in keys.keys() {
+                let field = format!("    pub {key}: ");
+                let lines: Vec<&str> = source.lines().collect();
+                let at = lines
+                    .iter()
+                    .position(|l| l.starts_with(&field))
+                    .unwrap_or_else(|| panic!("[{section}] {key} has no field"));
+                assert!(
+                    lines[at - 1].trim_start().starts_with("///"),
+                    "[{section}] {key} has no /// line"
+                );
+            }
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_match_design() {

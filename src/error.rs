@@ -1,59 +1,11 @@
-//! One error enum per boundary, each with a stable `code()` used as the result's `error.code`
-//! and as a metric label, and a notion of permanent vs. retryable.
+//! One error enum per boundary. Bad input is the wire contract's [`InputError`]; Redis errors
+//! know whether retrying can help ([`QueueError::is_permanent`]).
 
 use thiserror::Error;
 
-/// Bad input in a job. Always permanent: the job gets an error result and a dead-letter entry,
-/// and is acknowledged at once (retrying cannot fix it).
-#[derive(Debug, Error, Clone, PartialEq)]
-pub enum InputError {
-    #[error("job field is not valid UTF-8 JSON: {0}")]
-    InvalidJson(String),
-    #[error("unsupported contract version {0} (this worker speaks v1)")]
-    UnsupportedVersion(i64),
-    #[error("invalid job: {0}")]
-    InvalidJob(String),
-    #[error("job has neither an `image` field nor `image_base64`")]
-    MissingImage,
-    #[error("image_base64 is not valid base64: {0}")]
-    InvalidBase64(String),
-    #[error("image cannot be decoded: {0}")]
-    InvalidImage(String),
-    #[error("image too large: {0}")]
-    ImageTooLarge(String),
-    #[error("invalid box: {0}")]
-    InvalidBox(String),
-}
-
-impl InputError {
-    /// Stable, documented error code (wire contract v1).
-    pub fn code(&self) -> &'static str {
-        match self {
-            InputError::InvalidJson(_) => "invalid_json",
-            InputError::UnsupportedVersion(_) => "unsupported_version",
-            InputError::InvalidJob(_) => "invalid_job",
-            InputError::MissingImage => "missing_image",
-            InputError::InvalidBase64(_) => "invalid_base64",
-            InputError::InvalidImage(_) => "invalid_image",
-            InputError::ImageTooLarge(_) => "image_too_large",
-            InputError::InvalidBox(_) => "invalid_box",
-        }
-    }
-}
-
-/// Every error code a result can carry, for documentation and tests.
-pub const ERROR_CODES: &[&str] = &[
-    "invalid_json",
-    "unsupported_version",
-    "invalid_job",
-    "missing_image",
-    "invalid_base64",
-    "invalid_image",
-    "image_too_large",
-    "invalid_box",
-    "inference_failed",
-    "too_many_deliveries",
-];
+/// Bad input in a job: part of the wire contract, defined with it in `hmr2-client`. Always
+/// permanent: the job gets an error result and a dead-letter entry, and is acknowledged at once.
+pub use hmr2_client::{ErrorCode, InputError};
 
 /// A failure of the model or the device.
 #[derive(Debug, Error)]
@@ -73,18 +25,6 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    /// Stable code, used as a metric label and in error results.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ModelError::Load { .. } => "model_load",
-            ModelError::Contract(_) => "model_contract",
-            ModelError::Device(..) => "device_unusable",
-            ModelError::OutOfMemory(_) => "out_of_memory",
-            ModelError::Forward(_) => "inference_failed",
-            ModelError::Stopped => "inference_stopped",
-        }
-    }
-
     /// Classify a libtorch error message: CUDA's caching allocator raises
     /// "CUDA out of memory. Tried to allocate ..." (and "out of memory" from other backends).
     pub fn from_torch(message: String) -> Self {
@@ -112,24 +52,52 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-/// A failure talking to Redis. Always retryable: the worker reconnects and nothing that was not
-/// published is acknowledged.
+/// A failure talking to Redis: transient (Redis away, loading, failing over, out of memory)
+/// or permanent (the command can never succeed as sent); see [`QueueError::is_permanent`].
 #[derive(Debug, Error)]
 pub enum QueueError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
     Pool(String),
-    #[error("redis protocol: {0}")]
-    Protocol(String),
 }
 
+/// Server error codes that say "not now": the same command can succeed later.
+const TRANSIENT_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "OOM",
+    "NOREPLICAS",
+    "MISCONF",
+    "NOSCRIPT",
+];
+
 impl QueueError {
-    /// Stable code, used as a metric label.
-    pub fn code(&self) -> &'static str {
-        match self {
-            QueueError::Redis(_) | QueueError::Pool(_) => "redis_unavailable",
-            QueueError::Protocol(_) => "redis_protocol",
+    /// True when retrying the same command cannot help: an error reply from Redis about the
+    /// command itself (NOPERM, WRONGTYPE, CROSSSLOT, MOVED, a script error, an `ERR` such as an
+    /// XADD id below the stream's top), or a reply this worker cannot read. Connection
+    /// failures, timeouts and the "not now" replies (LOADING, BUSY, OOM, READONLY, ...) are
+    /// transient.
+    pub fn is_permanent(&self) -> bool {
+        let QueueError::Redis(e) = self else {
+            return false;
+        };
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+            return false;
+        }
+        match e.code() {
+            Some(code) => {
+                !TRANSIENT_CODES.contains(&code)
+                    && !(code == "ERR" && e.to_string().contains("max number of clients"))
+            }
+            None => matches!(
+                e.kind(),
+                redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+            ),
         }
     }
 }
@@ -147,35 +115,57 @@ pub enum ConfigError {
 mod tests {
     use super::*;
 
+    fn reply(raw: &str) -> QueueError {
+        let v = redis::parse_redis_value(format!("{raw}\r\n").as_bytes()).unwrap();
+        v.extract_error().unwrap_err().into()
+    }
+
+    #[test]
+    fn redis_errors_are_permanent_or_transient() {
+        for permanent in [
+            "-NOPERM User w has no permissions to run the 'xadd' command",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value",
+            "-CROSSSLOT Keys in request don't hash to the same slot",
+            "-MOVED 3999 127.0.0.1:6381",
+            "-ERR The ID specified in XADD is equal or smaller than the target stream top item",
+            "-ERR user_script:1: Script attempted to access nonexistent global variable",
+        ] {
+            assert!(reply(permanent).is_permanent(), "{permanent}");
+        }
+        for transient in [
+            "-LOADING Redis is loading the dataset in memory",
+            "-OOM command not allowed when used memory > 'maxmemory'.",
+            "-READONLY You can't write against a read only replica.",
+            "-BUSY Redis is busy running a script.",
+            "-TRYAGAIN Multiple keys request during rehashing of slot",
+            "-CLUSTERDOWN The cluster is down",
+            "-ERR max number of clients reached",
+        ] {
+            assert!(!reply(transient).is_permanent(), "{transient}");
+        }
+        let io: QueueError =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+                .into();
+        assert!(!io.is_permanent());
+        assert!(!QueueError::Pool("timed out".into()).is_permanent());
+        let unreadable: QueueError =
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not a stream"))
+                .into();
+        assert!(unreadable.is_permanent());
+    }
+
     #[test]
     fn oom_messages_are_recognised() {
         let e = ModelError::from_torch(
             "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)\nstack".into(),
         );
-        assert_eq!(e.code(), "out_of_memory");
+        assert!(matches!(e, ModelError::OutOfMemory(_)));
         assert!(!e.to_string().contains("stack"));
         let e = ModelError::from_torch(
             "The following operation failed in the TorchScript interpreter.\nTraceback\nRuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB".into(),
         );
         assert!(e.to_string().contains("Tried to allocate"), "{e}");
         let e = ModelError::from_torch("shape mismatch".into());
-        assert_eq!(e.code(), "inference_failed");
-    }
-
-    #[test]
-    fn every_input_error_code_is_documented() {
-        let all = [
-            InputError::InvalidJson(String::new()),
-            InputError::UnsupportedVersion(2),
-            InputError::InvalidJob(String::new()),
-            InputError::MissingImage,
-            InputError::InvalidBase64(String::new()),
-            InputError::InvalidImage(String::new()),
-            InputError::ImageTooLarge(String::new()),
-            InputError::InvalidBox(String::new()),
-        ];
-        for e in all {
-            assert!(ERROR_CODES.contains(&e.code()), "{}", e.code());
-        }
+        assert!(matches!(e, ModelError::Forward(_)));
     }
 }

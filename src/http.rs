@@ -1,7 +1,6 @@
-//! The one HTTP listener: `/metrics` (Prometheus text), `/healthz` (process and inference
-//! thread alive), `/readyz` (warm-up done, Redis reachable, not failing). GET only.
+//! The one HTTP listener: `/metrics` (Prometheus text), `/healthz` and `/readyz` (see
+//! [`Health`]). GET only.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -13,52 +12,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::WORKER_READY;
-
-/// Liveness and readiness, shared by the pipeline and the listener.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The inference thread is running (false once it exits or panics).
-    pub inference_alive: AtomicBool,
-    /// Warm-up forward pass done.
-    pub warm: AtomicBool,
-    /// The last Redis command succeeded.
-    pub redis_ok: AtomicBool,
-    /// Too many consecutive failed batches.
-    pub failing: AtomicBool,
-}
-
-impl Health {
-    /// Alive: what `/healthz` reports.
-    pub fn alive(&self) -> bool {
-        self.inference_alive.load(Ordering::Relaxed)
-    }
-
-    /// Ready: what `/readyz` reports and `hmr2_worker_ready` shows.
-    pub fn ready(&self) -> bool {
-        self.alive()
-            && self.warm.load(Ordering::Relaxed)
-            && self.redis_ok.load(Ordering::Relaxed)
-            && !self.failing.load(Ordering::Relaxed)
-    }
-
-    /// Sets one flag and refreshes the readiness gauge.
-    pub fn set(&self, flag: &AtomicBool, value: bool) {
-        flag.store(value, Ordering::Relaxed);
-        metrics::gauge!(WORKER_READY).set(if self.ready() { 1.0 } else { 0.0 });
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "{{\"ready\":{},\"inference_alive\":{},\"warm\":{},\"redis_ok\":{},\"failing\":{}}}\n",
-            self.ready(),
-            self.alive(),
-            self.warm.load(Ordering::Relaxed),
-            self.redis_ok.load(Ordering::Relaxed),
-            self.failing.load(Ordering::Relaxed)
-        )
-    }
-}
 
 #[derive(Clone)]
 struct AppState {
@@ -67,7 +22,7 @@ struct AppState {
 }
 
 /// Serves the three endpoints on `listener` until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
     health: Arc<Health>,

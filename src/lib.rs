@@ -24,7 +24,7 @@
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 
 pub mod bench;
-pub mod camera;
+mod camera;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -32,9 +32,9 @@ pub mod demo;
 pub mod enqueue;
 pub mod error;
 pub mod gpu;
-pub mod http;
+mod health;
+mod http;
 pub mod image;
-pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod queue;
@@ -43,4 +43,4 @@ pub mod signal;
 pub mod telemetry;
 pub mod worker;
 
-pub use worker::run;
+pub use worker::{run, run_with, RunError};

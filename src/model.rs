@@ -81,11 +81,6 @@ impl ModelMeta {
         .collect::<Vec<_>>()
         .join(" ")
     }
-
-    /// Whether the model returns vertices at all.
-    pub fn has_vertices(&self) -> bool {
-        self.outputs.contains_key("vertices")
-    }
 }
 
 /// Host-side outputs of one forward pass of `n` crops, row-major `f32`.
@@ -372,7 +367,6 @@ mod tests {
     fn a_matching_meta_is_accepted_and_labelled() {
         let m = ModelMeta::parse(GOOD).unwrap();
         assert_eq!(m.label(), "hmr2 tiny bf16");
-        assert!(!m.has_vertices());
     }
 
     #[test]

@@ -24,40 +24,8 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Every key and name the worker uses, built in one place from the prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    /// `{prefix}:jobs`: the job stream.
-    pub jobs: String,
-    /// `{prefix}:results`: the default reply stream.
-    pub results: String,
-    /// `{prefix}:dead`: the dead-letter stream.
-    pub dead: String,
-    /// `{prefix}-workers`: the consumer group on the job stream.
-    pub group: String,
-}
-
-impl Keys {
-    /// Keys for `prefix`. With a prefix in braces (`{hmr2}`) the three streams share a Redis
-    /// Cluster hash slot.
-    pub fn new(prefix: &str) -> Self {
-        Keys {
-            jobs: format!("{prefix}:jobs"),
-            results: format!("{prefix}:results"),
-            dead: format!("{prefix}:dead"),
-            group: format!("{prefix}-workers"),
-        }
-    }
-
-    /// The stream a job's result goes to: its `reply_to`, unless that names the job or
-    /// dead-letter stream (a result there would be read back as a job), else the default.
-    pub fn reply_stream<'a>(&'a self, reply_to: Option<&'a str>) -> &'a str {
-        match reply_to {
-            Some(r) if r != self.jobs && r != self.dead && !r.is_empty() => r,
-            _ => &self.results,
-        }
-    }
-}
+/// Every key and name the worker uses, from the prefix (defined by the wire contract).
+pub use hmr2_client::Keys;
 
 /// One delivered job entry.
 #[derive(Debug, Clone)]
@@ -113,13 +81,6 @@ pub struct QueueStats {
     pub lag: Option<u64>,
 }
 
-/// What reclaiming found.
-#[derive(Debug, Default)]
-pub struct Claimed {
-    pub entries: Vec<Entry>,
-    /// Ids that were pending but are gone from the stream (acknowledged here).
-    pub deleted: usize,
-}
 
 /// What an atomic publish step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,13 +192,6 @@ impl Queue {
             .await?)
     }
 
-    /// Round trip to Redis.
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut c = self.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut *c).await?;
-        Ok(())
-    }
-
     /// Creates the consumer group (and the stream) when missing; an existing group is fine.
     /// The group starts at `0` so jobs enqueued before any worker existed are processed.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
@@ -294,7 +248,7 @@ impl Queue {
         &self,
         count: usize,
         cursor: &mut String,
-    ) -> Result<Claimed, QueueError> {
+    ) -> Result<Vec<Entry>, QueueError> {
         let mut c = self.conn().await?;
         let reply: StreamAutoClaimReply = match c
             .xautoclaim_options(
@@ -310,34 +264,34 @@ impl Queue {
             Ok(r) => r,
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
-                return Ok(Claimed::default());
+                return Ok(Vec::new());
             }
             Err(e) => return Err(e.into()),
         };
         *cursor = reply.next_stream_id;
-        let mut claimed = Claimed {
-            deleted: reply.deleted_ids.len(),
-            ..Default::default()
-        };
+        // Ids pending but gone from the stream (trimmed or deleted): nothing to run, acknowledge.
         if !reply.deleted_ids.is_empty() {
             let _: u64 = c
                 .xack(&self.keys.jobs, &self.keys.group, &reply.deleted_ids)
                 .await?;
         }
         if reply.claimed.is_empty() {
-            return Ok(claimed);
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for s in &reply.claimed {
             pipe.xpending_count(&self.keys.jobs, &self.keys.group, &s.id, &s.id, 1);
         }
         let counts: Vec<StreamPendingCountReply> = pipe.query_async(&mut *c).await?;
-        for (s, p) in reply.claimed.into_iter().zip(counts) {
-            let deliveries = p.ids.first().map_or(1, |p| p.times_delivered as u64);
-            claimed
-                .entries
-                .push(Entry::from_stream(s, deliveries, true));
-        }
+        let claimed = reply
+            .claimed
+            .into_iter()
+            .zip(counts)
+            .map(|(s, p)| {
+                let deliveries = p.ids.first().map_or(1, |p| p.times_delivered as u64);
+                Entry::from_stream(s, deliveries, true)
+            })
+            .collect();
         Ok(claimed)
     }
 
@@ -433,24 +387,6 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_come_from_the_prefix() {
-        let k = Keys::new("{hmr2}");
-        assert_eq!(k.jobs, "{hmr2}:jobs");
-        assert_eq!(k.results, "{hmr2}:results");
-        assert_eq!(k.dead, "{hmr2}:dead");
-        assert_eq!(k.group, "{hmr2}-workers");
-    }
-
-    #[test]
-    fn results_never_go_to_the_job_or_dead_stream() {
-        let k = Keys::new("p");
-        assert_eq!(k.reply_stream(None), "p:results");
-        assert_eq!(k.reply_stream(Some("mine")), "mine");
-        assert_eq!(k.reply_stream(Some("p:jobs")), "p:results");
-        assert_eq!(k.reply_stream(Some("p:dead")), "p:results");
-    }
 
     #[test]
     fn entry_ids_carry_the_enqueue_time() {

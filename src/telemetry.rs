@@ -1,4 +1,4 @@
-//! Logging set-up (text or JSON, `RUST_LOG`-style filter) and the worker's identity.
+//! Logging set-up: text or JSON, `RUST_LOG`-style filter.
 
 use std::sync::OnceLock;
 
@@ -26,13 +26,4 @@ pub fn init(log: &LogConfig) {
             LogFormat::Text => builder.compact().try_init(),
         };
     });
-}
-
-/// `hostname/pid`: names this worker in results, dead letters and the consumer group.
-pub fn worker_id() -> String {
-    let host = hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".into());
-    format!("{host}/{}", std::process::id())
 }

@@ -5,23 +5,28 @@
 //!   only asks for as many entries as it holds *in-flight permits*, so a worker never holds more
 //!   jobs than `max_batch × (queue_depth + 2)`, whatever the backlog in Redis.
 //! - **Decoders** (blocking threads, `pipeline.decode_threads` at once) parse, decode and crop.
-//! - The **coordinator** owns all job state: it packs crops of many jobs into batches (a job's
-//!   people may span batches), dispatches a batch when it is full or the device is idle, and
-//!   collects per-frame outputs.
-//! - The **inference thread** ([`infer`]) owns the model.
-//! - **Publishers** postprocess finished jobs and publish result + XACK atomically, retrying while
-//!   Redis is away; failed frames are left pending for a retry.
+//! - The **coordinator** moves jobs through the `batcher` (the I/O-free core: crops of many
+//!   jobs packed into batches, a job's people spanning batches, outputs folded back per job),
+//!   dispatching a batch when one is full or the device is idle.
+//! - The **inference thread** (`infer`) owns the model: OOM ladder and memory policy.
+//! - **Publishers** (`publish`) postprocess finished jobs and publish result + XACK atomically,
+//!   retrying transient Redis errors (`retry`); failed frames are left pending for a retry.
+//!
+//! Module edges point down: `fetch` → `publish` → `result`, `retry`, `delivery`; `infer` →
+//! `batcher`; nothing here depends on the CLI or the HTTP listener.
 //!
 //! Shutdown: the token stops the fetcher; dropping senders drains every stage in order; after
 //! `shutdown.grace_seconds` whatever is left stays pending for other workers.
 
+mod batcher;
+mod delivery;
 mod fetch;
-pub mod infer;
+mod infer;
 pub mod prepare;
 mod publish;
-pub mod result;
+mod result;
+mod retry;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,18 +37,19 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{worker_id, Config};
 use crate::error::{ConfigError, ModelError, QueueError};
-use crate::http::{self, Health};
-use crate::image::CROP_BYTES;
+use crate::health::Health;
+use crate::http;
 use crate::metrics::{self as m, outcome};
-use crate::model::{self, FrameOutput, TorchModel};
+use crate::model::{self, Model, TorchModel};
 use crate::queue::Queue;
-use fetch::{Backoff, Delivery, Leases};
-use infer::{Batch, BatchDone};
+use batcher::{Batch, BatchDone, Batcher};
+use delivery::{Delivery, Leases};
 use prepare::Prepared;
 use publish::{finish, reject};
 use result::Origin;
+use retry::Backoff;
 
 /// Why the worker could not start.
 #[derive(Debug, Error)]
@@ -68,9 +74,25 @@ struct Ctx {
     hard_stop: CancellationToken,
 }
 
-/// Runs one worker until `shutdown` is cancelled, then drains within the grace period.
-/// Loads the model (on its own thread), warms up, serves `/metrics`, `/healthz`, `/readyz`.
+/// Runs one worker with the TorchScript model of `config.model` until `shutdown` is
+/// cancelled, then drains within the grace period. See [`run_with`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let path = config.model.path.clone();
+    run_with(config, shutdown, move |device| TorchModel::load(&path, device)).await
+}
+
+/// Runs one worker with the model `load` makes for the configured device (on the inference
+/// thread, which owns it from then on): warms up, serves `/metrics`, `/healthz`, `/readyz`,
+/// works until `shutdown` is cancelled, then drains within the grace period.
+pub async fn run_with<M, F>(
+    config: Config,
+    shutdown: CancellationToken,
+    load: F,
+) -> Result<(), RunError>
+where
+    M: Model,
+    F: FnOnce(tch::Device) -> Result<M, ModelError> + Send + 'static,
+{
     config.validate()?;
     let handle = m::install();
     let health = Arc::new(Health::default());
@@ -92,15 +114,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let (done_tx, done_rx) = mpsc::unbounded_channel::<BatchDone>();
     let (ready_tx, ready_rx) = oneshot::channel();
     let device = model::resolve_device(config.device())?;
-    let path = config.model.path.clone();
     let infer_thread = infer::spawn(
-        move || TorchModel::load(&path, device),
+        move || load(device),
         config.queue.max_batch,
         config.gpu.clone(),
         health.clone(),
-        batch_rx,
-        done_tx,
-        ready_tx,
+        infer::Channels {
+            batches: batch_rx,
+            done: done_tx,
+            ready: ready_tx,
+        },
     )
     .map_err(|e| ModelError::Forward(format!("cannot start the inference thread: {e}")))?;
     let loaded = match ready_rx.await {
@@ -141,7 +164,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let queue = Queue::new(&config)?;
     let origin = Origin {
-        worker: crate::telemetry::worker_id(),
+        worker: worker_id(),
         device: loaded.device.clone(),
         model: loaded.meta.label(),
     };
@@ -272,87 +295,51 @@ async fn decode(
     while tasks.join_next().await.is_some() {}
 }
 
-/// A job inside the coordinator.
-struct InFlight {
+/// A job between decoding and publishing: its delivery (permit and lease) and what the
+/// result needs. Its crops live in the [`Batcher`] meanwhile.
+pub(crate) struct Held {
     delivery: Delivery,
     prepared: Prepared,
-    outputs: Vec<Option<FrameOutput>>,
-    remaining: usize,
-    failure: Option<String>,
-    inference_ms: f64,
 }
 
-/// Packs crops into batches, dispatches them, collects outputs, hands finished jobs to
-/// publishers. Returns the publishers still running once its input is exhausted.
+/// Moves prepared jobs into the [`Batcher`], dispatches its batches to the inference thread
+/// while the channel has room, and hands finished jobs to publishers. Returns the publishers
+/// still running once its input is exhausted.
 async fn coordinate(
     ctx: Arc<Ctx>,
     mut input: mpsc::Receiver<(Delivery, Prepared)>,
     batches: mpsc::Sender<Batch>,
     mut done: mpsc::UnboundedReceiver<BatchDone>,
 ) -> JoinSet<()> {
-    let max_batch = ctx.config.queue.max_batch;
-    let mut jobs: HashMap<u64, InFlight> = HashMap::new();
-    let mut waiting: VecDeque<(u64, usize)> = VecDeque::new();
-    let mut running: HashMap<u64, Vec<(u64, usize)>> = HashMap::new();
+    let mut batcher = Batcher::new(ctx.config.queue.max_batch);
     let mut publishers = JoinSet::new();
-    let (mut next_job, mut next_batch) = (0u64, 0u64);
     let mut input_open = true;
     loop {
-        // Dispatch while there is a full batch, or anything at all and the device is idle.
-        while !waiting.is_empty() && (waiting.len() >= max_batch || running.is_empty()) {
+        while batcher.should_dispatch() {
             let Ok(permit) = batches.try_reserve() else {
                 break;
             };
-            let items: Vec<(u64, usize)> = waiting.drain(..waiting.len().min(max_batch)).collect();
-            let mut crops = Vec::with_capacity(items.len() * CROP_BYTES);
-            let mut vertices = false;
-            for (job, person) in &items {
-                let j = &jobs[job];
-                vertices |= j.prepared.job.include.vertices;
-                crops.extend_from_slice(
-                    &j.prepared.crops[person * CROP_BYTES..(person + 1) * CROP_BYTES],
-                );
-            }
-            permit.send(Batch {
-                id: next_batch,
-                n: items.len(),
-                crops,
-                vertices,
-            });
-            running.insert(next_batch, items);
-            next_batch += 1;
+            permit.send(batcher.take_batch().expect("a batch is due"));
         }
-        if !input_open && jobs.is_empty() {
+        if !input_open && batcher.is_empty() {
             break;
         }
         tokio::select! {
             msg = input.recv(), if input_open => match msg {
-                Some((delivery, prepared)) => {
-                    let n = prepared.people.len();
-                    waiting.extend((0..n).map(|p| (next_job, p)));
-                    jobs.insert(next_job, InFlight {
-                        delivery, prepared, outputs: vec![None; n], remaining: n,
-                        failure: None, inference_ms: 0.0,
-                    });
-                    next_job += 1;
+                Some((delivery, mut prepared)) => {
+                    let crops = std::mem::take(&mut prepared.crops);
+                    let vertices = prepared.include.vertices;
+                    let held = Held { delivery, prepared };
+                    if let Some(f) = batcher.add(held, crops, vertices) {
+                        publishers.spawn(finish(ctx.clone(), f));
+                    }
                 }
                 None => input_open = false,
             },
             msg = done.recv() => {
                 let Some(b) = msg else { break };
-                let items = running.remove(&b.id).unwrap_or_default();
-                for ((job, person), frame) in items.into_iter().zip(b.frames) {
-                    let Some(j) = jobs.get_mut(&job) else { continue };
-                    match frame {
-                        Ok(out) => j.outputs[person] = Some(out),
-                        Err(e) => j.failure = Some(e),
-                    }
-                    j.inference_ms += b.seconds * 1e3 / j.outputs.len().max(1) as f64;
-                    j.remaining -= 1;
-                    if j.remaining == 0 {
-                        let j = jobs.remove(&job).expect("present");
-                        publishers.spawn(finish(ctx.clone(), j));
-                    }
+                for f in batcher.complete(b) {
+                    publishers.spawn(finish(ctx.clone(), f));
                 }
                 while publishers.try_join_next().is_some() {}
             }

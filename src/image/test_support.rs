@@ -38,7 +38,7 @@ pub(super) fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
 }
 
 pub(super) fn code(r: Result<impl std::fmt::Debug, InputError>) -> &'static str {
-    r.expect_err("expected an error").code()
+    r.expect_err("expected an error").code().as_str()
 }
 
 pub(super) fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {

@@ -1,90 +1,21 @@
 //! Fetching: new entries (XREADGROUP) and orphaned ones (XAUTOCLAIM), bounded by in-flight
 //! permits, with leases that keep this worker's own entries from looking orphaned.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, histogram};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::delivery::{Delivery, Leases};
 use super::publish::too_many_deliveries;
+use super::retry::Backoff;
 use super::Ctx;
-use crate::error::QueueError;
 use crate::metrics::{self as m, outcome};
-use crate::queue::Entry;
 
-/// A fetched entry, the permit that bounds the pipeline, and its lease.
-pub(super) struct Delivery {
-    pub(super) entry: Entry,
-    pub(super) fetched: Instant,
-    pub(super) queue_wait_ms: f64,
-    _permit: OwnedSemaphorePermit,
-    _lease: Lease,
-}
-
-/// The ids of the entries this worker holds; their idle time is reset periodically so other
-/// workers do not reclaim jobs that are merely queued here.
-#[derive(Clone, Default)]
-pub(super) struct Leases(Arc<Mutex<HashSet<String>>>);
-
-/// Membership of one entry in [`Leases`], ended when the delivery is dropped (published,
-/// dead-lettered, failed or abandoned).
-pub(super) struct Lease {
-    leases: Leases,
-    id: String,
-}
-
-impl Leases {
-    fn take(&self, id: &str) -> Lease {
-        self.0.lock().expect("lease set").insert(id.to_string());
-        Lease {
-            leases: self.clone(),
-            id: id.to_string(),
-        }
-    }
-
-    fn ids(&self) -> Vec<String> {
-        self.0.lock().expect("lease set").iter().cloned().collect()
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.leases.0.lock().expect("lease set").remove(&self.id);
-    }
-}
-
-/// Exponential backoff that logs once per outage.
-#[derive(Default)]
-pub(super) struct Backoff {
-    pub(super) failures: u32,
-}
-
-impl Backoff {
-    pub(super) fn failed(&mut self, e: &QueueError) {
-        if self.failures == 0 {
-            tracing::warn!(error = %e, "redis unavailable; retrying with backoff");
-        }
-        self.failures += 1;
-    }
-
-    pub(super) fn recovered(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "redis reachable again");
-        }
-        self.failures = 0;
-    }
-
-    pub(super) fn delay(&self) -> Duration {
-        let ms = 50u64 << self.failures.min(7);
-        Duration::from_millis(ms.min(5_000))
-    }
-}
-
-pub(super) fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -124,7 +55,7 @@ pub(super) async fn fetch(
                     if cursor == "0-0" {
                         next_claim = Instant::now() + claim_every;
                     }
-                    entries.extend(claimed.entries);
+                    entries.extend(claimed);
                 }
                 Err(e) => failed = Some(e),
             }
@@ -171,13 +102,8 @@ pub(super) async fn fetch(
             if !entry.reclaimed {
                 histogram!(m::QUEUE_WAIT).record(queue_wait_ms / 1e3);
             }
-            let delivery = Delivery {
-                _lease: leases.take(&entry.id),
-                entry,
-                fetched: Instant::now(),
-                queue_wait_ms,
-                _permit: permit,
-            };
+            let lease = leases.take(&entry.id);
+            let delivery = Delivery::new(entry, queue_wait_ms, permit, lease);
             if delivery.entry.reclaimed {
                 counter!(m::JOBS, "outcome" => outcome::RECLAIMED).increment(1);
                 if delivery.entry.deliveries > q.max_deliveries {

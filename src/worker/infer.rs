@@ -1,6 +1,6 @@
 //! The inference thread: owns the model (one per device), runs batches under `no_grad`, splits
 //! a batch in half on out-of-memory down to single frames, and applies the GPU memory policy
-//! after every batch.
+//! (DESIGN §4) after every batch.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,40 +9,24 @@ use std::time::Instant;
 use metrics::{counter, histogram};
 use tokio::sync::{mpsc, oneshot};
 
+use super::batcher::{Batch, BatchDone};
 use crate::config::{GpuConfig, ReleasePolicy};
 use crate::error::ModelError;
-use crate::gpu;
-use crate::http::Health;
+use crate::gpu::{self, AllocatorStats};
+use crate::health::Health;
 use crate::image::CROP_BYTES;
 use crate::metrics::{self as m, GpuGauges};
 use crate::model::{FrameOutput, Model, ModelMeta};
 
-/// Crops of one forward pass, from one or many jobs.
-pub struct Batch {
-    pub id: u64,
-    /// `n * 256 * 256 * 3` RGB bytes.
-    pub crops: Vec<u8>,
-    pub n: usize,
-    /// Whether any frame of the batch asked for vertices.
-    pub vertices: bool,
-}
-
-/// Per-frame outcome of a batch, in order, with the batch's wall time.
-pub struct BatchDone {
-    pub id: u64,
-    pub frames: Vec<Result<FrameOutput, String>>,
-    pub seconds: f64,
-}
-
 /// What the model says once loaded and warmed up.
-pub struct Loaded {
-    pub meta: ModelMeta,
-    pub device: String,
-    pub cuda_index: Option<usize>,
+pub(crate) struct Loaded {
+    pub(crate) meta: ModelMeta,
+    pub(crate) device: String,
+    pub(crate) cuda_index: Option<usize>,
 }
 
 /// Whether the allocator's cache goes back to the driver after a batch (DESIGN §4).
-pub fn should_release(policy: ReleasePolicy, reserved: i64, threshold: u64) -> bool {
+pub(crate) fn should_release(policy: ReleasePolicy, reserved: i64, threshold: u64) -> bool {
     match policy {
         ReleasePolicy::PerJob => true,
         ReleasePolicy::Threshold => reserved > threshold as i64,
@@ -51,19 +35,19 @@ pub fn should_release(policy: ReleasePolicy, reserved: i64, threshold: u64) -> b
 }
 
 /// Runs `n` crops, halving on out-of-memory until single frames; other errors fail every frame
-/// of the (sub-)batch. Errors are messages: the frames are retried later (not acknowledged).
-pub fn forward_ladder<M: Model + ?Sized>(
+/// of the (sub-)batch. `on_oom` runs after every out-of-memory error (count it, free the
+/// cache). Errors are messages: the frames are retried later (not acknowledged).
+pub(crate) fn forward_ladder<M: Model + ?Sized>(
     model: &mut M,
     crops: &[u8],
     n: usize,
     vertices: bool,
-    gpu_label: &str,
+    on_oom: &mut dyn FnMut(),
 ) -> Vec<Result<FrameOutput, String>> {
     match model.forward(crops, n, vertices) {
         Ok(out) => (0..n).map(|i| Ok(out.frame(i))).collect(),
         Err(ModelError::OutOfMemory(msg)) => {
-            counter!(m::OOM, "gpu" => gpu_label.to_string()).increment(1);
-            let _ = gpu::empty_cache();
+            on_oom();
             if n == 1 {
                 tracing::warn!(error = %msg, "out of memory on a single frame; left for retry");
                 return vec![Err(format!("out of memory: {msg}"))];
@@ -75,8 +59,8 @@ pub fn forward_ladder<M: Model + ?Sized>(
                 "out of memory; splitting the batch"
             );
             let (a, b) = crops.split_at(half * CROP_BYTES);
-            let mut frames = forward_ladder(model, a, half, vertices, gpu_label);
-            frames.extend(forward_ladder(model, b, n - half, vertices, gpu_label));
+            let mut frames = forward_ladder(model, a, half, vertices, on_oom);
+            frames.extend(forward_ladder(model, b, n - half, vertices, on_oom));
             frames
         }
         Err(e) => {
@@ -86,78 +70,133 @@ pub fn forward_ladder<M: Model + ?Sized>(
     }
 }
 
+/// The device allocator as the memory policy sees it: the seam that lets the policy be tested
+/// without a GPU.
+pub(crate) trait Allocator {
+    /// Starts a new peak measurement.
+    fn reset_peak(&self);
+    /// Current figures (and refreshes the memory gauges when it has any).
+    fn stats(&self) -> Option<AllocatorStats>;
+    /// Returns unused cached blocks to the driver; true when that worked.
+    fn release(&self) -> bool;
+}
+
+/// A CUDA device through the allocator shim, with its gauges.
+pub(crate) struct Cuda {
+    index: usize,
+    gauges: GpuGauges,
+}
+
+impl Cuda {
+    pub(crate) fn new(index: usize) -> Self {
+        Cuda {
+            index,
+            gauges: GpuGauges::new(index),
+        }
+    }
+}
+
+impl Allocator for Cuda {
+    fn reset_peak(&self) {
+        let _ = gpu::reset_peak(self.index);
+    }
+    fn stats(&self) -> Option<AllocatorStats> {
+        self.gauges.sample().or_else(|| gpu::stats(self.index).ok())
+    }
+    fn release(&self) -> bool {
+        gpu::empty_cache().is_ok()
+    }
+}
+
+/// What the memory policy did after one batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AfterBatch {
+    pub(crate) released: bool,
+    /// Bytes allocated over the baseline beyond the tolerance (a leak warning).
+    pub(crate) drift: Option<i64>,
+}
+
 /// Memory bookkeeping of one device after every batch: release policy, gauges, drift watch.
-struct Memory {
+pub(crate) struct Memory<A> {
     cfg: GpuConfig,
-    cuda: Option<usize>,
-    gauges: Option<GpuGauges>,
+    alloc: Option<A>,
+    label: String,
     baseline: Option<i64>,
 }
 
-impl Memory {
-    fn label(&self) -> String {
-        self.gauges
-            .as_ref()
-            .map_or_else(|| "cpu".to_string(), |g| g.label().to_string())
+impl<A: Allocator> Memory<A> {
+    /// `alloc` is `None` on the CPU: every step is then a no-op.
+    pub(crate) fn new(cfg: GpuConfig, alloc: Option<A>, label: String) -> Self {
+        Memory {
+            cfg,
+            alloc,
+            label,
+            baseline: None,
+        }
+    }
+
+    /// After an out-of-memory error: count it and free the cache before the smaller retry.
+    fn on_oom(&self) {
+        counter!(m::OOM, "gpu" => self.label.clone()).increment(1);
+        if let Some(a) = &self.alloc {
+            a.release();
+        }
     }
 
     fn before_batch(&self) {
-        if let Some(d) = self.cuda {
-            let _ = gpu::reset_peak(d);
+        if let Some(a) = &self.alloc {
+            a.reset_peak();
         }
     }
 
     /// After warm-up: release everything, then remember what stays allocated (the weights).
     fn set_baseline(&mut self) {
-        let Some(d) = self.cuda else { return };
-        let _ = gpu::empty_cache();
-        if let Ok(s) = gpu::stats(d) {
+        let Some(a) = &self.alloc else { return };
+        a.release();
+        if let Some(s) = a.stats() {
             self.baseline = Some(s.allocated);
-            metrics::gauge!(m::TORCH_BASELINE, "gpu" => self.label()).set(s.allocated as f64);
+            metrics::gauge!(m::TORCH_BASELINE, "gpu" => self.label.clone())
+                .set(s.allocated as f64);
             tracing::info!(
                 allocated = s.allocated,
                 reserved = s.reserved,
                 "allocator baseline after warm-up"
             );
         }
-        if let Some(g) = &self.gauges {
-            g.sample();
-        }
     }
 
-    fn after_batch(&mut self, batch: u64, n: usize) {
-        let Some(d) = self.cuda else { return };
-        let label = self.label();
-        if let Ok(s) = gpu::stats(d) {
-            histogram!(m::JOB_PEAK_ALLOCATED, "gpu" => label.clone())
+    fn after_batch(&mut self, batch: u64, n: usize) -> AfterBatch {
+        let Some(a) = &self.alloc else {
+            return AfterBatch::default();
+        };
+        let mut did = AfterBatch::default();
+        if let Some(s) = a.stats() {
+            histogram!(m::JOB_PEAK_ALLOCATED, "gpu" => self.label.clone())
                 .record(s.peak_allocated as f64);
             if should_release(
                 self.cfg.release,
                 s.reserved,
                 self.cfg.release_threshold_bytes,
-            ) && gpu::empty_cache().is_ok()
+            ) && a.release()
             {
-                counter!(m::CACHE_RELEASES, "gpu" => label.clone()).increment(1);
+                did.released = true;
+                counter!(m::CACHE_RELEASES, "gpu" => self.label.clone()).increment(1);
             }
         }
-        let stats = match &self.gauges {
-            Some(g) => g.sample(),
-            None => gpu::stats(d).ok(),
-        };
-        if let Some(s) = stats {
-            tracing::debug!(
-                batch,
-                frames = n,
-                allocated = s.allocated,
-                reserved = s.reserved,
-                peak_allocated = s.peak_allocated,
-                "batch memory"
-            );
-        }
-        if let (Some(s), Some(base)) = (stats, self.baseline) {
+        let Some(s) = a.stats() else { return did };
+        tracing::debug!(
+            batch,
+            frames = n,
+            allocated = s.allocated,
+            reserved = s.reserved,
+            peak_allocated = s.peak_allocated,
+            "batch memory"
+        );
+        if let Some(base) = self.baseline {
             let over = s.allocated - base;
             if over > self.cfg.drift_tolerance_bytes as i64 {
-                counter!(m::DRIFT, "gpu" => label).increment(1);
+                did.drift = Some(over);
+                counter!(m::DRIFT, "gpu" => self.label.clone()).increment(1);
                 tracing::warn!(
                     batch,
                     frames = n,
@@ -168,19 +207,25 @@ impl Memory {
                 );
             }
         }
+        did
     }
+}
+
+/// The channels of the inference thread.
+pub(crate) struct Channels {
+    pub(crate) batches: mpsc::Receiver<Batch>,
+    pub(crate) done: mpsc::UnboundedSender<BatchDone>,
+    pub(crate) ready: oneshot::Sender<Result<Loaded, ModelError>>,
 }
 
 /// Starts the inference thread: loads the model with `load`, warms it up at `max_batch`, reports
 /// through `ready`, then serves `batches` until the channel closes.
-pub fn spawn<M, F>(
+pub(crate) fn spawn<M, F>(
     load: F,
     max_batch: usize,
     gpu_cfg: GpuConfig,
     health: Arc<Health>,
-    mut batches: mpsc::Receiver<Batch>,
-    done: mpsc::UnboundedSender<BatchDone>,
-    ready: oneshot::Sender<Result<Loaded, ModelError>>,
+    ch: Channels,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
     M: Model,
@@ -191,84 +236,220 @@ where
         .spawn(move || {
             // Grad mode is thread-local: this thread never records a graph.
             let _no_grad = tch::no_grad_guard();
-            let mut model = match load() {
+            let model = match load() {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = ready.send(Err(e));
+                    let _ = ch.ready.send(Err(e));
                     return;
                 }
             };
             let cuda = model.cuda_index();
-            let mut memory = Memory {
-                cfg: gpu_cfg,
-                cuda,
-                gauges: cuda.map(GpuGauges::new),
-                baseline: None,
-            };
-            let label = memory.label();
-            health.set(&health.inference_alive, true);
-            let warm = vec![0u8; max_batch * CROP_BYTES];
-            let t = Instant::now();
-            let frames = forward_ladder(&mut model, &warm, max_batch, false, &label);
-            if let Some(Err(e)) = frames.into_iter().find(|f| f.is_err()) {
-                health.set(&health.inference_alive, false);
-                let _ = ready.send(Err(ModelError::Forward(format!("warm-up failed: {e}"))));
-                return;
-            }
-            tracing::info!(
-                batch = max_batch,
-                seconds = t.elapsed().as_secs_f64(),
-                "warm-up done"
-            );
-            memory.set_baseline();
-            let loaded = Loaded {
-                meta: model.meta().clone(),
-                device: model.device_label(),
-                cuda_index: cuda,
-            };
-            if ready.send(Ok(loaded)).is_err() {
-                return;
-            }
-            let mut consecutive_failures = 0u32;
-            while let Some(batch) = batches.blocking_recv() {
-                memory.before_batch();
-                let t = Instant::now();
-                let frames =
-                    forward_ladder(&mut model, &batch.crops, batch.n, batch.vertices, &label);
-                drop(batch.crops);
-                let seconds = t.elapsed().as_secs_f64();
-                histogram!(m::STAGE_DURATION, "stage" => m::stage::INFERENCE).record(seconds);
-                histogram!(m::BATCH_SIZE).record(batch.n as f64);
-                memory.after_batch(batch.id, batch.n);
-                if frames.iter().all(|f| f.is_err()) {
-                    consecutive_failures += 1;
-                    if consecutive_failures >= memory.cfg.max_consecutive_failures {
-                        health.set(&health.failing, true);
-                    }
-                } else {
-                    consecutive_failures = 0;
-                    if health.failing.load(Ordering::Relaxed) {
-                        health.set(&health.failing, false);
-                    }
-                }
-                if done
-                    .send(BatchDone {
-                        id: batch.id,
-                        frames,
-                        seconds,
-                    })
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            let label = cuda.map_or_else(|| "cpu".to_string(), |n| n.to_string());
+            let memory = Memory::new(gpu_cfg, cuda.map(Cuda::new), label);
+            serve(model, memory, max_batch, &health, ch);
             health.set(&health.inference_alive, false);
         })
 }
 
+/// The body of the inference thread once the model is loaded: warm-up, then every batch.
+fn serve<M: Model, A: Allocator>(
+    mut model: M,
+    mut memory: Memory<A>,
+    max_batch: usize,
+    health: &Health,
+    ch: Channels,
+) {
+    let Channels {
+        mut batches,
+        done,
+        ready,
+    } = ch;
+    health.set(&health.inference_alive, true);
+    let warm = vec![0u8; max_batch * CROP_BYTES];
+    let t = Instant::now();
+    let frames = forward_ladder(&mut model, &warm, max_batch, false, &mut || {
+        memory.on_oom()
+    });
+    if let Some(Err(e)) = frames.into_iter().find(|f| f.is_err()) {
+        let _ = ready.send(Err(ModelError::Forward(format!("warm-up failed: {e}"))));
+        return;
+    }
+    tracing::info!(
+        batch = max_batch,
+        seconds = t.elapsed().as_secs_f64(),
+        "warm-up done"
+    );
+    memory.set_baseline();
+    let loaded = Loaded {
+        meta: model.meta().clone(),
+        device: model.device_label(),
+        cuda_index: model.cuda_index(),
+    };
+    if ready.send(Ok(loaded)).is_err() {
+        return;
+    }
+    let mut consecutive_failures = 0u32;
+    while let Some(batch) = batches.blocking_recv() {
+        memory.before_batch();
+        let t = Instant::now();
+        let frames = forward_ladder(&mut model, &batch.crops, batch.n, batch.vertices, &mut || {
+            memory.on_oom()
+        });
+        drop(batch.crops);
+        let seconds = t.elapsed().as_secs_f64();
+        histogram!(m::STAGE_DURATION, "stage" => m::stage::INFERENCE).record(seconds);
+        histogram!(m::BATCH_SIZE).record(batch.n as f64);
+        memory.after_batch(batch.id, batch.n);
+        if frames.iter().all(|f| f.is_err()) {
+            consecutive_failures += 1;
+            if consecutive_failures >= memory.cfg.max_consecutive_failures {
+                health.set(&health.failing, true);
+            }
+        } else {
+            consecutive_failures = 0;
+            if health.failing.load(Ordering::Relaxed) {
+                health.set(&health.failing, false);
+            }
+        }
+        let out = BatchDone {
+            id: batch.id,
+            frames,
+            seconds,
+        };
+        if done.send(out).is_err() {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::cell::{Cell, RefCell};
+
     use super::*;
+    use crate::config::Config;
+    use crate::model::BatchOutput;
+
+    /// A model that fits at most `fits` frames per forward pass (more is out of memory), and
+    /// fails every pass whose first crop starts with 0xFF. Each output's `pred_cam[0]` is its
+    /// crop's first byte, so order can be checked.
+    struct Fake {
+        fits: usize,
+        calls: Vec<usize>,
+        meta: ModelMeta,
+    }
+
+    impl Fake {
+        fn new(fits: usize) -> Self {
+            let meta = ModelMeta::parse(
+                r#"{"name":"fake","input_size":[256,256],"outputs":{"pred_cam":[],
+                "global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#,
+            )
+            .unwrap();
+            Fake {
+                fits,
+                calls: Vec::new(),
+                meta,
+            }
+        }
+    }
+
+    impl Model for Fake {
+        fn forward(&mut self, crops: &[u8], n: usize, _: bool) -> Result<BatchOutput, ModelError> {
+            assert_eq!(crops.len(), n * CROP_BYTES);
+            self.calls.push(n);
+            if n > self.fits {
+                return Err(ModelError::OutOfMemory(format!("{n} frames do not fit")));
+            }
+            if crops[0] == 0xFF {
+                return Err(ModelError::Forward("device fault".into()));
+            }
+            let mut pred_cam = Vec::new();
+            for c in crops.chunks_exact(CROP_BYTES) {
+                pred_cam.extend([c[0] as f32, 1.0, 1.0]);
+            }
+            Ok(BatchOutput {
+                n,
+                pred_cam,
+                global_orient: vec![0.0; n * 9],
+                body_pose: vec![0.0; n * 23 * 9],
+                betas: vec![0.0; n * 10],
+                keypoints_3d: vec![0.0; n * 44 * 3],
+                vertices: None,
+            })
+        }
+        fn meta(&self) -> &ModelMeta {
+            &self.meta
+        }
+        fn device_label(&self) -> String {
+            "fake".into()
+        }
+        fn cuda_index(&self) -> Option<usize> {
+            None
+        }
+    }
+
+    fn numbered(n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n * CROP_BYTES];
+        for i in 0..n {
+            v[i * CROP_BYTES] = i as u8;
+        }
+        v
+    }
+
+    fn order(frames: &[Result<FrameOutput, String>]) -> Vec<u8> {
+        frames
+            .iter()
+            .map(|f| f.as_ref().unwrap().pred_cam[0] as u8)
+            .collect()
+    }
+
+    #[test]
+    fn out_of_memory_halves_the_batch_and_keeps_every_frame_in_order() {
+        let mut model = Fake::new(2);
+        let mut ooms = 0;
+        let frames = forward_ladder(&mut model, &numbered(8), 8, false, &mut || ooms += 1);
+        assert_eq!(order(&frames), (0..8).collect::<Vec<u8>>());
+        // 8 → 4 + 4 → each 4 → 2 + 2.
+        assert_eq!(model.calls, [8, 4, 2, 2, 4, 2, 2]);
+        assert_eq!(ooms, 3);
+    }
+
+    #[test]
+    fn odd_batches_split_unevenly_down_to_single_frames() {
+        let mut model = Fake::new(1);
+        let mut ooms = 0;
+        let frames = forward_ladder(&mut model, &numbered(5), 5, false, &mut || ooms += 1);
+        assert_eq!(order(&frames), [0, 1, 2, 3, 4]);
+        assert_eq!(model.calls.iter().filter(|&&n| n == 1).count(), 5);
+        assert_eq!(ooms, 4, "5 → 2 + 3 → 1 + 1, 1 + 2 → 1 + 1");
+    }
+
+    #[test]
+    fn a_frame_that_never_fits_fails_alone_and_no_frame_is_lost() {
+        let mut model = Fake::new(0);
+        let mut ooms = 0;
+        let frames = forward_ladder(&mut model, &numbered(4), 4, false, &mut || ooms += 1);
+        assert_eq!(frames.len(), 4, "one outcome per frame");
+        assert!(frames
+            .iter()
+            .all(|f| f.as_ref().unwrap_err().starts_with("out of memory")));
+        assert_eq!(ooms, 7, "4, 2, 2 and four single frames");
+    }
+
+    #[test]
+    fn other_errors_fail_the_sub_batch_without_splitting() {
+        let mut model = Fake::new(8);
+        let mut crops = numbered(3);
+        crops[0] = 0xFF;
+        let mut ooms = 0;
+        let frames = forward_ladder(&mut model, &crops, 3, false, &mut || ooms += 1);
+        assert_eq!(model.calls, [3]);
+        assert_eq!(ooms, 0);
+        assert!(frames
+            .iter()
+            .all(|f| f.as_ref().unwrap_err().contains("device fault")));
+    }
 
     #[test]
     fn release_policy_decisions() {
@@ -276,5 +457,156 @@ mod tests {
         assert!(!should_release(ReleasePolicy::Never, i64::MAX, 100));
         assert!(!should_release(ReleasePolicy::Threshold, 100, 100));
         assert!(should_release(ReleasePolicy::Threshold, 101, 100));
+    }
+
+    /// An allocator whose figures the test sets; `release` drops the cache to what is allocated.
+    #[derive(Default)]
+    struct FakeAlloc {
+        allocated: Cell<i64>,
+        reserved: Cell<i64>,
+        releases: Cell<u32>,
+        log: RefCell<Vec<&'static str>>,
+    }
+
+    impl Allocator for &FakeAlloc {
+        fn reset_peak(&self) {
+            self.log.borrow_mut().push("reset_peak");
+        }
+        fn stats(&self) -> Option<AllocatorStats> {
+            Some(AllocatorStats {
+                allocated: self.allocated.get(),
+                reserved: self.reserved.get(),
+                peak_allocated: self.allocated.get(),
+            })
+        }
+        fn release(&self) -> bool {
+            self.releases.set(self.releases.get() + 1);
+            self.reserved.set(self.allocated.get());
+            true
+        }
+    }
+
+    fn gpu_cfg(release: ReleasePolicy) -> GpuConfig {
+        let mut c = Config::defaults().gpu;
+        c.release = release;
+        c.release_threshold_bytes = 1000;
+        c.drift_tolerance_bytes = 100;
+        c
+    }
+
+    #[test]
+    fn per_job_releases_after_every_batch_threshold_only_above_it_never_not_at_all() {
+        for (policy, reserved, expect) in [
+            (ReleasePolicy::PerJob, 500, true),
+            (ReleasePolicy::Threshold, 500, false),
+            (ReleasePolicy::Threshold, 5000, true),
+            (ReleasePolicy::Never, 5000, false),
+        ] {
+            let a = FakeAlloc::default();
+            a.allocated.set(200);
+            let mut mem = Memory::new(gpu_cfg(policy), Some(&a), "0".into());
+            mem.set_baseline();
+            a.reserved.set(reserved);
+            let did = mem.after_batch(1, 4);
+            assert_eq!(did.released, expect, "{policy:?} at {reserved}");
+            assert_eq!(a.reserved.get() == 200, expect || reserved == 200);
+        }
+    }
+
+    #[test]
+    fn memory_left_allocated_after_a_batch_is_reported_as_drift() {
+        let a = FakeAlloc::default();
+        a.allocated.set(1000);
+        let mut mem = Memory::new(gpu_cfg(ReleasePolicy::PerJob), Some(&a), "0".into());
+        mem.set_baseline();
+        assert_eq!(mem.after_batch(1, 1).drift, None);
+        a.allocated.set(1050);
+        assert_eq!(mem.after_batch(2, 1).drift, None, "within tolerance");
+        a.allocated.set(1500);
+        assert_eq!(mem.after_batch(3, 1).drift, Some(500));
+    }
+
+    #[test]
+    fn an_oom_frees_the_cache_before_the_retry() {
+        let a = FakeAlloc::default();
+        let mem = Memory::new(gpu_cfg(ReleasePolicy::Never), Some(&a), "0".into());
+        let mut model = Fake::new(1);
+        forward_ladder(&mut model, &numbered(2), 2, false, &mut || mem.on_oom());
+        assert_eq!(a.releases.get(), 1);
+    }
+
+    #[test]
+    fn the_thread_warms_up_serves_batches_and_reports_failing_devices() {
+        let (batch_tx, batches) = mpsc::channel(4);
+        let (done, mut done_rx) = mpsc::unbounded_channel();
+        let (ready, ready_rx) = oneshot::channel();
+        let health = Arc::new(Health::default());
+        let mut cfg = Config::defaults().gpu;
+        cfg.max_consecutive_failures = 2;
+        let h = health.clone();
+        let thread = spawn(
+            || Ok(Fake::new(2)),
+            4,
+            cfg,
+            h,
+            Channels {
+                batches,
+                done,
+                ready,
+            },
+        )
+        .unwrap();
+        let loaded = ready_rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(loaded.device, "fake");
+        assert!(health.alive());
+        batch_tx
+            .blocking_send(Batch {
+                id: 7,
+                crops: numbered(3),
+                n: 3,
+                vertices: false,
+            })
+            .unwrap();
+        let d = done_rx.blocking_recv().unwrap();
+        assert_eq!((d.id, order(&d.frames)), (7, vec![0, 1, 2]));
+        for id in 0..2 {
+            let mut crops = numbered(1);
+            crops[0] = 0xFF;
+            batch_tx
+                .blocking_send(Batch {
+                    id,
+                    crops,
+                    n: 1,
+                    vertices: false,
+                })
+                .unwrap();
+            assert!(done_rx.blocking_recv().unwrap().frames[0].is_err());
+        }
+        assert!(health.failing.load(Ordering::Relaxed), "two failed batches in a row");
+        drop(batch_tx);
+        thread.join().unwrap();
+        assert!(!health.alive(), "a stopped thread is not alive");
+    }
+
+    #[test]
+    fn a_model_that_cannot_load_is_reported_through_ready() {
+        let (_tx, batches) = mpsc::channel(1);
+        let (done, _rx) = mpsc::unbounded_channel();
+        let (ready, ready_rx) = oneshot::channel();
+        let thread = spawn(
+            || Err::<Fake, _>(ModelError::Contract("no meta()".into())),
+            2,
+            Config::defaults().gpu,
+            Arc::new(Health::default()),
+            Channels {
+                batches,
+                done,
+                ready,
+            },
+        )
+        .unwrap();
+        let e = ready_rx.blocking_recv().unwrap().err().unwrap();
+        assert!(e.to_string().contains("no meta()"), "{e}");
+        thread.join().unwrap();
     }
 }

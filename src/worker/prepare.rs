@@ -4,10 +4,11 @@ use std::time::Instant;
 
 use metrics::histogram;
 
+use hmr2_client::{Echo, Include, Job};
+
 use crate::config::LimitsConfig;
 use crate::error::InputError;
 use crate::image::{self, CropBox, Limits, CROP_BYTES};
-use crate::job::{self, Echo, Job};
 use crate::metrics as m;
 use crate::queue::Entry;
 
@@ -18,10 +19,12 @@ pub struct PersonBox {
     pub crop: CropBox,
 }
 
-/// A job ready for the device: its crops, one per person, back to back.
+/// A job ready for the device: its crops, one per person, back to back. The job's image (and
+/// its base64 text) is gone by now; only what the result needs stays.
 #[derive(Debug)]
 pub struct Prepared {
-    pub job: Job,
+    pub echo: Echo,
+    pub include: Include,
     pub image_size: [u32; 2],
     pub people: Vec<PersonBox>,
     pub crops: Vec<u8>,
@@ -100,15 +103,15 @@ pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rej
             None,
         ));
     };
-    let job = job::parse(raw_job, raw_image.is_some(), limits)
-        .map_err(|(error, echo)| reject(error, &echo, None))?;
-    let echo = &job.echo;
+    let job = Job::parse(raw_job, raw_image.is_some(), &limits.job())
+        .map_err(|e| reject(e.error, &e.echo, None))?;
+    let echo = &job.echo();
 
     let decoded_b64;
     let bytes: &[u8] = match (raw_image, &job.image_base64) {
         (Some(b), _) => b,
         (None, Some(s)) => {
-            decoded_b64 = image::decode_base64(s, limits.max_image_bytes)
+            decoded_b64 = image::decode_base64(s.as_ref(), limits.max_image_bytes)
                 .map_err(|e| reject(e, echo, None))?;
             &decoded_b64
         }
@@ -138,7 +141,8 @@ pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rej
     let cropped = t2.elapsed().as_secs_f64();
     histogram!(m::STAGE_DURATION, "stage" => m::stage::PREPROCESS).record(cropped);
     Ok(Prepared {
-        job,
+        echo: echo.clone(),
+        include: job.include,
         image_size: size,
         people,
         crops,

@@ -1,46 +1,56 @@
 //! Publishing: finished jobs → result + XACK in one atomic step; bad input and jobs delivered
-//! too often → error result + dead letter + XACK; every Redis step retried while Redis is away.
+//! too often → error result + dead letter + XACK. Transient Redis errors are retried while
+//! Redis is away; a permanent one on the job's `reply_to` answers on the default stream.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use hmr2_client::{Echo, ErrorCode, Job, JobResult, Timings};
 use metrics::{counter, histogram};
 use tracing::Instrument;
 
-use super::fetch::{Backoff, Delivery};
+use super::batcher::Finished;
+use super::delivery::Delivery;
 use super::prepare::Rejected;
 use super::result::{self, Origin};
-use super::{Ctx, InFlight};
+use super::retry::{retry, GaveUp};
+use super::{Ctx, Held};
 use crate::error::{InputError, QueueError};
-use crate::job::{JobResult, Timings};
 use crate::metrics::{self as m, outcome};
 use crate::queue::{DeadLetter, Written};
 
 /// Publishes a finished job (or leaves a failed one pending for a retry).
-pub(super) async fn finish(ctx: Arc<Ctx>, j: InFlight) {
-    let InFlight {
-        delivery,
-        prepared,
+pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held>) {
+    let Finished {
+        job: Held {
+            delivery,
+            prepared,
+        },
         outputs,
-        failure,
         inference_ms,
-        ..
-    } = j;
-    let span = tracing::info_span!("job", job_id = prepared.job.echo.job_id.as_deref().unwrap_or(""), entry = %delivery.entry.id);
+    } = f;
+    let span = tracing::info_span!(
+        "job",
+        job_id = prepared.echo.job_id.as_deref().unwrap_or(""),
+        entry = %delivery.entry.id
+    );
     async move {
-        if let Some(error) = failure {
-            counter!(m::JOBS, "outcome" => outcome::FAILED).increment(1);
-            tracing::warn!(%error, deliveries = delivery.entry.deliveries, "inference failed; the job stays pending for a retry");
-            return;
-        }
+        let outputs = match outputs {
+            Ok(o) => o,
+            Err(error) => {
+                counter!(m::JOBS, "outcome" => outcome::FAILED).increment(1);
+                tracing::warn!(%error, deliveries = delivery.entry.deliveries, "inference failed; the job stays pending for a retry");
+                return;
+            }
+        };
         let t = Instant::now();
-        let echo = &prepared.job.echo;
-        let vertices = prepared.job.include.vertices;
+        let echo = &prepared.echo;
+        let vertices = prepared.include.vertices;
         let people = prepared
             .people
             .iter()
             .zip(outputs)
-            .map(|(p, o)| result::person(p, o.expect("every frame has an output"), prepared.image_size, vertices))
+            .map(|(p, o)| result::person(p, o, prepared.image_size, vertices))
             .collect();
         let timings = Timings {
             queue_wait: delivery.queue_wait_ms,
@@ -54,24 +64,29 @@ pub(super) async fn finish(ctx: Arc<Ctx>, j: InFlight) {
         let reply = ctx.queue.keys().reply_stream(echo.reply_to.as_deref()).to_string();
         let job_id = echo.job_id.clone().unwrap_or_default();
         let t = Instant::now();
-        let published = retry(&ctx, || ctx.queue.publish(&delivery.entry.id, &reply, &job_id, &json)).await;
+        let published = retry(&ctx.health, &ctx.hard_stop, || {
+            ctx.queue.publish(&delivery.entry.id, &reply, &job_id, &json)
+        })
+        .await;
         histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());
-        match published {
-            Some(Written::Done) => {
+        let unusable = match published {
+            Ok(Written::Done) => {
                 tracing::debug!(reply = %reply, people = prepared.people.len(), "published");
                 counter!(m::JOBS, "outcome" => outcome::OK).increment(1);
                 histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
+                return;
             }
-            Some(Written::NotPending) => {
+            Ok(Written::NotPending) => {
                 tracing::debug!("another worker finished this job first; result dropped");
+                return;
             }
-            Some(Written::ReplyNotAStream) => {
-                let error = InputError::InvalidJob(format!("reply_to {reply:?} names a key that is not a stream"));
-                let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size) };
-                reject(ctx.clone(), delivery, Box::new(rejected)).await;
-            }
-            None => {}
-        }
+            Err(GaveUp::Stopped) => return,
+            Ok(Written::ReplyNotAStream) => "names a key that is not a stream".to_string(),
+            Err(GaveUp::Permanent(e)) => format!("cannot be written: {e}"),
+        };
+        let error = InputError::InvalidJob(format!("reply_to {reply:?} {unusable}"));
+        let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size) };
+        reject(ctx.clone(), delivery, Box::new(rejected)).await;
     }
     .instrument(span)
     .await
@@ -81,13 +96,10 @@ pub(super) async fn finish(ctx: Arc<Ctx>, j: InFlight) {
 pub(super) async fn reject(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
     let code = r.error.code();
     let message = r.error.to_string();
-    tracing::info!(entry = %d.entry.id, job_id = r.echo.job_id.as_deref().unwrap_or(""), code, "rejected bad input");
-    let mut result = JobResult::error(&d.entry.id, &r.echo, code, message.clone());
+    tracing::info!(entry = %d.entry.id, job_id = r.echo.job_id.as_deref().unwrap_or(""), code = %code, "rejected bad input");
+    let mut result = error_result(&ctx, &d, &r.echo, code, message.clone());
     result.image_size = r.image_size;
-    fill_origin(&mut result, &ctx.origin);
-    result.timings_ms.queue_wait = d.queue_wait_ms;
-    result.timings_ms.total = d.fetched.elapsed().as_secs_f64() * 1e3;
-    if dead_letter(&ctx, &d, &r.echo, &result, code, &message).await {
+    if dead_letter(&ctx, &d, &r.echo, &result, &message).await {
         counter!(m::JOBS, "outcome" => outcome::INVALID_INPUT).increment(1);
     }
 }
@@ -98,9 +110,9 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
         .entry
         .field("job")
         .map(
-            |raw| match crate::job::parse(raw, true, &ctx.config.limits) {
-                Ok(j) => j.echo,
-                Err((_, echo)) => echo,
+            |raw| match Job::parse(raw, true, &ctx.config.limits.job()) {
+                Ok(j) => j.echo(),
+                Err(e) => e.echo,
             },
         )
         .unwrap_or_default();
@@ -109,29 +121,43 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
         d.entry.deliveries, ctx.config.queue.max_deliveries
     );
     tracing::warn!(entry = %d.entry.id, deliveries = d.entry.deliveries, "dead-lettering a job delivered too often");
-    let mut result = JobResult::error(&d.entry.id, &echo, "too_many_deliveries", message.clone());
-    fill_origin(&mut result, &ctx.origin);
-    if dead_letter(&ctx, &d, &echo, &result, "too_many_deliveries", &message).await {
+    let result = error_result(&ctx, &d, &echo, ErrorCode::TooManyDeliveries, message.clone());
+    if dead_letter(&ctx, &d, &echo, &result, &message).await {
         counter!(m::JOBS, "outcome" => outcome::DEAD_LETTERED).increment(1);
     }
 }
 
-fn fill_origin(r: &mut JobResult, o: &Origin) {
-    r.worker = o.worker.clone();
-    r.device = o.device.clone();
-    r.model = o.model.clone();
-}
-
-async fn dead_letter(
+/// An error result from this worker, with the time the job spent here.
+fn error_result(
     ctx: &Ctx,
     d: &Delivery,
-    echo: &crate::job::Echo,
-    result: &JobResult,
-    code: &str,
-    message: &str,
-) -> bool {
+    echo: &Echo,
+    code: ErrorCode,
+    message: String,
+) -> JobResult {
+    let Origin {
+        worker,
+        device,
+        model,
+    } = ctx.origin.clone();
+    let mut r = JobResult {
+        worker,
+        device,
+        model,
+        ..JobResult::error(&d.entry.id, echo, code, message)
+    };
+    r.timings_ms.queue_wait = d.queue_wait_ms;
+    r.timings_ms.total = d.fetched.elapsed().as_secs_f64() * 1e3;
+    r
+}
+
+/// Writes the dead letter, answering on the job's `reply_to` or, when that stream cannot take
+/// it, on the default results stream. False when nothing was written.
+async fn dead_letter(ctx: &Ctx, d: &Delivery, echo: &Echo, result: &JobResult, message: &str) -> bool {
     let json = result.to_json();
+    let code = result.error.as_ref().map_or("", |e| e.code.as_str());
     let job_id = echo.job_id.clone().unwrap_or_default();
+    let default = ctx.queue.keys().results.clone();
     let mut reply = ctx
         .queue
         .keys()
@@ -149,42 +175,21 @@ async fn dead_letter(
                 worker: &ctx.origin.worker,
             })
         };
-        match retry(ctx, letter).await {
-            Some(Written::Done) => return true,
-            Some(Written::ReplyNotAStream) if reply != ctx.queue.keys().results => {
-                // The job's reply_to is unusable: answer on the default stream instead.
-                reply = ctx.queue.keys().results.clone();
-            }
-            _ => return false,
+        let unusable: Option<QueueError> = match retry(&ctx.health, &ctx.hard_stop, letter).await {
+            Ok(Written::Done) => return true,
+            Ok(Written::NotPending) | Err(GaveUp::Stopped) => return false,
+            Ok(Written::ReplyNotAStream) => None,
+            Err(GaveUp::Permanent(e)) => Some(e),
+        };
+        if reply == default {
+            tracing::error!(
+                entry = %d.entry.id,
+                error = ?unusable.map(|e| e.to_string()),
+                "the dead letter cannot be written; the job stays pending"
+            );
+            return false;
         }
-    }
-}
-
-/// Runs a Redis step until it succeeds, backing off while Redis is away; gives up only when the
-/// grace period is over (the job then stays pending: nothing was acknowledged).
-pub(super) async fn retry<T, F, Fut>(ctx: &Ctx, mut step: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    let mut backoff = Backoff::default();
-    loop {
-        match step().await {
-            Ok(v) => {
-                if backoff.failures > 0 {
-                    backoff.recovered();
-                    ctx.health.set(&ctx.health.redis_ok, true);
-                }
-                return Some(v);
-            }
-            Err(e) => {
-                backoff.failed(&e);
-                ctx.health.set(&ctx.health.redis_ok, false);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.delay()) => {}
-                    _ = ctx.hard_stop.cancelled() => return None,
-                }
-            }
-        }
+        // The job's reply_to is unusable: answer on the default stream instead.
+        reply = default.clone();
     }
 }

@@ -1,7 +1,8 @@
 //! Postprocess: model outputs of one job's people → the result of the wire contract.
 
+use hmr2_client::{Echo, JobResult, Person, Timings};
+
 use crate::camera;
-use crate::job::{JobResult, Person, Timings};
 use crate::model::{FrameOutput, NUM_KEYPOINTS, NUM_VERTICES};
 use crate::worker::prepare::PersonBox;
 
@@ -53,7 +54,7 @@ pub fn person(p: &PersonBox, out: FrameOutput, image_size: [u32; 2], vertices: b
 /// A successful result.
 pub fn ok_result(
     entry_id: &str,
-    echo: &crate::job::Echo,
+    echo: &Echo,
     image_size: [u32; 2],
     people: Vec<Person>,
     timings_ms: Timings,
