@@ -1,1 +1,81 @@
-//! placeholder
+//! The hmr2-worker wire contract v1 (DESIGN §3), typed once for the worker, the tools and
+//! external producers: jobs ([`Job`], [`Frame`]), results ([`JobResult`], [`Person`]), the
+//! closed set of error codes ([`ErrorCode`]) and the Redis key names ([`Keys`]). With the
+//! `redis` feature, [`producer`] adds jobs to the queue and reads results back.
+//!
+//! A producer builds one [`Frame`] per video frame and adds its fields to `{prefix}:jobs`; the
+//! worker publishes one [`JobResult`] per job on the reply stream:
+//!
+//! ```
+//! use hmr2_client::{ErrorCode, Frame, Job, JobResult, Keys, Limits, Status};
+//!
+//! let keys = Keys::new("hmr2");
+//! let jpeg: Vec<u8> = std::fs::read("frame-0016.jpg").unwrap_or_default();
+//! let job = Job::new("video-7:16").video("video-7", 16).vertices(true);
+//! let frame = Frame::new(job, jpeg);
+//! // XADD hmr2:jobs * job <json> image <bytes>
+//! let fields = frame.fields(true);
+//! assert_eq!(fields[0].0, "job");
+//! assert_eq!(keys.jobs, "hmr2:jobs");
+//! // The worker reads the same job back.
+//! let parsed = Job::parse(&fields[0].1, true, &Limits::default()).unwrap();
+//! assert_eq!(parsed, frame.job);
+//!
+//! // A result, as read from the `result` field of an entry in hmr2:results.
+//! let result = JobResult::from_json(
+//!     r#"{"v":1,"job_id":"video-7:16","entry_id":"1700000000000-0","video_id":"video-7",
+//!         "frame_number":16,"status":"error",
+//!         "error":{"code":"invalid_image","message":"image cannot be decoded: empty"},
+//!         "people":[],"timings_ms":{"queue_wait":1.0,"decode":0.2,"inference":0.0,"total":1.3},
+//!         "worker":"gpu-0/17","device":"cuda:0","model":"hmr2 tiny"}"#,
+//! )?;
+//! assert_eq!(result.status, Status::Error);
+//! assert_eq!(result.error.unwrap().code, ErrorCode::InvalidImage);
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+//!
+//! With the `redis` feature, the same through Redis:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn run() -> redis::RedisResult<()> {
+//! use hmr2_client::{producer, Frame, Job, Keys};
+//!
+//! let client = redis::Client::open("redis://127.0.0.1:6379")?;
+//! let mut conn = client.get_multiplexed_async_connection().await?;
+//! let keys = Keys::new("hmr2");
+//! let frames: Vec<Frame> = (0..100u64)
+//!     .map(|n| {
+//!         let jpeg = std::fs::read(format!("frames/{n:05}.jpg")).unwrap();
+//!         Frame::new(Job::new(format!("video-7:{n}")).video("video-7", n), jpeg)
+//!     })
+//!     .collect();
+//! let ids = producer::add_all(&mut conn, &keys, &frames, true, |done| println!("{done} sent")).await?;
+//! // ... later, once the workers are done:
+//! let results = producer::results_for_video(&mut conn, &keys.results, "video-7").await?;
+//! for r in &results {
+//!     println!("frame {:?}: {} people", r.frame_number, r.people.len());
+//! }
+//! # let _ = ids;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+/// The contract version this crate speaks (the `v` of jobs and results).
+pub const VERSION: i64 = 1;
+/// Longest accepted `job_id`, `video_id` and `reply_to`, bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+pub mod error;
+pub mod job;
+pub mod keys;
+#[cfg(feature = "redis")]
+pub mod producer;
+pub mod result;
+
+pub use error::{ErrorCode, InputError};
+pub use job::{Echo, Frame, Include, Job, Limits, ParseError};
+pub use keys::Keys;
+pub use result::{ErrorBody, JobResult, Person, Status, Timings};

@@ -1,0 +1,167 @@
+//! What an upload pipeline needs from Redis: add jobs to `{prefix}:jobs`, read results back.
+//! Generic over any async `redis` connection (multiplexed, connection manager, pooled).
+//!
+//! ```no_run
+//! # async fn run() -> redis::RedisResult<()> {
+//! use hmr2_client::{producer, Frame, Job, Keys};
+//!
+//! let mut conn = redis::Client::open("redis://127.0.0.1:6379")?
+//!     .get_multiplexed_async_connection()
+//!     .await?;
+//! let keys = Keys::new("hmr2");
+//! let frame = Frame::new(Job::new("video-7:0").video("video-7", 0), std::fs::read("0.jpg").unwrap());
+//! let entry_id = producer::add(&mut conn, &keys, &frame, true).await?;
+//! let page = producer::read_results(&mut conn, &keys.results, "-", 100).await?;
+//! # let _ = (entry_id, page);
+//! # Ok(())
+//! # }
+//! ```
+
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamId, StreamRangeReply};
+use redis::{ErrorKind, RedisError, RedisResult};
+
+use crate::job::Frame;
+use crate::keys::Keys;
+use crate::result::JobResult;
+
+/// Jobs per pipelined round trip in [`add_all`].
+const CHUNK: usize = 64;
+/// Entries per XRANGE page in [`results_for_video`].
+const PAGE: usize = 500;
+
+/// One entry of a reply stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The result's own stream entry id (a cursor for [`read_results`]).
+    pub entry_id: String,
+    /// The entry's `job_id` field; empty when the job was unreadable.
+    pub job_id: String,
+    /// The entry's `result` field.
+    pub result: JobResult,
+}
+
+fn xadd(keys: &Keys, frame: &Frame, raw: bool) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&keys.jobs).arg("*");
+    for (k, v) in frame.fields(raw) {
+        cmd.arg(k).arg(v.as_slice());
+    }
+    cmd
+}
+
+/// Adds one frame to `{prefix}:jobs` (`XADD ... *`): an `image` field with the raw bytes when
+/// `raw`, base64 inside the JSON otherwise. Returns the job's stream entry id.
+pub async fn add<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    frame: &Frame,
+    raw: bool,
+) -> RedisResult<String> {
+    xadd(keys, frame, raw).query_async(conn).await
+}
+
+/// Adds `frames` to `{prefix}:jobs` in pipelined chunks of 64; returns their entry ids, in
+/// order. `progress` is called after every chunk with the number of frames added so far.
+pub async fn add_all<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    frames: &[Frame],
+    raw: bool,
+    mut progress: impl FnMut(usize),
+) -> RedisResult<Vec<String>> {
+    let mut ids = Vec::with_capacity(frames.len());
+    for chunk in frames.chunks(CHUNK) {
+        let mut pipe = redis::pipe();
+        for f in chunk {
+            pipe.add_command(xadd(keys, f, raw));
+        }
+        let chunk_ids: Vec<String> = pipe.query_async(conn).await?;
+        ids.extend(chunk_ids);
+        progress(ids.len());
+    }
+    Ok(ids)
+}
+
+/// Up to `count` entries of the reply stream `stream` that come after the entry id `after`
+/// (`XRANGE stream (after + COUNT count`); `after` = `"-"` (or `""`) starts at the beginning.
+/// Pass the last [`Reply::entry_id`] to read the next page. An entry without a readable
+/// `result` field is an error naming the stream and the entry.
+pub async fn read_results<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    after: &str,
+    count: usize,
+) -> RedisResult<Vec<Reply>> {
+    let start = if after.is_empty() || after == "-" {
+        "-".to_string()
+    } else {
+        format!("({after}")
+    };
+    let page: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    page.ids.into_iter().map(|e| reply(stream, e)).collect()
+}
+
+fn reply(stream: &str, e: StreamId) -> RedisResult<Reply> {
+    let unreadable = |why: String| {
+        RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "unreadable result entry",
+            format!("{stream} entry {}: {why}", e.id),
+        ))
+    };
+    let text = |field: &str| -> RedisResult<Option<String>> {
+        e.map
+            .get(field)
+            .map(|v| {
+                redis::from_redis_value_ref::<String>(v)
+                    .map_err(|err| unreadable(format!("`{field}`: {err}")))
+            })
+            .transpose()
+    };
+    let job_id = text("job_id")?.unwrap_or_default();
+    let json = text("result")?.ok_or_else(|| unreadable("no `result` field".into()))?;
+    let result = JobResult::from_json(&json)
+        .map_err(|err| unreadable(format!("`result` is not a result: {err}")))?;
+    Ok(Reply {
+        entry_id: e.id.clone(),
+        job_id,
+        result,
+    })
+}
+
+/// Every result on `stream` for the video `video_id`, ordered by `frame_number` (results
+/// without one last; equal frame numbers in stream order). Reads the whole stream, page by
+/// page. Delivery is at-least-once, so a frame can have more than one result (same `job_id`,
+/// same people).
+pub async fn results_for_video<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    video_id: &str,
+) -> RedisResult<Vec<JobResult>> {
+    let mut out = Vec::new();
+    let mut after = "-".to_string();
+    loop {
+        let page = read_results(conn, stream, &after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.entry_id.clone();
+        let full = page.len() == PAGE;
+        out.extend(
+            page.into_iter()
+                .map(|r| r.result)
+                .filter(|r| r.video_id.as_deref() == Some(video_id)),
+        );
+        if !full {
+            break;
+        }
+    }
+    out.sort_by_key(|r| (r.frame_number.is_none(), r.frame_number));
+    Ok(out)
+}

@@ -1,0 +1,216 @@
+//! Results (wire contract v1, DESIGN §3): the `result` field of a reply-stream entry. The worker
+//! writes them; producers read them back with the same types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::job::Echo;
+use crate::VERSION;
+
+/// One result (the `result` field of a reply-stream entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Contract version (1).
+    pub v: i64,
+    /// The job's `job_id`; `null` when the job was unreadable.
+    pub job_id: Option<String>,
+    /// The job's stream entry id: identifies the job even when its JSON was unreadable.
+    pub entry_id: String,
+    /// The job's `video_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_id: Option<String>,
+    /// The job's `frame_number`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_number: Option<u64>,
+    /// `ok` or `error`.
+    pub status: Status,
+    /// Why the job failed; only when `status` is `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// `[width, height]` of the decoded image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[u32; 2]>,
+    /// The people found, by detector score (highest first) or in the job's box order.
+    #[serde(default)]
+    pub people: Vec<Person>,
+    /// Where the time went.
+    #[serde(default)]
+    pub timings_ms: Timings,
+    /// The worker that ran the job (`host/pid`).
+    #[serde(default)]
+    pub worker: String,
+    /// The device it ran on (`cuda:0`, `cpu`).
+    #[serde(default)]
+    pub device: String,
+    /// The model that ran (`hmr2 <name/hash>`).
+    #[serde(default)]
+    pub model: String,
+}
+
+/// `ok` or `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The job ran; `people` holds its outputs.
+    Ok,
+    /// The job failed; `error` says why.
+    Error,
+}
+
+/// A stable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One of the contract's closed set of codes.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// Where the time went, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the job's stream entry time to its fetch.
+    pub queue_wait: f64,
+    /// Base64 and image decoding, and cropping.
+    pub decode: f64,
+    /// The forward pass (the batch's, shared by its jobs).
+    pub inference: f64,
+    /// From fetch to publish.
+    pub total: f64,
+}
+
+/// One person's outputs; coordinates in the full frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Person {
+    /// `[x1, y1, x2, y2]` in pixels (JSON key `box`).
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    /// Centre of the square crop, pixels.
+    pub box_center: [f32; 2],
+    /// Side of the square crop, pixels.
+    pub box_size: f32,
+    /// Weak-perspective camera `[s, tx, ty]` of the crop.
+    pub pred_cam: [f32; 3],
+    /// Camera translation `[tx, ty, tz]` in the full frame.
+    pub pred_cam_t_full: [f32; 3],
+    /// Focal length used for the full frame, pixels.
+    pub focal_length: f32,
+    /// Root rotation, 3×3.
+    pub global_orient: [[f32; 3]; 3],
+    /// 23 joint rotations, 3×3 each.
+    pub body_pose: Vec<[[f32; 3]; 3]>,
+    /// 10 SMPL shape coefficients.
+    pub betas: Vec<f32>,
+    /// 44 joints `[x, y, z]`, metres, camera frame.
+    pub keypoints_3d: Vec<[f32; 3]>,
+    /// 44 joints `[u, v]`, pixels of the full frame.
+    pub keypoints_2d: Vec<[f32; 2]>,
+    /// 6890 mesh vertices `[x, y, z]`; only when the job asked for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertices: Option<Vec<[f32; 3]>>,
+}
+
+impl JobResult {
+    /// A successful, empty result for the job `entry_id` with `echo` (filled in by the caller).
+    pub fn new(entry_id: &str, echo: &Echo) -> Self {
+        JobResult {
+            v: VERSION,
+            job_id: echo.job_id.clone(),
+            entry_id: entry_id.to_string(),
+            video_id: echo.video_id.clone(),
+            frame_number: echo.frame_number,
+            status: Status::Ok,
+            error: None,
+            image_size: None,
+            people: Vec::new(),
+            timings_ms: Timings::default(),
+            worker: String::new(),
+            device: String::new(),
+            model: String::new(),
+        }
+    }
+
+    /// An error result for `echo` with `code` and `message`.
+    pub fn error(entry_id: &str, echo: &Echo, code: ErrorCode, message: String) -> Self {
+        JobResult {
+            status: Status::Error,
+            error: Some(ErrorBody { code, message }),
+            ..JobResult::new(entry_id, echo)
+        }
+    }
+
+    /// The JSON text published in the `result` field.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("results always serialise")
+    }
+
+    /// Reads the JSON text of a `result` field.
+    pub fn from_json(s: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn error_results_serialise_per_contract() {
+        let echo = Echo {
+            job_id: Some("j".into()),
+            ..Default::default()
+        };
+        let r = JobResult::error("1-0", &echo, ErrorCode::InvalidImage, "bad".into());
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["error"]["code"], "invalid_image");
+        assert_eq!(v["job_id"], "j");
+        assert_eq!(v["entry_id"], "1-0");
+        assert!(v.get("video_id").is_none());
+        assert_eq!(JobResult::from_json(&r.to_json()).unwrap(), r);
+    }
+
+    #[test]
+    fn ok_results_round_trip() {
+        let echo = Echo {
+            job_id: Some("v:3".into()),
+            video_id: Some("v".into()),
+            frame_number: Some(3),
+            reply_to: None,
+        };
+        let mut r = JobResult::new("5-1", &echo);
+        r.image_size = Some([640, 480]);
+        r.people.push(Person {
+            bbox: [1.0, 2.0, 3.0, 4.0],
+            box_center: [2.0, 3.0],
+            box_size: 2.5,
+            pred_cam: [0.9, 0.1, -0.1],
+            pred_cam_t_full: [0.0, 0.1, 20.0],
+            focal_length: 5000.0,
+            global_orient: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            body_pose: vec![[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]; 23],
+            betas: vec![0.5; 10],
+            keypoints_3d: vec![[0.1, 0.2, 0.3]; 44],
+            keypoints_2d: vec![[10.0, 20.0]; 44],
+            vertices: None,
+        });
+        r.timings_ms.total = 12.5;
+        r.worker = "h/1".into();
+        let json = r.to_json();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["people"][0]["box"][3], 4.0);
+        assert!(v["people"][0].get("vertices").is_none());
+        assert!(v.get("error").is_none());
+        assert_eq!(v["status"], "ok");
+        assert_eq!(JobResult::from_json(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn unknown_codes_and_statuses_are_refused() {
+        let bad = r#"{"v":1,"job_id":null,"entry_id":"1-0","status":"error","error":{"code":"nope","message":""}}"#;
+        assert!(JobResult::from_json(bad).is_err());
+        let minimal = r#"{"v":1,"job_id":null,"entry_id":"1-0","status":"ok"}"#;
+        assert_eq!(JobResult::from_json(minimal).unwrap().people, vec![]);
+    }
+}
