@@ -6,8 +6,11 @@ self-attention, cross-attention to the context, and a feed-forward net. Three li
 read SMPL pose (24 joints x 6D), shape (10 betas) and the weak-perspective camera (s, tx, ty) as
 residuals on the mean parameters (buffers ``init_body_pose``, ``init_betas``, ``init_cam``).
 
-Parameter names follow the official checkpoint (``transformer.layers.L.{0,1,2}...``,
-``decpose``, ``decshape``, ``deccam``).
+Parameter names follow the official checkpoint. The head's ``transformer`` (:class:`Decoder`)
+holds the token embedding and position (``transformer.to_token_embedding``,
+``transformer.pos_embedding``) and, one level down, its own ``transformer``
+(:class:`DecoderLayers`) holding the layers, hence the doubled name
+``transformer.transformer.layers.L.{0,1,2}...``; then ``decpose``, ``decshape``, ``deccam``.
 """
 
 from dataclasses import dataclass
@@ -99,13 +102,12 @@ class PreNorm(nn.Module):
         return self.fn(self.norm(x), context)
 
 
-class Decoder(nn.Module):
-    """Token embedding, position, and ``depth`` x (self-attention, cross-attention, FF)."""
+class DecoderLayers(nn.Module):
+    """``depth`` x (self-attention, cross-attention, FF), each a pre-norm residual step; no final
+    norm. Its ``layers`` are the checkpoint's ``transformer.transformer.layers``."""
 
     def __init__(self, cfg: HeadConfig):
         super().__init__()
-        self.to_token_embedding = nn.Linear(1, cfg.dim)
-        self.pos_embedding = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.layers = nn.ModuleList(
             [
                 nn.ModuleList(
@@ -122,12 +124,25 @@ class Decoder(nn.Module):
             ]
         )
 
-    def forward(self, token: Tensor, context: Tensor) -> Tensor:
-        x = self.to_token_embedding(token) + self.pos_embedding
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
         for layer in self.layers:
             for step in layer:
                 x = x + step(x, context)
         return x
+
+
+class Decoder(nn.Module):
+    """Token embedding and position, then the layers (in ``self.transformer``)."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.to_token_embedding = nn.Linear(1, cfg.dim)
+        self.pos_embedding = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.transformer = DecoderLayers(cfg)
+
+    def forward(self, token: Tensor, context: Tensor) -> Tensor:
+        x = self.to_token_embedding(token) + self.pos_embedding
+        return self.transformer(x, context)
 
 
 class SmplHead(nn.Module):
