@@ -20,26 +20,26 @@ build: setup
 	$(CARGO) build
 
 release: setup
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
 demo: release
-	./target/release/hmr2-worker demo $(ARGS)
+	./target/release/hmr2 demo $(ARGS)
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: setup lint test-python test-rust test-reliability test-deploy
 
 test-rust: setup
-	$(CARGO) test --lib --bins --tests -- --test-threads=$${TEST_THREADS:-2}
-	$(CARGO) test --bench codec --bench pipeline
+	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=$${TEST_THREADS:-2}
+	$(CARGO) test -p hmr2-worker --bench codec --bench pipeline
 
 test-python: setup
 	$(PY) -m pytest -q models/tests benches/baseline
 
 test-reliability: setup
-	cargo build
+	$(CARGO) build --bin hmr2-worker
 	scripts/chaos.sh --quick
 
 test-deploy: setup
@@ -49,7 +49,7 @@ fmt:
 	$(CARGO) fmt --all
 
 bench: release
-	./target/release/hmr2-worker bench $(ARGS)
+	./target/release/hmr2 bench $(ARGS)
 
 chaos: release
 	scripts/chaos.sh

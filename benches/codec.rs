@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the wire contract: parsing a job (`job::parse`) and encoding a result
-//! (`JobResult::to_json`). Run with `cargo bench --bench codec` (add `-- parse` etc. to filter).
+//! Micro-benchmarks of the wire contract (`hmr2-client`): parsing a job (`Job::parse`) and
+//! encoding a result (`JobResult::to_json`). Run with `cargo bench --bench codec` (add `-- parse` etc. to filter).
 //!
 //! Jobs: a 1280×720 frame's worth of base64 (~250 KB) inside the JSON, the same job sending the
 //! bytes in the `image` field (small JSON), and a job with three boxes. Results: one person and
@@ -7,8 +7,8 @@
 //! the float formatting costs what it costs in production.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hmr2_client::{Job, JobResult, Person, Status, Timings, VERSION};
 use hmr2_worker::config::Config;
-use hmr2_worker::job::{self, JobResult, Person, Status, Timings, VERSION};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -88,32 +88,30 @@ fn jobs() -> Vec<(&'static str, Vec<u8>, bool)> {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
-    let base = serde_json::json!({
-        "v": 1, "job_id": "video-8f3a:000123", "video_id": "video-8f3a", "frame_number": 123,
-    });
-    let mut with_b64 = base.clone();
-    with_b64["image_base64"] = b64.into();
-    let mut three = base.clone();
-    three["boxes"] = serde_json::json!([
-        [100.5, 150.25, 300.0, 700.0],
-        [560.0, 200.0, 760.75, 620.0],
-        [900.0, 50.0, 1250.0, 710.0]
-    ]);
-    three["include"] = serde_json::json!(["vertices"]);
+    let base = Job::new("video-8f3a:000123").video("video-8f3a", 123);
+    let with_b64 = base.clone().image_base64(b64);
+    let three = base
+        .clone()
+        .boxes(vec![
+            [100.5, 150.25, 300.0, 700.0],
+            [560.0, 200.0, 760.75, 620.0],
+            [900.0, 50.0, 1250.0, 710.0],
+        ])
+        .vertices(true);
     vec![
-        ("base64_frame", with_b64.to_string().into_bytes(), false),
-        ("raw_image_field", base.to_string().into_bytes(), true),
-        ("raw_three_boxes", three.to_string().into_bytes(), true),
+        ("base64_frame", with_b64.to_json().into_bytes(), false),
+        ("raw_image_field", base.to_json().into_bytes(), true),
+        ("raw_three_boxes", three.to_json().into_bytes(), true),
     ]
 }
 
 fn bench_parse(c: &mut Criterion) {
-    let limits = Config::defaults().limits;
+    let limits = Config::defaults().limits.job();
     let mut g = c.benchmark_group("parse");
     for (name, raw, has_image) in jobs() {
         g.throughput(Throughput::Bytes(raw.len() as u64));
         g.bench_function(name, |b| {
-            b.iter(|| job::parse(black_box(&raw), has_image, &limits).unwrap())
+            b.iter(|| Job::parse(black_box(&raw), has_image, &limits).unwrap())
         });
     }
     g.finish();

@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
 # The side-by-side comparison of issue 6, in one invocation, on one machine, on the same frames:
-#   1. `hmr2-worker bench` with the model under test: end to end through Redis, plus the raw
+#   1. `hmr2 bench` with the model under test: end to end through Redis, plus the raw
 #      decode rate of the same frames on the same cores and the model alone; it also writes the
 #      distinct frames it made, for step 3;
-#   2. `hmr2-worker bench` with a null model (its forward pass costs nothing): the worker's
+#   2. `hmr2 bench` with a null model (its forward pass costs nothing): the worker's
 #      whole pipeline except the forward pass, measured directly, beside the raw decode rate;
 #   3. the Python baseline (benches/baseline/baseline.py: the old service's way, one frame at a
 #      time, batch 1, fp32) on the same frames with the same model file;
 # then prints the ratios against the targets and writes $OUT/summary.json and $OUT/summary.md.
 #
 # Settings (environment variables):
-#   FRAMES=2000            jobs for each hmr2-worker run
+#   FRAMES=2000            jobs for each hmr2 bench run
 #   BASELINE_FRAMES=200    jobs for the Python baseline (it is slow; its rate is per frame)
 #   SIZE=1280x720          frame size
 #   PEOPLE=0               figures per frame sent as boxes (0: no boxes, the whole frame)
 #   MODEL=models/artifacts/hmr2-tiny.pt   model of the worker
 #   BASELINE_MODEL=$MODEL  model of the baseline (on a GPU: the fp32 export of the same weights)
 #   DEVICE=cpu             cpu, cuda, cuda:N or auto (both sides)
-#   EXTRA=                 more flags for hmr2-worker bench, e.g. "--max-batch 64 --sweep 1,16,128"
+#   EXTRA=                 more flags for hmr2 bench, e.g. "--max-batch 64 --sweep 1,16,128"
 #   OUT=bench-out          where the JSON reports, frames and summary go
-#   SKIP_NULL=1            skip step 2;  NO_BUILD=1  use the existing release binary
+#   SKIP_NULL=1            skip step 2;  NO_BUILD=1  use the existing release binary of `hmr2`
 # On the GPU machine (no .venv, no cargo; see scripts/gpu-check.sh): PYTHON (a python3 with
-# torch 2.11; its torch/lib goes on LD_LIBRARY_PATH), HMR2_BIN (default .device/hmr2-worker when
-# present), REDIS_DIR (a redis-server bundle, default .device/redis when present).
+# torch 2.11; its torch/lib goes on LD_LIBRARY_PATH), HMR2_TOOL (the `hmr2` tool binary, default
+# .device/hmr2 when present), REDIS_DIR (a redis-server bundle, default .device/redis when present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,9 +36,9 @@ DEVICE=${DEVICE:-cpu}
 EXTRA=${EXTRA:-}
 OUT=${OUT:-bench-out}
 PY=${PYTHON:-.venv/bin/python}
-BIN=${HMR2_BIN:-}
+BIN=${HMR2_TOOL:-}
 if [ -z "$BIN" ]; then
-  if [ -x .device/hmr2-worker ]; then BIN=.device/hmr2-worker; NO_BUILD=1; else BIN=target/release/hmr2-worker; fi
+  if [ -x .device/hmr2 ]; then BIN=.device/hmr2; NO_BUILD=1; else BIN=target/release/hmr2; fi
 fi
 REDIS_DIR=${REDIS_DIR:-.device/redis}
 [ -x "$REDIS_DIR/redis-server" ] && export PATH="$(cd "$REDIS_DIR" && pwd):$PATH"
@@ -51,20 +51,20 @@ say() { printf '\033[1mbench.sh:\033[0m %s\n' "$*" >&2; }
 
 command -v "$PY" >/dev/null || { echo "bench.sh: no $PY (run make setup, or set PYTHON)" >&2; exit 1; }
 if [ -z "${NO_BUILD:-}" ]; then
-  say "building the release binary"
-  cargo build --release -q
+  say "building the release binary (hmr2)"
+  cargo build --release -q -p hmr2-tools --bin hmr2
 fi
 mkdir -p "$OUT"
 rm -rf "$OUT/frames"
 
 say "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-say "1/3 hmr2-worker bench, $MODEL on $DEVICE, $FRAMES frames $SIZE"
+say "1/3 hmr2 bench, $MODEL on $DEVICE, $FRAMES frames $SIZE"
 # shellcheck disable=SC2086
 "$BIN" --device "$DEVICE" --model "$MODEL" bench --frames "$FRAMES" --size "$SIZE" \
   --people "$PEOPLE" --save-frames "$OUT/frames" --json "$OUT/worker.json" $EXTRA
 
 if [ -z "${SKIP_NULL:-}" ]; then
-  say "2/3 hmr2-worker bench with the null model (pipeline except the forward pass)"
+  say "2/3 hmr2 bench with the null model (pipeline except the forward pass)"
   "$PY" benches/baseline/null_model.py --out "$OUT/null.pt" >/dev/null
   # shellcheck disable=SC2086
   "$BIN" --device "$DEVICE" --model "$OUT/null.pt" bench --frames "$FRAMES" --size "$SIZE" \

@@ -5,8 +5,8 @@
 #   scripts/chaos.sh --quick    the bounded version `make test` runs (2,000 jobs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-jobs=20000; bin=target/release/hmr2-worker; build="cargo build --release"
-if [ "${1:-}" = "--quick" ]; then jobs=2000; bin=target/debug/hmr2-worker; build="cargo build"; fi
+jobs=20000; bin=target/release/hmr2-worker; build="cargo build --release --bin hmr2-worker"
+if [ "${1:-}" = "--quick" ]; then jobs=2000; bin=target/debug/hmr2-worker; build="cargo build --bin hmr2-worker"; fi
 [ -x "$bin" ] || $build
 out=${OUT:-bench-out}
 .venv/bin/python scripts/chaos.py chaos --jobs "$jobs" --workers 4 --kill-every 2 --bin "$bin" --json "$out/chaos.json"

@@ -5,13 +5,14 @@
 #      architecture, or --checkpoint via EXPORT_ARGS);
 #   2. starts a bundled redis-server;
 #   3. `hmr2-worker check` on cuda:0;
-#   4. runs the worker on cuda:0, pushes FRAMES synthetic 1280x720 JPEG frames, scrapes /metrics
+#   4. runs the worker on cuda:0, pushes FRAMES synthetic 1280x720 JPEG frames (`hmr2 enqueue`), scrapes /metrics
 #      every second, logs allocator figures after every batch;
-#   5. runs `hmr2-worker bench` (end to end, model-only and raw-decode rates) on the same GPU;
+#   5. runs `hmr2 bench` (end to end, model-only and raw-decode rates) on the same GPU;
 #   6. writes $OUT/report.md (frames/s, batch sizes, allocated/reserved after every batch, NVML
 #      used, OOMs, per-stage times) next to the raw files.
-# Environment: OUT (default gpu-out), HMR2_BIN (default .device/hmr2-worker or
-# target/release/hmr2-worker), REDIS_DIR (a bundle from shared/device/bundle-redis.sh, default
+# Environment: OUT (default gpu-out), HMR2_BIN (the worker, default .device/hmr2-worker or
+# target/release/hmr2-worker), HMR2_TOOL (the `hmr2` tool, default .device/hmr2 or
+# target/release/hmr2), REDIS_DIR (a bundle from shared/device/bundle-redis.sh, default
 # .device/redis; else redis-server on PATH), FRAMES (5000), BATCH (64), PYTHON (python3), DEVICE
 # (cuda:0), MODEL (exported when missing). A dry run on a CPU machine:
 #   DEVICE=cpu MODEL=models/artifacts/hmr2-tiny.pt FRAMES=300 BATCH=16 scripts/gpu-check.sh
@@ -24,6 +25,8 @@ DEVICE=${DEVICE:-cuda:0}
 PY=${PYTHON:-python3}
 BIN=${HMR2_BIN:-}
 [ -n "$BIN" ] || { [ -x .device/hmr2-worker ] && BIN=.device/hmr2-worker || BIN=target/release/hmr2-worker; }
+TOOL=${HMR2_TOOL:-}
+[ -n "$TOOL" ] || { [ -x .device/hmr2 ] && TOOL=.device/hmr2 || TOOL=target/release/hmr2; }
 REDIS_DIR=${REDIS_DIR:-.device/redis}
 REDIS=redis-server; [ -x "$REDIS_DIR/redis-server" ] && REDIS="$REDIS_DIR/redis-server"
 mkdir -p "$OUT"
@@ -61,13 +64,13 @@ pids+=($worker)
 $PY scripts/gpu_report.py wait-ready "http://$HTTP/readyz" 600
 $PY scripts/gpu_report.py scrape "http://$HTTP/metrics" "$OUT/metrics.jsonl" &
 pids+=($!)
-"$BIN" enqueue --synthetic "$FRAMES" --size 1280x720 --redis-url "$URL" --prefix gpucheck --raw >/dev/null
+"$TOOL" enqueue --synthetic "$FRAMES" --size 1280x720 --redis-url "$URL" --prefix gpucheck --raw >/dev/null
 $PY scripts/gpu_report.py wait-results "$URL" gpucheck:results "$FRAMES" 900 | tee "$OUT/drain.json"
 sleep 2
 kill -TERM "$worker"; wait "$worker" || true
 
 log "bench (end to end, model-only, raw decode)"
-"$BIN" bench --frames "$FRAMES" --model "$MODEL" --device "$DEVICE" --max-batch "$BATCH" \
+"$TOOL" bench --frames "$FRAMES" --model "$MODEL" --device "$DEVICE" --max-batch "$BATCH" \
   --redis-url "$URL" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || log "bench failed"
 
 $PY scripts/gpu_report.py report "$OUT" > "$OUT/report.md"

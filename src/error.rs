@@ -90,10 +90,8 @@ impl QueueError {
             return false;
         }
         match e.code() {
-            Some(code) => {
-                !TRANSIENT_CODES.contains(&code)
-                    && !(code == "ERR" && e.to_string().contains("max number of clients"))
-            }
+            Some("ERR") => !e.to_string().contains("max number of clients"),
+            Some(code) => !TRANSIENT_CODES.contains(&code),
             None => matches!(
                 e.kind(),
                 redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType

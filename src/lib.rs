@@ -18,18 +18,13 @@
 //! - [`worker`]: the pipeline: fetch → decode/crop → batch → infer → publish; [`run`].
 //! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`] — logging set-up and the worker's identity.
-//! - [`enqueue`], [`redis_server`]: what the upload pipeline does, and a throwaway Redis.
-//! - [`cli`], [`check`], [`demo`], [`bench`]: the commands behind `src/main.rs`.
+//! - [`check`]: the `check` command behind `src/main.rs`.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 
-pub mod bench;
 mod camera;
 pub mod check;
-pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod enqueue;
 pub mod error;
 pub mod gpu;
 mod health;
@@ -38,7 +33,6 @@ pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod queue;
-pub mod redis_server;
 pub mod signal;
 pub mod telemetry;
 pub mod worker;

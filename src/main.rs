@@ -5,13 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hmr2_worker::config::{Config, Overrides};
-use hmr2_worker::{bench, check, cli, demo, telemetry};
+use hmr2_worker::{check, telemetry};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "hmr2-worker",
     version,
-    about = "HMR2.0 human-mesh workers on Redis Streams"
+    about = "HMR2.0 human-mesh workers on Redis Streams",
+    after_help = "Enqueueing, the demo and the benchmark are in the `hmr2` tool (crate hmr2-tools)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -53,93 +55,11 @@ struct GlobalArgs {
 enum Command {
     /// Runs the worker until SIGTERM/SIGINT: in-flight jobs finish within the grace period.
     Run,
-    /// Enqueues image files (or every .jpg/.jpeg/.png in folders) as jobs; prints the job ids.
-    Enqueue(EnqueueArgs),
     /// Prints versions, the chosen device, CUDA/cuDNN availability and memory figures; exits
     /// non-zero when the configured device or model is unusable.
     Check,
     /// Prints the effective configuration (password redacted).
     Config,
-    /// The whole system in one command: a throwaway redis-server, the worker in-process (tiny
-    /// model, best device), synthetic 1280x720 frames or your images, a progress bar, a summary
-    /// table, and PNG overlays of the 2D keypoints and skeleton in --out.
-    Demo(DemoArgs),
-    /// End-to-end benchmark through a real Redis (throwaway unless --redis-url), with the raw
-    /// decode rate and the model-only rate measured beside it; prints a table, writes JSON.
-    Bench(BenchArgs),
-}
-
-#[derive(Args)]
-struct DemoArgs {
-    /// Synthetic frames to run (with images given, each image runs once).
-    #[arg(long, default_value_t = 64)]
-    frames: usize,
-    /// Folder for the PNG overlays.
-    #[arg(long, value_name = "DIR", default_value = "demo-out")]
-    out: PathBuf,
-    /// How many of the first frames get an overlay.
-    #[arg(long, default_value_t = 4)]
-    overlays: usize,
-    /// Image files or folders of .jpg/.jpeg/.png (default: synthetic frames).
-    images: Vec<PathBuf>,
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    /// Jobs to run end to end.
-    #[arg(long, default_value_t = 2000)]
-    frames: usize,
-    /// Frame size, WIDTHxHEIGHT.
-    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
-    size: (u32, u32),
-    /// Walking figures per frame whose boxes go with each job (0-3; 0 = no boxes, whole frame).
-    #[arg(long, default_value_t = 0)]
-    people: usize,
-    /// Distinct frames drawn, encoded once and cycled through.
-    #[arg(long, default_value_t = 8)]
-    distinct: usize,
-    /// Send the JPEG bytes in the `image` field instead of base64 in the job JSON.
-    #[arg(long)]
-    raw: bool,
-    /// Where the JSON report goes.
-    #[arg(long, value_name = "FILE", default_value = "bench-out/bench.json")]
-    json: PathBuf,
-    /// More batch sizes for the model-only measurement, e.g. 1,8,32,64.
-    #[arg(long, value_delimiter = ',')]
-    sweep: Vec<usize>,
-    /// Also write the distinct frames (JPEG) and their boxes here, for the Python baseline.
-    #[arg(long, value_name = "DIR")]
-    save_frames: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct EnqueueArgs {
-    /// Image files or folders.
-    #[arg(required_unless_present = "synthetic")]
-    paths: Vec<PathBuf>,
-    /// Instead of files, enqueue N synthetic frames (textured JPEGs with a figure and its box),
-    /// for load tests.
-    #[arg(long, value_name = "N", conflicts_with = "paths")]
-    synthetic: Option<usize>,
-    /// Size of synthetic frames.
-    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
-    size: (u32, u32),
-    /// Video id: jobs become `<video_id>:<frame_number>`, numbered in file order.
-    #[arg(long)]
-    video_id: Option<String>,
-    /// JSON file with boxes: `[[x1,y1,x2,y2], ...]` for every frame, or
-    /// `{"<file name>": [[...]], ...}` per frame.
-    #[arg(long, value_name = "FILE")]
-    boxes: Option<PathBuf>,
-    /// Send the image bytes in the `image` field instead of base64 in the JSON.
-    #[arg(long)]
-    raw: bool,
-    /// Stream that receives the results (default `{prefix}:results`).
-    #[arg(long)]
-    reply_to: Option<String>,
-    /// Ask for the 6890 mesh vertices too.
-    #[arg(long)]
-    vertices: bool,
 }
 
 fn main() -> ExitCode {
@@ -155,12 +75,6 @@ fn main() -> ExitCode {
         .set("queue.max_batch", g.max_batch)
         .set("http.listen", g.listen.clone())
         .set("log.format", g.log_format.clone());
-    if matches!(cli.command, Command::Demo(_) | Command::Bench(_))
-        && std::env::var_os("HMR2_LOG__LEVEL").is_none()
-    {
-        // The worker's start-up lines would break the progress output; warnings still show.
-        flags.set("log.level", Some("warn"));
-    }
     let config = match Config::load(g.config.as_deref(), &flags, true) {
         Ok(c) => c,
         Err(e) => {
@@ -171,51 +85,7 @@ fn main() -> ExitCode {
     telemetry::init(&config.log);
     let result = match cli.command {
         Command::Check => check::run(&config),
-        Command::Run => runtime().and_then(|rt| rt.block_on(cli::run_worker(config))),
-        Command::Enqueue(a) => runtime().and_then(|rt| {
-            rt.block_on(cli::enqueue(
-                &config,
-                cli::EnqueueOptions {
-                    paths: a.paths,
-                    synthetic: a.synthetic,
-                    size: a.size,
-                    video_id: a.video_id,
-                    boxes: a.boxes,
-                    raw: a.raw,
-                    reply_to: a.reply_to,
-                    vertices: a.vertices,
-                },
-            ))
-        }),
-        Command::Demo(a) => runtime().and_then(|rt| {
-            rt.block_on(demo::run(
-                config,
-                demo::DemoOptions {
-                    frames: a.frames,
-                    out: a.out,
-                    overlays: a.overlays,
-                    images: a.images,
-                    redis_url: g.redis_url.clone(),
-                },
-            ))
-        }),
-        Command::Bench(a) => runtime().and_then(|rt| {
-            rt.block_on(bench::run(
-                config,
-                bench::BenchOptions {
-                    frames: a.frames,
-                    size: a.size,
-                    people: a.people,
-                    distinct: a.distinct,
-                    raw: a.raw,
-                    redis_url: g.redis_url.clone(),
-                    json: a.json,
-                    sweep: a.sweep,
-                    save_frames: a.save_frames,
-                },
-            ))
-            .map(|_| ())
-        }),
+        Command::Run => runtime().and_then(|rt| rt.block_on(run_worker(config))),
         Command::Config => {
             print!("{}", config.to_redacted_toml());
             Ok(())
@@ -228,6 +98,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the worker; SIGTERM or SIGINT starts a graceful shutdown, a second one exits at once.
+async fn run_worker(config: Config) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    tokio::spawn(hmr2_worker::signal::stop_on_signal(token.clone(), || {}));
+    hmr2_worker::run(config, token).await?;
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

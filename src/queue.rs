@@ -81,7 +81,6 @@ pub struct QueueStats {
     pub lag: Option<u64>,
 }
 
-
 /// What an atomic publish step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {

@@ -78,7 +78,10 @@ struct Ctx {
 /// cancelled, then drains within the grace period. See [`run_with`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let path = config.model.path.clone();
-    run_with(config, shutdown, move |device| TorchModel::load(&path, device)).await
+    run_with(config, shutdown, move |device| {
+        TorchModel::load(&path, device)
+    })
+    .await
 }
 
 /// Runs one worker with the model `load` makes for the configured device (on the inference

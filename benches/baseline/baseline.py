@@ -16,7 +16,7 @@ in place of HTTP so it reads the same jobs the Rust worker reads:
 5. full-frame camera and 2D keypoints in numpy, the result JSON, then ``XADD`` to the results
    stream + ``XACK`` + ``XDEL`` in one MULTI/EXEC.
 
-With ``--frames DIR`` (written by ``hmr2-worker bench --save-frames DIR``) it first enqueues
+With ``--frames DIR`` (written by ``hmr2 bench --save-frames DIR``) it first enqueues
 ``--count`` jobs made of those frames, exactly as the Rust bench does (base64 in the job JSON, the
 same boxes), on a throwaway ``redis-server`` unless ``--redis-url``. The clock starts after the
 model is loaded and warmed up, and stops after the last result is published.
@@ -285,7 +285,7 @@ def run(url: str, args: argparse.Namespace) -> Dict:
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=Path, help="frames to enqueue first (from `hmr2-worker bench --save-frames`)")
+    ap.add_argument("--frames", type=Path, help="frames to enqueue first (from `hmr2 bench --save-frames`)")
     ap.add_argument("--count", type=int, default=200, help="jobs to process")
     ap.add_argument("--model", type=Path, default=ROOT / "models/artifacts/hmr2-tiny.pt")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

@@ -2,7 +2,7 @@
 
     .venv/bin/python benches/baseline/null_model.py --out bench-out/null.pt
 
-``hmr2-worker bench --model bench-out/null.pt`` then measures the worker's whole pipeline except
+``hmr2 bench --model bench-out/null.pt`` then measures the worker's whole pipeline except
 the forward pass directly (fetch, parse, base64, decode, crop, batching, the host copy of the
 batch, postprocess, result JSON, the atomic publish), to compare with the raw decode rate of the
 same frames that the same run measures. The outputs are fixed, plausible values (a person facing

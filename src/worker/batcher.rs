@@ -105,7 +105,8 @@ impl<J> Batcher<J> {
     /// Whether a batch should go to the device now: a full one is waiting, or anything is
     /// waiting and the device is idle (no batch in flight).
     pub(crate) fn should_dispatch(&self) -> bool {
-        !self.waiting.is_empty() && (self.waiting.len() >= self.max_batch || self.running.is_empty())
+        !self.waiting.is_empty()
+            && (self.waiting.len() >= self.max_batch || self.running.is_empty())
     }
 
     /// Takes the next batch: up to `max_batch` waiting crops, oldest first. `None` when nothing
@@ -278,7 +279,7 @@ mod tests {
         b.add("b", crops(10, 4), false);
         let first = b.take_batch().unwrap(); // a0 b0 b1
         let second = b.take_batch().unwrap(); // b2 b3
-        // The later batch finishes first: b is not complete until both are back.
+                                              // The later batch finishes first: b is not complete until both are back.
         assert!(b.complete(run(&second)).is_empty());
         let done = b.complete(run(&first));
         let names: Vec<_> = done.iter().map(|f| f.job).collect();

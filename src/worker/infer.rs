@@ -155,8 +155,7 @@ impl<A: Allocator> Memory<A> {
         a.release();
         if let Some(s) = a.stats() {
             self.baseline = Some(s.allocated);
-            metrics::gauge!(m::TORCH_BASELINE, "gpu" => self.label.clone())
-                .set(s.allocated as f64);
+            metrics::gauge!(m::TORCH_BASELINE, "gpu" => self.label.clone()).set(s.allocated as f64);
             tracing::info!(
                 allocated = s.allocated,
                 reserved = s.reserved,
@@ -267,9 +266,7 @@ fn serve<M: Model, A: Allocator>(
     health.set(&health.inference_alive, true);
     let warm = vec![0u8; max_batch * CROP_BYTES];
     let t = Instant::now();
-    let frames = forward_ladder(&mut model, &warm, max_batch, false, &mut || {
-        memory.on_oom()
-    });
+    let frames = forward_ladder(&mut model, &warm, max_batch, false, &mut || memory.on_oom());
     if let Some(Err(e)) = frames.into_iter().find(|f| f.is_err()) {
         let _ = ready.send(Err(ModelError::Forward(format!("warm-up failed: {e}"))));
         return;
@@ -292,9 +289,13 @@ fn serve<M: Model, A: Allocator>(
     while let Some(batch) = batches.blocking_recv() {
         memory.before_batch();
         let t = Instant::now();
-        let frames = forward_ladder(&mut model, &batch.crops, batch.n, batch.vertices, &mut || {
-            memory.on_oom()
-        });
+        let frames = forward_ladder(
+            &mut model,
+            &batch.crops,
+            batch.n,
+            batch.vertices,
+            &mut || memory.on_oom(),
+        );
         drop(batch.crops);
         let seconds = t.elapsed().as_secs_f64();
         histogram!(m::STAGE_DURATION, "stage" => m::stage::INFERENCE).record(seconds);
@@ -582,7 +583,10 @@ mod tests {
                 .unwrap();
             assert!(done_rx.blocking_recv().unwrap().frames[0].is_err());
         }
-        assert!(health.failing.load(Ordering::Relaxed), "two failed batches in a row");
+        assert!(
+            health.failing.load(Ordering::Relaxed),
+            "two failed batches in a row"
+        );
         drop(batch_tx);
         thread.join().unwrap();
         assert!(!health.alive(), "a stopped thread is not alive");

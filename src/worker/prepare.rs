@@ -127,8 +127,7 @@ pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rej
         scale,
     } = plan(bytes, &job.boxes, &lim).map_err(|(e, size)| reject(e, echo, size))?;
     let size = [info.width, info.height];
-    let frame = image::decode(bytes, &info, scale)
-        .map_err(|e| reject(e, echo, Some(size)))?;
+    let frame = image::decode(bytes, &info, scale).map_err(|e| reject(e, echo, Some(size)))?;
     let decoded = t.elapsed().as_secs_f64();
     histogram!(m::STAGE_DURATION, "stage" => m::stage::DECODE).record(decoded);
 

@@ -22,10 +22,7 @@ use crate::queue::{DeadLetter, Written};
 /// Publishes a finished job (or leaves a failed one pending for a retry).
 pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held>) {
     let Finished {
-        job: Held {
-            delivery,
-            prepared,
-        },
+        job: Held { delivery, prepared },
         outputs,
         inference_ms,
     } = f;
@@ -121,7 +118,13 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
         d.entry.deliveries, ctx.config.queue.max_deliveries
     );
     tracing::warn!(entry = %d.entry.id, deliveries = d.entry.deliveries, "dead-lettering a job delivered too often");
-    let result = error_result(&ctx, &d, &echo, ErrorCode::TooManyDeliveries, message.clone());
+    let result = error_result(
+        &ctx,
+        &d,
+        &echo,
+        ErrorCode::TooManyDeliveries,
+        message.clone(),
+    );
     if dead_letter(&ctx, &d, &echo, &result, &message).await {
         counter!(m::JOBS, "outcome" => outcome::DEAD_LETTERED).increment(1);
     }
@@ -153,7 +156,13 @@ fn error_result(
 
 /// Writes the dead letter, answering on the job's `reply_to` or, when that stream cannot take
 /// it, on the default results stream. False when nothing was written.
-async fn dead_letter(ctx: &Ctx, d: &Delivery, echo: &Echo, result: &JobResult, message: &str) -> bool {
+async fn dead_letter(
+    ctx: &Ctx,
+    d: &Delivery,
+    echo: &Echo,
+    result: &JobResult,
+    message: &str,
+) -> bool {
     let json = result.to_json();
     let code = result.error.as_ref().map_or("", |e| e.code.as_str());
     let job_id = echo.job_id.clone().unwrap_or_default();

@@ -33,7 +33,6 @@ impl Backoff {
     }
 }
 
-
 /// Why a Redis step was given up.
 #[derive(Debug)]
 pub(crate) enum GaveUp {

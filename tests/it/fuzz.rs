@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
+use hmr2_client::ErrorCode;
 use hmr2_worker::config::{Config, LimitsConfig};
-use hmr2_worker::error::ERROR_CODES;
 use hmr2_worker::queue::Entry;
 use hmr2_worker::worker::prepare::prepare;
 use proptest::prelude::*;
@@ -76,7 +76,7 @@ proptest! {
     fn any_bytes_as_a_job_end_in_a_job_or_a_code(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         match prepare(&entry(&bytes, None), &limits()) {
             Ok(_) => {}
-            Err(r) => prop_assert!(ERROR_CODES.contains(&r.error.code())),
+            Err(r) => prop_assert!(ErrorCode::ALL.contains(&r.error.code())),
         }
     }
 
@@ -85,7 +85,7 @@ proptest! {
         let img = with_image.then(|| seeds()[0].clone());
         match prepare(&entry(v.to_string().as_bytes(), img), &limits()) {
             Ok(p) => prop_assert_eq!(p.crops.len(), p.people.len() * 256 * 256 * 3),
-            Err(r) => prop_assert!(ERROR_CODES.contains(&r.error.code())),
+            Err(r) => prop_assert!(ErrorCode::ALL.contains(&r.error.code())),
         }
     }
 
@@ -100,7 +100,7 @@ proptest! {
         let job = serde_json::json!({"job_id": "b", "boxes": boxes}).to_string();
         match prepare(&entry(job.as_bytes(), Some(seeds()[1].clone())), &limits()) {
             Ok(p) => prop_assert_eq!(p.people.len(), boxes.len().max(1)),
-            Err(r) => prop_assert!(matches!(r.error.code(), "invalid_box" | "invalid_job"), "{}", r.error),
+            Err(r) => prop_assert!(matches!(r.error.code().as_str(), "invalid_box" | "invalid_job"), "{}", r.error),
         }
     }
 
@@ -123,7 +123,7 @@ proptest! {
         match prepare(&entry(br#"{"job_id":"m"}"#, Some(bytes)), &limits()) {
             Ok(p) => prop_assert_eq!(p.people.len(), 1),
             Err(r) => prop_assert!(
-                matches!(r.error.code(), "invalid_image" | "image_too_large" | "missing_image"),
+                matches!(r.error.code().as_str(), "invalid_image" | "image_too_large" | "missing_image"),
                 "{}", r.error
             ),
         }
@@ -146,6 +146,6 @@ proptest! {
 fn unicode_ids_are_echoed_intact() {
     let job = serde_json::json!({"job_id": "кадр-🎞️-١٢", "video_id": "视频"}).to_string();
     let p = prepare(&entry(job.as_bytes(), Some(seeds()[0].clone())), &limits()).unwrap();
-    assert_eq!(p.job.echo.job_id.as_deref(), Some("кадр-🎞️-١٢"));
-    assert_eq!(p.job.echo.video_id.as_deref(), Some("视频"));
+    assert_eq!(p.echo.job_id.as_deref(), Some("кадр-🎞️-١٢"));
+    assert_eq!(p.echo.video_id.as_deref(), Some("视频"));
 }

@@ -3,12 +3,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use hmr2_tools::redis_server::RedisServer;
 use hmr2_worker::queue::Keys;
-use hmr2_worker::redis_server::RedisServer;
 
 use crate::support::*;
 
-fn frames(n: usize) -> Vec<hmr2_worker::enqueue::Frame> {
+fn frames(n: usize) -> Vec<hmr2_client::Frame> {
     (0..n)
         .map(|i| frame(&format!("f{i}"), image(480, 360, (i % 5) as u32, false)))
         .collect()

@@ -5,6 +5,7 @@ mod crop;
 mod fuzz;
 mod lifecycle;
 mod observability;
+mod seam;
 mod security;
 mod support;
 mod worker;

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use hmr2_tools::redis_server::RedisServer;
 use hmr2_worker::metrics as m;
 use hmr2_worker::queue::Keys;
-use hmr2_worker::redis_server::RedisServer;
 
 use crate::support::*;
 
@@ -156,7 +156,7 @@ async fn out_of_memory_splits_batches_and_every_job_finishes() {
         .map(|i| {
             let mut f = frame(&format!("o{i}"), image(320, 240, i % 3, false));
             if i % 5 == 0 {
-                f.boxes = Some(vec![[0.0, 0.0, 100.0, 200.0], [120.0, 10.0, 300.0, 230.0]]);
+                f.job.boxes = vec![[0.0, 0.0, 100.0, 200.0], [120.0, 10.0, 300.0, 230.0]];
             }
             f
         })
@@ -183,7 +183,7 @@ async fn a_frame_that_never_fits_is_retried_then_dead_lettered() {
     let white = white_png(256);
     // This box's square crop lies entirely inside the white image.
     let mut white_job = frame("white", white);
-    white_job.boxes = Some(vec![[64.0, 0.0, 192.0, 256.0]]);
+    white_job.job.boxes = vec![[64.0, 0.0, 192.0, 256.0]];
     let mut frames = vec![white_job];
     frames.extend((0..6).map(|i| frame(&format!("ok{i}"), image(320, 240, i, false))));
     enqueue_frames(&redis.url(), &p, &frames, true).await;
@@ -212,7 +212,7 @@ async fn repeated_failures_make_the_worker_not_ready() {
     let frames: Vec<_> = (0..3)
         .map(|i| {
             let mut f = frame(&format!("w{i}"), white.clone());
-            f.boxes = Some(vec![[64.0, 0.0, 192.0, 256.0]]);
+            f.job.boxes = vec![[64.0, 0.0, 192.0, 256.0]];
             f
         })
         .collect();

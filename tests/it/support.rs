@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use hmr2_client::{producer, Frame, Job, Keys};
+use hmr2_tools::redis_server::{free_port, RedisServer};
 use hmr2_worker::config::Config;
-use hmr2_worker::enqueue::{self, Frame};
-use hmr2_worker::queue::Keys;
-use hmr2_worker::redis_server::{free_port, RedisServer};
 use redis::aio::MultiplexedConnection;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, AsyncConnectionConfig};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -170,12 +169,31 @@ pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> Worke
         .expect("spawn the worker binary")
 }
 
+/// A connection to `url`. Under load (a full test run on few cores) one attempt can time out:
+/// each try gets 10 s to connect, and failed tries are repeated with backoff for up to 60 s.
 pub async fn connect(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis")
+    const TOTAL: Duration = Duration::from_secs(60);
+    let client = redis::Client::open(url).expect("a valid redis URL");
+    let config = AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(10)));
+    let deadline = Instant::now() + TOTAL;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(
+                    !left.is_zero(),
+                    "could not connect to {url} within {TOTAL:?}: {e}"
+                );
+                tokio::time::sleep(backoff.min(left)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// A textured test image (gradients + noise), encoded.
@@ -213,20 +231,12 @@ pub fn white_png(side: u32) -> Vec<u8> {
 
 /// A plain frame job.
 pub fn frame(job_id: &str, image: Vec<u8>) -> Frame {
-    Frame {
-        job_id: job_id.to_string(),
-        video_id: Some("video".into()),
-        frame_number: Some(0),
-        image,
-        boxes: None,
-        reply_to: None,
-        include_vertices: false,
-    }
+    Frame::new(Job::new(job_id.to_string()).video("video", 0), image)
 }
 
 pub async fn enqueue_frames(url: &str, prefix: &str, frames: &[Frame], raw: bool) -> Vec<String> {
     let mut c = connect(url).await;
-    enqueue::enqueue(&mut c, &Keys::new(prefix), frames, raw, |_| {})
+    producer::add_all(&mut c, &Keys::new(prefix), frames, raw, |_| {})
         .await
         .expect("enqueue")
 }

@@ -22,17 +22,15 @@ async fn two_hundred_mixed_jobs_get_exactly_two_hundred_results() {
         let png = i % 2 == 1;
         let (w, h) = if i % 3 == 0 { (320, 240) } else { (240, 320) };
         let mut f = frame(&format!("job-{i}"), image(w, h, i % 7, png));
-        f.frame_number = Some(i as u64);
+        f.job.frame_number = Some(i as u64);
         let n_boxes = (i % 4) as usize;
         if n_boxes > 0 {
-            f.boxes = Some(
-                (0..n_boxes)
-                    .map(|b| {
-                        let x = 10.0 + 40.0 * b as f64;
-                        [x, 20.0, x + 60.0, 200.0]
-                    })
-                    .collect(),
-            );
+            f.job.boxes = (0..n_boxes)
+                .map(|b| {
+                    let x = 10.0 + 40.0 * b as f64;
+                    [x, 20.0, x + 60.0, 200.0]
+                })
+                .collect();
         }
         frames.push(f);
     }
@@ -51,16 +49,12 @@ async fn two_hundred_mixed_jobs_get_exactly_two_hundred_results() {
         "one result per job"
     );
     for (i, f) in frames.iter().enumerate() {
-        let r = &got[&f.job_id];
+        let r = &got[f.job.job_id.as_ref()];
         assert_eq!(r["status"], "ok", "{r}");
-        assert_eq!(r["job_id"], f.job_id.as_str());
+        assert_eq!(r["job_id"], f.job.job_id.as_ref());
         assert_eq!(r["frame_number"], i);
         let people = r["people"].as_array().unwrap();
-        assert_eq!(
-            people.len(),
-            f.boxes.as_ref().map_or(1, |b| b.len()),
-            "job {i}"
-        );
+        assert_eq!(people.len(), f.job.boxes.len().max(1), "job {i}");
         for person in people {
             assert_eq!(person["keypoints_2d"].as_array().unwrap().len(), 44);
             assert_eq!(person["keypoints_3d"].as_array().unwrap().len(), 44);
@@ -93,8 +87,8 @@ async fn vertices_come_only_when_asked_for_and_reply_to_is_honoured() {
     let redis = shared_redis();
     let p = prefix("include");
     let mut f = frame("with-vertices", image(200, 300, 1, false));
-    f.include_vertices = true;
-    f.reply_to = Some(format!("{p}:mine"));
+    f.job.include.vertices = true;
+    f.job.reply_to = Some(format!("{p}:mine").into());
     enqueue_frames(&redis.url(), &p, &[f], true).await;
     let worker = Worker::start(config(&redis.url(), &p));
     let got = wait_results(
@@ -339,7 +333,7 @@ async fn a_frame_gives_the_same_result_at_batch_sizes_one_and_eight() {
         let frames: Vec<_> = (0..8)
             .map(|i| {
                 let mut f = frame(&format!("same-{i}"), img.clone());
-                f.boxes = Some(vec![[100.0, 50.0, 300.0, 450.0]]);
+                f.job.boxes = vec![[100.0, 50.0, 300.0, 450.0]];
                 f
             })
             .collect();
@@ -375,7 +369,7 @@ async fn a_reply_to_that_is_not_a_stream_gets_an_error_on_the_default_stream() {
         .await
         .unwrap();
     let mut f = frame("bad-reply", image(200, 200, 2, false));
-    f.reply_to = Some(format!("{p}:a-string"));
+    f.job.reply_to = Some(format!("{p}:a-string").into());
     enqueue_frames(&redis.url(), &p, &[f], true).await;
     let worker = Worker::start(config(&redis.url(), &p));
     let got = wait_results(&redis.url(), &keys.results, 1, Duration::from_secs(60)).await;

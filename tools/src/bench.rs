@@ -1,4 +1,4 @@
-//! `hmr2-worker bench`: the worker end to end through a real Redis, and beside it, in the same
+//! `hmr2 bench`: the worker end to end through a real Redis, and beside it, in the same
 //! process and on the same cores, the raw decode rate of the same frames and the model alone.
 //!
 //! ## Method
@@ -38,17 +38,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use hmr2_client::{Frame, Job, Status};
+use hmr2_worker::config::Config;
+use hmr2_worker::image::Limits;
+use hmr2_worker::metrics as m;
+use hmr2_worker::model;
+
 use crate::demo::frames::{self, SyntheticFrame};
-use crate::enqueue::Frame;
-use crate::image::Limits;
-use crate::metrics as m;
-use crate::model;
 use measure::{Encoded, Percentiles, Rate, Scrape};
 use report::{BatchSizes, Derived, EndToEnd, GpuPeaks, Machine, Memory, Report, Setup, Stage};
-use session::{Outcome, Session};
+use session::Session;
 
-/// Options of `hmr2-worker bench`.
+/// Options of `hmr2 bench`.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub frames: usize,
@@ -193,15 +194,10 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             .iter()
             .map(|&i| {
                 let f = &synth[i % synth.len()];
-                Frame {
-                    job_id: format!("bench:{i}"),
-                    video_id: Some("bench".into()),
-                    frame_number: Some(i as u64),
-                    image: f.jpeg.clone(),
-                    boxes: (people > 0).then(|| f.boxes.clone()),
-                    reply_to: None,
-                    include_vertices: false,
-                }
+                let job = Job::new(format!("bench:{i}"))
+                    .video("bench", i as u64)
+                    .boxes(boxes_of(f));
+                Frame::new(job, f.jpeg.clone())
             })
             .collect();
         producer.enqueue(&jobs, o.raw).await?;
@@ -246,13 +242,14 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             continue;
         }
         last_progress = Instant::now();
-        for raw in batch {
+        for out in batch {
             seen += 1;
-            let out: Outcome = serde_json::from_str(&raw).context("a result is not JSON")?;
-            if out.status == "ok" {
+            if out.status == Status::Ok {
                 latencies.push(out.timings_ms.total);
             } else {
-                let code = out.error.map_or_else(|| "unknown".into(), |e| e.code);
+                let code = out
+                    .error
+                    .map_or_else(|| "unknown".into(), |e| e.code.to_string());
                 *errors.entry(code).or_default() += 1;
             }
         }
@@ -325,7 +322,7 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             load_before,
             load_after: loadavg(),
-            libtorch: crate::model::torch_version(),
+            libtorch: model::torch_version(),
             version: env!("CARGO_PKG_VERSION").into(),
         },
         setup: Setup {
@@ -402,7 +399,7 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
 
 fn session_label(o: &BenchOptions) -> String {
     match &o.redis_url {
-        Some(u) => crate::config::redact_url(u),
+        Some(u) => hmr2_worker::config::redact_url(u),
         None => "throwaway local redis-server".into(),
     }
 }

@@ -1,4 +1,4 @@
-//! `hmr2-worker demo`: the whole system on one machine in one command. A throwaway
+//! `hmr2 demo`: the whole system on one machine in one command. A throwaway
 //! `redis-server` on a free port, the worker in this process (the tiny model on the best
 //! device, unless told otherwise), synthetic 1280×720 frames with a walking figure (or the
 //! user's images), a progress bar while results flow, a summary table, and PNG overlays of the
@@ -19,16 +19,18 @@ use std::time::Instant;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use hmr2_client::{Frame, Job, JobResult, Status};
+use hmr2_worker::config::Config;
+
 use crate::bench::measure::{self, Percentiles, Scrape};
 use crate::bench::report::BatchSizes;
-use crate::bench::session::{self, Outcome, Producer, Session};
-use crate::config::Config;
-use crate::enqueue::{self, Frame};
+use crate::bench::session::{self, Producer, Session};
+use crate::enqueue;
 
 /// Synthetic frames are drawn once per this many and then reused.
 const DISTINCT_FRAMES: usize = 16;
 
-/// Options of `hmr2-worker demo`.
+/// Options of `hmr2 demo`.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Synthetic frames to run (ignored when images are given: each runs once).
@@ -130,7 +132,7 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     let mut feed = tokio::spawn(feed(session.producer(), inputs.clone()));
     let mut fed = false;
 
-    let mut kept: BTreeMap<usize, Outcome> = BTreeMap::new();
+    let mut kept: BTreeMap<usize, JobResult> = BTreeMap::new();
     let (mut waits, mut totals) = (Vec::new(), Vec::new());
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut seen = 0;
@@ -149,11 +151,10 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
                 anyhow::bail!("interrupted after {seen} of {n} frames");
             }
         };
-        for raw in batch {
+        for out in batch {
             seen += 1;
             bar.inc(1);
-            let out: Outcome = serde_json::from_str(&raw).context("a result is not JSON")?;
-            if out.status == "ok" {
+            if out.status == Status::Ok {
                 waits.push(out.timings_ms.queue_wait + out.timings_ms.total);
                 totals.push(out.timings_ms.total);
             } else {
@@ -183,7 +184,7 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     let device = scrape
         .0
         .iter()
-        .find(|s| s.name == crate::metrics::BUILD_INFO)
+        .find(|s| s.name == hmr2_worker::metrics::BUILD_INFO)
         .map(|s| {
             let get = |k: &str| {
                 s.labels
@@ -196,7 +197,7 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
         })
         .unwrap_or(label);
     let mut t = String::new();
-    let _ = writeln!(t, "\nhmr2-worker demo: {device}, {redis}");
+    let _ = writeln!(t, "\nhmr2 demo: {device}, {redis}");
     let _ = writeln!(t, "{}", "-".repeat(72));
     let row = |t: &mut String, k: &str, v: String| {
         let _ = writeln!(t, "{k:<30} {v}");
@@ -271,15 +272,10 @@ async fn feed(mut producer: Producer, inputs: Arc<Vec<Input>>) -> anyhow::Result
             .enumerate()
             .map(|(k, f)| {
                 let i = c * 32 + k;
-                Frame {
-                    job_id: format!("demo:{i}"),
-                    video_id: Some("demo".into()),
-                    frame_number: Some(i as u64),
-                    image: f.bytes.to_vec(),
-                    boxes: f.boxes.clone(),
-                    reply_to: None,
-                    include_vertices: false,
-                }
+                let job = Job::new(format!("demo:{i}"))
+                    .video("demo", i as u64)
+                    .boxes(f.boxes.clone().unwrap_or_default());
+                Frame::new(job, f.bytes.to_vec())
             })
             .collect();
         producer.enqueue(&jobs, false).await?;
@@ -291,7 +287,7 @@ async fn feed(mut producer: Producer, inputs: Arc<Vec<Input>>) -> anyhow::Result
 fn write_overlays(
     out: &Path,
     inputs: &[Input],
-    kept: &BTreeMap<usize, Outcome>,
+    kept: &BTreeMap<usize, JobResult>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     if kept.is_empty() {
         return Ok(Vec::new());

@@ -1,84 +1,145 @@
-//! Enqueueing frames per the wire contract: what the upload pipeline does, as a library (for the
-//! `enqueue`, `demo` and `bench` commands and for tests).
+//! `hmr2 enqueue`: image files (or synthetic frames) in, job ids out, as the upload pipeline
+//! does. The jobs are built and added through the wire contract crate (`hmr2-client`); this
+//! module only finds the files, reads the boxes and drives the progress bar.
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use redis::aio::MultiplexedConnection;
-use serde_json::json;
+use anyhow::Context as _;
+use hmr2_client::{producer, Frame, Job, Keys};
+use hmr2_worker::config::{redact_url, Config};
+use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::error::QueueError;
-use crate::queue::Keys;
-
-/// One frame to enqueue.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub job_id: String,
+/// Options of `hmr2 enqueue`.
+pub struct EnqueueOptions {
+    pub paths: Vec<PathBuf>,
+    /// Instead of files: this many synthetic frames (textured JPEGs with figures and their boxes).
+    pub synthetic: Option<usize>,
+    /// Size of synthetic frames.
+    pub size: (u32, u32),
     pub video_id: Option<String>,
-    pub frame_number: Option<u64>,
-    /// JPEG or PNG bytes.
-    pub image: Vec<u8>,
-    pub boxes: Option<Vec<[f64; 4]>>,
+    pub boxes: Option<PathBuf>,
+    pub raw: bool,
     pub reply_to: Option<String>,
-    pub include_vertices: bool,
+    pub vertices: bool,
 }
 
-/// The stream fields of one job: `job` JSON, and `image` when sent raw (a third smaller than
-/// base64 and no base64 work on either side).
-pub fn fields(f: &Frame, raw: bool) -> Vec<(&'static str, Vec<u8>)> {
-    let mut job = json!({ "v": 1, "job_id": f.job_id });
-    if let Some(v) = &f.video_id {
-        job["video_id"] = json!(v);
-    }
-    if let Some(n) = f.frame_number {
-        job["frame_number"] = json!(n);
-    }
-    if let Some(b) = &f.boxes {
-        job["boxes"] = json!(b);
-    }
-    if let Some(r) = &f.reply_to {
-        job["reply_to"] = json!(r);
-    }
-    if f.include_vertices {
-        job["include"] = json!(["vertices"]);
-    }
-    if raw {
-        vec![
-            ("job", job.to_string().into_bytes()),
-            ("image", f.image.clone()),
-        ]
-    } else {
-        job["image_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&f.image));
-        vec![("job", job.to_string().into_bytes())]
-    }
+/// Enqueues image files (or synthetic frames) with a progress bar and prints one job id per line.
+pub async fn run(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
+    let frames = match o.synthetic {
+        Some(n) => synthetic(n, o.size, &o),
+        None => frames_from_files(&o)?,
+    };
+    send(config, frames, o.raw).await
 }
 
-/// Adds `frames` to `{prefix}:jobs` in pipelined chunks; returns the stream entry ids.
-/// `progress` is called after every chunk with the number done so far.
-pub async fn enqueue(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    frames: &[Frame],
-    raw: bool,
-    mut progress: impl FnMut(usize),
-) -> Result<Vec<String>, QueueError> {
-    let mut ids = Vec::with_capacity(frames.len());
-    for chunk in frames.chunks(64) {
-        let mut pipe = redis::pipe();
-        for f in chunk {
-            let fields = fields(f, raw);
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(&keys.jobs).arg("*");
-            for (k, v) in &fields {
-                cmd.arg(*k).arg(v.as_slice());
+/// The job of frame `i`: its id, the video, boxes, reply stream and outputs asked for.
+fn job(
+    o: &EnqueueOptions,
+    job_id: String,
+    video: Option<(String, u64)>,
+    boxes: Option<Vec<[f64; 4]>>,
+) -> Job<'static> {
+    let mut job = Job::new(job_id).vertices(o.vertices);
+    if let Some((video_id, n)) = video {
+        job = job.video(video_id, n);
+    }
+    if let Some(b) = boxes {
+        job = job.boxes(b);
+    }
+    if let Some(r) = &o.reply_to {
+        job = job.reply_to(r.clone());
+    }
+    job
+}
+
+fn synthetic(n: usize, (w, h): (u32, u32), o: &EnqueueOptions) -> Vec<Frame> {
+    let distinct = crate::demo::frames::synthetic_frames(w, h, 1, n.min(32));
+    let video = o
+        .video_id
+        .clone()
+        .unwrap_or_else(|| "synthetic".to_string());
+    (0..n)
+        .map(|i| {
+            let f = &distinct[i % distinct.len()];
+            let job = job(
+                o,
+                format!("{video}:{i}"),
+                Some((video.clone(), i as u64)),
+                Some(f.boxes.clone()),
+            );
+            Frame::new(job, f.jpeg.clone())
+        })
+        .collect()
+}
+
+fn frames_from_files(o: &EnqueueOptions) -> anyhow::Result<Vec<Frame>> {
+    let files = image_files(&o.paths)?;
+    anyhow::ensure!(!files.is_empty(), "no .jpg, .jpeg or .png files found");
+    let boxes: Option<serde_json::Value> = match &o.boxes {
+        Some(p) => Some(
+            serde_json::from_slice(
+                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not JSON", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut frames = Vec::with_capacity(files.len());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    for (i, path) in files.iter().enumerate() {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("frame")
+            .to_string();
+        let frame_boxes = match &boxes {
+            None => None,
+            Some(serde_json::Value::Array(_)) => boxes.clone(),
+            Some(serde_json::Value::Object(map)) => map.get(&name).cloned(),
+            Some(_) => {
+                anyhow::bail!("--boxes must hold a list of boxes or an object keyed by file name")
             }
-            pipe.add_command(cmd);
-        }
-        let chunk_ids: Vec<String> = pipe.query_async(conn).await?;
-        ids.extend(chunk_ids);
-        progress(ids.len());
+        };
+        let frame_boxes: Option<Vec<[f64; 4]>> = frame_boxes
+            .map(serde_json::from_value)
+            .transpose()
+            .context("boxes must be [[x1, y1, x2, y2], ...]")?;
+        let job_id = match &o.video_id {
+            Some(v) => format!("{v}:{i}"),
+            None => format!("{name}-{stamp}-{i}"),
+        };
+        let video = o.video_id.clone().map(|v| (v, i as u64));
+        let image = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        frames.push(Frame::new(job(o, job_id, video, frame_boxes), image));
     }
-    Ok(ids)
+    Ok(frames)
+}
+
+async fn send(config: &Config, frames: Vec<Frame>, raw: bool) -> anyhow::Result<()> {
+    hmr2_worker::queue::install_tls_provider();
+    let client = redis::Client::open(config.redis.url.as_str())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&config.redis.url)))?;
+    let keys = Keys::new(&config.queue.prefix);
+    let bar = ProgressBar::new(frames.len() as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("enqueue → {}", keys.jobs));
+    producer::add_all(&mut conn, &keys, &frames, raw, |n| {
+        bar.set_position(n as u64)
+    })
+    .await?;
+    bar.finish();
+    for f in &frames {
+        println!("{}", f.job.job_id);
+    }
+    Ok(())
 }
 
 /// The image files named by `paths` (files, or folders scanned for .jpg/.jpeg/.png), sorted.
@@ -118,26 +179,62 @@ fn is_image(p: &Path) -> bool {
 mod tests {
     use super::*;
 
+    fn options(boxes: Option<PathBuf>, video_id: Option<&str>) -> EnqueueOptions {
+        EnqueueOptions {
+            paths: Vec::new(),
+            synthetic: None,
+            size: (320, 240),
+            video_id: video_id.map(str::to_string),
+            boxes,
+            raw: true,
+            reply_to: Some("out".into()),
+            vertices: true,
+        }
+    }
+
     #[test]
-    fn fields_follow_the_contract() {
-        let f = Frame {
-            job_id: "v:1".into(),
-            video_id: Some("v".into()),
-            frame_number: Some(1),
-            image: vec![1, 2, 3],
-            boxes: Some(vec![[0.0, 0.0, 10.0, 20.0]]),
-            reply_to: None,
-            include_vertices: true,
-        };
-        let raw = fields(&f, true);
-        assert_eq!(raw[1], ("image", vec![1, 2, 3]));
-        let job: serde_json::Value = serde_json::from_slice(&raw[0].1).unwrap();
-        assert_eq!(job["job_id"], "v:1");
-        assert_eq!(job["include"][0], "vertices");
-        assert!(job.get("image_base64").is_none());
-        let b64 = fields(&f, false);
-        assert_eq!(b64.len(), 1);
-        let job: serde_json::Value = serde_json::from_slice(&b64[0].1).unwrap();
-        assert_eq!(job["image_base64"], "AQID");
+    fn folders_give_their_images_sorted_and_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.JPG", "a.png", "c.txt", "d.jpeg"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let files = image_files(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a.png", "b.JPG", "d.jpeg"]);
+        let txt = dir.path().join("c.txt");
+        assert_eq!(image_files(std::slice::from_ref(&txt)).unwrap(), [txt]);
+        assert!(image_files(&[dir.path().join("missing.jpg")]).is_err());
+    }
+
+    #[test]
+    fn boxes_go_to_every_frame_or_by_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["0.jpg", "1.jpg"] {
+            std::fs::write(dir.path().join(name), b"img").unwrap();
+        }
+        let by_name = dir.path().join("boxes.json");
+        std::fs::write(&by_name, br#"{"1.jpg": [[1, 2, 3, 4]]}"#).unwrap();
+        let mut o = options(Some(by_name), Some("v"));
+        o.paths = vec![dir.path().to_path_buf()];
+        let frames = frames_from_files(&o).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].job.job_id, "v:0");
+        assert!(frames[0].job.boxes.is_empty());
+        assert_eq!(frames[1].job.boxes, vec![[1.0, 2.0, 3.0, 4.0]]);
+        assert_eq!(frames[1].job.frame_number, Some(1));
+        assert_eq!(frames[1].job.reply_to.as_deref(), Some("out"));
+        assert!(frames[1].job.include.vertices);
+        assert_eq!(frames[1].image, b"img");
+
+        let all = dir.path().join("all.json");
+        std::fs::write(&all, b"[[0, 0, 5, 5]]").unwrap();
+        o.boxes = Some(all);
+        let frames = frames_from_files(&o).unwrap();
+        assert!(frames
+            .iter()
+            .all(|f| f.job.boxes == vec![[0.0, 0.0, 5.0, 5.0]]));
     }
 }

@@ -1,1 +1,247 @@
-fn main() {}
+//! Command line of `hmr2`, the tooling around the worker: `enqueue`, `demo`, `bench`. Parses
+//! flags, layers the worker's configuration the same way `hmr2-worker` does, and calls the
+//! library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hmr2_tools::{bench, demo, enqueue};
+use hmr2_worker::config::{Config, Overrides};
+use hmr2_worker::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "hmr2",
+    version,
+    about = "Tooling around hmr2-worker: enqueue jobs, run the demo, benchmark the worker",
+    after_help = "The worker itself (run, check, config) is the `hmr2-worker` binary."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings that override the configuration file and the environment.
+#[derive(Args)]
+struct GlobalArgs {
+    /// Configuration file (TOML), layered over the embedded defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Redis URL (redis:// or rediss://).
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Key prefix of the streams.
+    #[arg(long, global = true)]
+    prefix: Option<String>,
+    /// TorchScript model file.
+    #[arg(long, global = true, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, global = true)]
+    device: Option<String>,
+    /// Largest batch per forward pass.
+    #[arg(long, global = true)]
+    max_batch: Option<usize>,
+    /// Address of the metrics/health listener.
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enqueues image files (or every .jpg/.jpeg/.png in folders) as jobs; prints the job ids.
+    Enqueue(EnqueueArgs),
+    /// The whole system in one command: a throwaway redis-server, the worker in-process (tiny
+    /// model, best device), synthetic 1280x720 frames or your images, a progress bar, a summary
+    /// table, and PNG overlays of the 2D keypoints and skeleton in --out.
+    Demo(DemoArgs),
+    /// End-to-end benchmark through a real Redis (throwaway unless --redis-url), with the raw
+    /// decode rate and the model-only rate measured beside it; prints a table, writes JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Synthetic frames to run (with images given, each image runs once).
+    #[arg(long, default_value_t = 64)]
+    frames: usize,
+    /// Folder for the PNG overlays.
+    #[arg(long, value_name = "DIR", default_value = "demo-out")]
+    out: PathBuf,
+    /// How many of the first frames get an overlay.
+    #[arg(long, default_value_t = 4)]
+    overlays: usize,
+    /// Image files or folders of .jpg/.jpeg/.png (default: synthetic frames).
+    images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Jobs to run end to end.
+    #[arg(long, default_value_t = 2000)]
+    frames: usize,
+    /// Frame size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
+    size: (u32, u32),
+    /// Walking figures per frame whose boxes go with each job (0-3; 0 = no boxes, whole frame).
+    #[arg(long, default_value_t = 0)]
+    people: usize,
+    /// Distinct frames drawn, encoded once and cycled through.
+    #[arg(long, default_value_t = 8)]
+    distinct: usize,
+    /// Send the JPEG bytes in the `image` field instead of base64 in the job JSON.
+    #[arg(long)]
+    raw: bool,
+    /// Where the JSON report goes.
+    #[arg(long, value_name = "FILE", default_value = "bench-out/bench.json")]
+    json: PathBuf,
+    /// More batch sizes for the model-only measurement, e.g. 1,8,32,64.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Also write the distinct frames (JPEG) and their boxes here, for the Python baseline.
+    #[arg(long, value_name = "DIR")]
+    save_frames: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EnqueueArgs {
+    /// Image files or folders.
+    #[arg(required_unless_present = "synthetic")]
+    paths: Vec<PathBuf>,
+    /// Instead of files, enqueue N synthetic frames (textured JPEGs with a figure and its box),
+    /// for load tests.
+    #[arg(long, value_name = "N", conflicts_with = "paths")]
+    synthetic: Option<usize>,
+    /// Size of synthetic frames.
+    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
+    size: (u32, u32),
+    /// Video id: jobs become `<video_id>:<frame_number>`, numbered in file order.
+    #[arg(long)]
+    video_id: Option<String>,
+    /// JSON file with boxes: `[[x1,y1,x2,y2], ...]` for every frame, or
+    /// `{"<file name>": [[...]], ...}` per frame.
+    #[arg(long, value_name = "FILE")]
+    boxes: Option<PathBuf>,
+    /// Send the image bytes in the `image` field instead of base64 in the JSON.
+    #[arg(long)]
+    raw: bool,
+    /// Stream that receives the results (default `{prefix}:results`).
+    #[arg(long)]
+    reply_to: Option<String>,
+    /// Ask for the 6890 mesh vertices too.
+    #[arg(long)]
+    vertices: bool,
+}
+
+fn main() -> ExitCode {
+    passive_openmp();
+    let cli = Cli::parse();
+    let g = &cli.global;
+    let mut flags = Overrides::default();
+    flags
+        .set("redis.url", g.redis_url.clone())
+        .set("queue.prefix", g.prefix.clone())
+        .set("model.path", g.model.clone())
+        .set("model.device", g.device.clone())
+        .set("queue.max_batch", g.max_batch)
+        .set("http.listen", g.listen.clone())
+        .set("log.format", g.log_format.clone());
+    if matches!(cli.command, Command::Demo(_) | Command::Bench(_))
+        && std::env::var_os("HMR2_LOG__LEVEL").is_none()
+    {
+        // The worker's start-up lines would break the progress output; warnings still show.
+        flags.set("log.level", Some("warn"));
+    }
+    let config = match Config::load(g.config.as_deref(), &flags, true) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hmr2: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log);
+    let result = match cli.command {
+        Command::Enqueue(a) => runtime().and_then(|rt| {
+            rt.block_on(enqueue::run(
+                &config,
+                enqueue::EnqueueOptions {
+                    paths: a.paths,
+                    synthetic: a.synthetic,
+                    size: a.size,
+                    video_id: a.video_id,
+                    boxes: a.boxes,
+                    raw: a.raw,
+                    reply_to: a.reply_to,
+                    vertices: a.vertices,
+                },
+            ))
+        }),
+        Command::Demo(a) => runtime().and_then(|rt| {
+            rt.block_on(demo::run(
+                config,
+                demo::DemoOptions {
+                    frames: a.frames,
+                    out: a.out,
+                    overlays: a.overlays,
+                    images: a.images,
+                    redis_url: g.redis_url.clone(),
+                },
+            ))
+        }),
+        Command::Bench(a) => runtime().and_then(|rt| {
+            rt.block_on(bench::run(
+                config,
+                bench::BenchOptions {
+                    frames: a.frames,
+                    size: a.size,
+                    people: a.people,
+                    distinct: a.distinct,
+                    raw: a.raw,
+                    redis_url: g.redis_url.clone(),
+                    json: a.json,
+                    sweep: a.sweep,
+                    save_frames: a.save_frames,
+                },
+            ))
+            .map(|_| ())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hmr2: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// libgomp reads `OMP_WAIT_POLICY` once, when it is loaded: by default its threads spin after
+/// every parallel region, burning the cores the decoders need. When the variable is unset, set
+/// it and re-execute this binary so libtorch's CPU threads sleep when idle.
+fn passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+    // exec only returns on failure: carry on with the default policy.
+    eprintln!("hmr2: could not re-execute with OMP_WAIT_POLICY=PASSIVE: {err}");
+}

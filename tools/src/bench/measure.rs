@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::image::{self, Limits, CROP_BYTES};
-use crate::model::{Model, TorchModel};
+use hmr2_worker::error::InputError;
+use hmr2_worker::image::{self, Limits, CROP_BYTES};
+use hmr2_worker::model::{Model, TorchModel};
+use hmr2_worker::worker::prepare::{self, Plan};
 
 /// A rate measured over `frames` in `seconds`.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -48,28 +50,15 @@ pub struct Encoded<'a> {
     pub boxes: &'a [[f64; 4]],
 }
 
-/// What the worker decides for a frame before decoding: its crop geometries and DCT scale.
-fn plan(
-    e: &Encoded<'_>,
-    limits: &Limits,
-) -> Result<(image::ImageInfo, Vec<image::CropBox>, u32), crate::error::InputError> {
-    let info = image::probe(e.bytes, limits)?;
-    let boxes: Vec<[f32; 4]> = if e.boxes.is_empty() {
-        vec![image::full_frame_box(info.width, info.height)]
-    } else {
-        e.boxes
-            .iter()
-            .map(|b| b.map(|v| v as f32))
-            .collect::<Vec<_>>()
-    };
-    let geoms: Vec<_> = boxes.into_iter().map(image::crop_box).collect();
-    let min = geoms.iter().map(|g| g.size).fold(f32::INFINITY, f32::min);
-    Ok((info, geoms, image::jpeg_scale_for(min)))
+/// What the worker decides for a frame before decoding it (the worker's own crop plan: size,
+/// boxes checked against the image, crop geometries, DCT scale).
+fn plan(e: &Encoded<'_>, limits: &Limits) -> Result<Plan, InputError> {
+    prepare::plan(e.bytes, e.boxes, limits).map_err(|(error, _)| error)
 }
 
 /// The DCT scale the worker decodes `e` at.
 pub fn worker_scale(e: &Encoded<'_>, limits: &Limits) -> u32 {
-    plan(e, limits).map_or(1, |p| p.2)
+    plan(e, limits).map_or(1, |p| p.scale)
 }
 
 /// Decodes `count` frames (cycling through `frames`) on `threads` threads, each one `probe` +
@@ -98,14 +87,14 @@ pub fn decode_rate(
                         break;
                     }
                     let k = i % frames.len();
-                    let (info, geoms, scale) = &plans[k];
-                    let info = image::probe(frames[k].bytes, limits).unwrap_or(*info);
-                    let Ok(frame) = image::decode(frames[k].bytes, &info, *scale) else {
+                    let p = &plans[k];
+                    let info = image::probe(frames[k].bytes, limits).unwrap_or(p.info);
+                    let Ok(frame) = image::decode(frames[k].bytes, &info, p.scale) else {
                         continue;
                     };
                     if crop {
-                        for g in geoms {
-                            image::crop_into(&frame, g, &mut out);
+                        for person in &p.people {
+                            image::crop_into(&frame, &person.crop, &mut out);
                         }
                     }
                     std::hint::black_box(&out);
@@ -139,7 +128,7 @@ pub fn forward_rate(
     }
     let cuda = model.cuda_index();
     if let Some(d) = cuda {
-        let _ = crate::gpu::reset_peak(d);
+        let _ = hmr2_worker::gpu::reset_peak(d);
     }
     let (t, cpu) = (Instant::now(), cpu_seconds());
     let mut batches = 0;
@@ -148,7 +137,7 @@ pub fn forward_rate(
         batches += 1;
     }
     let seconds = t.elapsed().as_secs_f64();
-    let peak = cuda.and_then(|d| crate::gpu::stats(d).ok().map(|s| s.peak_allocated));
+    let peak = cuda.and_then(|d| hmr2_worker::gpu::stats(d).ok().map(|s| s.peak_allocated));
     Ok(ForwardRate {
         batch,
         batches,
@@ -163,12 +152,12 @@ pub fn forward_rate(
 pub fn crops_of(frames: &[Encoded<'_>], limits: &Limits) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     for e in frames {
-        let (info, geoms, scale) = plan(e, limits)?;
-        let frame = image::decode(e.bytes, &info, scale)?;
-        for g in &geoms {
+        let p = plan(e, limits)?;
+        let frame = image::decode(e.bytes, &p.info, p.scale)?;
+        for person in &p.people {
             let start = out.len();
             out.resize(start + CROP_BYTES, 0);
-            image::crop_into(&frame, g, &mut out[start..]);
+            image::crop_into(&frame, &person.crop, &mut out[start..]);
         }
     }
     Ok(out)

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::measure::{ForwardRate, Percentiles, Rate, Scrape};
-use crate::metrics as m;
+use hmr2_worker::metrics as m;
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -216,9 +216,10 @@ pub fn table(r: &Report) -> String {
     let mut o = String::new();
     let s = &r.setup;
     let e = &r.end_to_end;
-    let _ = writeln!(
+    let _ =
+        writeln!(
         o,
-        "\nhmr2-worker bench: {} frames {}x{} JPEG (q90, {} distinct, {} KB mean, {}), {} box(es)/frame",
+        "\nhmr2 bench: {} frames {}x{} JPEG (q90, {} distinct, {} KB mean, {}), {} box(es)/frame",
         s.frames,
         s.size[0],
         s.size[1],

@@ -11,56 +11,18 @@ use anyhow::Context as _;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig};
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Config};
-use crate::demo::overlay::PersonPoints;
-use crate::enqueue::{self, Frame};
-use crate::queue::Keys;
+use hmr2_client::{producer, Frame, JobResult, Keys};
+use hmr2_worker::config::{redact_url, Config};
+use hmr2_worker::RunError;
+
 use crate::redis_server::{free_port, RedisServer};
-use crate::worker::RunError;
 
 /// The redis-server of a session, shared with the signal watcher so a second Ctrl-C can kill it.
 pub type RedisHandle = Arc<Mutex<Option<RedisServer>>>;
-
-/// What a session reads of each result.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Outcome {
-    #[serde(default)]
-    pub job_id: Option<String>,
-    #[serde(default)]
-    pub frame_number: Option<u64>,
-    pub status: String,
-    #[serde(default)]
-    pub error: Option<OutcomeError>,
-    #[serde(default)]
-    pub timings_ms: OutcomeTimings,
-    #[serde(default)]
-    pub people: Vec<PersonPoints>,
-}
-
-/// `error` of an error result.
-#[derive(Debug, Clone, Deserialize)]
-pub struct OutcomeError {
-    pub code: String,
-    pub message: String,
-}
-
-/// `timings_ms` of a result.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-pub struct OutcomeTimings {
-    #[serde(default)]
-    pub queue_wait: f64,
-    #[serde(default)]
-    pub decode: f64,
-    #[serde(default)]
-    pub inference: f64,
-    #[serde(default)]
-    pub total: f64,
-}
 
 /// A worker, its Redis and the connections to drive them.
 pub struct Session {
@@ -102,7 +64,7 @@ impl Session {
         let port = free_port()?;
         config.http.listen = format!("127.0.0.1:{port}");
         config.validate()?;
-        crate::queue::install_tls_provider();
+        hmr2_worker::queue::install_tls_provider();
         let client = redis::Client::open(config.redis.url.as_str())?;
         let conn = client
             .get_multiplexed_async_connection()
@@ -152,7 +114,7 @@ impl Session {
     /// Starts the worker (`hmr2_worker::run`) on a task and waits until `/readyz` answers 200:
     /// model loaded, warmed up, Redis reachable; it is fetching from that moment on.
     pub async fn start_worker(&mut self) -> anyhow::Result<()> {
-        let worker = tokio::spawn(crate::run(self.config.clone(), self.token.clone()));
+        let worker = tokio::spawn(hmr2_worker::run(self.config.clone(), self.token.clone()));
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             if worker.is_finished() {
@@ -173,8 +135,9 @@ impl Session {
         }
     }
 
-    /// Waits up to `block_ms` for results, returns those that came (raw JSON), oldest first.
-    pub async fn read_results(&mut self, block_ms: usize) -> anyhow::Result<Vec<String>> {
+    /// Waits up to `block_ms` for results, returns those that came, oldest first. A result that
+    /// does not follow the wire contract is an error.
+    pub async fn read_results(&mut self, block_ms: usize) -> anyhow::Result<Vec<JobResult>> {
         let opts = StreamReadOptions::default().count(512).block(block_ms);
         let reply: Option<StreamReadReply> = self
             .reader
@@ -184,7 +147,14 @@ impl Session {
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for id in key.ids {
                 if let Some(redis::Value::BulkString(b)) = id.map.get("result") {
-                    out.push(String::from_utf8_lossy(b).into_owned());
+                    let text = String::from_utf8_lossy(b);
+                    let result = JobResult::from_json(&text).with_context(|| {
+                        format!(
+                            "result {} in {} is not a v1 result",
+                            id.id, self.keys.results
+                        )
+                    })?;
+                    out.push(result);
                 }
                 self.last_result = id.id;
             }
@@ -236,7 +206,7 @@ pub struct Producer {
 impl Producer {
     /// Adds `frames` to the job stream, pipelined.
     pub async fn enqueue(&mut self, frames: &[Frame], raw: bool) -> anyhow::Result<()> {
-        enqueue::enqueue(&mut self.conn, &self.keys, frames, raw, |_| {}).await?;
+        producer::add_all(&mut self.conn, &self.keys, frames, raw, |_| {}).await?;
         Ok(())
     }
 }
@@ -253,11 +223,14 @@ impl Drop for Session {
 /// at once (status 130).
 pub fn watch_signals(redis: RedisHandle) -> CancellationToken {
     let stop = CancellationToken::new();
-    tokio::spawn(crate::signal::stop_on_signal(stop.clone(), move || {
-        if let Some(mut s) = redis.lock().ok().and_then(|mut r| r.take()) {
-            s.kill();
-        }
-    }));
+    tokio::spawn(hmr2_worker::signal::stop_on_signal(
+        stop.clone(),
+        move || {
+            if let Some(mut s) = redis.lock().ok().and_then(|mut r| r.take()) {
+                s.kill();
+            }
+        },
+    ));
     stop
 }
 

@@ -2,7 +2,7 @@
 //! (BODY_25) and the 19 other keypoints as small grey dots, drawn on the frame.
 
 use ::image::{Rgb, RgbImage};
-use serde::Deserialize;
+use hmr2_client::Person;
 
 /// The bones of OpenPose BODY_25 (the first 25 of the 44 keypoints, `shared/HMR2_FACTS.md`):
 /// 0 nose, 1 neck, 2–4 right shoulder/elbow/wrist, 5–7 left shoulder/elbow/wrist, 8 mid hip,
@@ -63,16 +63,9 @@ const BONE_COLOURS: [[u8; 3]; 24] = [
     [0, 255, 255],
 ];
 
-/// What an overlay needs of one person of a result.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct PersonPoints {
-    #[serde(rename = "box")]
-    pub bbox: [f32; 4],
-    pub keypoints_2d: Vec<[f32; 2]>,
-}
-
-/// Draws every person on `img`; line widths scale with the frame.
-pub fn draw(img: &mut RgbImage, people: &[PersonPoints]) {
+/// Draws every person of a result on `img` (box and 2D keypoints); line widths scale with the
+/// frame.
+pub fn draw(img: &mut RgbImage, people: &[Person]) {
     let unit = (img.width().max(img.height()) as f32 / 400.0).max(1.0);
     for p in people {
         draw_box(img, p.bbox, unit.ceil() as u32, [255, 255, 255]);
@@ -162,9 +155,19 @@ mod tests {
         keypoints[8] = [50.0, 80.0];
         keypoints[30] = [f32::NAN, 1e9];
         keypoints[31] = [-1e6, -1e6];
-        let p = PersonPoints {
+        let p = Person {
             bbox: [10.0, 10.0, 90.0, 90.0],
+            box_center: [50.0, 50.0],
+            box_size: 80.0,
+            pred_cam: [1.0, 0.0, 0.0],
+            pred_cam_t_full: [0.0, 0.0, 10.0],
+            focal_length: 500.0,
+            global_orient: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            body_pose: Vec::new(),
+            betas: Vec::new(),
+            keypoints_3d: Vec::new(),
             keypoints_2d: keypoints,
+            vertices: None,
         };
         draw(&mut img, &[p]);
         // The neck–mid-hip bone (1, 8) is drawn in its colour half-way between them.
