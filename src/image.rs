@@ -25,12 +25,10 @@
 //! At full resolution JPEGs are decoded with zune-jpeg (the `image` crate's decoder):
 //! single-threaded and the cheapest in CPU time. A JPEG can also be decoded at 1/2, 1/4 or 1/8 of
 //! its size (the inverse DCT keeps fewer coefficients), which only jpeg-decoder offers; it is used
-//! for that alone ([`jpeg_scale_for`]). Measured on 2 cores, CPU time per frame, decode plus a
-//! whole-frame crop (q90 frames with mild grain): 720p zune 2.4 ms against jpeg-decoder
-//! 3.9/3.5/3.2 ms at 1/2, 1/4, 1/8; 1080p 5.3 against 7.0/5.0-5.3/4.8-5.6; 4K 21.3 against
-//! 28/22/20-21. jpeg-decoder hands rows to helper threads on every decode and its entropy
-//! decoding is slower, so scaling does not pay for itself in CPU; it is kept for the largest
-//! boxes (4K frames and up), where it is CPU-neutral and the frame takes 16× less memory.
+//! for that alone ([`jpeg_scale_for`]). jpeg-decoder hands rows to helper threads on every decode
+//! and its entropy decoding is slower, so scaling does not pay for itself in CPU; it is kept for
+//! the largest boxes (4K frames and up), where it is CPU-neutral and the frame takes 16× less
+//! memory (figures: `BENCHMARKS.md`, "Image path: decoder and scale choices").
 //! [`Frame::scale`] records the scale, and [`crop_into`] maps original-image coordinates onto the
 //! scaled pixels and blurs with the same filter width on the picture (`sigma / scale` scaled
 //! pixels, see [`blur_sigma`]).

@@ -7,20 +7,29 @@
 //!
 //! ## Layout
 //!
-//! - [`config`]: the one `Config`, layered defaults → file → env → flags, validated once.
-//! - [`error`]: one error enum per boundary, each with a stable `code()`.
-//! - [`job`]: the wire contract v1: parsing jobs, encoding results.
-//! - [`image`]: base64, JPEG/PNG decoding with limits, the HMR2 crop.
-//! - [`camera`]: full-frame camera and 2D keypoints from the model's crop camera.
-//! - [`model`]: the model trait and the TorchScript implementation.
-//! - [`gpu`]: the caching allocator (release, statistics) through a small C++ shim.
-//! - [`queue`]: the Redis Streams protocol; atomic steps are Lua scripts beside it.
-//! - [`worker`]: the pipeline: fetch → decode/crop → batch → infer → publish; [`run`].
-//! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
-//! - [`telemetry`] — logging set-up and the worker's identity.
-//! - [`check`]: the `check` command behind `src/main.rs`.
+//! Every edge points down this list; nothing here knows about the tools (`tools/`, binary
+//! `hmr2`) or the contract's producers (`client/`, crate `hmr2-client`, which owns the wire
+//! types, error codes and key names used below).
 //!
-//! The binary (`src/main.rs`) only parses the command line and calls into this library.
+//! - `main.rs`: the `hmr2-worker` binary: `run`, `check`, `config`.
+//! - [`check`]: the `check` command: versions, device, model forward pass.
+//! - [`worker`]: the pipeline, [`run`] / [`run_with`] (the model seam):
+//!   - `fetch`: XREADGROUP / XAUTOCLAIM bounded by in-flight permits, lease renewal;
+//!   - [`worker::prepare`]: parse, plan (boxes checked, decode scale), decode, crop;
+//!   - `batcher`: the I/O-free batching core; `infer`: inference thread, OOM ladder, memory policy;
+//!   - `publish`, `result`, `retry`, `delivery`: results, dead letters, Redis retries, leases.
+//! - `http`: `/metrics`, `/healthz`, `/readyz`; `health`: the flags behind them.
+//! - [`queue`]: the Redis Streams protocol; atomic steps are Lua scripts beside it.
+//! - [`model`]: the model trait, the TorchScript implementation, the libtorch version.
+//! - `camera`: full-frame camera and 2D keypoints from the model's crop camera.
+//! - [`image`]: base64, JPEG/PNG decoding with limits, the HMR2 crop.
+//! - [`gpu`]: the caching allocator (release, statistics) through a small C++ shim.
+//! - [`metrics`]: metric names and the Prometheus recorder; [`telemetry`]: logging;
+//!   [`signal`]: SIGTERM/SIGINT handling.
+//! - [`error`]: one error enum per boundary; [`config`]: the one `Config`, layered defaults →
+//!   file → env → flags, validated once.
+//!
+//! Measured figures live in `BENCHMARKS.md` and `docs/reliability.md`, not here.
 
 mod camera;
 pub mod check;

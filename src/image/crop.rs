@@ -87,9 +87,7 @@ pub fn validate_box(b: [f64; 4], width: u32, height: u32) -> Result<[f32; 4], In
 ///
 /// On a frame decoded at `1/k`, [`crop_into`] blurs with `sigma / k` in the frame's own pixels:
 /// the same filter width on the picture. (The DCT scaling already averages k×k blocks; still,
-/// measured against the reference on textured 720p/1080p frames, `sigma / k` is closest: mean
-/// difference 0.61/0.79 grey levels against 0.67/1.08 when the block average's variance is
-/// subtracted, and 1.56/1.73 with `(d/k − 1)/2`, the formula applied to the scaled frame.)
+/// against the reference `sigma / k` is the closest of the candidates: see `BENCHMARKS.md`.)
 pub fn blur_sigma(box_size: f64) -> Option<f64> {
     let d = box_size / CROP as f64 / 2.0;
     (d > 1.1).then(|| (d - 1.0) / 2.0)

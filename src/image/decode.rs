@@ -12,12 +12,9 @@ use std::io::Cursor;
 /// the crop still shrinks the scaled frame at least 3×: a 4K whole-frame box (side 5120) decodes
 /// at 1/4; 720p and 1080p frames, and boxes under 3072 px, at full size.
 ///
-/// Why 3× and not 2×: measured against the reference crop of the full-resolution decode
-/// (1080p JPEG, q90, per-pixel noise and 8 px checks), the mean difference at 1/2 scale is
-/// 6.3 grey levels for a 1024 px box, 2.0 at 1100, 1.0 at 1536, 0.5 at 1800 and ≤ 0.3 from 2048
-/// on (1/4 scale: 0.8 at 2048, ≤ 0.5 from 3072); on smooth content it stays under 0.7
-/// throughout. Just above `d = 2` the reference's own blur is too weak for its sampling step, so
-/// its crop aliases the texture and the DCT's block average cannot reproduce that.
+/// Why 3× and not 2×: just above `d = 2` the reference's own blur is too weak for its sampling
+/// step, so its crop aliases the texture and the DCT's block average cannot reproduce that; the
+/// difference only falls below a grey level from 3× on (figures: `BENCHMARKS.md`).
 ///
 /// [module doc]: super
 pub const JPEG_SCALE_MIN_BOX: f32 = 3.0 * CROP as f32;
