@@ -35,6 +35,8 @@ fn person(v: &mut Values, vertices: bool) -> Person {
     let y1 = v.next(0.0, 300.0);
     Person {
         bbox: [x1, y1, x1 + v.next(100.0, 300.0), y1 + v.next(200.0, 400.0)],
+        box_source: hmr2_client::BoxSource::Detector,
+        score: Some(v.next(0.5, 1.0)),
         box_center: [v.next(0.0, 1280.0), v.next(0.0, 720.0)],
         box_size: v.next(200.0, 600.0),
         pred_cam: [v.next(0.5, 1.2), v.next(-0.1, 0.1), v.next(-0.1, 0.1)],

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
+use crate::detector::{Detector, TorchDetector};
 use crate::gpu;
 use crate::model::{self, Model, TorchModel};
 
@@ -46,6 +47,27 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         println!(
             "model         {} not found (run `make setup` or export one)",
             config.model.path.display()
+        );
+    }
+    let path = &config.detector.path;
+    if path.as_os_str().is_empty() {
+        println!("detector      none (jobs without boxes get one whole-frame person)");
+    } else {
+        let mut d = TorchDetector::load(path, device)?;
+        let meta = d.meta().clone();
+        println!(
+            "detector      {} ({}, input {}x{}, on {})",
+            path.display(),
+            meta.name,
+            meta.input_size,
+            meta.input_size,
+            model::device_label(device)
+        );
+        let s = meta.input_size as usize;
+        let found = d.detect(&vec![114u8; s * s * 3], 1)?;
+        println!(
+            "detect        ok (1 frame, {} detections on a grey frame)",
+            found[0].len()
         );
     }
     Ok(())

@@ -23,6 +23,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Which model, on which device.
     pub model: ModelConfig,
+    /// The person detector for jobs without boxes.
+    pub detector: DetectorConfig,
     /// GPU memory policy.
     pub gpu: GpuConfig,
     /// Input limits.
@@ -84,6 +86,30 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// `auto` (cuda:0 when available, else cpu), `cpu`, `cuda` (= cuda:0) or `cuda:N`.
     pub device: String,
+}
+
+/// The person detector (DESIGN §12): runs on jobs without boxes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// TorchScript file of contract `person-detector/1`; empty = no detector (whole-frame box).
+    pub path: PathBuf,
+    /// Detections scoring below this are dropped (0-1).
+    pub score_threshold: f32,
+    /// Detections narrower or shorter than this, in frame pixels, are dropped.
+    pub min_box_px: f32,
+    /// What a frame in which the detector finds nobody gets.
+    pub on_empty: OnEmpty,
+}
+
+/// The answer for a frame in which the detector finds nobody.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnEmpty {
+    /// No people: an `ok` result with `"people": []`.
+    None,
+    /// One person with the whole-frame box (the replaced service's fallback).
+    WholeFrame,
 }
 
 /// GPU memory policy (DESIGN §4).
@@ -313,6 +339,13 @@ impl Config {
         }
         if self.model.path.as_os_str().is_empty() {
             return bad("model.path", "must name a TorchScript file");
+        }
+        let d = &self.detector;
+        if !(0.0..=1.0).contains(&d.score_threshold) {
+            return bad("detector.score_threshold", "must be between 0 and 1");
+        }
+        if !(d.min_box_px >= 0.0 && d.min_box_px.is_finite()) {
+            return bad("detector.min_box_px", "must be a number of pixels >= 0");
         }
         if self.gpu.release == ReleasePolicy::Threshold && self.gpu.release_threshold_bytes == 0 {
             return bad(

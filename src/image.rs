@@ -48,10 +48,12 @@
 //! - `decode`: JPEG/PNG decoding into a [`Frame`], and the DCT scale ([`jpeg_scale_for`]).
 //! - `crop`: the crop geometry ([`crop_box`], [`validate_box`]) and the blurred bilinear
 //!   resampling ([`crop_into`], with an AVX2 build of its inner loops).
+//! - `letterbox`: the detector's input ([`letterbox`]).
 
 mod crop;
 mod decode;
 mod input;
+mod letterbox;
 #[cfg(test)]
 mod test_support;
 
@@ -60,6 +62,7 @@ pub use crop::{
 };
 pub use decode::{decode, jpeg_scale_for, Frame, JPEG_SCALE_MIN_BOX};
 pub use input::{decode_base64, probe, Format, ImageInfo, Limits};
+pub use letterbox::{letterbox, Letterboxed, LETTERBOX_FILL};
 
 /// Side of the square crop the model takes, in pixels (HMR2.0's `MODEL.IMAGE_SIZE`).
 pub const CROP: usize = 256;

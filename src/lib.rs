@@ -21,6 +21,7 @@
 //! - `http`: `/metrics`, `/healthz`, `/readyz`; `health`: the flags behind them.
 //! - [`queue`]: the Redis Streams protocol; atomic steps are Lua scripts beside it.
 //! - [`model`]: the model trait, the TorchScript implementation, the libtorch version.
+//! - [`detector`]: the person detector (contract `person-detector/1`) and its box mapping.
 //! - `camera`: full-frame camera and 2D keypoints from the model's crop camera.
 //! - [`image`]: base64, JPEG/PNG decoding with limits, the HMR2 crop.
 //! - [`gpu`]: the caching allocator (release, statistics) through a small C++ shim.
@@ -34,6 +35,7 @@
 mod camera;
 pub mod check;
 pub mod config;
+pub mod detector;
 pub mod error;
 pub mod gpu;
 mod health;
@@ -46,4 +48,4 @@ pub mod signal;
 pub mod telemetry;
 pub mod worker;
 
-pub use worker::{run, run_with, RunError};
+pub use worker::{run, run_with, Models, RunError};

@@ -29,6 +29,7 @@ pub const QUEUE_PENDING: &str = "hmr2_queue_pending";
 pub const QUEUE_LAG: &str = "hmr2_queue_lag";
 pub const WORKER_READY: &str = "hmr2_worker_ready";
 pub const BUILD_INFO: &str = "hmr2_build_info";
+pub const PEOPLE_PER_FRAME: &str = "hmr2_people_per_frame";
 
 /// Metrics only a GPU machine exports (absent on a CPU machine).
 pub const GPU_ONLY: &[&str] = &[
@@ -57,6 +58,10 @@ pub mod stage {
     pub const INFERENCE: &str = "inference";
     pub const POSTPROCESS: &str = "postprocess";
     pub const PUBLISH: &str = "publish";
+    /// Person detection: letterbox + forward + post-processing, per batch.
+    pub const DETECT: &str = "detect";
+    /// Letterboxing alone, per frame (a part of `detect` spent on the decode threads).
+    pub const LETTERBOX: &str = "letterbox";
 }
 
 const SECONDS: &[f64] = &[
@@ -68,6 +73,7 @@ const WAIT_SECONDS: &[f64] = &[
     3600.0,
 ];
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+const PEOPLE: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0];
 
 /// Installs the process-wide Prometheus recorder once and describes every metric; later calls
 /// return the same handle (several workers in one test process share it).
@@ -83,6 +89,9 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), WAIT_SECONDS)
                 })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(PEOPLE_PER_FRAME.into()), PEOPLE)
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(JOB_PEAK_ALLOCATED.into()), &bytes)
                 })
@@ -159,6 +168,10 @@ fn describe() {
         "Time from fetch to acknowledgement."
     );
     describe_histogram!(BATCH_SIZE, "Frames (person crops) per forward pass.");
+    describe_histogram!(
+        PEOPLE_PER_FRAME,
+        "People per answered frame, by where their boxes came from: job, detector, frame."
+    );
     describe_gauge!(QUEUE_LENGTH, "Entries in the stream (XLEN).");
     describe_gauge!(
         QUEUE_PENDING,

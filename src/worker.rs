@@ -38,14 +38,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{worker_id, Config};
+use crate::detector::{Detection, Detector, TorchDetector};
 use crate::error::{ConfigError, ModelError, QueueError};
 use crate::health::Health;
 use crate::http;
+use crate::image::CROP_BYTES;
 use crate::metrics::{self as m, outcome};
-use crate::model::{self, Model, TorchModel};
+use crate::model::{self, FrameOutput, Model, TorchModel};
 use crate::queue::Queue;
-use batcher::{Batch, BatchDone, Batcher};
+use batcher::{Batcher, Finished};
 use delivery::{Delivery, Leases};
+pub use infer::Models;
+use infer::{Done, Work};
 use prepare::Prepared;
 use publish::{finish, reject};
 use result::Origin;
@@ -72,29 +76,42 @@ struct Ctx {
     origin: Origin,
     /// Cancelled when the grace period is over: publishers stop retrying.
     hard_stop: CancellationToken,
+    /// The detector's input side, when a detector is loaded.
+    detector_input: Option<u32>,
 }
 
-/// Runs one worker with the TorchScript model of `config.model` until `shutdown` is
-/// cancelled, then drains within the grace period. See [`run_with`].
+/// Runs one worker with the TorchScript model of `config.model` (and the detector of
+/// `config.detector`, when set) until `shutdown` is cancelled, then drains within the grace
+/// period. See [`run_with`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let path = config.model.path.clone();
+    let detector = config.detector.path.clone();
     run_with(config, shutdown, move |device| {
-        TorchModel::load(&path, device)
+        let detector = if detector.as_os_str().is_empty() {
+            None
+        } else {
+            Some(TorchDetector::load(&detector, device)?)
+        };
+        Ok(Models {
+            hmr: TorchModel::load(&path, device)?,
+            detector,
+        })
     })
     .await
 }
 
-/// Runs one worker with the model `load` makes for the configured device (on the inference
-/// thread, which owns it from then on): warms up, serves `/metrics`, `/healthz`, `/readyz`,
+/// Runs one worker with the models `load` makes for the configured device (on the inference
+/// thread, which owns them from then on): warms up, serves `/metrics`, `/healthz`, `/readyz`,
 /// works until `shutdown` is cancelled, then drains within the grace period.
-pub async fn run_with<M, F>(
+pub async fn run_with<M, D, F>(
     config: Config,
     shutdown: CancellationToken,
     load: F,
 ) -> Result<(), RunError>
 where
     M: Model,
-    F: FnOnce(tch::Device) -> Result<M, ModelError> + Send + 'static,
+    D: Detector,
+    F: FnOnce(tch::Device) -> Result<Models<M, D>, ModelError> + Send + 'static,
 {
     config.validate()?;
     let handle = m::install();
@@ -113,8 +130,8 @@ where
     ));
 
     // Inference thread: load + warm up before anything is fetched.
-    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(config.pipeline.queue_depth);
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<BatchDone>();
+    let (batch_tx, batch_rx) = mpsc::channel::<Work>(config.pipeline.queue_depth);
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     let (ready_tx, ready_rx) = oneshot::channel();
     let device = model::resolve_device(config.device())?;
     let infer_thread = infer::spawn(
@@ -177,6 +194,7 @@ where
         consumer = %queue.consumer(),
         device = %origin.device,
         model = %origin.model,
+        detector = %loaded.detector.as_ref().map_or_else(|| "none".into(), |d| d.label()),
         max_batch = config.queue.max_batch,
         "worker started"
     );
@@ -186,6 +204,7 @@ where
         health: health.clone(),
         origin,
         hard_stop: CancellationToken::new(),
+        detector_input: loaded.detector.as_ref().map(|d| d.input_size),
     });
 
     // Wait for Redis (the group must exist before the first read).
@@ -279,8 +298,9 @@ async fn decode(
         let (ctx, out) = (ctx.clone(), out.clone());
         tasks.spawn(async move {
             let limits = ctx.config.limits.clone();
+            let detector = ctx.detector_input;
             let (d, prepared) = tokio::task::spawn_blocking(move || {
-                let p = prepare::prepare(&d.entry, &limits);
+                let p = prepare::prepare(&d.entry, &limits, detector);
                 (d, p)
             })
             .await
@@ -299,50 +319,111 @@ async fn decode(
 }
 
 /// A job between decoding and publishing: its delivery (permit and lease) and what the
-/// result needs. Its crops live in the [`Batcher`] meanwhile.
+/// result needs. Its crops (or its letterbox) live in a [`Batcher`] meanwhile.
 pub(crate) struct Held {
     delivery: Delivery,
     prepared: Prepared,
+    /// Its share of the detector's forward passes, milliseconds.
+    detect_ms: f64,
 }
 
-/// Moves prepared jobs into the [`Batcher`], dispatches its batches to the inference thread
-/// while the channel has room, and hands finished jobs to publishers. Returns the publishers
-/// still running once its input is exhausted.
+/// Moves prepared jobs through the detector's and HMR2's [`Batcher`]s, dispatches their
+/// batches to the inference thread while the channel has room (detector batches first: they
+/// feed HMR2), crops detected people on blocking threads, and hands finished jobs to
+/// publishers. Returns the publishers still running once its input is exhausted.
 async fn coordinate(
     ctx: Arc<Ctx>,
     mut input: mpsc::Receiver<(Delivery, Prepared)>,
-    batches: mpsc::Sender<Batch>,
-    mut done: mpsc::UnboundedReceiver<BatchDone>,
+    work: mpsc::Sender<Work>,
+    mut done: mpsc::UnboundedReceiver<Done>,
 ) -> JoinSet<()> {
-    let mut batcher = Batcher::new(ctx.config.queue.max_batch);
+    let max = ctx.config.queue.max_batch;
+    let mut hmr: Batcher<Held, FrameOutput> = Batcher::new(max, CROP_BYTES);
+    let letterbox_bytes = ctx
+        .detector_input
+        .map_or(1, |s| s as usize * s as usize * 3);
+    let mut det: Batcher<Held, Vec<Detection>> = Batcher::new(max, letterbox_bytes);
+    let (cropped_tx, mut cropped_rx) = mpsc::unbounded_channel::<Held>();
+    let mut cropping = 0usize;
     let mut publishers = JoinSet::new();
     let mut input_open = true;
+    let to_hmr = |held: Held, hmr: &mut Batcher<Held, FrameOutput>, p: &mut JoinSet<()>| {
+        let mut held = held;
+        let crops = std::mem::take(&mut held.prepared.crops);
+        let vertices = held.prepared.include.vertices;
+        if let Some(f) = hmr.add(held, crops, vertices) {
+            p.spawn(finish(ctx.clone(), f));
+        }
+    };
     loop {
-        while batcher.should_dispatch() {
-            let Ok(permit) = batches.try_reserve() else {
+        loop {
+            let idle = hmr.in_flight() == 0 && det.in_flight() == 0;
+            let detect = det.should_dispatch(idle);
+            if !detect && !hmr.should_dispatch(idle) {
+                break;
+            }
+            let Ok(permit) = work.try_reserve() else {
                 break;
             };
-            permit.send(batcher.take_batch().expect("a batch is due"));
+            permit.send(if detect {
+                Work::Detect(det.take_batch().expect("a batch is due"))
+            } else {
+                Work::Hmr(hmr.take_batch().expect("a batch is due"))
+            });
         }
-        if !input_open && batcher.is_empty() {
+        if !input_open && hmr.is_empty() && det.is_empty() && cropping == 0 {
             break;
         }
         tokio::select! {
             msg = input.recv(), if input_open => match msg {
                 Some((delivery, mut prepared)) => {
-                    let crops = std::mem::take(&mut prepared.crops);
-                    let vertices = prepared.include.vertices;
-                    let held = Held { delivery, prepared };
-                    if let Some(f) = batcher.add(held, crops, vertices) {
-                        publishers.spawn(finish(ctx.clone(), f));
+                    let letterbox = prepared
+                        .detect
+                        .as_mut()
+                        .map(|p| std::mem::take(&mut p.letterbox.pixels));
+                    let held = Held { delivery, prepared, detect_ms: 0.0 };
+                    match letterbox {
+                        Some(image) => {
+                            det.add(held, image, false);
+                        }
+                        None => to_hmr(held, &mut hmr, &mut publishers),
                     }
                 }
                 None => input_open = false,
             },
+            Some(held) = cropped_rx.recv(), if cropping > 0 => {
+                cropping -= 1;
+                to_hmr(held, &mut hmr, &mut publishers);
+            }
             msg = done.recv() => {
-                let Some(b) = msg else { break };
-                for f in batcher.complete(b) {
-                    publishers.spawn(finish(ctx.clone(), f));
+                let Some(d) = msg else { break };
+                match d {
+                    Done::Hmr(b) => {
+                        for f in hmr.complete(b) {
+                            publishers.spawn(finish(ctx.clone(), f));
+                        }
+                    }
+                    Done::Detect(b) => {
+                        for f in det.complete(b) {
+                            let mut held = f.job;
+                            held.detect_ms = f.inference_ms;
+                            let dets = match f.outputs {
+                                Ok(mut per_frame) => per_frame.pop().unwrap_or_default(),
+                                Err(e) => {
+                                    let failed = Finished { job: held, outputs: Err(e), inference_ms: 0.0 };
+                                    publishers.spawn(finish(ctx.clone(), failed));
+                                    continue;
+                                }
+                            };
+                            cropping += 1;
+                            let (tx, cfg) = (cropped_tx.clone(), ctx.config.detector.clone());
+                            let max_boxes = ctx.config.limits.max_boxes;
+                            tokio::task::spawn_blocking(move || {
+                                prepare::crop_detected(&mut held.prepared, &dets, &cfg, max_boxes);
+                                let _ = tx.send(held);
+                            });
+                        }
+                    }
                 }
                 while publishers.try_join_next().is_some() {}
             }

@@ -78,4 +78,4 @@ pub mod result;
 pub use error::{ErrorCode, InputError};
 pub use job::{Echo, Frame, Include, Job, Limits, ParseError};
 pub use keys::Keys;
-pub use result::{ErrorBody, JobResult, Person, Status, Timings};
+pub use result::{BoxSource, ErrorBody, JobResult, Person, Status, Timings};

@@ -79,12 +79,42 @@ pub struct Timings {
     pub total: f64,
 }
 
+/// Where a person's box came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxSource {
+    /// The job's `boxes`.
+    #[default]
+    Job,
+    /// The worker's person detector.
+    Detector,
+    /// The whole frame: no boxes and no detector, or `detector.on_empty = "whole_frame"`.
+    Frame,
+}
+
+impl BoxSource {
+    /// The wire name: `job`, `detector` or `frame`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoxSource::Job => "job",
+            BoxSource::Detector => "detector",
+            BoxSource::Frame => "frame",
+        }
+    }
+}
+
 /// One person's outputs; coordinates in the full frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Person {
     /// `[x1, y1, x2, y2]` in pixels (JSON key `box`).
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
+    /// Where the box came from.
+    #[serde(default)]
+    pub box_source: BoxSource,
+    /// The detector's confidence (0–1); only when `box_source` is `detector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
     /// Centre of the square crop, pixels.
     pub box_center: [f32; 2],
     /// Side of the square crop, pixels.
@@ -183,6 +213,8 @@ mod tests {
         r.image_size = Some([640, 480]);
         r.people.push(Person {
             bbox: [1.0, 2.0, 3.0, 4.0],
+            box_source: BoxSource::Detector,
+            score: Some(0.9),
             box_center: [2.0, 3.0],
             box_size: 2.5,
             pred_cam: [0.9, 0.1, -0.1],

@@ -4,14 +4,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::image::CROP_BYTES;
-use crate::model::FrameOutput;
-
-/// Crops of one forward pass, from one or many jobs.
+/// Items of one forward pass, from one or many jobs.
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) id: u64,
-    /// `n * 256 * 256 * 3` RGB bytes.
+    /// `n` items back to back (`n × 256 × 256 × 3` RGB bytes for HMR2).
     pub(crate) crops: Vec<u8>,
     pub(crate) n: usize,
     /// Whether any frame of the batch asked for vertices.
@@ -20,37 +17,39 @@ pub(crate) struct Batch {
 
 /// Per-frame outcome of a batch, in order, with the batch's wall time.
 #[derive(Debug)]
-pub(crate) struct BatchDone {
+pub(crate) struct BatchDone<O> {
     pub(crate) id: u64,
-    pub(crate) frames: Vec<Result<FrameOutput, String>>,
+    pub(crate) frames: Vec<Result<O, String>>,
     pub(crate) seconds: f64,
 }
 
 /// A job whose every person has been through the model.
 #[derive(Debug)]
-pub(crate) struct Finished<J> {
+pub(crate) struct Finished<J, O> {
     pub(crate) job: J,
-    /// One output per person, in the job's order; the first error when any frame failed.
-    pub(crate) outputs: Result<Vec<FrameOutput>, String>,
+    /// One output per item, in the job's order; the first error when any item failed.
+    pub(crate) outputs: Result<Vec<O>, String>,
     /// The job's share of the forward passes it was in, milliseconds.
     pub(crate) inference_ms: f64,
 }
 
 /// A job inside the batcher.
-struct Slot<J> {
+struct Slot<J, O> {
     job: J,
     crops: Vec<u8>,
     vertices: bool,
-    outputs: Vec<Option<FrameOutput>>,
+    outputs: Vec<Option<O>>,
     remaining: usize,
     failure: Option<String>,
     inference_ms: f64,
 }
 
 /// Jobs waiting for or in the device, and which person of which job each batch carries.
-pub(crate) struct Batcher<J> {
+pub(crate) struct Batcher<J, O> {
     max_batch: usize,
-    jobs: HashMap<u64, Slot<J>>,
+    /// Bytes of one item.
+    item: usize,
+    jobs: HashMap<u64, Slot<J, O>>,
     /// (job, person) not dispatched yet, in arrival order.
     waiting: VecDeque<(u64, usize)>,
     /// Batches dispatched and not completed: their (job, person) items in order.
@@ -59,11 +58,14 @@ pub(crate) struct Batcher<J> {
     next_batch: u64,
 }
 
-impl<J> Batcher<J> {
-    pub(crate) fn new(max_batch: usize) -> Self {
+impl<J, O> Batcher<J, O> {
+    /// Batches of at most `max_batch` items of `item_bytes` each.
+    pub(crate) fn new(max_batch: usize, item_bytes: usize) -> Self {
         assert!(max_batch > 0, "max_batch is validated to be at least 1");
+        assert!(item_bytes > 0, "items have bytes");
         Batcher {
             max_batch,
+            item: item_bytes,
             jobs: HashMap::new(),
             waiting: VecDeque::new(),
             running: HashMap::new(),
@@ -72,11 +74,11 @@ impl<J> Batcher<J> {
         }
     }
 
-    /// Adds a job with `crops` (one `CROP_BYTES` block per person, back to back). A job with
-    /// no people is finished at once and handed back.
-    pub(crate) fn add(&mut self, job: J, crops: Vec<u8>, vertices: bool) -> Option<Finished<J>> {
-        debug_assert_eq!(crops.len() % CROP_BYTES, 0, "whole crops only");
-        let n = crops.len() / CROP_BYTES;
+    /// Adds a job with `crops` (one item per person, back to back). A job with no items is
+    /// finished at once and handed back.
+    pub(crate) fn add(&mut self, job: J, crops: Vec<u8>, vertices: bool) -> Option<Finished<J, O>> {
+        debug_assert_eq!(crops.len() % self.item, 0, "whole items only");
+        let n = crops.len() / self.item;
         if n == 0 {
             return Some(Finished {
                 job,
@@ -93,7 +95,7 @@ impl<J> Batcher<J> {
                 job,
                 crops,
                 vertices,
-                outputs: vec![None; n],
+                outputs: (0..n).map(|_| None).collect(),
                 remaining: n,
                 failure: None,
                 inference_ms: 0.0,
@@ -103,10 +105,9 @@ impl<J> Batcher<J> {
     }
 
     /// Whether a batch should go to the device now: a full one is waiting, or anything is
-    /// waiting and the device is idle (no batch in flight).
-    pub(crate) fn should_dispatch(&self) -> bool {
-        !self.waiting.is_empty()
-            && (self.waiting.len() >= self.max_batch || self.running.is_empty())
+    /// waiting and the device is idle (`device_idle`: no batch of any kind in flight).
+    pub(crate) fn should_dispatch(&self, device_idle: bool) -> bool {
+        !self.waiting.is_empty() && (self.waiting.len() >= self.max_batch || device_idle)
     }
 
     /// Takes the next batch: up to `max_batch` waiting crops, oldest first. `None` when nothing
@@ -117,12 +118,12 @@ impl<J> Batcher<J> {
         }
         let take = self.waiting.len().min(self.max_batch);
         let items: Vec<(u64, usize)> = self.waiting.drain(..take).collect();
-        let mut crops = Vec::with_capacity(items.len() * CROP_BYTES);
+        let mut crops = Vec::with_capacity(items.len() * self.item);
         let mut vertices = false;
         for (job, person) in &items {
             let slot = &self.jobs[job];
             vertices |= slot.vertices;
-            crops.extend_from_slice(&slot.crops[person * CROP_BYTES..(person + 1) * CROP_BYTES]);
+            crops.extend_from_slice(&slot.crops[person * self.item..(person + 1) * self.item]);
         }
         let id = self.next_batch;
         self.next_batch += 1;
@@ -137,7 +138,7 @@ impl<J> Batcher<J> {
     }
 
     /// Folds a finished batch back into its jobs; returns the jobs it completed.
-    pub(crate) fn complete(&mut self, done: BatchDone) -> Vec<Finished<J>> {
+    pub(crate) fn complete(&mut self, done: BatchDone<O>) -> Vec<Finished<J, O>> {
         let Some(items) = self.running.remove(&done.id) else {
             return Vec::new();
         };
@@ -182,8 +183,7 @@ impl<J> Batcher<J> {
     }
 
     /// Batches dispatched and not completed.
-    #[cfg(test)]
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.running.len()
     }
 }
@@ -191,6 +191,12 @@ impl<J> Batcher<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::CROP_BYTES;
+    use crate::model::FrameOutput;
+
+    fn batcher(max: usize) -> Batcher<&'static str, FrameOutput> {
+        Batcher::new(max, CROP_BYTES)
+    }
 
     /// `n` crops whose first byte numbers them `first..first + n`.
     fn crops(first: u8, n: usize) -> Vec<u8> {
@@ -207,7 +213,7 @@ mod tests {
     }
 
     /// A model stand-in: each output's `pred_cam[0]` is its crop's tag.
-    fn run(b: &Batch) -> BatchDone {
+    fn run(b: &Batch) -> BatchDone<FrameOutput> {
         BatchDone {
             id: b.id,
             frames: tags(b)
@@ -227,7 +233,7 @@ mod tests {
         }
     }
 
-    fn cams(f: &Finished<&str>) -> Vec<u8> {
+    fn cams(f: &Finished<&str, FrameOutput>) -> Vec<u8> {
         f.outputs
             .as_ref()
             .expect("ok")
@@ -238,18 +244,18 @@ mod tests {
 
     #[test]
     fn crops_of_many_jobs_share_a_batch_up_to_max_batch() {
-        let mut b = Batcher::new(4);
+        let mut b = batcher(4);
         assert!(b.add("a", crops(10, 1), false).is_none());
         assert!(b.add("b", crops(20, 2), true).is_none());
         assert!(b.add("c", crops(30, 3), false).is_none());
-        assert!(b.should_dispatch());
+        assert!(b.should_dispatch(b.in_flight() == 0));
         let first = b.take_batch().unwrap();
         assert_eq!(first.n, 4);
         assert_eq!(tags(&first), [10, 20, 21, 30]);
         assert!(first.vertices, "b asked for vertices");
         assert_eq!(first.crops.len(), 4 * CROP_BYTES);
         // Two crops wait, one batch is in flight: not a full batch, device busy → hold.
-        assert!(!b.should_dispatch());
+        assert!(!b.should_dispatch(b.in_flight() == 0));
         let second = b.take_batch().unwrap();
         assert_eq!(tags(&second), [31, 32]);
         assert!(!second.vertices);
@@ -258,15 +264,18 @@ mod tests {
 
     #[test]
     fn an_idle_device_gets_a_partial_batch_and_a_full_one_goes_at_once() {
-        let mut b = Batcher::new(8);
-        assert!(!b.should_dispatch(), "nothing waits");
+        let mut b = batcher(8);
+        assert!(!b.should_dispatch(b.in_flight() == 0), "nothing waits");
         b.add("a", crops(0, 1), false);
-        assert!(b.should_dispatch(), "device idle: send what there is");
+        assert!(
+            b.should_dispatch(b.in_flight() == 0),
+            "device idle: send what there is"
+        );
         let one = b.take_batch().unwrap();
         b.add("b", crops(1, 7), false);
-        assert!(!b.should_dispatch(), "device busy, 7 < 8");
+        assert!(!b.should_dispatch(b.in_flight() == 0), "device busy, 7 < 8");
         b.add("c", crops(8, 1), false);
-        assert!(b.should_dispatch(), "a full batch waits");
+        assert!(b.should_dispatch(b.in_flight() == 0), "a full batch waits");
         assert_eq!(b.take_batch().unwrap().n, 8);
         assert_eq!(b.in_flight(), 2);
         assert!(b.complete(run(&one)).len() == 1);
@@ -274,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_job_spanning_batches_completes_once_with_outputs_in_person_order() {
-        let mut b = Batcher::new(3);
+        let mut b = batcher(3);
         b.add("a", crops(1, 1), false);
         b.add("b", crops(10, 4), false);
         let first = b.take_batch().unwrap(); // a0 b0 b1
@@ -294,7 +303,7 @@ mod tests {
 
     #[test]
     fn one_failed_frame_fails_its_job_only() {
-        let mut b = Batcher::new(4);
+        let mut b = batcher(4);
         b.add("a", crops(0, 2), false);
         b.add("b", crops(5, 1), false);
         let batch = b.take_batch().unwrap();
@@ -310,11 +319,11 @@ mod tests {
 
     #[test]
     fn a_job_without_people_finishes_at_once_and_unknown_batches_are_ignored() {
-        let mut b: Batcher<&str> = Batcher::new(2);
+        let mut b = batcher(2);
         let f = b.add("empty", Vec::new(), false).expect("finished at once");
         assert!(f.outputs.unwrap().is_empty());
         assert!(b.is_empty());
-        assert!(!b.should_dispatch());
+        assert!(!b.should_dispatch(b.in_flight() == 0));
         let stray = BatchDone {
             id: 99,
             frames: Vec::new(),

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batcher::{Batch, BatchDone};
 use crate::config::{GpuConfig, ReleasePolicy};
+use crate::detector::{Detection, Detector, DetectorMeta};
 use crate::error::ModelError;
 use crate::gpu::{self, AllocatorStats};
 use crate::health::Health;
@@ -18,9 +19,30 @@ use crate::image::CROP_BYTES;
 use crate::metrics::{self as m, GpuGauges};
 use crate::model::{FrameOutput, Model, ModelMeta};
 
-/// What the model says once loaded and warmed up.
+/// The models one inference thread owns: HMR2, and the person detector when configured.
+pub struct Models<M, D> {
+    pub hmr: M,
+    pub detector: Option<D>,
+}
+
+/// Work for the device.
+pub(crate) enum Work {
+    /// HMR2 crops.
+    Hmr(Batch),
+    /// Letterboxed frames for the detector.
+    Detect(Batch),
+}
+
+/// Work done, in the order it was sent.
+pub(crate) enum Done {
+    Hmr(BatchDone<FrameOutput>),
+    Detect(BatchDone<Vec<Detection>>),
+}
+
+/// What the models say once loaded and warmed up.
 pub(crate) struct Loaded {
     pub(crate) meta: ModelMeta,
+    pub(crate) detector: Option<DetectorMeta>,
     pub(crate) device: String,
     pub(crate) cuda_index: Option<usize>,
 }
@@ -34,18 +56,22 @@ pub(crate) fn should_release(policy: ReleasePolicy, reserved: i64, threshold: u6
     }
 }
 
-/// Runs `n` crops, halving on out-of-memory until single frames; other errors fail every frame
-/// of the (sub-)batch. `on_oom` runs after every out-of-memory error (count it, free the
-/// cache). Errors are messages: the frames are retried later (not acknowledged).
-pub(crate) fn forward_ladder<M: Model + ?Sized>(
-    model: &mut M,
-    crops: &[u8],
+/// One forward pass over `n` items (bytes, `n`) → one output per item.
+pub(crate) type RunItems<'a, O> = dyn FnMut(&[u8], usize) -> Result<Vec<O>, ModelError> + 'a;
+
+/// Runs `n` items of `item` bytes through `run`, halving on out-of-memory until single items;
+/// other errors fail every item of the (sub-)batch. `on_oom` runs after every out-of-memory
+/// error (count it, free the cache). Errors are messages: the frames are retried later (not
+/// acknowledged).
+pub(crate) fn ladder<O>(
+    run: &mut RunItems<'_, O>,
+    items: &[u8],
     n: usize,
-    vertices: bool,
+    item: usize,
     on_oom: &mut dyn FnMut(),
-) -> Vec<Result<FrameOutput, String>> {
-    match model.forward(crops, n, vertices) {
-        Ok(out) => (0..n).map(|i| Ok(out.frame(i))).collect(),
+) -> Vec<Result<O, String>> {
+    match run(items, n) {
+        Ok(out) => out.into_iter().map(Ok).collect(),
         Err(ModelError::OutOfMemory(msg)) => {
             on_oom();
             if n == 1 {
@@ -58,9 +84,9 @@ pub(crate) fn forward_ladder<M: Model + ?Sized>(
                 retry_as = half,
                 "out of memory; splitting the batch"
             );
-            let (a, b) = crops.split_at(half * CROP_BYTES);
-            let mut frames = forward_ladder(model, a, half, vertices, on_oom);
-            frames.extend(forward_ladder(model, b, n - half, vertices, on_oom));
+            let (a, b) = items.split_at(half * item);
+            let mut frames = ladder(run, a, half, item, on_oom);
+            frames.extend(ladder(run, b, n - half, item, on_oom));
             frames
         }
         Err(e) => {
@@ -68,6 +94,34 @@ pub(crate) fn forward_ladder<M: Model + ?Sized>(
             (0..n).map(|_| Err(msg.clone())).collect()
         }
     }
+}
+
+/// [`ladder`] for HMR2 crops.
+pub(crate) fn forward_ladder<M: Model + ?Sized>(
+    model: &mut M,
+    crops: &[u8],
+    n: usize,
+    vertices: bool,
+    on_oom: &mut dyn FnMut(),
+) -> Vec<Result<FrameOutput, String>> {
+    let mut run = |c: &[u8], k: usize| {
+        model
+            .forward(c, k, vertices)
+            .map(|out| (0..k).map(|i| out.frame(i)).collect())
+    };
+    ladder(&mut run, crops, n, CROP_BYTES, on_oom)
+}
+
+/// [`ladder`] for letterboxed frames.
+pub(crate) fn detect_ladder<D: Detector + ?Sized>(
+    detector: &mut D,
+    images: &[u8],
+    n: usize,
+    on_oom: &mut dyn FnMut(),
+) -> Vec<Result<Vec<Detection>, String>> {
+    let s = detector.meta().input_size as usize;
+    let mut run = |c: &[u8], k: usize| detector.detect(c, k);
+    ladder(&mut run, images, n, s * s * 3, on_oom)
 }
 
 /// The device allocator as the memory policy sees it: the seam that lets the policy be tested
@@ -212,14 +266,14 @@ impl<A: Allocator> Memory<A> {
 
 /// The channels of the inference thread.
 pub(crate) struct Channels {
-    pub(crate) batches: mpsc::Receiver<Batch>,
-    pub(crate) done: mpsc::UnboundedSender<BatchDone>,
+    pub(crate) batches: mpsc::Receiver<Work>,
+    pub(crate) done: mpsc::UnboundedSender<Done>,
     pub(crate) ready: oneshot::Sender<Result<Loaded, ModelError>>,
 }
 
-/// Starts the inference thread: loads the model with `load`, warms it up at `max_batch`, reports
-/// through `ready`, then serves `batches` until the channel closes.
-pub(crate) fn spawn<M, F>(
+/// Starts the inference thread: loads the models with `load`, warms them up at `max_batch`,
+/// reports through `ready`, then serves `batches` until the channel closes.
+pub(crate) fn spawn<M, D, F>(
     load: F,
     max_batch: usize,
     gpu_cfg: GpuConfig,
@@ -228,31 +282,32 @@ pub(crate) fn spawn<M, F>(
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
     M: Model,
-    F: FnOnce() -> Result<M, ModelError> + Send + 'static,
+    D: Detector,
+    F: FnOnce() -> Result<Models<M, D>, ModelError> + Send + 'static,
 {
     std::thread::Builder::new()
         .name("hmr2-infer".into())
         .spawn(move || {
             // Grad mode is thread-local: this thread never records a graph.
             let _no_grad = tch::no_grad_guard();
-            let model = match load() {
+            let models = match load() {
                 Ok(m) => m,
                 Err(e) => {
                     let _ = ch.ready.send(Err(e));
                     return;
                 }
             };
-            let cuda = model.cuda_index();
+            let cuda = models.hmr.cuda_index();
             let label = cuda.map_or_else(|| "cpu".to_string(), |n| n.to_string());
             let memory = Memory::new(gpu_cfg, cuda.map(Cuda::new), label);
-            serve(model, memory, max_batch, &health, ch);
+            serve(models, memory, max_batch, &health, ch);
             health.set(&health.inference_alive, false);
         })
 }
 
 /// The body of the inference thread once the model is loaded: warm-up, then every batch.
-fn serve<M: Model, A: Allocator>(
-    mut model: M,
+fn serve<M: Model, D: Detector, A: Allocator>(
+    models: Models<M, D>,
     mut memory: Memory<A>,
     max_batch: usize,
     health: &Health,
@@ -263,7 +318,21 @@ fn serve<M: Model, A: Allocator>(
         done,
         ready,
     } = ch;
+    let Models {
+        hmr: mut model,
+        mut detector,
+    } = models;
     health.set(&health.inference_alive, true);
+    if let Some(d) = detector.as_mut() {
+        let s = d.meta().input_size as usize;
+        let warm = vec![0u8; max_batch * s * s * 3];
+        let out = detect_ladder(d, &warm, max_batch, &mut || memory.on_oom());
+        if let Some(Err(e)) = out.into_iter().find(|f| f.is_err()) {
+            let e = format!("detector warm-up failed: {e}");
+            let _ = ready.send(Err(ModelError::Contract(e)));
+            return;
+        }
+    }
     let warm = vec![0u8; max_batch * CROP_BYTES];
     let t = Instant::now();
     let frames = forward_ladder(&mut model, &warm, max_batch, false, &mut || memory.on_oom());
@@ -279,6 +348,7 @@ fn serve<M: Model, A: Allocator>(
     memory.set_baseline();
     let loaded = Loaded {
         meta: model.meta().clone(),
+        detector: detector.as_ref().map(|d| d.meta().clone()),
         device: model.device_label(),
         cuda_index: model.cuda_index(),
     };
@@ -286,22 +356,49 @@ fn serve<M: Model, A: Allocator>(
         return;
     }
     let mut consecutive_failures = 0u32;
-    while let Some(batch) = batches.blocking_recv() {
+    while let Some(work) = batches.blocking_recv() {
         memory.before_batch();
         let t = Instant::now();
-        let frames = forward_ladder(
-            &mut model,
-            &batch.crops,
-            batch.n,
-            batch.vertices,
-            &mut || memory.on_oom(),
-        );
-        drop(batch.crops);
-        let seconds = t.elapsed().as_secs_f64();
-        histogram!(m::STAGE_DURATION, "stage" => m::stage::INFERENCE).record(seconds);
-        histogram!(m::BATCH_SIZE).record(batch.n as f64);
-        memory.after_batch(batch.id, batch.n);
-        if frames.iter().all(|f| f.is_err()) {
+        let (id, n, all_failed, out) = match work {
+            Work::Hmr(batch) => {
+                let frames = forward_ladder(
+                    &mut model,
+                    &batch.crops,
+                    batch.n,
+                    batch.vertices,
+                    &mut || memory.on_oom(),
+                );
+                let seconds = t.elapsed().as_secs_f64();
+                histogram!(m::STAGE_DURATION, "stage" => m::stage::INFERENCE).record(seconds);
+                histogram!(m::BATCH_SIZE).record(batch.n as f64);
+                let failed = frames.iter().all(|f| f.is_err());
+                let done = BatchDone {
+                    id: batch.id,
+                    frames,
+                    seconds,
+                };
+                (batch.id, batch.n, failed, Done::Hmr(done))
+            }
+            Work::Detect(batch) => {
+                let frames = match detector.as_mut() {
+                    Some(d) => detect_ladder(d, &batch.crops, batch.n, &mut || memory.on_oom()),
+                    None => (0..batch.n)
+                        .map(|_| Err("no detector loaded".to_string()))
+                        .collect(),
+                };
+                let seconds = t.elapsed().as_secs_f64();
+                histogram!(m::STAGE_DURATION, "stage" => m::stage::DETECT).record(seconds);
+                let failed = frames.iter().all(|f| f.is_err());
+                let done = BatchDone {
+                    id: batch.id,
+                    frames,
+                    seconds,
+                };
+                (batch.id, batch.n, failed, Done::Detect(done))
+            }
+        };
+        memory.after_batch(id, n);
+        if all_failed {
             consecutive_failures += 1;
             if consecutive_failures >= memory.cfg.max_consecutive_failures {
                 health.set(&health.failing, true);
@@ -312,11 +409,6 @@ fn serve<M: Model, A: Allocator>(
                 health.set(&health.failing, false);
             }
         }
-        let out = BatchDone {
-            id: batch.id,
-            frames,
-            seconds,
-        };
         if done.send(out).is_err() {
             break;
         }
@@ -536,6 +628,87 @@ mod tests {
         assert_eq!(a.releases.get(), 1);
     }
 
+    /// A detector over 4x4 letterboxed frames: one detection per frame, scored by the frame's
+    /// first byte / 255; out of memory beyond `fits` frames; `bad_shape` breaks the contract.
+    struct FakeDet {
+        fits: usize,
+        meta: DetectorMeta,
+        contract_error: bool,
+    }
+
+    impl FakeDet {
+        fn new(fits: usize) -> Self {
+            let meta = DetectorMeta::parse(
+                r#"{"contract":"person-detector/1","name":"fake","input_size":32}"#,
+            )
+            .unwrap();
+            FakeDet {
+                fits,
+                meta,
+                contract_error: false,
+            }
+        }
+    }
+
+    const DET_BYTES: usize = 32 * 32 * 3;
+
+    impl Detector for FakeDet {
+        fn detect(&mut self, images: &[u8], n: usize) -> Result<Vec<Vec<Detection>>, ModelError> {
+            assert_eq!(images.len(), n * DET_BYTES);
+            if self.contract_error {
+                return Err(ModelError::Contract("`scores` is Half".into()));
+            }
+            if n > self.fits {
+                return Err(ModelError::OutOfMemory("detector".into()));
+            }
+            Ok(images
+                .chunks_exact(DET_BYTES)
+                .map(|img| {
+                    vec![Detection {
+                        bbox: [1.0, 2.0, 3.0, 4.0],
+                        score: img[0] as f32 / 255.0,
+                    }]
+                })
+                .collect())
+        }
+        fn meta(&self) -> &DetectorMeta {
+            &self.meta
+        }
+    }
+
+    fn models(fits: usize, det: Option<FakeDet>) -> Models<Fake, FakeDet> {
+        Models {
+            hmr: Fake::new(fits),
+            detector: det,
+        }
+    }
+
+    #[test]
+    fn a_detector_oom_halves_the_detector_batch_and_loses_no_frame() {
+        let mut det = FakeDet::new(1);
+        let mut images = vec![0u8; 3 * DET_BYTES];
+        for (i, img) in images.chunks_exact_mut(DET_BYTES).enumerate() {
+            img[0] = 100 + i as u8;
+        }
+        let mut ooms = 0;
+        let out = detect_ladder(&mut det, &images, 3, &mut || ooms += 1);
+        let scores: Vec<u8> = out
+            .iter()
+            .map(|d| (d.as_ref().unwrap()[0].score * 255.0).round() as u8)
+            .collect();
+        assert_eq!(scores, [100, 101, 102]);
+        assert_eq!(ooms, 2, "3 → 1 + 2 → 1 + 1");
+    }
+
+    fn hmr(id: u64, crops: Vec<u8>, n: usize) -> Work {
+        Work::Hmr(Batch {
+            id,
+            crops,
+            n,
+            vertices: false,
+        })
+    }
+
     #[test]
     fn the_thread_warms_up_serves_batches_and_reports_failing_devices() {
         let (batch_tx, batches) = mpsc::channel(4);
@@ -546,7 +719,7 @@ mod tests {
         cfg.max_consecutive_failures = 2;
         let h = health.clone();
         let thread = spawn(
-            || Ok(Fake::new(2)),
+            || Ok(models(2, Some(FakeDet::new(8)))),
             4,
             cfg,
             h,
@@ -559,29 +732,36 @@ mod tests {
         .unwrap();
         let loaded = ready_rx.blocking_recv().unwrap().unwrap();
         assert_eq!(loaded.device, "fake");
+        assert_eq!(loaded.detector.unwrap().name, "fake");
         assert!(health.alive());
-        batch_tx
-            .blocking_send(Batch {
-                id: 7,
-                crops: numbered(3),
-                n: 3,
-                vertices: false,
-            })
-            .unwrap();
-        let d = done_rx.blocking_recv().unwrap();
+        batch_tx.blocking_send(hmr(7, numbered(3), 3)).unwrap();
+        let Some(Done::Hmr(d)) = done_rx.blocking_recv() else {
+            panic!("an HMR2 batch answers as one")
+        };
         assert_eq!((d.id, order(&d.frames)), (7, vec![0, 1, 2]));
+        let mut images = vec![0u8; 2 * DET_BYTES];
+        images[DET_BYTES] = 255;
+        batch_tx
+            .blocking_send(Work::Detect(Batch {
+                id: 8,
+                crops: images,
+                n: 2,
+                vertices: false,
+            }))
+            .unwrap();
+        let Some(Done::Detect(d)) = done_rx.blocking_recv() else {
+            panic!("a detector batch answers as one")
+        };
+        assert_eq!(d.id, 8);
+        assert_eq!(d.frames[1].as_ref().unwrap()[0].score, 1.0);
         for id in 0..2 {
             let mut crops = numbered(1);
             crops[0] = 0xFF;
-            batch_tx
-                .blocking_send(Batch {
-                    id,
-                    crops,
-                    n: 1,
-                    vertices: false,
-                })
-                .unwrap();
-            assert!(done_rx.blocking_recv().unwrap().frames[0].is_err());
+            batch_tx.blocking_send(hmr(id, crops, 1)).unwrap();
+            let Some(Done::Hmr(d)) = done_rx.blocking_recv() else {
+                panic!()
+            };
+            assert!(d.frames[0].is_err());
         }
         assert!(
             health.failing.load(Ordering::Relaxed),
@@ -598,7 +778,7 @@ mod tests {
         let (done, _rx) = mpsc::unbounded_channel();
         let (ready, ready_rx) = oneshot::channel();
         let thread = spawn(
-            || Err::<Fake, _>(ModelError::Contract("no meta()".into())),
+            || Err::<Models<Fake, FakeDet>, _>(ModelError::Contract("no meta()".into())),
             2,
             Config::defaults().gpu,
             Arc::new(Health::default()),
@@ -611,6 +791,33 @@ mod tests {
         .unwrap();
         let e = ready_rx.blocking_recv().unwrap().err().unwrap();
         assert!(e.to_string().contains("no meta()"), "{e}");
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_detector_that_breaks_the_contract_on_warm_up_stops_start_up() {
+        let (_tx, batches) = mpsc::channel(1);
+        let (done, _rx) = mpsc::unbounded_channel();
+        let (ready, ready_rx) = oneshot::channel();
+        let mut det = FakeDet::new(8);
+        det.contract_error = true;
+        let thread = spawn(
+            move || Ok(models(8, Some(det))),
+            2,
+            Config::defaults().gpu,
+            Arc::new(Health::default()),
+            Channels {
+                batches,
+                done,
+                ready,
+            },
+        )
+        .unwrap();
+        let e = ready_rx.blocking_recv().unwrap().err().unwrap().to_string();
+        assert!(
+            e.contains("detector warm-up failed") && e.contains("Half"),
+            "{e}"
+        );
         thread.join().unwrap();
     }
 }

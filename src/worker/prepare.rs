@@ -1,22 +1,48 @@
-//! The CPU stage of one job: parse, decode, check boxes, crop. Runs on a blocking thread.
+//! The CPU stage of one job: parse, decode, check boxes, crop; for a job without boxes and a
+//! worker with a detector, decode and letterbox now, crop once the detector has answered
+//! ([`crop_detected`]). Runs on blocking threads.
 
 use std::time::Instant;
 
 use metrics::histogram;
 
-use hmr2_client::{Echo, Include, Job};
+use hmr2_client::{BoxSource, Echo, Include, Job};
 
-use crate::config::LimitsConfig;
+use crate::config::{DetectorConfig, LimitsConfig, OnEmpty};
+use crate::detector::{self, Detection};
 use crate::error::InputError;
-use crate::image::{self, CropBox, Limits, CROP_BYTES};
+use crate::image::{self, CropBox, Frame, Letterboxed, Limits, CROP_BYTES};
 use crate::metrics as m;
 use crate::queue::Entry;
 
-/// A person to run: the box as given (or the whole frame) and its crop geometry.
+/// A person to run: the box (the job's, the detector's or the whole frame) and its crop
+/// geometry.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PersonBox {
     pub bbox: [f32; 4],
     pub crop: CropBox,
+    pub source: BoxSource,
+    /// The detector's confidence, for detected boxes.
+    pub score: Option<f32>,
+}
+
+impl PersonBox {
+    fn new(bbox: [f32; 4], source: BoxSource, score: Option<f32>) -> Self {
+        PersonBox {
+            bbox,
+            crop: image::crop_box(bbox),
+            source,
+            score,
+        }
+    }
+}
+
+/// A frame waiting for the detector: the decoded frame (its crops are cut once the boxes are
+/// known) and its letterbox.
+#[derive(Debug)]
+pub struct Pending {
+    pub frame: Frame,
+    pub letterbox: Letterboxed,
 }
 
 /// A job ready for the device: its crops, one per person, back to back. The job's image (and
@@ -28,7 +54,11 @@ pub struct Prepared {
     pub image_size: [u32; 2],
     pub people: Vec<PersonBox>,
     pub crops: Vec<u8>,
-    /// Parse + decode + crop, milliseconds.
+    /// Where the frame's boxes come from (`detector` even when it found nobody).
+    pub source: BoxSource,
+    /// Set while the frame waits for the detector; `people` and `crops` are empty until then.
+    pub detect: Option<Pending>,
+    /// Parse + decode + letterbox + crop, milliseconds.
     pub decode_ms: f64,
 }
 
@@ -58,22 +88,19 @@ pub fn plan(
 ) -> Result<Plan, (InputError, Option<[u32; 2]>)> {
     let info = image::probe(bytes, limits).map_err(|e| (e, None))?;
     let size = [info.width, info.height];
-    let boxes: Vec<[f32; 4]> = if boxes.is_empty() {
-        vec![image::full_frame_box(info.width, info.height)]
+    let people: Vec<PersonBox> = if boxes.is_empty() {
+        let whole = image::full_frame_box(info.width, info.height);
+        vec![PersonBox::new(whole, BoxSource::Frame, None)]
     } else {
         boxes
             .iter()
-            .map(|b| image::validate_box(*b, info.width, info.height))
+            .map(|b| {
+                let bbox = image::validate_box(*b, info.width, info.height)?;
+                Ok(PersonBox::new(bbox, BoxSource::Job, None))
+            })
             .collect::<Result<_, _>>()
             .map_err(|e| (e, Some(size)))?
     };
-    let people: Vec<PersonBox> = boxes
-        .into_iter()
-        .map(|bbox| PersonBox {
-            bbox,
-            crop: image::crop_box(bbox),
-        })
-        .collect();
     let min_box = people
         .iter()
         .map(|p| p.crop.size)
@@ -85,8 +112,14 @@ pub fn plan(
     })
 }
 
-/// Parses the entry's `job` field, decodes its image and crops every person.
-pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rejected>> {
+/// Parses the entry's `job` field, decodes its image and crops every person. With a detector
+/// (`detector_input`: its square side) and no boxes in the job, letterboxes the frame instead
+/// and keeps it for [`crop_detected`].
+pub fn prepare(
+    entry: &Entry,
+    limits: &LimitsConfig,
+    detector_input: Option<u32>,
+) -> Result<Prepared, Box<Rejected>> {
     let t = Instant::now();
     let reject = |error: InputError, echo: &Echo, image_size: Option<[u32; 2]>| {
         Box::new(Rejected {
@@ -127,9 +160,33 @@ pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rej
         scale,
     } = plan(bytes, &job.boxes, &lim).map_err(|(e, size)| reject(e, echo, size))?;
     let size = [info.width, info.height];
+    let detect = detector_input.filter(|_| job.boxes.is_empty());
+    // Detected people can be small: their frame is decoded at full size.
+    let scale = if detect.is_some() { 1 } else { scale };
     let frame = image::decode(bytes, &info, scale).map_err(|e| reject(e, echo, Some(size)))?;
     let decoded = t.elapsed().as_secs_f64();
     histogram!(m::STAGE_DURATION, "stage" => m::stage::DECODE).record(decoded);
+    if let Some(side) = detect {
+        let t2 = Instant::now();
+        let letterbox = image::letterbox(&frame, side);
+        let boxed = t2.elapsed().as_secs_f64();
+        histogram!(m::STAGE_DURATION, "stage" => m::stage::LETTERBOX).record(boxed);
+        return Ok(Prepared {
+            echo: echo.clone(),
+            include: job.include,
+            image_size: size,
+            people: Vec::new(),
+            crops: Vec::new(),
+            source: BoxSource::Detector,
+            detect: Some(Pending { frame, letterbox }),
+            decode_ms: (decoded + boxed) * 1e3,
+        });
+    }
+    let source = if job.boxes.is_empty() {
+        BoxSource::Frame
+    } else {
+        BoxSource::Job
+    };
 
     let t2 = Instant::now();
     let mut crops = vec![0u8; people.len() * CROP_BYTES];
@@ -145,6 +202,38 @@ pub fn prepare(entry: &Entry, limits: &LimitsConfig) -> Result<Prepared, Box<Rej
         image_size: size,
         people,
         crops,
+        source,
+        detect: None,
         decode_ms: (decoded + cropped) * 1e3,
     })
+}
+
+/// Turns a frame's detections into people (see [`detector::select_people`]; nobody found:
+/// per `on_empty`) and cuts their crops from the kept frame, which is then dropped.
+pub fn crop_detected(p: &mut Prepared, dets: &[Detection], cfg: &DetectorConfig, max_boxes: usize) {
+    let Some(Pending { frame, letterbox }) = p.detect.take() else {
+        return;
+    };
+    let t = Instant::now();
+    let [w, h] = p.image_size;
+    let mut people: Vec<PersonBox> =
+        detector::select_people(dets, letterbox.r, w, h, cfg, max_boxes)
+            .into_iter()
+            .map(|(bbox, score)| PersonBox::new(bbox, BoxSource::Detector, Some(score)))
+            .collect();
+    if people.is_empty() && cfg.on_empty == OnEmpty::WholeFrame {
+        let whole = image::full_frame_box(w, h);
+        people.push(PersonBox::new(whole, BoxSource::Frame, None));
+        p.source = BoxSource::Frame;
+    }
+    let mut crops = vec![0u8; people.len() * CROP_BYTES];
+    for (person, slot) in people.iter().zip(crops.chunks_exact_mut(CROP_BYTES)) {
+        image::crop_into(&frame, &person.crop, slot);
+    }
+    drop(frame);
+    p.people = people;
+    p.crops = crops;
+    let cropped = t.elapsed().as_secs_f64();
+    histogram!(m::STAGE_DURATION, "stage" => m::stage::PREPROCESS).record(cropped);
+    p.decode_ms += cropped * 1e3;
 }

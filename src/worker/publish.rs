@@ -17,12 +17,17 @@ use super::retry::{retry, GaveUp};
 use super::{Ctx, Held};
 use crate::error::{InputError, QueueError};
 use crate::metrics::{self as m, outcome};
+use crate::model::FrameOutput;
 use crate::queue::{DeadLetter, Written};
 
 /// Publishes a finished job (or leaves a failed one pending for a retry).
-pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held>) {
+pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
     let Finished {
-        job: Held { delivery, prepared },
+        job: Held {
+            delivery,
+            prepared,
+            detect_ms,
+        },
         outputs,
         inference_ms,
     } = f;
@@ -52,7 +57,7 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held>) {
         let timings = Timings {
             queue_wait: delivery.queue_wait_ms,
             decode: prepared.decode_ms,
-            inference: inference_ms,
+            inference: inference_ms + detect_ms,
             total: delivery.fetched.elapsed().as_secs_f64() * 1e3,
         };
         let r = result::ok_result(&delivery.entry.id, echo, prepared.image_size, people, timings, &ctx.origin);
@@ -70,6 +75,8 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held>) {
             Ok(Written::Done) => {
                 tracing::debug!(reply = %reply, people = prepared.people.len(), "published");
                 counter!(m::JOBS, "outcome" => outcome::OK).increment(1);
+                histogram!(m::PEOPLE_PER_FRAME, "source" => prepared.source.as_str())
+                    .record(prepared.people.len() as f64);
                 histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
                 return;
             }

@@ -31,6 +31,8 @@ pub fn person(p: &PersonBox, out: FrameOutput, image_size: [u32; 2], vertices: b
     let keypoints_2d = camera::project(&keypoints_3d, &cam, w, h);
     Person {
         bbox: p.bbox,
+        box_source: p.source,
+        score: p.score,
         box_center: p.crop.center,
         box_size: p.crop.size,
         pred_cam: out.pred_cam,

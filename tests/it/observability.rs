@@ -28,6 +28,7 @@ const DESIGN_NAMES: &[&str] = &[
     m::QUEUE_LAG,
     m::WORKER_READY,
     m::BUILD_INFO,
+    m::PEOPLE_PER_FRAME,
 ];
 
 /// Counters labelled by GPU: on a CPU machine they only appear once something happened.

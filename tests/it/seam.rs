@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hmr2_client::{producer, Frame, Job, Keys};
+use hmr2_worker::detector::TorchDetector;
 use hmr2_worker::error::ModelError;
 use hmr2_worker::model::{BatchOutput, Model, ModelMeta};
+use hmr2_worker::Models;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -92,10 +94,13 @@ async fn batches_that_do_not_fit_are_split_and_every_job_is_answered() {
     let http = format!("http://{}", c.http.listen);
     let token = CancellationToken::new();
     let worker = tokio::spawn(hmr2_worker::run_with(c, token.clone(), move |_| {
-        Ok(Stand {
-            fits: 3,
-            largest: seen,
-            meta,
+        Ok(Models {
+            hmr: Stand {
+                fits: 3,
+                largest: seen,
+                meta,
+            },
+            detector: None::<TorchDetector>,
         })
     }));
 

@@ -157,6 +157,8 @@ mod tests {
         keypoints[31] = [-1e6, -1e6];
         let p = Person {
             bbox: [10.0, 10.0, 90.0, 90.0],
+            box_source: hmr2_client::BoxSource::Job,
+            score: None,
             box_center: [50.0, 50.0],
             box_size: 80.0,
             pred_cam: [1.0, 0.0, 0.0],
