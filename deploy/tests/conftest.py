@@ -45,6 +45,7 @@ METRICS = {
     "hmr2_queue_lag": "gauge",
     "hmr2_worker_ready": "gauge",
     "hmr2_build_info": "gauge",
+    "hmr2_people_per_frame": "histogram",
 }
 
 # Metrics a worker on a CPU does not export, with the reason. Anything else the dashboard or the
