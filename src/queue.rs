@@ -360,6 +360,16 @@ impl Queue {
         Ok(Written::from_script(n))
     }
 
+    /// Replaces the model hash (`{prefix}:model`) with `fields` in one step.
+    pub async fn publish_model_info(&self, fields: &[(&str, String)]) -> Result<(), QueueError> {
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&self.keys.model).ignore();
+        pipe.hset_multiple(&self.keys.model, fields).ignore();
+        let () = pipe.query_async(&mut *c).await?;
+        Ok(())
+    }
+
     /// Length, pending count and group lag of the job stream.
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         let mut c = self.conn().await?;

@@ -227,6 +227,7 @@ where
         }
     }
     ctx.health.set(&ctx.health.redis_ok, true);
+    publish_model_info(&ctx, &loaded).await;
 
     let gauges_stop = CancellationToken::new();
     let gauges = tokio::spawn(sample_gauges(
@@ -283,6 +284,53 @@ where
     let _ = http_task.await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The model hash's fields: `meta` (and `detector`), plus the mesh topology the exporter wrote
+/// beside the model file (`<model>.mesh.json`), when it is there.
+fn model_info(config: &Config, loaded: &infer::Loaded) -> Vec<(&'static str, String)> {
+    let mut fields = vec![("meta", loaded.meta.raw.clone())];
+    if let Some(d) = &loaded.detector {
+        fields.push(("detector", d.raw.clone()));
+    }
+    let mesh = config.model.path.with_extension("mesh.json");
+    let parsed = std::fs::read(&mesh)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(v) => {
+            for key in [
+                "faces",
+                "parents",
+                "joint_names",
+                "keypoint_names",
+                "topology",
+            ] {
+                if let Some(x) = v.get(key) {
+                    fields.push((key, x.to_string()));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(
+            file = %mesh.display(),
+            error = %e,
+            "no mesh topology beside the model; the model hash holds its meta only"
+        ),
+    }
+    fields
+}
+
+/// Publishes [`model_info`] to `{prefix}:model` once; a failure is logged, not fatal.
+async fn publish_model_info(ctx: &Ctx, loaded: &infer::Loaded) {
+    let fields = model_info(&ctx.config, loaded);
+    match ctx.queue.publish_model_info(&fields).await {
+        Ok(()) => tracing::info!(
+            key = %ctx.queue.keys().model,
+            fields = fields.len(),
+            "model information published"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not publish the model information"),
+    }
 }
 
 /// Decodes deliveries on blocking threads, `decode_threads` at a time.

@@ -11,6 +11,10 @@ pub struct Keys {
     pub dead: String,
     /// `{prefix}-workers`: the consumer group on the job stream.
     pub group: String,
+    /// `{prefix}:model`: a hash the workers fill at start-up with what renderers need besides
+    /// the results: `meta`, `faces`, `parents`, `joint_names`, `keypoint_names`, `topology`
+    /// (JSON strings), and `detector` when one is configured.
+    pub model: String,
 }
 
 impl Keys {
@@ -22,6 +26,7 @@ impl Keys {
             results: format!("{prefix}:results"),
             dead: format!("{prefix}:dead"),
             group: format!("{prefix}-workers"),
+            model: format!("{prefix}:model"),
         }
     }
 
@@ -29,7 +34,7 @@ impl Keys {
     /// dead-letter stream (a result there would be read back as a job), else the default.
     pub fn reply_stream<'a>(&'a self, reply_to: Option<&'a str>) -> &'a str {
         match reply_to {
-            Some(r) if r != self.jobs && r != self.dead && !r.is_empty() => r,
+            Some(r) if r != self.jobs && r != self.dead && r != self.model && !r.is_empty() => r,
             _ => &self.results,
         }
     }
