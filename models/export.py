@@ -8,6 +8,10 @@ Without ``--checkpoint`` the weights are random (seeded); without ``--smpl`` a s
 the real shape stands in. ``meta()`` of the file records both. The module is scripted (not
 traced), moved to ``--device`` before saving (a cuda export loads onto cuda), and checked against
 the eager model on a random batch unless ``--no-check``.
+
+Beside ``--out`` it writes the mesh topology, ``<out without its extension>.mesh.json``
+(``hmr2-tiny.pt`` -> ``hmr2-tiny.mesh.json``): faces, kinematic tree, joint and keypoint names
+(:mod:`models.mesh`), from the SMPL file or the synthetic stand-in, whichever the model holds.
 """
 
 import argparse
@@ -20,8 +24,10 @@ from typing import List, Optional
 
 import torch
 
+from . import mesh
 from .hmr2 import DTYPES, HMR2, PRESETS, build
 from .loaders import load_checkpoint_trunk, load_j19, load_mean_params, load_smpl
+from .smpl import SmplData, synthetic_smpl
 
 
 def log(msg: str) -> None:
@@ -52,12 +58,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def make_model(args: argparse.Namespace) -> HMR2:
-    """The eager model the arguments describe, on its device, in eval mode."""
-    smpl_data = None
-    if args.smpl is not None:
-        log(f"reading {args.smpl} and {args.j19}")
-        smpl_data = load_smpl(args.smpl, j19=load_j19(args.j19))
+def smpl_data_for(args: argparse.Namespace) -> SmplData:
+    """The SMPL arrays the arguments name: the files of ``--smpl`` and ``--j19``, or the
+    synthetic stand-in."""
+    if args.smpl is None:
+        return synthetic_smpl()
+    log(f"reading {args.smpl} and {args.j19}")
+    return load_smpl(args.smpl, j19=load_j19(args.j19))
+
+
+def make_model(args: argparse.Namespace, smpl_data: Optional[SmplData] = None) -> HMR2:
+    """The eager model the arguments describe, on its device, in eval mode (``smpl_data``:
+    the arrays of :func:`smpl_data_for`, read here when not given)."""
+    if smpl_data is None:
+        smpl_data = smpl_data_for(args)
     log(f"building the {args.preset} preset")
     model = build(args.preset, seed=args.seed, smpl_data=smpl_data, init=args.checkpoint is None)
     if args.checkpoint is not None:
@@ -86,7 +100,9 @@ def check(model: HMR2, scripted: torch.jit.ScriptModule, device: str) -> float:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     start = time.monotonic()
-    model = make_model(args)
+    smpl_data = smpl_data_for(args)
+    topo = mesh.topology(smpl_data)  # checked before anything is written
+    model = make_model(args, smpl_data)
     params = model.param_count()
     log(f"{params:,} parameters (backbone {sum(p.numel() for p in model.backbone.parameters()):,}, "
         f"head {sum(p.numel() for p in model.smpl_head.parameters()):,}), dtype {args.dtype}, device {args.device}")
@@ -99,6 +115,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     tmp = args.out.with_name(args.out.name + ".tmp")
     torch.jit.save(scripted, str(tmp))
     os.replace(tmp, args.out)
+    side = mesh.write(mesh.mesh_path(args.out), topo)
+    log(f"wrote {side}: {topo['topology']} topology, {len(topo['faces'])} faces over {topo['num_vertices']} vertices")
     size = args.out.stat().st_size
     meta = json.loads(scripted.meta())
     print(

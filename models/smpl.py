@@ -101,6 +101,11 @@ class SmplData:
             raise ValueError(f"SMPL kinematic tree {self.parents} is not 24 joints rooted at 0")
         if any(not 0 <= p < j for j, p in enumerate(self.parents[1:], start=1)):
             raise ValueError(f"SMPL kinematic tree {self.parents}: a parent must precede its child")
+        faces = np.asarray(self.faces)
+        if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+            raise ValueError(f"SMPL faces have shape {faces.shape}, expected (F, 3)")
+        if not np.issubdtype(faces.dtype, np.integer) or faces.min() < 0 or faces.max() >= v:
+            raise ValueError(f"SMPL faces must be integer vertex indices in 0..{v - 1}")
         if v <= max(VERTEX_JOINTS):
             raise ValueError(f"SMPL has {v} vertices, the keypoints need {max(VERTEX_JOINTS) + 1}")
 
@@ -117,10 +122,71 @@ _SYNTHETIC_JOINTS = [
 ]
 
 
+def _sphere_faces(directions: np.ndarray) -> np.ndarray:
+    """Faces (local indices, outward winding) of the convex hull of ``directions`` (N, 3) taken
+    as unit vectors: a closed genus-0 triangulation with every point a vertex, 2N - 4 faces."""
+    from scipy.spatial import ConvexHull
+
+    unit = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    hull = ConvexHull(unit)
+    faces = np.array(hull.simplices, dtype=np.int64)
+    if len(hull.vertices) != len(unit) or len(faces) != 2 * len(unit) - 4:
+        raise RuntimeError("synthetic SMPL: a body part's points are not in general position")
+    a, b, c = (unit[faces[:, i]] for i in range(3))
+    inward = np.einsum("fc,fc->f", np.cross(b - a, c - a), hull.equations[:, :3]) < 0
+    faces[inward] = faces[inward][:, [0, 2, 1]]
+    return faces
+
+
+def _synthetic_faces(v_template: np.ndarray, owner: np.ndarray, joints: np.ndarray) -> np.ndarray:
+    """A closed, consistently oriented genus-0 triangulation of the synthetic vertices, which
+    has exactly SMPL's face count (F = 2V - 4 = 13776 for V = 6890).
+
+    Each joint's vertices (a blob around the joint) are triangulated as a sphere: the convex hull
+    of their directions from the joint (2n - 4 faces for n vertices). Then every child blob is
+    joined to its parent's blob along the kinematic tree by a triangular tube: one face facing the
+    other joint is removed from each blob and the two holes are stitched with 6 faces (+4 faces
+    per joint, 23 joints). 24 spheres joined by 23 tubes are one sphere: 2V - 96 + 92 = 2V - 4.
+    """
+    num_joints = len(joints)
+    parts = [np.flatnonzero(owner == j) for j in range(num_joints)]
+    blobs = [part[_sphere_faces(v_template[part] - joints[j])] for j, part in enumerate(parts)]
+    removed = [np.zeros(len(b), dtype=bool) for b in blobs]
+    blocked = np.zeros(len(v_template), dtype=bool)  # vertices of removed faces (holes stay apart)
+
+    def open_hole(joint: int, toward: np.ndarray) -> np.ndarray:
+        faces = blobs[joint]
+        centre = v_template[faces].mean(axis=1) - joints[joint]
+        score = centre @ (toward - joints[joint]) / np.linalg.norm(centre, axis=1)
+        score[removed[joint] | blocked[faces].any(axis=1)] = -np.inf
+        best = int(np.argmax(score))
+        removed[joint][best] = True
+        blocked[faces[best]] = True
+        return faces[best]
+
+    tubes = []
+    for child in range(1, num_joints):
+        parent = PARENTS[child]
+        a = open_hole(child, joints[parent])
+        b = open_hole(parent, joints[child])
+        # The holes face each other, so b runs the other way round: pair a[i] with b[(s - i) % 3],
+        # the shift s that gives the shortest tube.
+        s = min(range(3), key=lambda s: sum(np.linalg.norm(v_template[a[i]] - v_template[b[(s - i) % 3]]) for i in range(3)))
+        for i in range(3):
+            p, q = b[(s - i) % 3], b[(s - i - 1) % 3]
+            tubes += [(a[i], a[(i + 1) % 3], q), (a[i], q, p)]
+    faces = np.concatenate([f[~r] for f, r in zip(blobs, removed)] + [np.array(tubes, dtype=np.int64)])
+    # Canonical order: each face starts at its smallest index (winding kept), rows sorted.
+    first = np.argmin(faces, axis=1)
+    faces = np.stack([faces[np.arange(len(faces)), (first + k) % 3] for k in range(3)], axis=1)
+    return faces[np.lexsort(faces.T[::-1])]
+
+
 def synthetic_smpl(seed: int = 0) -> SmplData:
     """An SMPL-shaped model with random contents (fixed seed): 6890 vertices scattered around a
-    T-pose skeleton with the real kinematic tree, 13776 random faces, random shape (std 1 cm) and
-    pose (std 1 mm) blend shapes, skinning weights 0.8 own joint / 0.2 parent, a J_regressor that
+    T-pose skeleton with the real kinematic tree, a triangulation of its own with SMPL's 13776
+    faces (closed, genus 0; see :func:`_synthetic_faces`), random shape (std 1 cm) and pose
+    (std 1 mm) blend shapes, skinning weights 0.8 own joint / 0.2 parent, a J_regressor that
     averages each joint's vertices, and a J19 regressor averaging 4 random vertices per row."""
     rng = np.random.default_rng(seed)
     v, j = NUM_VERTICES, NUM_JOINTS
@@ -147,7 +213,7 @@ def synthetic_smpl(seed: int = 0) -> SmplData:
         j_regressor=j_regressor,
         weights=weights,
         parents=list(PARENTS),
-        faces=rng.integers(0, v, (NUM_FACES, 3)),
+        faces=_synthetic_faces(v_template, owner, joints),
         j19=j19,
         source="synthetic",
     )
