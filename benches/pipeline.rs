@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the CPU side of a frame: base64, JPEG/PNG decoding (full and DCT-scaled),
-//! and the HMR2 crop. Run with `cargo bench --bench pipeline` (add `-- decode` etc. to filter).
+//! the HMR2 crop, and the detector's letterbox against other resizers. Run with `cargo bench --bench pipeline` (add `-- decode` etc. to filter).
 //!
 //! Frames are synthetic but not flat (gradients, waves, edges and noise), 1280×720, JPEG quality
 //! 90, so their size (~150–250 KB) and decode cost are those of real video frames. The issue-6
@@ -10,8 +10,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hmr2_worker::image::{
-    crop_box, crop_into, decode, decode_base64, full_frame_box, jpeg_scale_for, probe, Frame,
-    Limits, CROP_BYTES,
+    crop_box, crop_into, decode, decode_base64, full_frame_box, jpeg_scale_for, letterbox, probe,
+    Frame, Limits, CROP_BYTES,
 };
 use std::hint::black_box;
 use std::io::Cursor;
@@ -173,8 +173,39 @@ fn bench_frame(c: &mut Criterion, inp: &Inputs) {
     g.finish();
 }
 
+/// The detector's letterbox of a decoded 1280×720 frame: the worker's SIMD convolution
+/// (fast_image_resize, bilinear with a widening kernel) against the `image` crate's resize with
+/// the same filter, and its nearest-neighbour resize (cheaper, but aliased: not used).
+fn bench_letterbox(c: &mut Criterion, inp: &Inputs) {
+    let frame = decode_at(&inp.jpeg, 1);
+    let rgb = image::RgbImage::from_raw(W, H, frame.pixels.clone()).unwrap();
+    let mut g = c.benchmark_group("letterbox");
+    g.throughput(Throughput::Elements(1));
+    for side in [320u32, 640] {
+        g.bench_with_input(BenchmarkId::new("fir_bilinear", side), &side, |b, &s| {
+            b.iter(|| black_box(letterbox(black_box(&frame), s)))
+        });
+        let (nw, nh) = (side, (H as f64 * side as f64 / W as f64).round() as u32);
+        for (name, filter) in [
+            ("image_triangle", image::imageops::FilterType::Triangle),
+            ("image_nearest", image::imageops::FilterType::Nearest),
+        ] {
+            g.bench_with_input(BenchmarkId::new(name, side), &side, |b, &s| {
+                b.iter(|| {
+                    let small = image::imageops::resize(black_box(&rgb), nw, nh, filter);
+                    let mut canvas = image::RgbImage::from_pixel(s, s, image::Rgb([114; 3]));
+                    image::imageops::replace(&mut canvas, &small, 0, 0);
+                    black_box(canvas)
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn all(c: &mut Criterion) {
     let inp = inputs();
+    bench_letterbox(c, &inp);
     bench_decode(c, &inp);
     bench_base64(c, &inp);
     bench_crop(c, &inp);
