@@ -66,6 +66,9 @@ pub struct BenchOptions {
     pub sweep: Vec<usize>,
     /// Writes the distinct frames and their boxes here (for the Python baseline).
     pub save_frames: Option<PathBuf>,
+    /// Draw `people` figures but send no boxes: the worker's person detector finds them
+    /// (`detector.path`, default the small `models/detector-tiny.pt`).
+    pub detect: bool,
 }
 
 /// Parses `1280x720`.
@@ -147,8 +150,21 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
         max_image_bytes: config.limits.max_image_bytes,
         max_pixels: config.limits.max_pixels,
     };
+    if o.detect {
+        if config.detector.path.as_os_str().is_empty() {
+            config.detector.path = PathBuf::from(crate::demo::TINY_DETECTOR);
+        }
+        anyhow::ensure!(
+            config.detector.path.exists(),
+            "--detect needs a detector: {} is missing",
+            config.detector.path.display()
+        );
+    } else {
+        config.detector.path = PathBuf::new();
+    }
+    let detect = o.detect;
     let boxes_of = |f: &SyntheticFrame| {
-        if people > 0 {
+        if people > 0 && !detect {
             f.boxes.clone()
         } else {
             Vec::new()
@@ -331,6 +347,7 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             distinct_frames: distinct,
             jpeg_bytes_mean,
             people_per_frame: people,
+            detector: o.detect.then(|| cfg.detector.path.display().to_string()),
             raw: o.raw,
             model: cfg.model.path.display().to_string(),
             model_label,

@@ -29,6 +29,8 @@ use crate::enqueue;
 
 /// Synthetic frames are drawn once per this many and then reused.
 const DISTINCT_FRAMES: usize = 16;
+/// The small person detector trained on the demo's figures (used when none is configured).
+pub const TINY_DETECTOR: &str = "models/detector-tiny.pt";
 
 /// Options of `hmr2 demo`.
 #[derive(Debug, Clone)]
@@ -100,6 +102,19 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     let inputs = tokio::task::spawn_blocking(move || inputs(&opts)).await??;
     let n = inputs.len();
 
+    // The demo's frames come without boxes: the small detector trained on its figures finds
+    // them, unless another detector (or none) was configured.
+    let tiny_detector = Path::new(TINY_DETECTOR);
+    if config.detector.path.as_os_str().is_empty() && tiny_detector.exists() {
+        config.detector.path = tiny_detector.to_path_buf();
+    }
+    let detecting = !config.detector.path.as_os_str().is_empty();
+    let mut inputs = inputs;
+    if detecting {
+        for i in inputs.iter_mut() {
+            i.boxes = None;
+        }
+    }
     // A job that is interrupted has nowhere better to go: stop quickly.
     config.shutdown.grace_seconds = config.shutdown.grace_seconds.min(3);
     spinner.set_message("starting redis-server");

@@ -10,8 +10,10 @@
 //! - [`bench`]: the worker end to end through a real Redis, with the raw decode rate and the
 //!   model alone measured beside it.
 //! - [`redis_server`]: a throwaway local `redis-server` (for `demo`, `bench` and the tests).
+//! - [`synth`]: random synthetic frames with their boxes, to train and test the person detector.
 
 pub mod bench;
 pub mod demo;
 pub mod enqueue;
 pub mod redis_server;
+pub mod synth;

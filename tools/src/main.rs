@@ -1,12 +1,12 @@
-//! Command line of `hmr2`, the tooling around the worker: `enqueue`, `demo`, `bench`. Parses
-//! flags, layers the worker's configuration the same way `hmr2-worker` does, and calls the
-//! library.
+//! Command line of `hmr2`, the tooling around the worker: `enqueue`, `demo`, `bench`, `synth`.
+//! Parses flags, layers the worker's configuration the same way `hmr2-worker` does, and calls
+//! the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use hmr2_tools::{bench, demo, enqueue};
+use hmr2_tools::{bench, demo, enqueue, synth};
 use hmr2_worker::config::{Config, Overrides};
 use hmr2_worker::telemetry;
 
@@ -64,6 +64,28 @@ enum Command {
     /// End-to-end benchmark through a real Redis (throwaway unless --redis-url), with the raw
     /// decode rate and the model-only rate measured beside it; prints a table, writes JSON.
     Bench(BenchArgs),
+    /// Writes random synthetic frames (0-3 walking figures of any size, varied backgrounds) as
+    /// DIR/NNNNN.jpg and their boxes as DIR/boxes.json, to train and test the person detector.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Frames to write.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Seed of the set: the same seed writes the same frames; sets of different seeds share none.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Frame size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
+    size: (u32, u32),
+    /// Several frame sizes, taken in turn (overrides --size), e.g. 1280x720,720x1280,640x480.
+    #[arg(long, value_delimiter = ',', value_parser = bench::parse_size)]
+    sizes: Vec<(u32, u32)>,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -107,6 +129,10 @@ struct BenchArgs {
     /// Also write the distinct frames (JPEG) and their boxes here, for the Python baseline.
     #[arg(long, value_name = "DIR")]
     save_frames: Option<PathBuf>,
+    /// Draw --people figures per frame but send no boxes: the person detector finds them
+    /// (`detector.path`, default models/detector-tiny.pt); stage shares then include `detect`.
+    #[arg(long)]
+    detect: bool,
 }
 
 #[derive(Args)]
@@ -207,9 +233,20 @@ fn main() -> ExitCode {
                     json: a.json,
                     sweep: a.sweep,
                     save_frames: a.save_frames,
+                    detect: a.detect,
                 },
             ))
             .map(|_| ())
+        }),
+        Command::Synth(a) => synth::run(&synth::SynthOptions {
+            count: a.count,
+            seed: a.seed,
+            sizes: if a.sizes.is_empty() {
+                vec![a.size]
+            } else {
+                a.sizes
+            },
+            out: a.out,
         }),
     };
     match result {

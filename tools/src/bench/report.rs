@@ -49,6 +49,8 @@ pub struct Setup {
     pub distinct_frames: usize,
     pub jpeg_bytes_mean: usize,
     pub people_per_frame: usize,
+    /// The person detector's file when the boxes were left to it (`--detect`).
+    pub detector: Option<String>,
     /// `image` field (raw bytes) instead of `image_base64`.
     pub raw: bool,
     pub model: String,
@@ -146,12 +148,21 @@ impl Stage {
         let total: f64 = sums.values().sum();
         let order = [
             m::stage::DECODE,
+            m::stage::LETTERBOX,
+            m::stage::DETECT,
             m::stage::PREPROCESS,
             m::stage::INFERENCE,
             m::stage::POSTPROCESS,
             m::stage::PUBLISH,
         ];
-        let mut names: Vec<&str> = order.to_vec();
+        // The detector's stages only when the run had a detector.
+        let mut names: Vec<&str> = order
+            .iter()
+            .copied()
+            .filter(|n| {
+                sums.contains_key(*n) || !matches!(*n, m::stage::LETTERBOX | m::stage::DETECT)
+            })
+            .collect();
         names.extend(
             sums.keys()
                 .map(String::as_str)
@@ -216,17 +227,24 @@ pub fn table(r: &Report) -> String {
     let mut o = String::new();
     let s = &r.setup;
     let e = &r.end_to_end;
-    let _ =
-        writeln!(
+    let _ = writeln!(
         o,
-        "\nhmr2 bench: {} frames {}x{} JPEG (q90, {} distinct, {} KB mean, {}), {} box(es)/frame",
+        "\nhmr2 bench: {} frames {}x{} JPEG (q90, {} distinct, {} KB mean, {}), {} {}/frame",
         s.frames,
         s.size[0],
         s.size[1],
         s.distinct_frames,
         s.jpeg_bytes_mean / 1024,
-        if s.raw { "raw image field" } else { "base64 in the job JSON" },
-        s.people_per_frame
+        if s.raw {
+            "raw image field"
+        } else {
+            "base64 in the job JSON"
+        },
+        s.people_per_frame,
+        match &s.detector {
+            Some(d) => format!("figure(s) found by the detector {d}"),
+            None => "box(es) sent".to_string(),
+        }
     );
     let _ = writeln!(
         o,

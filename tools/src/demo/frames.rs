@@ -1,9 +1,15 @@
-//! Synthetic video frames for `demo` and `bench`: a textured background (gradients, waves, hard
-//! edges and sensor-like grain, so a JPEG of it has the size and decode cost of a real video
-//! frame, ~150–250 KB at 720p q90) with walking stick-figure people on it, and their boxes.
+//! Synthetic video frames for `demo`, `bench` and `synth`: a textured background (gradients,
+//! waves, hard edges and sensor-like grain, so a JPEG of it has the size and decode cost of a
+//! real video frame, ~150–250 KB at 720p q90) with walking stick-figure people on it, and their
+//! boxes.
 //!
-//! Deterministic: frame `i` of a sequence is always the same picture, and consecutive frames show
-//! the figures a step further along their walk, like consecutive frames of a video.
+//! Two kinds of pictures, both deterministic:
+//! - [`render`]: frame `i` of a sequence, the figures in fixed lanes a step further along their
+//!   walk on each frame, like consecutive frames of a video (`demo`, `bench`).
+//! - [`render_random`]: a picture drawn from a seed, 0–3 figures of any size anywhere, on a
+//!   background of random colours and texture (training and testing the person detector).
+
+use std::f32::consts::TAU;
 
 use ::image::{codecs::jpeg::JpegEncoder, Rgb, RgbImage};
 
@@ -21,6 +27,46 @@ pub struct SyntheticFrame {
     pub boxes: Vec<[f64; 4]>,
 }
 
+/// Where a figure stands, how tall it is and how far along its stride.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pose {
+    /// x of the hips, in pixels.
+    pub x: f32,
+    /// y of the ground under the feet, in pixels.
+    pub feet: f32,
+    /// Height in pixels (eight heads; the box, head top to soles, is ~5% more).
+    pub height: f32,
+    /// Gait phase in radians: arms and legs swing with its sine.
+    pub phase: f32,
+}
+
+/// Colours of a figure (RGB, 0–255).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Look {
+    pub shirt: [f32; 3],
+    pub pants: [f32; 3],
+    pub skin: [f32; 3],
+}
+
+/// The looks of the sequence figures, by person index.
+const LOOKS: [Look; 3] = [
+    Look {
+        shirt: [200.0, 60.0, 50.0],
+        pants: [40.0, 50.0, 90.0],
+        skin: [225.0, 180.0, 150.0],
+    },
+    Look {
+        shirt: [40.0, 110.0, 200.0],
+        pants: [70.0, 70.0, 70.0],
+        skin: [225.0, 180.0, 150.0],
+    },
+    Look {
+        shirt: [230.0, 190.0, 40.0],
+        pants: [30.0, 90.0, 50.0],
+        skin: [225.0, 180.0, 150.0],
+    },
+];
+
 /// A limb of a figure: a capsule (segment with a radius) and its colour.
 struct Capsule {
     a: [f32; 2],
@@ -29,19 +75,28 @@ struct Capsule {
     colour: [f32; 3],
 }
 
-/// The figure of person `p` on frame `index` of a `width × height` sequence: capsules and box.
-fn figure(width: u32, height: u32, p: usize, index: usize) -> (Vec<Capsule>, [f64; 4]) {
+/// Person `p` of a sequence on frame `index`: each walks across at its own pace, height and
+/// ground line; the gait phase advances per frame.
+fn lane_pose(width: u32, height: u32, p: usize, index: usize) -> Pose {
     let (w, h) = (width as f32, height as f32);
-    // Each person walks across at its own pace and height; the gait phase advances per frame.
-    let scale = [0.62, 0.48, 0.75][p % 3] * h;
     let lane = [0.5, 0.18, 0.82][p % 3];
     let speed = [0.011, 0.017, 0.008][p % 3];
-    let x = w * ((lane + index as f32 * speed) % 1.0);
-    let feet = h * (0.93 - 0.04 * p as f32);
-    let phase = index as f32 * 0.45 + p as f32 * 1.7;
-    let swing = phase.sin() * 0.45;
+    Pose {
+        x: w * ((lane + index as f32 * speed) % 1.0),
+        feet: h * (0.93 - 0.04 * p as f32),
+        height: [0.62, 0.48, 0.75][p % 3] * h,
+        phase: index as f32 * 0.45 + p as f32 * 1.7,
+    }
+}
 
-    let u = scale / 8.0; // one "head" unit: a figure is eight heads tall
+/// A figure in `pose` and `look` on a `width × height` frame: its capsules and its box (tight,
+/// clipped to the frame).
+fn figure(width: u32, height: u32, pose: &Pose, look: &Look) -> (Vec<Capsule>, [f64; 4]) {
+    let (w, h) = (width as f32, height as f32);
+    let (x, feet) = (pose.x, pose.feet);
+    let swing = pose.phase.sin() * 0.45;
+
+    let u = pose.height / 8.0; // one "head" unit: a figure is eight heads tall
     let hip = [x, feet - 4.0 * u];
     let neck = [x + 0.1 * u, feet - 6.9 * u];
     let head = [x + 0.15 * u, feet - 7.45 * u];
@@ -61,13 +116,7 @@ fn figure(width: u32, height: u32, p: usize, index: usize) -> (Vec<Capsule>, [f6
     let knee_r = limb(hip_r, 2.0 * u, swing);
     let ankle_r = limb(knee_r, 1.9 * u, swing - 0.25 * swing.abs());
 
-    let shirt = [
-        [200.0, 60.0, 50.0],
-        [40.0, 110.0, 200.0],
-        [230.0, 190.0, 40.0],
-    ][p % 3];
-    let pants = [[40.0, 50.0, 90.0], [70.0, 70.0, 70.0], [30.0, 90.0, 50.0]][p % 3];
-    let skin = [225.0, 180.0, 150.0];
+    let Look { shirt, pants, skin } = *look;
     let cap = |a, b, r: f32, colour| Capsule {
         a,
         b,
@@ -117,59 +166,205 @@ fn segment_distance(p: [f32; 2], a: [f32; 2], b: [f32; 2]) -> f32 {
     (apx - t * abx).hypot(apy - t * aby)
 }
 
+/// The parameters of a textured background.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Backdrop {
+    /// Horizontal shift of the pattern, in pixels (the camera panning).
+    shift: f32,
+    /// RGB at the top-left corner, before waves, bars and grain.
+    base: [f32; 3],
+    /// Amplitude and periods (x, y) of the waves.
+    wave: f32,
+    period: [f32; 2],
+    /// Width and amplitude of the vertical bars (hard edges).
+    bar_width: u32,
+    bars: f32,
+    /// Where the floor starts (fraction of the height) and how much darker it is.
+    floor_at: f32,
+    floor: f32,
+    /// Seed of the per-pixel grain.
+    grain: u32,
+}
+
+impl Backdrop {
+    /// The background of frame `index` of a sequence.
+    fn sequence(index: usize) -> Self {
+        Backdrop {
+            shift: index as f32 * 3.0,
+            base: [60.0, 80.0, 130.0],
+            wave: 40.0,
+            period: [41.0, 29.0],
+            bar_width: 64,
+            bars: 25.0,
+            floor_at: 0.7,
+            floor: -30.0,
+            grain: index as u32,
+        }
+    }
+
+    /// A background of random colours and texture.
+    fn random(rng: &mut SplitMix64) -> Self {
+        Backdrop {
+            shift: rng.range(0.0, 1000.0),
+            base: [
+                rng.range(10.0, 150.0),
+                rng.range(20.0, 150.0),
+                rng.range(30.0, 200.0),
+            ],
+            wave: rng.range(5.0, 60.0),
+            period: [rng.range(12.0, 90.0), rng.range(10.0, 70.0)],
+            bar_width: 8 + rng.below(150) as u32,
+            bars: rng.range(0.0, 45.0),
+            floor_at: rng.range(0.45, 0.95),
+            floor: rng.range(-50.0, 30.0),
+            grain: rng.next_u64() as u32,
+        }
+    }
+}
+
 /// The textured background: smooth gradients and waves (most of a video frame), hard edges,
-/// and per-pixel grain, moving slightly from frame to frame.
-fn background(width: u32, height: u32, index: usize) -> RgbImage {
-    let shift = index as f32 * 3.0;
+/// and per-pixel grain.
+fn background(width: u32, height: u32, d: &Backdrop) -> RgbImage {
     RgbImage::from_fn(width, height, |x, y| {
-        let (xf, yf) = (x as f32 + shift, y as f32);
-        let n = (x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663) ^ (index as u32))
+        let (xf, yf) = (x as f32 + d.shift, y as f32);
+        let n = (x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663) ^ d.grain)
             .wrapping_mul(2_654_435_761);
         let noise = (n >> 28) as f32 - 8.0;
-        let wave = 40.0 * ((xf / 41.0).sin() * (yf / 29.0).cos());
-        let bars = if ((xf as u32) / 64) % 2 == 0 {
-            25.0
+        let wave = d.wave * ((xf / d.period[0]).sin() * (yf / d.period[1]).cos());
+        let bars = if ((xf as u32) / d.bar_width) % 2 == 0 {
+            d.bars
         } else {
-            -25.0
+            -d.bars
         };
-        let floor = if yf > height as f32 * 0.7 { -30.0 } else { 0.0 };
-        let r = 60.0 + xf * 0.08 + wave + noise + floor;
-        let g = 80.0 + yf * 0.15 - wave + bars + noise + floor;
-        let b = 130.0 - bars + 0.5 * wave + noise;
+        let floor = if yf > height as f32 * d.floor_at {
+            d.floor
+        } else {
+            0.0
+        };
+        let r = d.base[0] + xf * 0.08 + wave + noise + floor;
+        let g = d.base[1] + yf * 0.15 - wave + bars + noise + floor;
+        let b = d.base[2] - bars + 0.5 * wave + noise;
         Rgb([r, g, b].map(|v| v.clamp(0.0, 255.0) as u8))
     })
+}
+
+/// Paints a figure's capsules inside its box.
+fn draw(img: &mut RgbImage, capsules: &[Capsule], bbox: [f64; 4]) {
+    let (width, height) = img.dimensions();
+    let [x1, y1, x2, y2] = bbox.map(|v| v as u32);
+    for y in y1..=y2.min(height - 1) {
+        for x in x1..=x2.min(width - 1) {
+            let q = [x as f32, y as f32];
+            // The last capsule drawn wins (arms over the torso, the head on top).
+            let hit = capsules
+                .iter()
+                .rev()
+                .find(|c| segment_distance(q, c.a, c.b) <= c.r);
+            if let Some(c) = hit {
+                // A little shading towards the capsule's edge, so it is not flat.
+                let d = segment_distance(q, c.a, c.b) / c.r;
+                let shade = 1.0 - 0.35 * d * d;
+                let px = img.get_pixel_mut(x, y);
+                for (ch, v) in px.0.iter_mut().zip(c.colour) {
+                    *ch = (v * shade).clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+    }
 }
 
 /// Frame `index` of a sequence with `people` (0..=[`MAX_PEOPLE`]) walking figures, as pixels,
 /// and the figures' boxes.
 pub fn render(width: u32, height: u32, people: usize, index: usize) -> (RgbImage, Vec<[f64; 4]>) {
-    let mut img = background(width, height, index);
+    let mut img = background(width, height, &Backdrop::sequence(index));
     let mut boxes = Vec::new();
     for p in 0..people.min(MAX_PEOPLE) {
-        let (capsules, bbox) = figure(width, height, p, index);
-        let [x1, y1, x2, y2] = bbox.map(|v| v as u32);
-        for y in y1..=y2.min(height - 1) {
-            for x in x1..=x2.min(width - 1) {
-                let q = [x as f32, y as f32];
-                // The last capsule drawn wins (arms over the torso, the head on top).
-                let hit = capsules
-                    .iter()
-                    .rev()
-                    .find(|c| segment_distance(q, c.a, c.b) <= c.r);
-                if let Some(c) = hit {
-                    // A little shading towards the capsule's edge, so it is not flat.
-                    let d = segment_distance(q, c.a, c.b) / c.r;
-                    let shade = 1.0 - 0.35 * d * d;
-                    let px = img.get_pixel_mut(x, y);
-                    for (ch, v) in px.0.iter_mut().zip(c.colour) {
-                        *ch = (v * shade).clamp(0.0, 255.0) as u8;
-                    }
-                }
-            }
-        }
+        let pose = lane_pose(width, height, p, index);
+        let (capsules, bbox) = figure(width, height, &pose, &LOOKS[p % 3]);
+        draw(&mut img, &capsules, bbox);
         boxes.push(bbox);
     }
     (img, boxes)
+}
+
+/// A picture drawn from `seed`: a background of random colours and texture with 0–3 figures
+/// (as many of each count), each 20–90% of the frame height, in a random stride and random
+/// colours, anywhere in the frame with at most a little of it cut off by the edges. Figures
+/// do not hide each other: a figure whose box would cover more than 40% of another's (or the
+/// other way round) is drawn again elsewhere, and left out after 16 tries.
+///
+/// Returns the pixels and each figure's box (tight, clipped to the frame), in drawing order.
+pub fn render_random(width: u32, height: u32, seed: u64) -> (RgbImage, Vec<[f64; 4]>) {
+    let mut rng = SplitMix64(seed);
+    let (w, h) = (width as f32, height as f32);
+    let mut img = background(width, height, &Backdrop::random(&mut rng));
+    let people = rng.below(MAX_PEOPLE as u64 + 1);
+    let mut boxes: Vec<[f64; 4]> = Vec::new();
+    for _ in 0..people {
+        for _ in 0..16 {
+            let tall = h * rng.range(0.2, 0.9);
+            // The hips at least 12% of the height from the sides (a figure is ~40% as wide as
+            // tall), the head at most 7% above the top, the feet at most 8% below the bottom.
+            let margin = (0.12 * tall).min(w / 2.0);
+            let pose = Pose {
+                x: rng.range(margin, w - margin),
+                feet: rng.range(0.96 * tall, h + 0.08 * tall),
+                height: tall,
+                phase: rng.range(0.0, TAU),
+            };
+            // Skin tones between a light and a dark one.
+            let (light, dark, t) = (
+                [250.0, 215.0, 185.0],
+                [95.0, 60.0, 40.0],
+                rng.range(0.0, 1.0),
+            );
+            let look = Look {
+                shirt: [0; 3].map(|_| rng.range(15.0, 245.0)),
+                pants: [0; 3].map(|_| rng.range(15.0, 160.0)),
+                skin: [0, 1, 2].map(|i| light[i] + t * (dark[i] - light[i])),
+            };
+            let (capsules, bbox) = figure(width, height, &pose, &look);
+            if boxes.iter().all(|b| covered(b, &bbox) <= 0.4) {
+                draw(&mut img, &capsules, bbox);
+                boxes.push(bbox);
+                break;
+            }
+        }
+    }
+    (img, boxes)
+}
+
+/// The largest share of either box's area that their intersection covers.
+fn covered(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let area = |r: &[f64; 4]| ((r[2] - r[0]) * (r[3] - r[1])).max(1.0);
+    iw * ih / area(a).min(area(b))
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): a tiny, fast, well-mixed PRNG; the state is the seed.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`; the modulo bias is negligible for small `n`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
 }
 
 /// Encodes RGB pixels as a JPEG.
@@ -231,5 +426,82 @@ mod tests {
     #[test]
     fn rendering_is_deterministic() {
         assert_eq!(render(320, 180, 1, 5), render(320, 180, 1, 5));
+        assert_eq!(render_random(320, 180, 9), render_random(320, 180, 9));
+    }
+
+    /// FNV-1a of the pixels and the boxes' bits.
+    fn fingerprint((img, boxes): (RgbImage, Vec<[f64; 4]>)) -> u64 {
+        let bits = boxes
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_bits().to_le_bytes());
+        img.as_raw()
+            .iter()
+            .copied()
+            .chain(bits)
+            .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+    }
+
+    /// `render` draws exactly the pictures it drew before figures and backgrounds took
+    /// parameters (fingerprints taken with the fixed-lane code): the demo's and the benchmarks'
+    /// frames do not change.
+    #[test]
+    fn sequence_frames_are_unchanged() {
+        for (w, h, people, index, expected) in [
+            (640, 360, 3, 0, 0x9f56_e4cf_0e99_9948_u64),
+            (640, 360, 3, 57, 0x6bd2_5a13_a177_44dc),
+            (320, 180, 1, 5, 0x91b6_507b_4ab2_4f36),
+            (1280, 720, 2, 130, 0xa89c_6e9d_5a6d_3ea4),
+            (333, 1000, 3, 91, 0x375e_0a76_1881_bb58),
+        ] {
+            let got = fingerprint(render(w, h, people, index));
+            assert_eq!(got, expected, "{w}x{h}, {people} people, frame {index}");
+        }
+    }
+
+    #[test]
+    fn random_frames_vary_and_boxes_fit() {
+        let (mut counts, mut heights) = ([0; MAX_PEOPLE + 1], Vec::new());
+        for seed in 0..240 {
+            let (w, h) = [(320, 180), (180, 320), (250, 83)][seed as usize % 3];
+            let (img, boxes) = render_random(w, h, seed);
+            assert_eq!(img.dimensions(), (w, h));
+            counts[boxes.len()] += 1;
+            for b in &boxes {
+                assert!(
+                    0.0 <= b[0] && b[0] < b[2] && b[2] <= f64::from(w - 1),
+                    "{b:?}"
+                );
+                assert!(
+                    0.0 <= b[1] && b[1] < b[3] && b[3] <= f64::from(h - 1),
+                    "{b:?}"
+                );
+                heights.push((b[3] - b[1]) / f64::from(h));
+            }
+            for (i, a) in boxes.iter().enumerate() {
+                for b in &boxes[i + 1..] {
+                    assert!(covered(a, b) <= 0.4, "{a:?} hides {b:?}");
+                }
+            }
+        }
+        // Every count, about as often (60 each expected; a few figures find no room).
+        assert!(counts.iter().all(|&n| n > 35), "{counts:?}");
+        let (lo, hi) = heights
+            .iter()
+            .fold((1.0_f64, 0.0_f64), |(l, h), &v| (l.min(v), h.max(v)));
+        assert!(
+            lo < 0.3 && hi > 0.8,
+            "figure heights {lo:.2}..{hi:.2} of the frame"
+        );
+        assert_ne!(render_random(320, 180, 1).0, render_random(320, 180, 2).0);
+    }
+
+    #[test]
+    fn random_backgrounds_differ() {
+        let mut rng = SplitMix64(7);
+        let (a, b) = (Backdrop::random(&mut rng), Backdrop::random(&mut rng));
+        assert_ne!(background(64, 64, &a), background(64, 64, &b));
     }
 }

@@ -2,7 +2,7 @@
 //! (BODY_25) and the 19 other keypoints as small grey dots, drawn on the frame.
 
 use ::image::{Rgb, RgbImage};
-use hmr2_client::Person;
+use hmr2_client::{BoxSource, Person};
 
 /// The bones of OpenPose BODY_25 (the first 25 of the 44 keypoints, `shared/HMR2_FACTS.md`):
 /// 0 nose, 1 neck, 2–4 right shoulder/elbow/wrist, 5–7 left shoulder/elbow/wrist, 8 mid hip,
@@ -63,12 +63,23 @@ const BONE_COLOURS: [[u8; 3]; 24] = [
     [0, 255, 255],
 ];
 
-/// Draws every person of a result on `img` (box and 2D keypoints); line widths scale with the
-/// frame.
+/// Draws every person of a result on `img` (box, the detector's score above a detected box, and
+/// the 2D keypoints); line widths scale with the frame.
 pub fn draw(img: &mut RgbImage, people: &[Person]) {
     let unit = (img.width().max(img.height()) as f32 / 400.0).max(1.0);
     for p in people {
-        draw_box(img, p.bbox, unit.ceil() as u32, [255, 255, 255]);
+        let colour = match p.box_source {
+            BoxSource::Detector => [80, 255, 120],
+            BoxSource::Job => [255, 255, 255],
+            BoxSource::Frame => [160, 160, 160],
+        };
+        draw_box(img, p.bbox, unit.ceil() as u32, colour);
+        if let Some(score) = p.score {
+            let text = format!("{score:.2}");
+            let scale = (2.0 * unit).round().max(2.0) as u32;
+            let y = (p.bbox[1] - 7.0 * scale as f32).max(0.0) as u32;
+            draw_text(img, p.bbox[0].max(0.0) as u32, y, &text, scale, colour);
+        }
         let k = &p.keypoints_2d;
         for (&(a, b), colour) in BODY_25_BONES.iter().zip(BONE_COLOURS) {
             if let (Some(&pa), Some(&pb)) = (k.get(a), k.get(b)) {
@@ -116,6 +127,59 @@ fn draw_segment(img: &mut RgbImage, a: [f32; 2], b: [f32; 2], radius: f32, colou
     }
 }
 
+/// 3×5 bitmaps of the digits and the decimal point, one row per 3-bit number.
+const GLYPHS: [(char, [u8; 5]); 11] = [
+    ('0', [7, 5, 5, 5, 7]),
+    ('1', [2, 6, 2, 2, 7]),
+    ('2', [7, 1, 7, 4, 7]),
+    ('3', [7, 1, 7, 1, 7]),
+    ('4', [5, 5, 7, 1, 1]),
+    ('5', [7, 4, 7, 1, 7]),
+    ('6', [7, 4, 7, 5, 7]),
+    ('7', [7, 1, 1, 1, 1]),
+    ('8', [7, 5, 7, 5, 7]),
+    ('9', [7, 5, 7, 1, 7]),
+    ('.', [0, 0, 0, 0, 2]),
+];
+
+/// Writes `text` (digits and '.') at `(x, y)`, each glyph pixel a `scale`-sided square, on a
+/// dark backing so it reads on any frame.
+fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, colour: [u8; 3]) {
+    let (w, h) = (img.width(), img.height());
+    let mut put = |px: u32, py: u32, c: [u8; 3]| {
+        if px < w && py < h {
+            img.put_pixel(px, py, Rgb(c));
+        }
+    };
+    let width = text.chars().count() as u32 * 4 * scale + scale;
+    for py in y..y + 7 * scale {
+        for px in x..x + width {
+            put(px, py, [20, 20, 20]);
+        }
+    }
+    for (i, ch) in text.chars().enumerate() {
+        let Some((_, rows)) = GLYPHS.iter().find(|(c, _)| *c == ch) else {
+            continue;
+        };
+        let gx = x + scale + i as u32 * 4 * scale;
+        for (r, bits) in rows.iter().enumerate() {
+            for c in 0..3u32 {
+                if bits >> (2 - c) & 1 == 1 {
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            put(
+                                gx + c * scale + dx,
+                                y + scale + r as u32 * scale + dy,
+                                colour,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn draw_box(img: &mut RgbImage, b: [f32; 4], width: u32, colour: [u8; 3]) {
     let r = width as f32 / 2.0;
     let [x1, y1, x2, y2] = b;
@@ -132,6 +196,21 @@ fn draw_box(img: &mut RgbImage, b: [f32; 4], width: u32, colour: [u8; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scores_are_written_in_digits_on_a_dark_backing() {
+        let mut img = RgbImage::from_pixel(40, 20, Rgb([255, 255, 255]));
+        draw_text(&mut img, 0, 0, "1.", 1, [0, 200, 0]);
+        // '1' row 0 is .X. : the middle column, one pixel in from the backing's edge.
+        assert_eq!(img.get_pixel(2, 1).0, [0, 200, 0]);
+        assert_eq!(img.get_pixel(1, 1).0, [20, 20, 20]);
+        // '.' lights only its bottom-middle pixel.
+        assert_eq!(img.get_pixel(6, 5).0, [0, 200, 0]);
+        assert_eq!(img.get_pixel(6, 1).0, [20, 20, 20]);
+        // Outside the backing nothing changed; text off the frame is clipped, not a panic.
+        assert_eq!(img.get_pixel(30, 10).0, [255, 255, 255]);
+        draw_text(&mut img, 38, 18, "0.99", 3, [1, 2, 3]);
+    }
 
     #[test]
     fn bones_stay_within_the_openpose_25() {
