@@ -7,7 +7,9 @@
 #   3. `hmr2-worker check` on cuda:0;
 #   4. runs the worker on cuda:0, pushes FRAMES synthetic 1280x720 JPEG frames (`hmr2 enqueue`), scrapes /metrics
 #      every second, logs allocator figures after every batch;
-#   5. runs `hmr2 bench` (end to end, model-only and raw-decode rates) on the same GPU;
+#   5. runs `hmr2 bench` (end to end, model-only and raw-decode rates) on the same GPU, then again
+#      with frames sent without boxes and a yolo11m-size detector (DETECTOR=FILE, or exported with
+#      random weights in bf16 when ultralytics is installed) finding the people;
 #   6. writes $OUT/report.md (frames/s, batch sizes, allocated/reserved after every batch, NVML
 #      used, OOMs, per-stage times) next to the raw files.
 # Environment: OUT (default gpu-out), HMR2_BIN (the worker, default .device/hmr2-worker or
@@ -72,6 +74,28 @@ kill -TERM "$worker"; wait "$worker" || true
 log "bench (end to end, model-only, raw decode)"
 "$TOOL" bench --frames "$FRAMES" --model "$MODEL" --device "$DEVICE" --max-batch "$BATCH" \
   --redis-url "$URL" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || log "bench failed"
+
+# Frames without boxes: a YOLO-size person detector (random weights of yolo11m, bf16) in front of
+# HMR2 on the same device. DETECTOR names an exported file; without it one is exported when
+# ultralytics is importable (it needs no network: the architecture comes from the package).
+DETECTOR=${DETECTOR:-}
+if [ -z "$DETECTOR" ] && $PY -c 'import ultralytics' 2>/dev/null; then
+  DETECTOR=/tmp/yolo11m-person-bf16.pt
+  if [ ! -f "$DETECTOR" ]; then
+    log "exporting a yolo11m-size detector (random weights, bf16) to $DETECTOR"
+    $PY -m models.export_detector --arch yolo --config yolo11m.yaml --input-size 640 --dtype bf16 \
+      --device "${DEVICE%%:*}" --out "$DETECTOR" 2>&1 | tee "$OUT/export-detector.log" || DETECTOR=
+  fi
+fi
+if [ -n "$DETECTOR" ] && [ -f "$DETECTOR" ]; then
+  log "bench without boxes: detector $DETECTOR + HMR2, one figure per frame"
+  HMR2_DETECTOR__PATH="$DETECTOR" HMR2_DETECTOR__SCORE_THRESHOLD="${DETECTOR_THRESHOLD:-0.5}" \
+    "$TOOL" bench --frames "$FRAMES" --model "$MODEL" --device "$DEVICE" --max-batch "$BATCH" \
+    --people 1 --detect --redis-url "$URL" --json "$OUT/bench-detect.json" 2>&1 \
+    | tee "$OUT/bench-detect.txt" || log "bench with the detector failed"
+else
+  log "no detector (set DETECTOR=FILE or install ultralytics): the no-boxes run is skipped"
+fi
 
 $PY scripts/gpu_report.py report "$OUT" > "$OUT/report.md"
 log "report written to $OUT/report.md"
