@@ -15,7 +15,7 @@ fn worker_acl(prefix: &str, password: &str) -> String {
     format!(
         "user hmr2-worker on >{password} ~{prefix}:* resetchannels -@all +@connection \
          +xreadgroup +xautoclaim +xclaim +xack +xdel +xadd +xlen +xpending +xinfo|groups \
-         +xgroup|create +evalsha +eval +script|load +type"
+         +xgroup|create +evalsha +eval +script|load +type +hset +del +multi +exec"
     )
 }
 
