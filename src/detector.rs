@@ -84,33 +84,12 @@ pub struct TorchDetector {
 impl TorchDetector {
     /// Loads a detector file onto `device` and checks its `meta()`.
     pub fn load(path: &Path, device: Device) -> Result<Self, ModelError> {
-        let load_err = |message: String| ModelError::Load {
-            path: path.display().to_string(),
-            message,
-        };
-        if !path.exists() {
-            return Err(load_err(
-                "no such file (`python -m models.export_detector`, or models/detector-tiny.pt)"
-                    .into(),
-            ));
-        }
-        let mut module = CModule::load_on_device(path, device)
-            .map_err(|e| load_err(first_line(&e.to_string())))?;
-        module.set_eval();
-        let raw = match module.method_is::<IValue>("meta", &[]) {
-            Ok(IValue::String(s)) => s,
-            Ok(other) => {
-                return Err(ModelError::Contract(format!(
-                    "detector: meta() returned {other:?}, expected a JSON string"
-                )))
-            }
-            Err(e) => {
-                return Err(ModelError::Contract(format!(
-                    "detector: the file has no meta() method: {}",
-                    first_line(&e.to_string())
-                )))
-            }
-        };
+        let (module, raw) = crate::model::load_scripted(
+            path,
+            device,
+            "detector",
+            "`python -m models.export_detector`, or models/detector-tiny.pt",
+        )?;
         let meta = DetectorMeta::parse(&raw)?;
         Ok(TorchDetector {
             module,
@@ -246,10 +225,6 @@ pub fn select_people(
     kept.sort_by(|a, b| b.1.total_cmp(&a.1));
     kept.truncate(max_boxes);
     kept
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
 #[cfg(test)]

@@ -141,6 +141,37 @@ pub fn torch_version() -> String {
     "2.11.0 (linked)".to_string()
 }
 
+/// Loads a TorchScript file in eval mode onto `device` and reads its `meta()` JSON string.
+/// `what` names the file in errors ("model", "detector"); `how_to_get` says how to make one when
+/// the path does not exist.
+pub(crate) fn load_scripted(
+    path: &Path,
+    device: Device,
+    what: &str,
+    how_to_get: &str,
+) -> Result<(CModule, String), ModelError> {
+    let load_err = |message: String| ModelError::Load {
+        path: path.display().to_string(),
+        message,
+    };
+    if !path.exists() {
+        return Err(load_err(format!("no such file ({how_to_get})")));
+    }
+    let mut module =
+        CModule::load_on_device(path, device).map_err(|e| load_err(first_line(&e.to_string())))?;
+    module.set_eval();
+    match module.method_is::<IValue>("meta", &[]) {
+        Ok(IValue::String(s)) => Ok((module, s)),
+        Ok(other) => Err(ModelError::Contract(format!(
+            "{what}: meta() returned {other:?}, expected a JSON string"
+        ))),
+        Err(e) => Err(ModelError::Contract(format!(
+            "{what}: the file has no meta() method: {}",
+            first_line(&e.to_string())
+        ))),
+    }
+}
+
 /// A TorchScript file made by `python -m models.export`, run through libtorch.
 pub struct TorchModel {
     module: CModule,
@@ -191,36 +222,15 @@ pub fn device_label(d: Device) -> String {
 impl TorchModel {
     /// Loads a TorchScript file onto `device`, reads and checks its `meta()`.
     pub fn load(path: &Path, device: Device) -> Result<Self, ModelError> {
-        let load_err = |message: String| ModelError::Load {
-            path: path.display().to_string(),
-            message,
-        };
-        if !path.exists() {
-            return Err(load_err(
-                "no such file (run `make setup` for the tiny model, or `python -m models.export`)"
-                    .into(),
-            ));
-        }
         if let Device::Cuda(_) = device {
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let mut module = CModule::load_on_device(path, device)
-            .map_err(|e| load_err(first_line(&e.to_string())))?;
-        module.set_eval();
-        let raw = match module.method_is::<IValue>("meta", &[]) {
-            Ok(IValue::String(s)) => s,
-            Ok(other) => {
-                return Err(ModelError::Contract(format!(
-                    "meta() returned {other:?}, expected a JSON string"
-                )))
-            }
-            Err(e) => {
-                return Err(ModelError::Contract(format!(
-                    "model has no meta() method: {}",
-                    first_line(&e.to_string())
-                )))
-            }
-        };
+        let (module, raw) = load_scripted(
+            path,
+            device,
+            "model",
+            "run `make setup` for the tiny model, or `python -m models.export`",
+        )?;
         let meta = ModelMeta::parse(&raw)?;
         Ok(TorchModel {
             module,
