@@ -226,8 +226,9 @@ where
             }
         }
     }
-    ctx.health.set(&ctx.health.redis_ok, true);
+    // The model hash is in place before the worker reports ready.
     publish_model_info(&ctx, &loaded).await;
+    ctx.health.set(&ctx.health.redis_ok, true);
 
     let gauges_stop = CancellationToken::new();
     let gauges = tokio::spawn(sample_gauges(
