@@ -69,8 +69,19 @@ NOT_FROM_WORKER = {
     "DCGM_FI_DEV_FB_USED": "exported by NVIDIA's DCGM exporter, not by the worker",
     "up": "written by Prometheus for every scrape",
 }
+# Series of the cluster, not of the workers: what the alerts that must fire with no worker running
+# read (KEDA 2.14+ operator metrics; kube-state-metrics). Name -> who exports it.
+CLUSTER_METRICS = {
+    "keda_scaler_metrics_value": "KEDA operator: the value each trigger reads (here XLEN of the job stream)",
+    "keda_scaler_detail_errors_total": "KEDA operator: errors of each trigger (2.14+ name)",
+    "keda_scaled_object_errors_total": "KEDA operator: errors of each ScaledObject (2.14+ name)",
+    "kube_deployment_status_replicas_available": "kube-state-metrics",
+    "kube_pod_status_phase": "kube-state-metrics",
+    "kube_pod_status_unschedulable": "kube-state-metrics",
+}
+NOT_FROM_WORKER.update(CLUSTER_METRICS)
 
-_NAME = re.compile(r"\b(hmr2_[a-z0-9_]+|DCGM_[A-Z0-9_]+|up)\b")
+_NAME = re.compile(r"\b(hmr2_[a-z0-9_]+|DCGM_[A-Z0-9_]+|keda_[a-z0-9_]+|kube_[a-z0-9_]+|up)\b")
 _SUFFIX = re.compile(r"_(bucket|sum|count)$")
 
 

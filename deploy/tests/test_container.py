@@ -2,12 +2,14 @@
 its instructions; the runtime stage's library layout is rebuilt from the local torch wheel (hard
 links) and the binary's libraries are resolved against it."""
 
+import fnmatch
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,100 @@ def test_every_copied_file_exists_and_the_model_is_not_baked():
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     for heavy in ("target", ".venv", "models/artifacts", ".git"):
         assert heavy in ignore, f"{heavy} must stay out of the build context"
+
+
+# A RUN that installs or downloads dependencies: it must never follow `COPY . .`, or every source
+# edit redoes it (the Python environment alone is 4.6 GB).
+DEPENDENCY_INSTALL = re.compile(r"scripts/setup\b|pip install|apt-get install|cargo fetch|uv pip|poetry install")
+# What the build stage may copy before the sources: the inputs of the dependency layers.
+DEPENDENCY_MANIFESTS = ("scripts/setup", "models/requirements.txt", "Cargo.toml", "Cargo.lock", "*/Cargo.toml")
+
+
+def mounts(args: str) -> list[dict]:
+    """The --mount flags of a RUN, as dicts."""
+    out = []
+    for flag in re.findall(r"--mount=(\S+)", args):
+        out.append(dict(kv.split("=", 1) for kv in flag.split(",")))
+    return out
+
+
+def build_stage_around_sources():
+    build = stages(DOCKERFILE)[0]["ins"]
+    copy_all = [i for i, (ins, args) in enumerate(build) if ins == "COPY" and args.split()[-2:] == [".", "."]]
+    assert len(copy_all) == 1, "the build stage copies the sources once, with `COPY . .`"
+    return build[: copy_all[0]], build[copy_all[0] + 1 :]
+
+
+def test_dependencies_install_in_layers_before_the_sources():
+    """A source edit must not reinstall the Python/libtorch environment nor re-download crates:
+    every dependency-installing RUN comes before `COPY . .`, and what is copied before it is the
+    dependency manifests only (so the layers' cache keys are those files)."""
+    before, after = build_stage_around_sources()
+    late = [args for ins, args in after if ins == "RUN" and DEPENDENCY_INSTALL.search(args)]
+    assert not late, f"dependency installs after COPY . .: {late}"
+    runs = " ".join(args for ins, args in before if ins == "RUN")
+    assert "scripts/setup" in runs and "cargo fetch --locked" in runs
+    copied = []
+    for ins, args in before:
+        if ins == "COPY":
+            *srcs, _ = [p for p in shlex.split(args) if not p.startswith("--")]
+            copied += srcs
+    for src in copied:
+        assert any(fnmatch.fnmatch(src, pat) for pat in DEPENDENCY_MANIFESTS), f"{src} is not a dependency manifest"
+    # Every workspace member's manifest is there, or `cargo fetch` cannot load the workspace.
+    members = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["members"]
+    for m in members:
+        assert f"{m}/Cargo.toml" in copied, f"{m}/Cargo.toml is not copied before cargo fetch"
+    # The set-up layer gets the files it reads: models/requirements.txt (the venv) and itself.
+    setup_at = next(i for i, (ins, args) in enumerate(before) if ins == "RUN" and "scripts/setup" in args)
+    assert {"scripts/setup", "models/requirements.txt"} <= set(
+        src for ins, args in before[:setup_at] if ins == "COPY" for src in shlex.split(args)[:-1]
+    )
+
+
+def test_build_caches_pip_the_cargo_registry_and_the_target_folder():
+    before, after = build_stage_around_sources()
+    workdir = next(args for ins, args in stages(DOCKERFILE)[0]["ins"] if ins == "WORKDIR")
+
+    def cache_targets(args):
+        return {m.get("target") for m in mounts(args) if m.get("type") == "cache"}
+
+    (setup,) = [args for ins, args in before if ins == "RUN" and "scripts/setup" in args]
+    assert "/root/.cache/pip" in cache_targets(setup)
+    (fetch,) = [args for ins, args in before if ins == "RUN" and "cargo fetch" in args]
+    assert "/usr/local/cargo/registry" in cache_targets(fetch)
+    (build,) = [args for ins, args in after if ins == "RUN" and "cargo build" in args]
+    assert {"/usr/local/cargo/registry", f"{workdir}/target"} <= cache_targets(build)
+    # The target folder is a cache mount, gone after the RUN: the binary leaves in the same RUN.
+    assert re.search(r"(install|cp)\b[^&]*target/release/hmr2-worker", build)
+
+
+def test_runtime_requires_the_cuda_of_the_torch_wheel():
+    """NVIDIA_REQUIRE_CUDA makes the container toolkit refuse a driver too old for the wheel's
+    CUDA 13 (torch 2.11.0) instead of starting a worker that finds no usable GPU."""
+    env = {}
+    for ins, args in stages(DOCKERFILE)[-1]["ins"]:
+        if ins == "ENV":
+            env.update(kv.split("=", 1) for kv in shlex.split(args))
+    assert env.get("NVIDIA_REQUIRE_CUDA") == "cuda>=13.0"
+    assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    site = (ROOT / ".libtorch").resolve().parent
+    if (site / "nvidia").is_dir():  # the wheel the image ships: its CUDA runtime is 13
+        assert list(site.glob("nvidia/**/libcudart.so.13*")), "the torch wheel's CUDA is not 13"
+
+
+def test_dockerignore_keeps_local_outputs_out_of_the_context():
+    """Everything git ignores (build outputs, the venv, models) stays out of the build context, so
+    it neither bloats it nor invalidates `COPY . .`; the dependency manifests are never ignored."""
+    ignore = [l.strip() for l in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()]
+    ignore = {l.strip("/") for l in ignore if l and not l.startswith("#")}
+    git = [l.strip() for l in (ROOT / ".gitignore").read_text().splitlines()]
+    for entry in (l for l in git if l and not l.startswith("#")):
+        e = entry.strip("/")
+        assert e in ignore or f"**/{e}" in ignore, f".gitignore's {entry} is not in Dockerfile.dockerignore"
+    assert ".git" in ignore
+    for manifest in ("scripts/setup", "models/requirements.txt", "Cargo.toml", "Cargo.lock"):
+        assert not any(fnmatch.fnmatch(manifest, pat) for pat in ignore), manifest
 
 
 def test_image_config_points_at_the_mounted_model_and_a_gpu():

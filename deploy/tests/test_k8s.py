@@ -1,8 +1,10 @@
 """Kubernetes manifests: they parse and build, and what matters in them is right: probes on the
 worker's real endpoints and port, a grace period longer than the worker's, one GPU per pod, the
-config mounted where --config reads it, the Redis password from a Secret, KEDA on the real stream
-and group, scraping, and a PodDisruptionBudget that never blocks a drain."""
+config mounted where --config reads it, the Redis user and password from a Secret, KEDA on the
+real stream's length (a trigger that cannot go blind), Redis TLS for workers and KEDA alike, the
+NVIDIA RuntimeClass option, scraping, and a PodDisruptionBudget that never blocks a drain."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +28,7 @@ from conftest import (
 
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
+COMPONENTS = K8S / "components"
 
 
 def kustomizations() -> list[Path]:
@@ -71,6 +74,25 @@ def one(docs, kind, name=None):
 @pytest.fixture(scope="module", params=["base", "overlay"])
 def rendered(request):
     return build(BASE if request.param == "base" else OVERLAY)
+
+
+def build_with_components(tmp_path: Path, *components: str) -> list[dict]:
+    """The base with the named components, rendered by kustomize (skips without it: the fallback
+    of build() applies no patches)."""
+    tool = kustomize_tool()
+    if not tool:
+        pytest.skip("neither kubectl nor kustomize is installed: components cannot be rendered")
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731 (kustomize refuses absolute paths)
+    k = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [rel(BASE)],
+        "components": [rel(COMPONENTS / c) for c in components],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(k))
+    out = subprocess.run(tool + [str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def worker_container(docs):
@@ -177,24 +199,35 @@ def test_model_is_mounted_read_only_where_the_config_expects_it(rendered):
     assert mounts[str(model.parent)].get("readOnly") is True
 
 
-def test_redis_password_comes_from_a_secret(rendered):
+def redis_url(c) -> str:
+    (url,) = [e for e in c["env"] if e["name"] == "HMR2_REDIS__URL"]
+    assert "valueFrom" not in url
+    return url["value"]
+
+
+def secret_env(c, name) -> dict:
+    """The secretKeyRef of the container's variable `name`."""
+    (e,) = [e for e in c["env"] if e["name"] == name]
+    return e["valueFrom"]["secretKeyRef"]
+
+
+def test_redis_user_and_password_come_from_a_secret(rendered):
     _, c = worker_container(rendered)
-    env = c["env"]
-    names = [e["name"] for e in env]
-    url = next(e for e in env if e["name"] == "HMR2_REDIS__URL")
-    assert "valueFrom" not in url and url["value"].startswith("redis://")
+    names = [e["name"] for e in c["env"]]
+    url = redis_url(c)
+    m = re.fullmatch(r"(rediss?)://\$\((\w+)\):\$\((\w+)\)@\$\((\w+)\)/\d+", url)
+    assert m, f"the URL should be scheme://$(USER):$(PASSWORD)@$(ADDRESS)/db: {url}"
     # Every $(VAR) in the URL is defined earlier in the list (Kubernetes expands only those).
-    refs = re.findall(r"\$\((\w+)\)", url["value"])
-    assert refs, "the URL should be built from variables"
-    for ref in refs:
+    for ref in m.groups()[1:]:
         assert ref in names[: names.index("HMR2_REDIS__URL")], f"$({ref}) is not defined before the URL"
-    password = next(e for e in env if e["name"] in refs and "valueFrom" in e)
-    assert "secretKeyRef" in password["valueFrom"]
-    secret = password["valueFrom"]["secretKeyRef"]
+    user, password = secret_env(c, m.group(2)), secret_env(c, m.group(3))
+    assert user["name"] == password["name"], "user and password come from one Secret"
+    assert (user["key"], password["key"]) == ("username", "password")
     secrets = [d for d in rendered if d["kind"] == "Secret"]
     if secrets:  # the overlay generates it; the base expects it to exist
-        s = one(rendered, "Secret", secret["name"])
-        assert secret["key"] in {**s.get("data", {}), **s.get("stringData", {})}
+        s = one(rendered, "Secret", password["name"])
+        keys = {**s.get("data", {}), **s.get("stringData", {})}
+        assert {"username", "password"} <= set(keys)
     # And the password is not written in the config file.
     assert "url" not in load_toml(K8S_TOML).get("redis", {})
 
@@ -209,8 +242,14 @@ def test_runs_as_non_root(rendered):
 
 # --- KEDA -------------------------------------------------------------------------------------
 
+# Trigger metadata that selects one of the redis-streams scaler's consumer-group modes (XPENDING or
+# XINFO GROUPS lag). The lag is nil once acknowledged entries are deleted (the worker XDELs them),
+# which turns a lag trigger inactive under load; XPENDING is 0 with no worker, so it cannot wake
+# the fleet. Only the stream-length mode (XLEN, no consumer group) never goes blind.
+CONSUMER_GROUP_MODES = {"consumerGroup", "lagCount", "activationLagCount", "pendingEntriesCount"}
 
-def test_keda_scales_on_the_real_stream_and_group_down_to_zero(rendered):
+
+def test_keda_scales_on_the_stream_length_down_to_zero(rendered):
     dep, c = worker_container(rendered)
     so = one(rendered, "ScaledObject")
     assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
@@ -220,21 +259,82 @@ def test_keda_scales_on_the_real_stream_and_group_down_to_zero(rendered):
     triggers = so["spec"]["triggers"]
     assert triggers and all(t["type"] == "redis-streams" for t in triggers)
     env = {e["name"] for e in c["env"]}
-    auths = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "TriggerAuthentication"}
     for t in triggers:
         m = t["metadata"]
         assert m["stream"] == f"{prefix}:jobs"
-        assert m["consumerGroup"] == f"{prefix}-workers"
+        assert not CONSUMER_GROUP_MODES & set(m), f"a consumer-group trigger can go blind: {sorted(CONSUMER_GROUP_MODES & set(m))}"
+        assert int(m["streamLength"]) > 0, "stream-length mode with a per-replica target"
         assert m.get("address") or m.get("addressFromEnv") in env
+
+
+def test_keda_logs_in_with_the_workers_user_and_password(rendered):
+    _, c = worker_container(rendered)
+    so = one(rendered, "ScaledObject")
+    auths = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "TriggerAuthentication"}
+    for t in so["spec"]["triggers"]:
         auth = auths[t["authenticationRef"]["name"]]
-        (ref,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "password"]
-        secret_env = next(e for e in c["env"] if e["name"] == "REDIS_PASSWORD")
-        assert ref["name"] == secret_env["valueFrom"]["secretKeyRef"]["name"]
-        assert ref["key"] == secret_env["valueFrom"]["secretKeyRef"]["key"]
-    lag = [t for t in triggers if "lagCount" in t["metadata"]]
-    assert lag, "one trigger must scale on the consumer group's lag (lagCount)"
-    assert int(lag[0]["metadata"]["lagCount"]) > 0
-    assert "activationLagCount" in lag[0]["metadata"]
+        refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+        for param, var in (("username", "REDIS_USERNAME"), ("password", "REDIS_PASSWORD")):
+            ref = secret_env(c, var)
+            assert refs.get(param) == (ref["name"], ref["key"]), f"KEDA's {param} is not the workers'"
+        assert set(refs) <= {"username", "password", "ca", "cert", "key", "keyPassword"}, refs
+
+
+def tls_parts(docs) -> dict:
+    """What says TLS in the rendered manifests: the workers' URL scheme, KEDA's triggers, and the
+    CA the two trust."""
+    dep, c = worker_container(docs)
+    so = one(docs, "ScaledObject")
+    auth = one(docs, "TriggerAuthentication")
+    env = {e["name"]: e for e in c["env"]}
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    return {
+        "worker": redis_url(c).startswith("rediss://"),
+        "keda": [t["metadata"].get("enableTLS") == "true" for t in so["spec"]["triggers"]],
+        "auth": refs,
+        "env": env,
+        "mounts": {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])},
+        "volumes": {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]},
+    }
+
+
+def test_tls_is_all_or_nothing(rendered):
+    """The workers speak rediss:// exactly when KEDA's trigger has enableTLS, and both trust the
+    same CA: the file SSL_CERT_FILE names is the key KEDA's `ca` reads."""
+    t = tls_parts(rendered)
+    assert all(k == t["worker"] for k in t["keda"]), f"workers TLS {t['worker']}, KEDA triggers {t['keda']}"
+    assert "tls" not in t["auth"], "KEDA refuses `tls` in the TriggerAuthentication with enableTLS set"
+    if not t["worker"]:
+        assert "SSL_CERT_FILE" not in t["env"] and "ca" not in t["auth"]
+        return
+    ca = t["auth"]["ca"]
+    path = Path(t["env"]["SSL_CERT_FILE"]["value"])
+    vol = t["volumes"][t["mounts"][str(path.parent)]]
+    assert vol["secret"]["secretName"] == ca["name"]
+    assert {"key": ca["key"], "path": path.name} in vol["secret"]["items"]
+
+
+def test_base_is_plain_and_the_example_overlay_uses_tls():
+    assert not tls_parts(build(BASE))["worker"]
+    if kustomize_tool():  # the component's patches need kustomize
+        t = tls_parts(build(OVERLAY))
+        assert t["worker"] and all(t["keda"]) and "ca" in t["auth"]
+
+
+def test_redis_tls_component_on_the_base(tmp_path):
+    t = tls_parts(build_with_components(tmp_path, "redis-tls"))
+    assert t["worker"] and t["keda"] and all(t["keda"])
+    assert set(t["auth"]) >= {"username", "password", "ca"}
+
+
+def test_nvidia_runtime_class_component(tmp_path):
+    """RuntimeClass `nvidia` is opt-in: off in the base, set by components/nvidia-runtime-class."""
+    dep, _ = worker_container(build(BASE))
+    assert "runtimeClassName" not in dep["spec"]["template"]["spec"]
+    assert "# runtimeClassName: nvidia" in (BASE / "deployment.yaml").read_text()
+    assert "components/nvidia-runtime-class" in (OVERLAY / "kustomization.yaml").read_text()
+    dep, _ = worker_container(build_with_components(tmp_path, "nvidia-runtime-class"))
+    assert dep["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
 
 
 # --- scraping, disruption ---------------------------------------------------------------------

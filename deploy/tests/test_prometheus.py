@@ -2,14 +2,17 @@
 a runbook, the Kubernetes copy of the rules is current, and the scrape configs hang together.
 (promtool itself runs in deploy/tests/run: check config, check rules, test rules.)"""
 
+import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 
 import pytest
 import yaml
 
 from conftest import (
+    CLUSTER_METRICS,
     K8S,
     METRICS,
     NOT_FROM_WORKER,
@@ -23,7 +26,9 @@ from conftest import (
     metric_names,
 )
 
-# What issue 7 asks the alerts to watch -> the alert that does.
+PROMETHEUSRULE = K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
+
+# What the alerts must watch -> the alert that does.
 REQUIRED_ALERTS = {
     "VRAM near total": "HMR2GpuMemoryNearTotal",
     "allocator drift": "HMR2GpuAllocatorDrift",
@@ -33,6 +38,20 @@ REQUIRED_ALERTS = {
     "oldest job too old": "HMR2JobsWaitingTooLong",
     "no ready workers": "HMR2NoReadyWorkers",
     "worker down": "HMR2WorkerDown",
+    # Alerts that still fire when no worker runs (zero replicas, pods Pending).
+    "backlog while no worker is available": "HMR2BacklogWithoutWorkers",
+    "worker pods unschedulable": "HMR2WorkerPodsUnschedulable",
+    "worker pods stuck Pending": "HMR2WorkerPodsPending",
+    "autoscaler (KEDA) errors": "HMR2AutoscalerErrors",
+}
+
+# Alerts that must work with no worker running: they may read no hmr2_* series (every one of
+# those vanishes with the last worker), and must read these cluster series.
+NO_WORKER_ALERTS = {
+    "HMR2BacklogWithoutWorkers": {"keda_scaler_metrics_value", "kube_deployment_status_replicas_available"},
+    "HMR2WorkerPodsUnschedulable": {"kube_pod_status_unschedulable"},
+    "HMR2WorkerPodsPending": {"kube_pod_status_phase"},
+    "HMR2AutoscalerErrors": {"keda_scaler_detail_errors_total", "keda_scaled_object_errors_total"},
 }
 
 
@@ -53,26 +72,87 @@ def test_required_alerts_exist():
     assert len(names) == len(alert_rules()), "alert names must be unique"
 
 
+def runbook_urls(text: str) -> list[str]:
+    return re.findall(r'runbook_url: "([^"]*)"', text)
+
+
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
 def test_alert_is_labelled_annotated_and_has_a_runbook(rule):
+    """runbook_url is an absolute link (an alert leaves Prometheus: Alertmanager, a pager, a chat
+    message; a relative path means nothing there) to the alert's own section of
+    docs/operations.md."""
     assert rule["labels"]["severity"] in {"warning", "critical"}
     ann = rule["annotations"]
     for key in ("summary", "description", "runbook_url"):
         assert ann.get(key), f"{rule['alert']} lacks annotation {key}"
-    doc, _, anchor = ann["runbook_url"].partition("#")
-    assert doc == "docs/operations.md"
+    url = urllib.parse.urlsplit(ann["runbook_url"])
+    assert url.scheme == "https" and url.netloc, f"{rule['alert']}: runbook_url is not absolute: {ann['runbook_url']}"
+    assert url.path.endswith("/docs/operations.md"), f"{rule['alert']}: runbook_url is not docs/operations.md"
+    anchor = url.fragment
     assert anchor == rule["alert"].lower(), "runbook anchor must be the alert's own heading"
     assert anchor in github_anchors(OPERATIONS.read_text()), (
         f"docs/operations.md has no heading '{rule['alert']}' for the runbook link"
     )
 
 
+def test_runbook_base_is_one_and_the_same_in_rules_tests_and_kubernetes_copy():
+    """make-prometheusrule sets one base everywhere; the unit tests expect the same URLs."""
+    bases = {}
+    for path in [RULES, PROMETHEUSRULE, *RULE_TESTS]:
+        urls = runbook_urls(path.read_text())
+        assert urls, f"{path} has no runbook_url"
+        bases[path.name] = {u.partition("#")[0] for u in urls}
+    assert len(set().union(*bases.values())) == 1, f"runbook bases differ: {bases}"
+
+
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
 def test_alert_reads_only_contract_metrics(rule):
     names = metric_names(rule["expr"])
     unknown = names - set(METRICS) - set(NOT_FROM_WORKER)
-    assert not unknown, f"{rule['alert']} uses metrics outside DESIGN §5: {unknown}"
-    assert names & set(METRICS) or "up" in names
+    assert not unknown, f"{rule['alert']} uses metrics outside DESIGN §5 and the cluster's: {unknown}"
+    assert names & set(METRICS) or "up" in names or names & set(CLUSTER_METRICS)
+
+
+@pytest.mark.parametrize("alert", sorted(NO_WORKER_ALERTS))
+def test_alert_fires_with_no_worker_running(alert):
+    """Every hmr2_* series (and up{job="hmr2-worker"}) disappears with the last worker: these
+    alerts read only KEDA's and kube-state-metrics' series."""
+    (rule,) = [r for r in alert_rules() if r["alert"] == alert]
+    names = metric_names(rule["expr"])
+    assert names <= set(CLUSTER_METRICS), f"{alert} reads worker series: {names - set(CLUSTER_METRICS)}"
+    assert NO_WORKER_ALERTS[alert] <= names, f"{alert} should read {NO_WORKER_ALERTS[alert] - names}"
+    assert 'scaledObject="hmr2-worker"' in rule["expr"] or "hmr2-worker" in rule["expr"]
+
+
+def test_make_prometheusrule_sets_the_runbook_base_everywhere(tmp_path):
+    """RUNBOOK_BASE_URL rewrites the rules, their unit tests and the Kubernetes copy together (the
+    promtool tests still pass), a later run without it keeps that base, and a base that is not an
+    absolute URL is refused."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(PROM, copy / "prometheus")
+    shutil.copytree(PROMETHEUSRULE.parent, copy / "k8s" / "components" / "prometheus-operator")
+    script = copy / "prometheus" / "make-prometheusrule"
+    base = "https://runbooks.example.net/ops/hmr2/docs/operations.md"
+    files = [copy / "prometheus" / "rules" / RULES.name, copy / "k8s" / "components" / "prometheus-operator" / PROMETHEUSRULE.name]
+    files += sorted((copy / "prometheus" / "tests").glob("*.test.yml"))
+
+    def run(**env):
+        return subprocess.run([str(script)], capture_output=True, text=True, env={**os.environ, **env})
+
+    for env in ({"RUNBOOK_BASE_URL": base + "/"}, {}):
+        out = run(**env)
+        assert out.returncode == 0, out.stderr
+        for f in files:
+            urls = runbook_urls(f.read_text())
+            assert urls and all(u.startswith(base + "#") for u in urls), f"{f.name}: {urls[:3]}"
+    assert len(runbook_urls(files[0].read_text())) == len(alert_rules())
+    promtool = shutil.which("promtool")
+    if promtool:
+        tests = [str(f) for f in files[2:]]
+        out = subprocess.run([promtool, "test", "rules", *tests], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for bad in ("docs/operations.md", "https://x.example/a b", 'https://x.example/"'):
+        assert run(RUNBOOK_BASE_URL=bad).returncode != 0, bad
 
 
 def test_every_alert_is_unit_tested_firing_and_not_firing():
@@ -92,7 +172,7 @@ def test_every_alert_is_unit_tested_firing_and_not_firing():
 
 
 def test_prometheusrule_for_kubernetes_matches_the_rules_file():
-    path = K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
+    path = PROMETHEUSRULE
     (doc,) = load_yaml_docs(path)
     assert doc["kind"] == "PrometheusRule"
     assert doc["spec"] == load_yaml(RULES), (
