@@ -3,7 +3,13 @@ killed (SIGKILL) and restarted at random, or run undisturbed while host and Redi
 sampled. Prints the figures and exits non-zero when a job is lost or a duplicate differs.
 
     .venv/bin/python scripts/chaos.py chaos --jobs 20000 --workers 4 --kill-every 3
+    .venv/bin/python scripts/chaos.py chaos --jobs 300 --workers 2 --kill-every 0 --crasher
     .venv/bin/python scripts/chaos.py soak  --jobs 20000 --workers 4
+
+`--crasher` adds one job that kills whichever worker process holds it (the harness sends
+SIGKILL the moment the job is delivered, up to `--max-deliveries` times, as a job that makes the
+process abort would): that job must end dead-lettered as `too_many_deliveries`, and every other
+job must get its result; none may be dead-lettered for having been in flight beside it.
 
 Needs the worker binary (default target/release/hmr2-worker), redis-server and the tiny model.
 """
@@ -18,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,6 +53,50 @@ def frames(n_distinct: int, size=(320, 240)) -> list:
         Image.fromarray(img.astype(np.uint8)).save(buf, format="JPEG", quality=85)
         out.append(buf.getvalue())
     return out
+
+
+def crasher_image(side: int = 3000) -> bytes:
+    """A large smooth PNG: a slow decode, so the job is held for a while by whoever runs it."""
+    x = np.linspace(0, 255, side, dtype=np.float32)[None, :, None]
+    img = np.broadcast_to(x, (side, side, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Crasher(threading.Thread):
+    """Kills (SIGKILL) the worker that holds the crasher entry, every time it is delivered, up
+    to `limit` deliveries; after that the entry must be dead-lettered, not run."""
+
+    def __init__(self, fleet, port: int, jobs: str, group: str, entry: str, limit: int):
+        super().__init__(daemon=True)
+        self.fleet, self.jobs, self.group, self.entry, self.limit = fleet, jobs, group, entry, limit
+        self.r = redis.Redis(port=port)
+        self.kills = 0
+        self.in_flight = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        seen = None
+        while not self.stop.is_set():
+            try:
+                p = self.r.xpending_range(self.jobs, self.group, self.entry, self.entry, 1)
+            except redis.ResponseError:
+                p = []
+            if p and p[0]["times_delivered"] <= self.limit:
+                key = (p[0]["consumer"].decode(), p[0]["times_delivered"])
+                if key != seen:
+                    for slot, proc in list(self.fleet.procs.items()):
+                        if proc.poll() is None and self.fleet.consumer(slot) == key[0]:
+                            held = [c for c in self.r.xinfo_consumers(self.jobs, self.group)
+                                    if c["name"].decode() == key[0]]
+                            self.in_flight += held[0]["pending"] if held else 0
+                            proc.send_signal(signal.SIGKILL)
+                            proc.wait()
+                            self.kills += 1
+                            self.fleet.start(slot)
+                            seen = key
+            time.sleep(0.005)
 
 
 def rss_kib(pid: int) -> int:
@@ -149,6 +200,14 @@ def run(args) -> int:
         if i % 500 == 499:
             pipe.execute()
     pipe.execute()
+    crasher_id = None
+    if args.crasher:
+        crasher_id = r.xadd(jobs, {"job": json.dumps({"v": 1, "job_id": "crasher"}),
+                                   "image": crasher_image()}).decode()
+        # Good jobs after it too, so it is fetched beside others.
+        for i in range(args.jobs, args.jobs + 20):
+            r.xadd(jobs, {"job": json.dumps({"v": 1, "job_id": f"j{i}"}), "image": imgs[i % len(imgs)]})
+        args.jobs += 20
     print(f"enqueued {args.jobs} jobs in {time.time() - t0:.1f}s", flush=True)
 
     fleet = Fleet(args, url, prefix, tmp)
@@ -157,6 +216,10 @@ def run(args) -> int:
     t_ready = time.time()
     fleet.wait_ready(args.ready_timeout)
     print(f"{args.workers} workers ready in {time.time() - t_ready:.1f}s", flush=True)
+    crasher = None
+    if crasher_id:
+        crasher = Crasher(fleet, port, jobs, group, crasher_id, args.max_deliveries)
+        crasher.start()
     rng = random.Random(args.seed)
     kills, in_flight_at_kills = 0, 0
     rss, redis_mem = [], []
@@ -167,12 +230,12 @@ def run(args) -> int:
         while True:
             done = r.xlen(results)
             now = time.time()
-            if done >= args.jobs and r.xlen(jobs) == 0:
+            if done >= args.jobs + (1 if crasher_id else 0) and r.xlen(jobs) == 0:
                 break
             if now - start > args.timeout:
                 print(f"timeout: {done} of {args.jobs} results", flush=True)
                 break
-            if args.mode == "chaos" and now >= next_kill:
+            if args.mode == "chaos" and args.kill_every > 0 and now >= next_kill:
                 slot = rng.randrange(args.workers)
                 proc = fleet.procs[slot]
                 if proc.poll() is None:
@@ -194,6 +257,9 @@ def run(args) -> int:
                 last_report = now
             time.sleep(0.25)
     finally:
+        if crasher:
+            crasher.stop.set()
+            crasher.join()
         fleet.stop_all()
     elapsed = time.time() - start
 
@@ -203,7 +269,10 @@ def run(args) -> int:
         res = json.loads(f[b"result"])
         by_job.setdefault(res["job_id"], []).append(res)
     lost = [f"j{i}" for i in range(args.jobs) if f"j{i}" not in by_job]
+    crasher_result = by_job.pop("crasher", [None])[0]
     not_ok = [j for j, rs in by_job.items() if rs[0]["status"] != "ok"]
+    dead = [json.loads(f[b"job"]).get("job_id") if b"job" in f else None
+            for _, f in r.xrange(f"{prefix}:dead")]
     dups = {j: rs for j, rs in by_job.items() if len(rs) > 1}
     differing = [j for j, rs in dups.items() if any(x["people"] != rs[0]["people"] for x in rs[1:])]
     try:
@@ -225,6 +294,11 @@ def run(args) -> int:
         "in_flight_at_kills": in_flight_at_kills,
         "duplicates_differing": len(differing),
         "pending_left": pending,
+        "dead_letters": dead,
+        "crasher": None if not crasher_id else {
+            "kills": crasher.kills,
+            "result": (crasher_result or {}).get("error", {}).get("code"),
+        },
         "fleet_rss_mib_after_warmup": round(rss[warm] / 1024, 1) if rss else None,
         "fleet_rss_mib_end": round(rss[-1] / 1024, 1) if rss else None,
         "fleet_rss_mib_by_fifth": [round(rss[min(len(rss) - 1, k * len(rss) // 5)] / 1024, 1) for k in range(1, 6)] if rss else [],
@@ -239,7 +313,15 @@ def run(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    if crasher:
+        in_flight_at_kills += crasher.in_flight
     ok = not lost and not not_ok and not differing and pending == 0 and len(dups) <= in_flight_at_kills
+    if crasher_id:
+        # Only the crasher is dead-lettered, after max_deliveries kills; nobody else pays.
+        ok = ok and dead == ["crasher"] and crasher.kills == args.max_deliveries \
+            and (crasher_result or {}).get("error", {}).get("code") == "too_many_deliveries"
+    elif dead:
+        ok = False
     print("PASS" if ok else "FAIL", flush=True)
     return 0 if ok else 1
 
@@ -260,6 +342,8 @@ def main() -> int:
     ap.add_argument("--ready-timeout", type=float, default=600,
                     help="seconds the first workers may take to load the model and get ready")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--crasher", action="store_true",
+                    help="add one job that kills the worker holding it (see above)")
     ap.add_argument("--bin", type=Path, default=ROOT / "target/release/hmr2-worker")
     ap.add_argument("--model", type=Path, default=ROOT / "models/artifacts/hmr2-tiny.pt")
     ap.add_argument("--json", help="also write the figures here")

@@ -49,6 +49,9 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Time allowed to open one connection, milliseconds.
     pub connect_timeout_ms: u64,
+    /// Time allowed for one reply, milliseconds; 0 = sized for the largest read (`max_batch`
+    /// entries of `max_job_bytes` at 25 MB/s, plus 5 s; see [`crate::queue::response_timeout`]).
+    pub response_timeout_ms: u64,
 }
 
 /// The queue protocol's knobs (DESIGN §3).
@@ -76,6 +79,15 @@ pub struct QueueConfig {
     pub consumer: String,
     /// How often the queue gauges (length, pending, lag) are sampled, milliseconds.
     pub gauge_interval_ms: u64,
+    /// Expiry of per-job reply streams (a `reply_to` other than `{prefix}:results`), seconds,
+    /// renewed by every result written to them; 0 = never expire.
+    pub reply_ttl_s: u64,
+    /// Whether dead letters keep the frame (`image` and `image_base64`); by default they keep
+    /// the job's other fields and the error only.
+    pub dead_keep_image: bool,
+    /// Consumers that hold no entry and have been idle this long are removed from the group
+    /// (workers long gone), seconds; 0 = never.
+    pub prune_consumers_after_s: u64,
 }
 
 /// Which model, on which device.
@@ -125,6 +137,8 @@ pub struct GpuConfig {
     pub drift_tolerance_bytes: u64,
     /// Consecutive failed batches after which the worker reports not-ready.
     pub max_consecutive_failures: u32,
+    /// Seconds a forward pass (or a publish) may run before the worker reports not live.
+    pub stall_timeout_s: u64,
 }
 
 /// When the caching allocator's unused blocks go back to the driver.
@@ -146,11 +160,19 @@ pub struct LimitsConfig {
     pub max_pixels: u64,
     /// Most person boxes per frame.
     pub max_boxes: usize,
-    /// Largest accepted job JSON, bytes.
+    /// Largest accepted job JSON, bytes: at least the base64 size of `max_image_bytes`
+    /// ([`LimitsConfig::base64_image_bytes`], checked at start-up) plus a margin for the rest of
+    /// the JSON (the default: 1 MiB).
     pub max_job_bytes: usize,
 }
 
 impl LimitsConfig {
+    /// The base64 text of the largest accepted image, bytes: 4 × ⌈`max_image_bytes` / 3⌉ (the
+    /// least `max_job_bytes` can be).
+    pub fn base64_image_bytes(&self) -> usize {
+        self.max_image_bytes.div_ceil(3).saturating_mul(4)
+    }
+
     /// The limits the wire contract's job parser enforces.
     pub fn job(&self) -> hmr2_client::Limits {
         hmr2_client::Limits {
@@ -353,8 +375,22 @@ impl Config {
                 "must be above 0 when gpu.release = \"threshold\"",
             );
         }
+        if self.gpu.stall_timeout_s == 0 {
+            return bad("gpu.stall_timeout_s", "must be above 0");
+        }
         if self.limits.max_image_bytes == 0 || self.limits.max_pixels == 0 {
             return bad("limits.max_image_bytes", "image limits must be above 0");
+        }
+        if self.limits.max_job_bytes < self.limits.base64_image_bytes() {
+            return bad(
+                "limits.max_job_bytes",
+                format!(
+                    "{} is smaller than limits.max_image_bytes in base64 ({} bytes); use at \
+                     least that plus a margin for the rest of the JSON (the default: 1 MiB)",
+                    self.limits.max_job_bytes,
+                    self.limits.base64_image_bytes()
+                ),
+            );
         }
         if self.limits.max_boxes == 0 {
             return bad("limits.max_boxes", "must be at least 1");

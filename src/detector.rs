@@ -101,7 +101,7 @@ impl TorchDetector {
     fn run(&mut self, images: &[u8], n: usize) -> Result<Vec<Vec<Detection>>, ModelError> {
         let s = self.meta.input_size as i64;
         let contract = |m: String| ModelError::Contract(format!("detector: {m}"));
-        let torch = |e: tch::TchError| ModelError::from_torch(e.to_string());
+        let torch = crate::model::torch_error;
         let input = Tensor::f_from_slice(images)
             .and_then(|t| t.f_view([n as i64, s, s, 3]))
             .and_then(|t| t.f_to_device(self.device))
@@ -131,10 +131,10 @@ impl TorchDetector {
             ));
         };
         for (name, t) in [("boxes", &boxes), ("scores", &scores)] {
-            if t.kind() != Kind::Float {
+            let kind = t.f_kind().map_err(torch)?;
+            if kind != Kind::Float {
                 return Err(contract(format!(
-                    "`{name}` is {:?}, the contract says float32",
-                    t.kind()
+                    "`{name}` is {kind:?}, the contract says float32"
                 )));
             }
         }

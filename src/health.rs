@@ -1,12 +1,29 @@
 //! Liveness and readiness of one worker: flags the stages set, read by `/healthz`, `/readyz` and
 //! the `hmr2_worker_ready` gauge.
+//!
+//! Two conditions make a worker not live, so the orchestrator replaces it:
+//! - **broken**: the model or the device failed in a way a retry cannot fix (a panic in the
+//!   inference thread, a forward error other than out-of-memory). It is final:
+//!   [`Health::broken_token`] is cancelled so fetching and lease renewal stop at once, and the
+//!   jobs this worker holds stay pending for other workers.
+//! - **stalled**: an operation held with [`Health::busy`] (a forward pass, a publish) has run
+//!   longer than the stall timeout (`gpu.stall_timeout_s`): a hung device. It clears itself
+//!   when the operation ends.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::WORKER_READY;
 
+/// The stall timeout of [`Health::default`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Liveness and readiness, shared by the pipeline and the listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     /// The inference thread is running (false once it exits or panics).
     pub inference_alive: AtomicBool,
@@ -16,12 +33,101 @@ pub struct Health {
     pub redis_ok: AtomicBool,
     /// Too many consecutive failed batches.
     pub failing: AtomicBool,
+    /// Why the worker is broken, once it is.
+    broken: OnceLock<String>,
+    broken_token: CancellationToken,
+    stall_timeout: Duration,
+    /// Operations in progress: id → (what, since when).
+    busy: Mutex<BTreeMap<u64, (&'static str, Instant)>>,
+    next_busy: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(DEFAULT_STALL_TIMEOUT)
+    }
+}
+
+/// An operation in progress (see [`Health::busy`]); it ends when this is dropped.
+#[must_use = "the operation counts as in progress only while the guard lives"]
+#[derive(Debug)]
+pub struct Busy<'a> {
+    health: &'a Health,
+    id: u64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.health.busy_ops().remove(&self.id);
+    }
 }
 
 impl Health {
-    /// Alive: what `/healthz` reports.
+    /// Every flag down; an operation longer than `stall_timeout` makes the worker not live.
+    pub fn new(stall_timeout: Duration) -> Self {
+        Health {
+            inference_alive: AtomicBool::new(false),
+            warm: AtomicBool::new(false),
+            redis_ok: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            broken: OnceLock::new(),
+            broken_token: CancellationToken::new(),
+            stall_timeout,
+            busy: Mutex::new(BTreeMap::new()),
+            next_busy: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks the worker broken (once; logs the reason at error level once); cancels
+    /// [`Health::broken_token`]; refreshes the ready gauge.
+    pub fn mark_broken(&self, reason: &str) {
+        if self.broken.set(reason.to_string()).is_ok() {
+            tracing::error!(
+                reason,
+                "the worker is broken: it stops taking work, its jobs stay pending for other workers"
+            );
+        }
+        self.broken_token.cancel();
+        self.refresh_gauge();
+    }
+
+    /// True once [`Health::mark_broken`] was called.
+    pub fn is_broken(&self) -> bool {
+        self.broken.get().is_some()
+    }
+
+    /// Why the worker is broken, once it is.
+    pub fn broken_reason(&self) -> Option<&str> {
+        self.broken.get().map(String::as_str)
+    }
+
+    /// Cancelled when the worker is broken: fetching and lease renewal stop at once.
+    pub fn broken_token(&self) -> CancellationToken {
+        self.broken_token.clone()
+    }
+
+    /// RAII guard: while it lives, the named operation (a forward pass, a publish) is in
+    /// progress; several may be held at once from several threads/tasks.
+    pub fn busy(&self, what: &'static str) -> Busy<'_> {
+        let id = self.next_busy.fetch_add(1, Ordering::Relaxed);
+        self.busy_ops().insert(id, (what, Instant::now()));
+        Busy { health: self, id }
+    }
+
+    /// The oldest operation in progress longer than the stall timeout: (what, for how long).
+    pub fn stalled(&self) -> Option<(&'static str, Duration)> {
+        let ops = self.busy_ops();
+        let (what, since) = ops.values().min_by_key(|(_, since)| *since)?;
+        let running = since.elapsed();
+        (running > self.stall_timeout).then_some((*what, running))
+    }
+
+    /// Alive = inference thread running && !broken && !stalled. `/healthz` answers 503 when
+    /// not alive, and its JSON report names broken/stalled reasons.
     pub fn alive(&self) -> bool {
         self.inference_alive.load(Ordering::Relaxed)
+            && !self.is_broken()
+            && self.stalled().is_none()
     }
 
     /// Ready: what `/readyz` reports and `hmr2_worker_ready` shows.
@@ -35,18 +141,116 @@ impl Health {
     /// Sets one flag and refreshes the readiness gauge.
     pub fn set(&self, flag: &AtomicBool, value: bool) {
         flag.store(value, Ordering::Relaxed);
+        self.refresh_gauge();
+    }
+
+    fn refresh_gauge(&self) {
         metrics::gauge!(WORKER_READY).set(if self.ready() { 1.0 } else { 0.0 });
     }
 
-    /// Every flag as one JSON line, so an operator sees why a probe fails.
+    fn busy_ops(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (&'static str, Instant)>> {
+        // The map stays consistent whatever panicked while holding the lock.
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every flag as one JSON line, so an operator sees why a probe fails: `broken` holds the
+    /// reason (or null), `stalled` the operation and its seconds so far (or null).
     pub(crate) fn report(&self) -> String {
-        format!(
-            "{{\"ready\":{},\"inference_alive\":{},\"warm\":{},\"redis_ok\":{},\"failing\":{}}}\n",
-            self.ready(),
-            self.alive(),
-            self.warm.load(Ordering::Relaxed),
-            self.redis_ok.load(Ordering::Relaxed),
-            self.failing.load(Ordering::Relaxed)
-        )
+        let stalled = self.stalled().map(|(what, running)| {
+            serde_json::json!({ "operation": what, "seconds": running.as_secs_f64() })
+        });
+        let report = serde_json::json!({
+            "ready": self.ready(),
+            "alive": self.alive(),
+            "inference_alive": self.inference_alive.load(Ordering::Relaxed),
+            "warm": self.warm.load(Ordering::Relaxed),
+            "redis_ok": self.redis_ok.load(Ordering::Relaxed),
+            "failing": self.failing.load(Ordering::Relaxed),
+            "broken": self.broken_reason(),
+            "stalled": stalled,
+        });
+        format!("{report}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(stall: Duration) -> Health {
+        let h = Health::new(stall);
+        h.set(&h.inference_alive, true);
+        h.set(&h.warm, true);
+        h.set(&h.redis_ok, true);
+        h
+    }
+
+    fn report(h: &Health) -> serde_json::Value {
+        serde_json::from_str(&h.report()).unwrap()
+    }
+
+    #[test]
+    fn broken_is_final_cancels_the_token_and_keeps_the_first_reason() {
+        let h = live(DEFAULT_STALL_TIMEOUT);
+        let token = h.broken_token();
+        assert!(h.alive() && h.ready() && !h.is_broken());
+        assert!(!token.is_cancelled());
+        h.mark_broken("forward pass panicked: CUDA error: an illegal memory access");
+        h.mark_broken("a second reason");
+        assert!(h.is_broken() && token.is_cancelled() && h.broken_token().is_cancelled());
+        assert!(!h.alive() && !h.ready());
+        let r = report(&h);
+        assert_eq!(r["alive"], false);
+        assert_eq!(
+            r["broken"],
+            "forward pass panicked: CUDA error: an illegal memory access"
+        );
+        assert!(r["stalled"].is_null());
+    }
+
+    #[test]
+    fn an_operation_past_the_stall_timeout_makes_the_worker_not_live_until_it_ends() {
+        let h = live(Duration::from_millis(50));
+        let publish = h.busy("publish");
+        assert_eq!(h.stalled(), None, "a fresh operation is not a stall");
+        std::thread::sleep(Duration::from_millis(10));
+        let forward = h.busy("forward");
+        std::thread::sleep(Duration::from_millis(80));
+        let (what, running) = h.stalled().expect("both are past 50 ms");
+        assert_eq!(what, "publish", "the oldest operation is named");
+        assert!(running >= Duration::from_millis(90), "{running:?}");
+        assert!(!h.alive() && !h.ready());
+        let r = report(&h);
+        assert_eq!(r["stalled"]["operation"], "publish");
+        assert!(r["stalled"]["seconds"].as_f64().unwrap() >= 0.09);
+        drop(publish);
+        assert_eq!(h.stalled().map(|s| s.0), Some("forward"));
+        drop(forward);
+        assert_eq!(h.stalled(), None);
+        assert!(h.alive(), "a stall clears when the operation ends");
+        assert!(!h.is_broken(), "and is not final");
+    }
+
+    #[test]
+    fn operations_shorter_than_the_timeout_never_stall_whatever_their_number() {
+        let h = live(Duration::from_secs(3600));
+        let guards: Vec<Busy<'_>> = (0..16).map(|_| h.busy("forward")).collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| drop(h.busy("publish")));
+            }
+        });
+        assert_eq!(h.busy_ops().len(), 16);
+        assert!(h.alive());
+        drop(guards);
+        assert!(h.busy_ops().is_empty(), "every guard removed its operation");
+    }
+
+    #[test]
+    fn a_stopped_inference_thread_is_not_alive() {
+        let h = live(DEFAULT_STALL_TIMEOUT);
+        h.set(&h.inference_alive, false);
+        assert!(!h.alive());
+        assert_eq!(report(&h)["inference_alive"], false);
     }
 }

@@ -246,9 +246,11 @@ impl TorchModel {
         vertices: bool,
     ) -> Result<BatchOutput, tch::TchError> {
         let _guard = tch::no_grad_guard();
-        let input = Tensor::from_slice(crops)
-            .view([n as i64, CROP as i64, CROP as i64, 3])
-            .to_device(self.device);
+        // Only the fallible (`f_`) API on the device path: the others panic on a libtorch
+        // error, and an upload that runs out of memory must come back as an error.
+        let input = Tensor::f_from_slice(crops)?
+            .f_view([n as i64, CROP as i64, CROP as i64, 3])?
+            .f_to_device(self.device)?;
         let out = self.module.forward_is(&[IValue::Tensor(input)])?;
         let IValue::GenericDict(pairs) = out else {
             return Err(tch::TchError::Kind(format!(
@@ -274,10 +276,10 @@ impl TorchModel {
             };
             // Copy to the host; the device tensor `t` is dropped at the end of this iteration.
             let host = t
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous()
-                .view([-1]);
+                .f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Float)?
+                .f_contiguous()?
+                .f_view([-1])?;
             *slot = Vec::<f32>::try_from(&host)?;
         }
         let expect = [
@@ -305,9 +307,13 @@ impl Model for TorchModel {
         n: usize,
         vertices: bool,
     ) -> Result<BatchOutput, ModelError> {
-        assert_eq!(crops.len(), n * CROP * CROP * 3, "crop buffer size");
-        self.run(crops, n, vertices)
-            .map_err(|e| ModelError::from_torch(e.to_string()))
+        if crops.len() != n * CROP * CROP * 3 {
+            return Err(ModelError::Forward(format!(
+                "{} bytes for {n} crops of {CROP}x{CROP}",
+                crops.len()
+            )));
+        }
+        self.run(crops, n, vertices).map_err(torch_error)
     }
 
     fn meta(&self) -> &ModelMeta {
@@ -328,6 +334,26 @@ impl Model for TorchModel {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
+}
+
+/// A libtorch error as a [`ModelError`]: out of memory as such (the OOM ladder halves the
+/// batch), anything else as a forward error that names its cause. TorchScript puts its own
+/// line first and the exception's (`RuntimeError: ...`) last: that one is kept.
+pub(crate) fn torch_error(e: tch::TchError) -> ModelError {
+    let message = e.to_string();
+    if crate::error::is_oom_message(&message) {
+        return ModelError::from_torch(message);
+    }
+    let interpreter = message.contains("failed in the TorchScript interpreter");
+    match message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.contains("Error: "))
+    {
+        Some(cause) if interpreter => ModelError::Forward(cause.chars().take(300).collect()),
+        _ => ModelError::from_torch(message),
+    }
 }
 
 /// One frame's slice of a [`BatchOutput`].
@@ -369,6 +395,7 @@ impl BatchOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::CROP_BYTES;
 
     const GOOD: &str = r#"{"name":"hmr2","preset":"tiny","dtype":"bf16","input_size":[256,256],
         "outputs":{"pred_cam":[],"global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#;
@@ -398,6 +425,60 @@ mod tests {
             .expect("no file")
             .to_string();
         assert!(e.contains("make setup"), "{e}");
+    }
+
+    /// A test model exported by `make setup`.
+    fn artifact(name: &str) -> std::path::PathBuf {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/artifacts")
+            .join(name);
+        assert!(p.exists(), "{} is missing: run `make setup`", p.display());
+        p
+    }
+
+    /// `n` black crops, the first one filled with `first`.
+    fn crops(n: usize, first: u8) -> Vec<u8> {
+        let mut c = vec![0u8; n * CROP_BYTES];
+        c[..CROP_BYTES].fill(first);
+        c
+    }
+
+    #[test]
+    fn a_failing_model_or_device_is_an_error_never_a_panic() {
+        // models/faulty_model.py: the tiny model, failing on crops of one marker value.
+        let mut m = TorchModel::load(&artifact("faulty-test.pt"), Device::Cpu).unwrap();
+        let out = m.forward(&crops(2, 0), 2, true).unwrap();
+        assert_eq!(out.pred_cam.len(), 6);
+        for (marker, says) in [
+            (255, "illegal memory access"),
+            (254, "output pred_cam has 4 values, expected 2 x 3"),
+            (253, "meta"),
+        ] {
+            let e = m.forward(&crops(2, marker), 2, false).unwrap_err();
+            assert!(
+                matches!(&e, ModelError::Forward(m) if m.contains(says)),
+                "{marker}: {e}"
+            );
+        }
+        let e = m.forward(&crops(1, 0), 2, false).unwrap_err();
+        assert!(e.to_string().contains("bytes for 2 crops"), "{e}");
+        assert_eq!(
+            m.forward(&crops(1, 0), 1, false).unwrap().n,
+            1,
+            "still usable"
+        );
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised_as_such() {
+        // models/oom_model.py: out of memory above 2 crops.
+        let mut m = TorchModel::load(&artifact("oom-test.pt"), Device::Cpu).unwrap();
+        let e = m.forward(&crops(3, 0), 3, false).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::OutOfMemory(m) if m.contains("Tried to allocate")),
+            "{e}"
+        );
+        assert_eq!(m.forward(&crops(2, 0), 2, false).unwrap().n, 2);
     }
 
     #[test]

@@ -7,12 +7,9 @@
 
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::MultiplexedConnection;
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply,
-    StreamPendingCountReply, StreamReadOptions, StreamReadReply,
-};
+use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 
 use crate::config::Config;
@@ -32,45 +29,182 @@ pub use hmr2_client::Keys;
 pub struct Entry {
     /// Stream entry id (`<ms>-<seq>`).
     pub id: String,
-    /// Every field of the entry, for the dead-letter stream.
-    pub fields: Vec<(String, Vec<u8>)>,
+    /// Every field of the entry, names and values as Redis holds them (binary-safe: a field
+    /// name that is not UTF-8 spoils nothing but its own entry), for the dead-letter stream.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
     /// How many times the group delivered it (1 for a fresh read).
     pub deliveries: u64,
     /// Whether it was reclaimed from another (presumably dead) consumer.
     pub reclaimed: bool,
 }
 
-impl Entry {
-    fn from_stream(s: StreamId, deliveries: u64, reclaimed: bool) -> Self {
-        let fields = s
-            .map
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                Value::BulkString(b) => Some((k, b)),
-                Value::SimpleString(s) => Some((k, s.into_bytes())),
-                _ => None,
-            })
-            .collect();
-        Entry {
-            id: s.id,
-            fields,
-            deliveries,
-            reclaimed,
-        }
-    }
+/// Most field pairs of an entry copied to its dead letter (Lua's `unpack` has a limit, and a
+/// dead letter is for reading, not for keeping a hostile entry whole).
+pub const DEAD_LETTER_FIELDS: usize = 64;
 
+/// The most bytes of an unreadable `job` field kept in its dead letter.
+pub const DEAD_LETTER_RAW_JOB: usize = 64 * 1024;
+
+impl Entry {
     /// The value of field `name`.
     pub fn field(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k == name.as_bytes())
             .map(|(_, v)| v.as_slice())
+    }
+
+    /// Bytes held by the entry's field names and values.
+    pub fn size(&self) -> usize {
+        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// Drops the frame: the `image` field, and `image_base64` from the `job` JSON (an
+    /// unreadable `job` is cut to [`DEAD_LETTER_RAW_JOB`] bytes). What stays is what a dead
+    /// letter needs to explain the job; called once the frame is decoded, so an in-flight job
+    /// holds kilobytes rather than its frame.
+    pub fn strip_frame(&mut self) {
+        self.fields.retain(|(k, _)| k != b"image");
+        for (k, v) in &mut self.fields {
+            if k == b"job" {
+                if let Some(stripped) = strip_image_base64(v) {
+                    *v = stripped;
+                }
+            }
+        }
+    }
+
+    /// The field pairs a dead letter carries: at most [`DEAD_LETTER_FIELDS`], plus
+    /// `fields_dropped` when there were more.
+    pub fn dead_letter_fields(&self) -> Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> {
+        let mut out: Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> = self
+            .fields
+            .iter()
+            .take(DEAD_LETTER_FIELDS)
+            .map(|(k, v)| (k.as_slice(), v.as_slice().into()))
+            .collect();
+        let dropped = self.fields.len().saturating_sub(DEAD_LETTER_FIELDS);
+        if dropped > 0 {
+            out.push((b"fields_dropped", dropped.to_string().into_bytes().into()));
+        }
+        out
     }
 
     /// Milliseconds since the epoch at which the entry was added (from its id).
     pub fn enqueued_ms(&self) -> Option<u64> {
         self.id.split('-').next()?.parse().ok()
     }
+}
+
+/// The `job` JSON without its `image_base64`, or its first [`DEAD_LETTER_RAW_JOB`] bytes when
+/// it is not a JSON object. `None` when there is nothing to drop.
+fn strip_image_base64(job: &[u8]) -> Option<Vec<u8>> {
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(job) {
+        Ok(mut map) => {
+            map.remove("image_base64")?;
+            serde_json::to_vec(&map).ok()
+        }
+        Err(_) if job.len() > DEAD_LETTER_RAW_JOB => Some(job[..DEAD_LETTER_RAW_JOB].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// A value of a reply as bytes (bulk, simple or verbatim string).
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+/// The items of an array-like reply (RESP2 array, RESP3 set or push); a map's pairs are
+/// flattened. `Nil` is empty.
+fn items(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        Value::Map(m) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        Value::Nil => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// One stream entry (`[id, [field, value, ...]]`) of a reply, decoded on its own: nothing in
+/// one entry can spoil its neighbours. An entry that is not shaped like one is an error, with
+/// its id when it has one.
+fn decode_entry(v: Value, reclaimed: bool) -> Result<Entry, Option<String>> {
+    let mut parts = items(v).ok_or(None)?.into_iter();
+    let id = parts.next().and_then(bytes_of).ok_or(None)?;
+    let id = String::from_utf8(id).map_err(|_| None)?;
+    let flat = parts
+        .next()
+        .and_then(items)
+        .ok_or_else(|| Some(id.clone()))?;
+    let mut fields = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        match (bytes_of(k), bytes_of(v)) {
+            (Some(k), Some(v)) => fields.push((k, v)),
+            _ => return Err(Some(id)),
+        }
+    }
+    Ok(Entry {
+        id,
+        fields,
+        deliveries: 1,
+        reclaimed,
+    })
+}
+
+/// The entries of a list of entries, each decoded on its own. One whose fields cannot be
+/// decoded is kept with no fields (it is then dead-lettered as `invalid_job`, not stranded);
+/// one without even an id is logged and left out.
+fn decode_entries(list: Value, reclaimed: bool) -> Vec<Entry> {
+    let Some(list) = items(list) else {
+        tracing::warn!("a stream reply without a list of entries; ignored");
+        return Vec::new();
+    };
+    list.into_iter()
+        .filter_map(|v| match decode_entry(v, reclaimed) {
+            Ok(e) => Some(e),
+            Err(Some(id)) => {
+                tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
+                Some(Entry {
+                    id,
+                    fields: Vec::new(),
+                    deliveries: 1,
+                    reclaimed,
+                })
+            }
+            Err(None) => {
+                tracing::warn!("a stream entry without an id in a reply; skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The entries of an `XREADGROUP` reply (`nil`, or one `[stream, entries]` per stream; a map in
+/// RESP3).
+fn decode_read_reply(v: Value) -> Vec<Entry> {
+    let Some(streams) = items(v) else {
+        return Vec::new();
+    };
+    // RESP2: [[name, entries], ...]; RESP3 maps were flattened to name, entries, ...
+    let mut out = Vec::new();
+    let mut flat = Vec::new();
+    for s in streams {
+        match s {
+            Value::Array(pair) => flat.extend(pair),
+            other => flat.push(other),
+        }
+    }
+    let mut it = flat.into_iter();
+    while let (Some(_name), Some(entries)) = (it.next(), it.next()) {
+        out.extend(decode_entries(entries, false));
+    }
+    out
 }
 
 /// Queue gauges: backlog, in-flight, and not-yet-delivered entries.
@@ -113,6 +247,19 @@ pub struct DeadLetter<'a> {
     pub worker: &'a str,
 }
 
+/// What releasing this worker's entries leaves behind (see [`Queue::release`]).
+pub const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// How long a reply may take: long enough for `max_batch` entries of `max_job_bytes` at a
+/// slow 25 MB/s, plus 5 s; `redis.response_timeout_ms` overrides it.
+pub fn response_timeout(config: &Config) -> Duration {
+    if config.redis.response_timeout_ms > 0 {
+        return Duration::from_millis(config.redis.response_timeout_ms);
+    }
+    let bytes = config.queue.max_batch as u64 * config.limits.max_job_bytes as u64;
+    Duration::from_secs(5) + Duration::from_millis(bytes / 25_000)
+}
+
 /// The worker's handle on Redis: a pool for short commands, and a factory for the dedicated
 /// connection that blocks in XREADGROUP.
 #[derive(Clone)]
@@ -123,27 +270,39 @@ pub struct Queue {
     consumer: String,
     block_ms: u64,
     connect_timeout: Duration,
+    response_timeout: Duration,
     claim_idle_ms: u64,
     results_maxlen: u64,
     dead_maxlen: u64,
+    reply_ttl_s: u64,
+    dead_keep_image: bool,
     publish: Script,
     dead_letter: Script,
+    renew: Script,
+    release: Script,
+    forget_consumer: Script,
 }
 
 impl Queue {
-    /// Prepares the pool (no connection is made yet).
+    /// Prepares the pool (no connection is made yet). Pool connections wait up to
+    /// [`response_timeout`] for a reply, so a reclaim of large entries is not cut short.
     pub fn new(config: &Config) -> Result<Self, QueueError> {
         install_tls_provider();
         let client = redis::Client::open(config.redis.url.as_str())?;
-        let mut pc = deadpool_redis::Config::from_url(config.redis.url.clone());
         let timeout = Duration::from_millis(config.redis.connect_timeout_ms);
+        let response_timeout = response_timeout(config);
+        let conn_cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(response_timeout));
+        let manager = Manager::new_with_config(config.redis.url.as_str(), conn_cfg)?;
         let mut pool_cfg = deadpool_redis::PoolConfig::new(config.redis.pool_size);
         pool_cfg.timeouts.wait = Some(timeout);
         pool_cfg.timeouts.create = Some(timeout);
         pool_cfg.timeouts.recycle = Some(timeout);
-        pc.pool = Some(pool_cfg);
-        let pool = pc
-            .create_pool(Some(Runtime::Tokio1))
+        let pool = Pool::builder(manager)
+            .config(pool_cfg)
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|e| QueueError::Pool(e.to_string()))?;
         Ok(Queue {
             client,
@@ -152,11 +311,17 @@ impl Queue {
             consumer: config.consumer_name(),
             block_ms: config.queue.block_ms,
             connect_timeout: timeout,
+            response_timeout,
             claim_idle_ms: config.queue.claim_idle_ms,
             results_maxlen: config.queue.results_maxlen,
             dead_maxlen: config.queue.dead_maxlen,
+            reply_ttl_s: config.queue.reply_ttl_s,
+            dead_keep_image: config.queue.dead_keep_image,
             publish: Script::new(include_str!("queue/publish.lua")),
             dead_letter: Script::new(include_str!("queue/dead_letter.lua")),
+            renew: Script::new(include_str!("queue/renew.lua")),
+            release: Script::new(include_str!("queue/release.lua")),
+            forget_consumer: Script::new(include_str!("queue/forget_consumer.lua")),
         })
     }
 
@@ -170,6 +335,11 @@ impl Queue {
         &self.consumer
     }
 
+    /// Whether dead letters keep the frame (`queue.dead_keep_image`).
+    pub fn dead_keep_image(&self) -> bool {
+        self.dead_keep_image
+    }
+
     async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
         self.pool
             .get()
@@ -177,13 +347,13 @@ impl Queue {
             .map_err(|e| QueueError::Pool(e.to_string()))
     }
 
-    /// A dedicated connection whose response timeout outlasts `XREADGROUP ... BLOCK`
-    /// (redis-rs otherwise gives up after 500 ms).
+    /// A dedicated connection whose response timeout outlasts `XREADGROUP ... BLOCK` plus the
+    /// transfer of a full read.
     pub async fn blocking_connection(&self) -> Result<MultiplexedConnection, QueueError> {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(
-                Duration::from_millis(self.block_ms) + Duration::from_secs(10),
+                Duration::from_millis(self.block_ms) + self.response_timeout,
             ));
         Ok(self
             .client
@@ -212,33 +382,34 @@ impl Queue {
         }
     }
 
-    /// Reads up to `count` new entries, waiting up to `block_ms` for the first one.
+    /// Reads up to `count` new entries, waiting up to `block_ms` for the first one. Entries are
+    /// decoded one by one: a malformed one cannot hide its neighbours.
     pub async fn read_new(
         &self,
         conn: &mut MultiplexedConnection,
         count: usize,
     ) -> Result<Vec<Entry>, QueueError> {
-        let opts = StreamReadOptions::default()
-            .group(&self.keys.group, &self.consumer)
-            .count(count)
-            .block(self.block_ms as usize);
-        let reply: Result<Option<StreamReadReply>, _> =
-            conn.xread_options(&[&self.keys.jobs], &[">"], &opts).await;
-        let reply = match reply {
-            Ok(r) => r,
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.keys.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block_ms)
+            .arg("STREAMS")
+            .arg(&self.keys.jobs)
+            .arg(">");
+        let reply: Result<Value, _> = cmd.query_async(conn).await;
+        match reply {
+            Ok(v) => Ok(decode_read_reply(v)),
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost the group (restart without persistence): recreate and read again.
                 self.ensure_group().await?;
-                return Ok(Vec::new());
+                Ok(Vec::new())
             }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| Entry::from_stream(s, 1, false))
-            .collect())
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Claims up to `count` entries idle longer than `claim_idle_ms` (their consumer presumably
@@ -249,17 +420,15 @@ impl Queue {
         cursor: &mut String,
     ) -> Result<Vec<Entry>, QueueError> {
         let mut c = self.conn().await?;
-        let reply: StreamAutoClaimReply = match c
-            .xautoclaim_options(
-                &self.keys.jobs,
-                &self.keys.group,
-                &self.consumer,
-                self.claim_idle_ms,
-                cursor.as_str(),
-                StreamAutoClaimOptions::default().count(count),
-            )
-            .await
-        {
+        let mut cmd = redis::cmd("XAUTOCLAIM");
+        cmd.arg(&self.keys.jobs)
+            .arg(&self.keys.group)
+            .arg(&self.consumer)
+            .arg(self.claim_idle_ms)
+            .arg(cursor.as_str())
+            .arg("COUNT")
+            .arg(count);
+        let reply: Value = match cmd.query_async(&mut *c).await {
             Ok(r) => r,
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
@@ -267,50 +436,119 @@ impl Queue {
             }
             Err(e) => return Err(e.into()),
         };
-        *cursor = reply.next_stream_id;
+        // [next cursor, [entries], [ids pending but gone from the stream]]
+        let mut parts = items(reply).unwrap_or_default().into_iter();
+        let next = parts
+            .next()
+            .and_then(bytes_of)
+            .and_then(|b| String::from_utf8(b).ok());
+        *cursor = next.unwrap_or_else(|| "0-0".to_string());
+        let mut claimed = parts
+            .next()
+            .map(|v| decode_entries(v, true))
+            .unwrap_or_default();
+        let deleted: Vec<String> = parts
+            .next()
+            .and_then(items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| bytes_of(v).and_then(|b| String::from_utf8(b).ok()))
+            .collect();
         // Ids pending but gone from the stream (trimmed or deleted): nothing to run, acknowledge.
-        if !reply.deleted_ids.is_empty() {
-            let _: u64 = c
-                .xack(&self.keys.jobs, &self.keys.group, &reply.deleted_ids)
-                .await?;
+        if !deleted.is_empty() {
+            let _: u64 = c.xack(&self.keys.jobs, &self.keys.group, &deleted).await?;
         }
-        if reply.claimed.is_empty() {
-            return Ok(Vec::new());
+        if claimed.is_empty() {
+            return Ok(claimed);
         }
         let mut pipe = redis::pipe();
-        for s in &reply.claimed {
-            pipe.xpending_count(&self.keys.jobs, &self.keys.group, &s.id, &s.id, 1);
+        for e in &claimed {
+            pipe.xpending_count(&self.keys.jobs, &self.keys.group, &e.id, &e.id, 1);
         }
         let counts: Vec<StreamPendingCountReply> = pipe.query_async(&mut *c).await?;
-        let claimed = reply
-            .claimed
-            .into_iter()
-            .zip(counts)
-            .map(|(s, p)| {
-                let deliveries = p.ids.first().map_or(1, |p| p.times_delivered as u64);
-                Entry::from_stream(s, deliveries, true)
-            })
-            .collect();
+        for (e, p) in claimed.iter_mut().zip(counts) {
+            e.deliveries = p.ids.first().map_or(1, |p| p.times_delivered as u64);
+        }
         Ok(claimed)
     }
 
-    /// Resets the idle time of entries this worker is still working on (`XCLAIM ... JUSTID`,
-    /// which does not count as a delivery), so no other worker reclaims them while they are
-    /// merely waiting in this worker's pipeline.
-    pub async fn extend_lease(&self, ids: &[String]) -> Result<(), QueueError> {
+    /// Renews this worker's leases: resets the idle time of the entries it still holds, so no
+    /// other worker reclaims jobs merely waiting in this worker's pipeline. An entry another
+    /// worker has reclaimed meanwhile stays with it. Returns the ids no longer this worker's.
+    pub async fn extend_lease(&self, ids: &[String]) -> Result<Vec<String>, QueueError> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&self.keys.jobs)
+        let lost: Vec<String> = self
+            .renew
+            .key(&self.keys.jobs)
             .arg(&self.keys.group)
             .arg(&self.consumer)
-            .arg(0)
             .arg(ids)
-            .arg("JUSTID");
-        let _: Value = cmd.query_async(&mut *c).await?;
-        Ok(())
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(lost)
+    }
+
+    /// Releases entries this worker will not run: any live worker's next XAUTOCLAIM takes them
+    /// at once (they look idle for a year), and their delivery count is not raised. No ids =
+    /// every entry pending on this consumer. Returns how many were released.
+    pub async fn release(&self, ids: &[String]) -> Result<u64, QueueError> {
+        let mut c = self.conn().await?;
+        let n: u64 = self
+            .release
+            .key(&self.keys.jobs)
+            .arg(&self.keys.group)
+            .arg(&self.consumer)
+            .arg(RELEASED_IDLE_MS)
+            .arg(ids)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(n)
+    }
+
+    /// Removes `consumer` from the group when it holds no pending entry; true when removed.
+    pub async fn forget_consumer(&self, consumer: &str) -> Result<bool, QueueError> {
+        let mut c = self.conn().await?;
+        let n: i64 = self
+            .forget_consumer
+            .key(&self.keys.jobs)
+            .arg(&self.keys.group)
+            .arg(consumer)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Removes the group's consumers that hold nothing and have been idle longer than
+    /// `max_idle` (workers long gone); returns their names.
+    pub async fn prune_consumers(&self, max_idle: Duration) -> Result<Vec<String>, QueueError> {
+        let consumers: redis::streams::StreamInfoConsumersReply = {
+            let mut c = self.conn().await?;
+            c.xinfo_consumers(&self.keys.jobs, &self.keys.group).await?
+        };
+        let mut removed = Vec::new();
+        for c in consumers.consumers {
+            if c.pending == 0
+                && c.idle as u128 > max_idle.as_millis()
+                && c.name != self.consumer
+                && self.forget_consumer(&c.name).await?
+            {
+                removed.push(c.name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The reply stream's expiry for a result going to `reply_to`: `queue.reply_ttl_s` for a
+    /// per-job stream, none for the default results stream (capped by MAXLEN instead).
+    fn reply_ttl(&self, reply_to: &str) -> u64 {
+        if reply_to == self.keys.results {
+            0
+        } else {
+            self.reply_ttl_s
+        }
     }
 
     /// Publishes a result and acknowledges (and deletes) its job in one atomic step.
@@ -331,13 +569,25 @@ impl Queue {
             .arg(self.results_maxlen)
             .arg(job_id)
             .arg(result_json)
+            .arg(self.reply_ttl(reply_to))
             .invoke_async(&mut *c)
             .await?;
         Ok(Written::from_script(n))
     }
 
-    /// Error result + dead-letter entry + acknowledgement, in one atomic step.
+    /// Error result + dead-letter entry + acknowledgement, in one atomic step. The dead letter
+    /// carries the entry's fields (at most [`DEAD_LETTER_FIELDS`]) without the frame, unless
+    /// `queue.dead_keep_image`.
     pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<Written, QueueError> {
+        let stripped;
+        let entry = if self.dead_keep_image {
+            d.entry
+        } else {
+            let mut e = d.entry.clone();
+            e.strip_frame();
+            stripped = e;
+            &stripped
+        };
         let mut c = self.conn().await?;
         let mut inv = self.dead_letter.prepare_invoke();
         inv.key(&self.keys.jobs)
@@ -352,9 +602,10 @@ impl Queue {
             .arg(d.code)
             .arg(d.message)
             .arg(d.entry.deliveries)
-            .arg(d.worker);
-        for (k, v) in &d.entry.fields {
-            inv.arg(k).arg(v.as_slice());
+            .arg(d.worker)
+            .arg(self.reply_ttl(d.reply_to));
+        for (k, v) in entry.dead_letter_fields() {
+            inv.arg(k).arg(v.as_ref());
         }
         let n: i64 = inv.invoke_async(&mut *c).await?;
         Ok(Written::from_script(n))
@@ -386,7 +637,10 @@ impl Queue {
                 .find(|g| g.name == self.keys.group)
             {
                 stats.pending = g.pending as u64;
-                stats.lag = g.lag.map(|l| l as u64);
+                // Acked entries are deleted, so what the stream holds beyond the pending ones
+                // has not been delivered yet: exact, and never blind (XINFO's own `lag` is nil
+                // whenever the last delivered entry is gone and older ones remain).
+                stats.lag = Some(length.saturating_sub(stats.pending));
             }
         }
         Ok(stats)
@@ -401,7 +655,7 @@ mod tests {
     fn entry_ids_carry_the_enqueue_time() {
         let e = Entry {
             id: "1700000000123-4".into(),
-            fields: vec![("job".into(), b"{}".to_vec())],
+            fields: vec![(b"job".to_vec(), b"{}".to_vec())],
             deliveries: 1,
             reclaimed: false,
         };

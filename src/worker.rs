@@ -66,6 +66,10 @@ pub enum RunError {
     Queue(#[from] QueueError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    /// The device or the model failed in a way no retry fixes; what this worker held was
+    /// released to the other workers.
+    #[error("worker broken: {0}")]
+    Broken(String),
 }
 
 /// What the stages share.
@@ -115,7 +119,7 @@ where
 {
     config.validate()?;
     let handle = m::install();
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(Duration::from_secs(config.gpu.stall_timeout_s)));
     health.set(&health.redis_ok, false);
 
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
@@ -245,6 +249,7 @@ where
     let fetcher = tokio::spawn(fetch::fetch(
         ctx.clone(),
         Arc::new(Semaphore::new(inflight)),
+        inflight,
         leases.clone(),
         deliver_tx,
         shutdown.clone(),
@@ -257,12 +262,20 @@ where
     let decoders = tokio::spawn(decode(ctx.clone(), deliver_rx, prepared_tx));
     let coordinator = tokio::spawn(coordinate(ctx.clone(), prepared_rx, batch_tx, done_rx));
 
-    shutdown.cancelled().await;
+    let broken = ctx.health.broken_token();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = broken.cancelled() => {}
+    }
     let grace = Duration::from_secs(ctx.config.shutdown.grace_seconds);
-    tracing::info!(
-        grace_seconds = grace.as_secs(),
-        "shutting down: finishing in-flight jobs"
-    );
+    if broken.is_cancelled() {
+        tracing::error!("worker broken: no more jobs taken; releasing what it holds");
+    } else {
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: finishing in-flight jobs"
+        );
+    }
     let drained = tokio::time::timeout(grace, async {
         let _ = fetcher.await;
         let _ = decoders.await;
@@ -278,13 +291,42 @@ where
     gauges_stop.cancel();
     let _ = gauges.await;
     let _ = renewer.await;
+    retire(&ctx).await;
     if drained.is_ok() {
         let _ = tokio::task::spawn_blocking(move || infer_thread.join()).await;
     }
     http_stop.cancel();
     let _ = http_task.await;
+    if broken.is_cancelled() {
+        let reason = ctx.health.broken_reason().unwrap_or_default().to_string();
+        tracing::error!(%reason, "worker stopped: broken");
+        return Err(RunError::Broken(reason));
+    }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Leaves the group tidy: every entry still pending on this consumer (left at the end of the
+/// grace period, or by a broken pipeline) is released to the other workers at once, and the
+/// consumer itself is removed when it holds nothing. Best effort: Redis may be away.
+async fn retire(ctx: &Ctx) {
+    match ctx.queue.release(&[]).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            entries = n,
+            "released unfinished entries to the other workers"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
+        }
+    }
+    match ctx.queue.forget_consumer(ctx.queue.consumer()).await {
+        Ok(true) => {
+            tracing::debug!(consumer = %ctx.queue.consumer(), "consumer removed from the group")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::debug!(error = %e, "could not remove the consumer from the group"),
+    }
 }
 
 /// The model hash's fields: `meta` (and `detector`), plus the mesh topology the exporter wrote
@@ -348,8 +390,15 @@ async fn decode(
         tasks.spawn(async move {
             let limits = ctx.config.limits.clone();
             let detector = ctx.detector_input;
+            let ctx2 = ctx.clone();
             let (d, prepared) = tokio::task::spawn_blocking(move || {
-                let p = prepare::prepare(&d.entry, &limits, detector);
+                let mut d = d;
+                let p = prepare::prepare(&d.entry, ctx2.queue.keys(), &limits, detector);
+                if p.is_ok() && !ctx2.queue.dead_keep_image() {
+                    // Decoded: the frame's bytes are not needed any more (host memory stays
+                    // bounded by what the crops take, not by what the entries took).
+                    d.entry.strip_frame();
+                }
                 (d, p)
             })
             .await
@@ -486,12 +535,26 @@ async fn sample_gauges(ctx: Arc<Ctx>, cuda: Option<usize>, stop: CancellationTok
     let every = Duration::from_millis(ctx.config.queue.gauge_interval_ms);
     let gpu = cuda.map(m::GpuGauges::new);
     let stream = ctx.queue.keys().jobs.clone();
+    let prune_after = Duration::from_secs(ctx.config.queue.prune_consumers_after_s);
+    let mut next_prune = std::time::Instant::now();
     loop {
+        if !prune_after.is_zero() && std::time::Instant::now() >= next_prune {
+            next_prune = std::time::Instant::now() + prune_after.min(Duration::from_secs(600));
+            match ctx.queue.prune_consumers(prune_after).await {
+                Ok(gone) if !gone.is_empty() => {
+                    tracing::info!(consumers = ?gone, "removed consumers idle and empty for too long")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "could not prune idle consumers"),
+            }
+        }
         match ctx.queue.stats().await {
             Ok(s) => {
                 gauge!(m::QUEUE_LENGTH, "stream" => stream.clone()).set(s.length as f64);
                 gauge!(m::QUEUE_PENDING, "stream" => stream.clone()).set(s.pending as f64);
-                gauge!(m::QUEUE_LAG, "stream" => stream.clone()).set(s.lag.unwrap_or(0) as f64);
+                if let Some(lag) = s.lag {
+                    gauge!(m::QUEUE_LAG, "stream" => stream.clone()).set(lag as f64);
+                }
                 if !ctx.health.redis_ok.load(Ordering::Relaxed) {
                     ctx.health.set(&ctx.health.redis_ok, true);
                 }

@@ -32,10 +32,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// The defaults of `config/default.toml`: 40 MiB per job, 32 boxes.
+    /// The defaults of `config/default.toml`: 32 boxes, and a `job` field as large as the base64
+    /// text of the largest accepted image (`max_image_bytes` = 20 MiB: 4 × ⌈20971520 / 3⌉ =
+    /// 27962028 bytes) plus 1 MiB for the rest of the JSON, 29010604 bytes in all.
     fn default() -> Self {
         Limits {
-            max_job_bytes: 41_943_040,
+            max_job_bytes: 4 * 20_971_520usize.div_ceil(3) + (1 << 20),
             max_boxes: 32,
         }
     }

@@ -30,11 +30,18 @@ impl Keys {
         }
     }
 
-    /// The stream a job's result goes to: its `reply_to`, unless that names the job or
-    /// dead-letter stream (a result there would be read back as a job), else the default.
+    /// Whether a job may name `reply_to`: it must start with `{prefix}:results` (DESIGN §3), so
+    /// an ACL on the prefix covers it and no other stream (another tenant's job stream, say) can
+    /// be written or trimmed. Anything else is `invalid_job`.
+    pub fn accepts_reply_to(&self, reply_to: &str) -> bool {
+        reply_to.starts_with(&self.results)
+    }
+
+    /// The stream a job's result goes to: its `reply_to` when [`Keys::accepts_reply_to`], else
+    /// the default results stream (where the `invalid_job` answer to a bad one goes).
     pub fn reply_stream<'a>(&'a self, reply_to: Option<&'a str>) -> &'a str {
         match reply_to {
-            Some(r) if r != self.jobs && r != self.dead && r != self.model && !r.is_empty() => r,
+            Some(r) if self.accepts_reply_to(r) => r,
             _ => &self.results,
         }
     }
@@ -57,8 +64,12 @@ mod tests {
     fn results_never_go_to_the_job_or_dead_stream() {
         let k = Keys::new("p");
         assert_eq!(k.reply_stream(None), "p:results");
-        assert_eq!(k.reply_stream(Some("mine")), "mine");
+        assert_eq!(k.reply_stream(Some("p:results:v7")), "p:results:v7");
+        assert_eq!(k.reply_stream(Some("mine")), "p:results");
         assert_eq!(k.reply_stream(Some("p:jobs")), "p:results");
         assert_eq!(k.reply_stream(Some("p:dead")), "p:results");
+        assert_eq!(k.reply_stream(Some("other:results")), "p:results");
+        assert!(!k.accepts_reply_to("q:results"));
+        assert!(k.accepts_reply_to("p:results"));
     }
 }

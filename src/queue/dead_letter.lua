@@ -4,7 +4,8 @@
 -- KEYS[1] job stream, KEYS[2] reply stream, KEYS[3] dead-letter stream
 -- ARGV[1] group, ARGV[2] job entry id, ARGV[3] reply MAXLEN, ARGV[4] dead MAXLEN,
 -- ARGV[5] job_id, ARGV[6] result JSON, ARGV[7] error code, ARGV[8] error message,
--- ARGV[9] deliveries, ARGV[10] worker, ARGV[11..] original field/value pairs
+-- ARGV[9] deliveries, ARGV[10] worker, ARGV[11] reply stream expiry in seconds (0 = none),
+-- ARGV[12..] original field/value pairs (at most 64 pairs and the frame dropped, by the worker)
 -- Returns 1 when written, 0 when the entry was no longer pending, -1 when the reply key holds
 -- something other than a stream (nothing written in either case).
 local t = redis.call('TYPE', KEYS[2])['ok']
@@ -16,7 +17,7 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job_id', ARGV[5], 'result', ARGV[6])
 local dead = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*'}
-for i = 11, #ARGV do
+for i = 12, #ARGV do
   dead[#dead + 1] = ARGV[i]
 end
 local extra = {'error', ARGV[7], 'error_message', ARGV[8], 'deliveries', ARGV[9],
@@ -25,6 +26,9 @@ for _, v in ipairs(extra) do
   dead[#dead + 1] = v
 end
 redis.call(unpack(dead))
+if tonumber(ARGV[11]) > 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[11])
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return 1

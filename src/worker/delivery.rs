@@ -1,7 +1,7 @@
 //! What the fetcher hands down the pipeline: a delivered entry with the in-flight permit that
 //! bounds the pipeline and the lease that keeps other workers from reclaiming it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,9 +37,10 @@ impl Delivery {
 }
 
 /// The ids of the entries this worker holds; their idle time is reset periodically so other
-/// workers do not reclaim jobs that are merely queued here.
+/// workers do not reclaim jobs that are merely queued here. Counted per id: two deliveries of
+/// one id on this worker hold two leases, and the id stays leased until both are done.
 #[derive(Clone, Default)]
-pub(crate) struct Leases(Arc<Mutex<HashSet<String>>>);
+pub(crate) struct Leases(Arc<Mutex<HashMap<String, usize>>>);
 
 /// Membership of one entry in [`Leases`], ended when the delivery is dropped (published,
 /// dead-lettered, failed or abandoned).
@@ -50,7 +51,12 @@ pub(crate) struct Lease {
 
 impl Leases {
     pub(crate) fn take(&self, id: &str) -> Lease {
-        self.0.lock().expect("lease set").insert(id.to_string());
+        *self
+            .0
+            .lock()
+            .expect("lease set")
+            .entry(id.to_string())
+            .or_default() += 1;
         Lease {
             leases: self.clone(),
             id: id.to_string(),
@@ -58,13 +64,19 @@ impl Leases {
     }
 
     pub(crate) fn ids(&self) -> Vec<String> {
-        self.0.lock().expect("lease set").iter().cloned().collect()
+        self.0.lock().expect("lease set").keys().cloned().collect()
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.leases.0.lock().expect("lease set").remove(&self.id);
+        let mut set = self.leases.0.lock().expect("lease set");
+        if let Some(n) = set.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                set.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -83,6 +95,17 @@ mod tests {
         drop(a);
         assert_eq!(leases.ids(), ["2-0"]);
         drop(b);
+        assert!(leases.ids().is_empty());
+    }
+
+    #[test]
+    fn two_deliveries_of_one_id_hold_two_leases() {
+        let leases = Leases::default();
+        let first = leases.take("1-0");
+        let second = leases.take("1-0");
+        drop(first);
+        assert_eq!(leases.ids(), ["1-0"], "the second delivery is still leased");
+        drop(second);
         assert!(leases.ids().is_empty());
     }
 }

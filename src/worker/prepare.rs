@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use metrics::histogram;
 
-use hmr2_client::{BoxSource, Echo, Include, Job};
+use hmr2_client::{BoxSource, Echo, Include, Job, Keys};
 
 use crate::config::{DetectorConfig, LimitsConfig, OnEmpty};
 use crate::detector::{self, Detection};
@@ -112,11 +112,13 @@ pub fn plan(
     })
 }
 
-/// Parses the entry's `job` field, decodes its image and crops every person. With a detector
+/// Parses the entry's `job` field (a `reply_to` outside `keys.results*` is `invalid_job`),
+/// decodes its image and crops every person. With a detector
 /// (`detector_input`: its square side) and no boxes in the job, letterboxes the frame instead
 /// and keeps it for [`crop_detected`].
 pub fn prepare(
     entry: &Entry,
+    keys: &Keys,
     limits: &LimitsConfig,
     detector_input: Option<u32>,
 ) -> Result<Prepared, Box<Rejected>> {
@@ -139,6 +141,12 @@ pub fn prepare(
     let job = Job::parse(raw_job, raw_image.is_some(), &limits.job())
         .map_err(|e| reject(e.error, &e.echo, None))?;
     let echo = &job.echo();
+    if let Some(r) = job.reply_to.as_deref() {
+        if !keys.accepts_reply_to(r) {
+            let e = format!("reply_to must start with {:?}; got {r:?}", keys.results);
+            return Err(reject(InputError::InvalidJob(e), echo, None));
+        }
+    }
 
     let decoded_b64;
     let bytes: &[u8] = match (raw_image, &job.image_base64) {

@@ -66,8 +66,11 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         let reply = ctx.queue.keys().reply_stream(echo.reply_to.as_deref()).to_string();
         let job_id = echo.job_id.clone().unwrap_or_default();
         let t = Instant::now();
-        let published = retry(&ctx.health, &ctx.hard_stop, || {
-            ctx.queue.publish(&delivery.entry.id, &reply, &job_id, &json)
+        // Each attempt counts as work in progress for the stall watch; waiting out an outage
+        // between attempts does not.
+        let published = retry(&ctx.health, &ctx.hard_stop, || async {
+            let _busy = ctx.health.busy("publish");
+            ctx.queue.publish(&delivery.entry.id, &reply, &job_id, &json).await
         })
         .await;
         histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());

@@ -25,10 +25,14 @@ fn seeds() -> &'static [Vec<u8>; 2] {
     S.get_or_init(|| [image(96, 64, 3, false), image(64, 96, 4, true)])
 }
 
+fn keys() -> hmr2_client::Keys {
+    hmr2_client::Keys::new("fuzz")
+}
+
 fn entry(job: &[u8], image: Option<Vec<u8>>) -> Entry {
-    let mut fields = vec![("job".to_string(), job.to_vec())];
+    let mut fields = vec![(b"job".to_vec(), job.to_vec())];
     if let Some(i) = image {
-        fields.push(("image".to_string(), i));
+        fields.push((b"image".to_vec(), i));
     }
     Entry {
         id: "1-0".into(),
@@ -74,7 +78,7 @@ proptest! {
 
     #[test]
     fn any_bytes_as_a_job_end_in_a_job_or_a_code(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        match prepare(&entry(&bytes, None), &limits(), None) {
+        match prepare(&entry(&bytes, None), &keys(), &limits(), None) {
             Ok(_) => {}
             Err(r) => prop_assert!(ErrorCode::ALL.contains(&r.error.code())),
         }
@@ -83,7 +87,7 @@ proptest! {
     #[test]
     fn any_json_job_ends_in_a_job_or_a_code(v in json_value(), with_image in any::<bool>()) {
         let img = with_image.then(|| seeds()[0].clone());
-        match prepare(&entry(v.to_string().as_bytes(), img), &limits(), None) {
+        match prepare(&entry(v.to_string().as_bytes(), img), &keys(), &limits(), None) {
             Ok(p) => prop_assert_eq!(p.crops.len(), p.people.len() * 256 * 256 * 3),
             Err(r) => prop_assert!(ErrorCode::ALL.contains(&r.error.code())),
         }
@@ -98,7 +102,7 @@ proptest! {
             .map(|b| serde_json::json!(b.iter().map(|c| serde_json::Number::from_f64(*c).map_or(serde_json::Value::Null, serde_json::Value::Number)).collect::<Vec<_>>()))
             .collect();
         let job = serde_json::json!({"job_id": "b", "boxes": boxes}).to_string();
-        match prepare(&entry(job.as_bytes(), Some(seeds()[1].clone())), &limits(), None) {
+        match prepare(&entry(job.as_bytes(), Some(seeds()[1].clone())), &keys(), &limits(), None) {
             Ok(p) => prop_assert_eq!(p.people.len(), boxes.len().max(1)),
             Err(r) => prop_assert!(matches!(r.error.code().as_str(), "invalid_box" | "invalid_job"), "{}", r.error),
         }
@@ -120,7 +124,7 @@ proptest! {
             let n = cut.index(bytes.len());
             bytes.truncate(n);
         }
-        match prepare(&entry(br#"{"job_id":"m"}"#, Some(bytes)), &limits(), None) {
+        match prepare(&entry(br#"{"job_id":"m"}"#, Some(bytes)), &keys(), &limits(), None) {
             Ok(p) => prop_assert_eq!(p.people.len(), 1),
             Err(r) => prop_assert!(
                 matches!(r.error.code().as_str(), "invalid_image" | "image_too_large" | "missing_image"),
@@ -134,7 +138,7 @@ proptest! {
         let mut png = seeds()[1].clone();
         png[16..20].copy_from_slice(&w.to_be_bytes());
         png[20..24].copy_from_slice(&h.to_be_bytes());
-        let r = prepare(&entry(br#"{"job_id":"bomb"}"#, Some(png)), &limits(), None);
+        let r = prepare(&entry(br#"{"job_id":"bomb"}"#, Some(png)), &keys(), &limits(), None);
         if u64::from(w) * u64::from(h) > limits().max_pixels {
             let err = r.expect_err("over the pixel limit");
             prop_assert_eq!(err.error.code(), "image_too_large");
@@ -147,6 +151,7 @@ fn unicode_ids_are_echoed_intact() {
     let job = serde_json::json!({"job_id": "кадр-🎞️-١٢", "video_id": "视频"}).to_string();
     let p = prepare(
         &entry(job.as_bytes(), Some(seeds()[0].clone())),
+        &keys(),
         &limits(),
         None,
     )

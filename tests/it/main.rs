@@ -1,10 +1,13 @@
 //! Integration tests: one binary, a real `redis-server` (one shared server, a key prefix per
 //! test; tests that restart Redis start their own), the tiny TorchScript model on the CPU.
 
+mod broken;
 mod crop;
 mod detector;
 mod fuzz;
+mod hardening;
 mod lifecycle;
+mod memory;
 mod observability;
 mod seam;
 mod security;

@@ -1,0 +1,255 @@
+//! A worker that cannot work stops taking work: a model that fails like a broken device makes
+//! its worker not live (`/healthz` 503) and exit with an error, while the jobs it held go to a
+//! healthy worker without a dead letter; a forward pass that hangs makes the worker not live
+//! while it hangs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmr2_client::{Frame, Keys};
+use hmr2_worker::detector::TorchDetector;
+use hmr2_worker::error::ModelError;
+use hmr2_worker::model::{BatchOutput, Model, ModelMeta};
+use hmr2_worker::Models;
+use redis::AsyncCommands;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+/// The tiny model, except that a batch holding an all-white crop fails with a (simulated)
+/// CUDA illegal-memory-access error: `python -m models.faulty_model`.
+fn faulty_model() -> PathBuf {
+    let p = repo().join("models/artifacts/faulty-test.pt");
+    assert!(p.exists(), "{} is missing: run `make setup`", p.display());
+    p
+}
+
+/// A job whose only crop is entirely white: the faulty model fails on it, the tiny model does
+/// not. The box's crop lies entirely inside the white image.
+fn marked(job_id: &str) -> Frame {
+    let mut f = frame(job_id, white_png(256));
+    f.job.boxes = vec![[64.0, 0.0, 192.0, 256.0]];
+    f
+}
+
+fn good(job_id: &str, seed: u32) -> Frame {
+    frame(job_id, image(320, 240, seed, seed % 2 == 0))
+}
+
+/// Polls `/healthz` every few milliseconds until it answers 503 with a `broken` reason, or
+/// `deadline`; returns that body.
+async fn wait_broken(http: &str, worker: &mut WorkerProcess, deadline: Instant) -> Value {
+    loop {
+        if let Some((status, body)) = http_get(&format!("{http}/healthz")).await {
+            let report: Value = serde_json::from_str(&body).expect("/healthz answers JSON");
+            if report["broken"].is_string() {
+                assert_eq!(status, 503, "a broken worker is not live: {body}");
+                return report;
+            }
+        }
+        if let Ok(Some(status)) = worker.try_wait() {
+            panic!("worker A exited ({status}) before /healthz was seen reporting it broken");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker A never reported itself broken"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits for `child` to exit, within `timeout`.
+async fn wait_exit(child: &mut WorkerProcess, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("broken");
+    let keys = Keys::new(&p);
+
+    // Worker A runs the faulty model. A long blocking read keeps its listener up for a while
+    // after it breaks (a read under way finishes before the worker stops), so the probe below
+    // can see the 503 before the process exits.
+    let mut a_cfg = config(&url, &p);
+    a_cfg.model.path = faulty_model();
+    a_cfg.queue.claim_idle_ms = 1500;
+    a_cfg.queue.block_ms = 3000;
+    let a_http = format!("http://{}", a_cfg.http.listen);
+    let mut a = spawn_worker_process_with(&a_cfg, &[("HMR2_QUEUE__CLAIM_INTERVAL_MS", "200")]);
+    let log_path = std::env::temp_dir().join(format!("{p}.log"));
+
+    // A works on good frames.
+    let first: Vec<Frame> = (0..10).map(|i| good(&format!("g{i}"), i)).collect();
+    enqueue_frames(&url, &p, &first, true).await;
+    let got = wait_results(&url, &keys.results, 10, Duration::from_secs(120)).await;
+    assert!(got.values().all(|r| r["status"] == "ok"), "{got:?}");
+
+    // Then a marked frame arrives with more good ones: A's device "fails" on it.
+    let mut second = vec![marked("marked")];
+    second.extend((10..20).map(|i| good(&format!("g{i}"), i)));
+    enqueue_frames(&url, &p, &second, true).await;
+    let report = wait_broken(&a_http, &mut a, Instant::now() + Duration::from_secs(60)).await;
+    let reason = report["broken"].as_str().unwrap();
+    assert!(reason.contains("illegal memory access"), "{report}");
+    assert_eq!(report["alive"], false, "{report}");
+    let status = wait_exit(&mut a, Duration::from_secs(60)).await;
+    let a_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        !status.success(),
+        "a broken worker exits with an error, not {status}:\n{a_log}"
+    );
+    assert!(
+        a_log.contains("illegal memory access"),
+        "the reason is logged:\n{a_log}"
+    );
+
+    // Worker B runs the tiny model, which does not fail on the marked frame: it answers every
+    // job A left, without a dead letter.
+    let mut b_cfg = config(&url, &p);
+    b_cfg.queue.claim_idle_ms = 1500;
+    let mut b = spawn_worker_process_with(&b_cfg, &[("HMR2_QUEUE__CLAIM_INTERVAL_MS", "200")]);
+    let got = wait_results(&url, &keys.results, 21, Duration::from_secs(180)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pending(&url, &p).await > 0 {
+        assert!(Instant::now() < deadline, "entries still pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal_term(&b);
+    let b_status = wait_exit(&mut b, Duration::from_secs(60)).await;
+    assert!(b_status.success(), "worker B stops cleanly: {b_status}");
+
+    let all = results(&url, &keys.results).await;
+    let mut per_job: HashMap<&str, usize> = HashMap::new();
+    for (id, r) in &all {
+        *per_job.entry(id).or_default() += 1;
+        assert_eq!(r["status"], "ok", "{id}: {r}");
+    }
+    assert_eq!(per_job.len(), 21, "{per_job:?}");
+    assert!(
+        per_job.values().all(|&n| n == 1),
+        "exactly one result per job: {per_job:?}"
+    );
+    let marked_result = &got["marked"];
+    assert_eq!(marked_result["people"].as_array().unwrap().len(), 1);
+    assert!(
+        marked_result["worker"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/{}", b.id())),
+        "B answered the marked frame: {marked_result}"
+    );
+    let mut c = connect(&url).await;
+    let dead: usize = c.xlen(&keys.dead).await.unwrap();
+    assert_eq!(dead, 0, "no job was dead-lettered");
+}
+
+/// Stands in for a device that hangs: no real device can be made to hang on demand here, so
+/// this Rust model blocks in `forward` on a crop whose first byte is 255 (an all-white crop)
+/// until the test releases it (or 60 s pass), and otherwise answers like a model.
+struct Hangs {
+    meta: ModelMeta,
+    release: Arc<Mutex<std_mpsc::Receiver<()>>>,
+}
+
+impl Model for Hangs {
+    fn forward(&mut self, crops: &[u8], n: usize, _: bool) -> Result<BatchOutput, ModelError> {
+        if crops.chunks_exact(crops.len() / n).any(|c| c[0] == 255) {
+            let _ = self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(60));
+        }
+        Ok(BatchOutput {
+            n,
+            pred_cam: [1.0, 0.0, 0.0].repeat(n),
+            global_orient: vec![0.0; n * 9],
+            body_pose: vec![0.0; n * 23 * 9],
+            betas: vec![0.0; n * 10],
+            keypoints_3d: vec![0.0; n * 44 * 3],
+            vertices: None,
+        })
+    }
+    fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+    fn device_label(&self) -> String {
+        "stand-in".into()
+    }
+    fn cuda_index(&self) -> Option<usize> {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_pass_that_hangs_past_the_stall_timeout_makes_the_worker_not_live() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("stall");
+    let keys = Keys::new(&p);
+    let mut c = config(&url, &p);
+    c.gpu.stall_timeout_s = 1;
+    let http = format!("http://{}", c.http.listen);
+    let (release, hung) = std_mpsc::channel();
+    let meta = ModelMeta::parse(
+        r#"{"name":"stand-in","input_size":[256,256],"outputs":{"pred_cam":[],
+        "global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#,
+    )
+    .unwrap();
+    let hung = Arc::new(Mutex::new(hung));
+    let token = CancellationToken::new();
+    let worker = tokio::spawn(hmr2_worker::run_with(c, token.clone(), move |_| {
+        Ok(Models {
+            hmr: Hangs {
+                meta,
+                release: hung,
+            },
+            detector: None::<TorchDetector>,
+        })
+    }));
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(60)).await;
+
+    enqueue_frames(&url, &p, &[marked("hangs")], true).await;
+    wait_status(&format!("{http}/healthz"), 503, Duration::from_secs(30)).await;
+    let (status, body) = http_get(&format!("{http}/healthz")).await.unwrap();
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(report["stalled"]["operation"], "forward", "{body}");
+    assert!(
+        report["stalled"]["seconds"].as_f64().unwrap() > 1.0,
+        "{body}"
+    );
+    assert!(
+        report["broken"].is_null(),
+        "a stall alone is not final: {body}"
+    );
+
+    // The device comes back: the worker is live again and the job is answered.
+    release.send(()).unwrap();
+    wait_status(&format!("{http}/healthz"), 200, Duration::from_secs(30)).await;
+    let got = wait_results(&url, &keys.results, 1, Duration::from_secs(30)).await;
+    assert_eq!(got["hangs"]["status"], "ok");
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+}
