@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply};
+use redis::streams::StreamInfoGroupsReply;
 use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 
 use crate::config::Config;
@@ -412,64 +412,74 @@ impl Queue {
         }
     }
 
-    /// Claims up to `count` entries idle longer than `claim_idle_ms` (their consumer presumably
-    /// died), with their delivery counts. `cursor` carries XAUTOCLAIM's position between calls.
-    pub async fn claim_stale(
-        &self,
-        count: usize,
-        cursor: &mut String,
-    ) -> Result<Vec<Entry>, QueueError> {
+    /// The oldest entry idle longer than `claim_idle_ms` (its consumer presumably died), if
+    /// any: its id and how often it was delivered. Claims nothing.
+    pub async fn find_orphan(&self) -> Result<Option<(String, u64)>, QueueError> {
         let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("XAUTOCLAIM");
+        let mut cmd = redis::cmd("XPENDING");
         cmd.arg(&self.keys.jobs)
             .arg(&self.keys.group)
-            .arg(&self.consumer)
+            .arg("IDLE")
             .arg(self.claim_idle_ms)
-            .arg(cursor.as_str())
-            .arg("COUNT")
-            .arg(count);
+            .arg("-")
+            .arg("+")
+            .arg(1);
         let reply: Value = match cmd.query_async(&mut *c).await {
             Ok(r) => r,
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
-                return Ok(Vec::new());
+                return Ok(None);
             }
             Err(e) => return Err(e.into()),
         };
-        // [next cursor, [entries], [ids pending but gone from the stream]]
-        let mut parts = items(reply).unwrap_or_default().into_iter();
-        let next = parts
+        // [[id, consumer, idle ms, deliveries]]
+        let first = items(reply)
+            .and_then(|v| v.into_iter().next())
+            .and_then(items);
+        let Some(mut f) = first.map(Vec::into_iter) else {
+            return Ok(None);
+        };
+        let id = f
             .next()
             .and_then(bytes_of)
             .and_then(|b| String::from_utf8(b).ok());
-        *cursor = next.unwrap_or_else(|| "0-0".to_string());
-        let mut claimed = parts
-            .next()
-            .map(|v| decode_entries(v, true))
-            .unwrap_or_default();
-        let deleted: Vec<String> = parts
-            .next()
-            .and_then(items)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|v| bytes_of(v).and_then(|b| String::from_utf8(b).ok()))
-            .collect();
-        // Ids pending but gone from the stream (trimmed or deleted): nothing to run, acknowledge.
-        if !deleted.is_empty() {
-            let _: u64 = c.xack(&self.keys.jobs, &self.keys.group, &deleted).await?;
+        let deliveries = f.nth(2).and_then(|v| match v {
+            Value::Int(n) => Some(n.max(0) as u64),
+            _ => None,
+        });
+        Ok(id.map(|id| (id, deliveries.unwrap_or(1))))
+    }
+
+    /// Claims one orphan found by [`Queue::find_orphan`] (only if it is still idle longer than
+    /// `claim_idle_ms`: another worker may have taken it meanwhile). `None` when it was taken,
+    /// or when it is gone from the stream (trimmed or deleted: then it is acknowledged).
+    pub async fn claim_orphan(
+        &self,
+        id: &str,
+        delivered: u64,
+    ) -> Result<Option<Entry>, QueueError> {
+        let mut c = self.conn().await?;
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.keys.jobs)
+            .arg(&self.keys.group)
+            .arg(&self.consumer)
+            .arg(self.claim_idle_ms)
+            .arg(id);
+        let reply: Value = cmd.query_async(&mut *c).await?;
+        if let Some(mut e) = decode_entries(reply, true).into_iter().next() {
+            e.deliveries = delivered + 1;
+            return Ok(Some(e));
         }
-        if claimed.is_empty() {
-            return Ok(claimed);
+        let exists: Value = redis::cmd("XRANGE")
+            .arg(&self.keys.jobs)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut *c)
+            .await?;
+        if items(exists).is_some_and(|v| v.is_empty()) {
+            let _: u64 = c.xack(&self.keys.jobs, &self.keys.group, &[id]).await?;
         }
-        let mut pipe = redis::pipe();
-        for e in &claimed {
-            pipe.xpending_count(&self.keys.jobs, &self.keys.group, &e.id, &e.id, 1);
-        }
-        let counts: Vec<StreamPendingCountReply> = pipe.query_async(&mut *c).await?;
-        for (e, p) in claimed.iter_mut().zip(counts) {
-            e.deliveries = p.ids.first().map_or(1, |p| p.times_delivered as u64);
-        }
-        Ok(claimed)
+        Ok(None)
     }
 
     /// Renews this worker's leases: resets the idle time of the entries it still holds, so no

@@ -26,9 +26,10 @@ fn now_ms() -> u64 {
 /// way is not cut off (its entries would be delivered to this consumer and never seen): it
 /// ends within `block_ms`, and what it brought is released to other workers at once.
 ///
-/// An entry delivered twice or more (reclaimed from a worker that died holding it) may be what
-/// killed that worker: it runs alone, once everything else in flight here is done and with
-/// every permit held, so a job that crashes the process costs no neighbour a delivery.
+/// A reclaimed entry was delivered before, to a worker that died holding it: it may be what
+/// killed that worker. So orphans are claimed one at a time, only once everything else in
+/// flight here is done, and each runs alone with every permit held: a job that crashes the
+/// process costs no neighbour a delivery (only the neighbours of its first, fresh delivery).
 pub(super) async fn fetch(
     ctx: Arc<Ctx>,
     permits: Arc<Semaphore>,
@@ -41,15 +42,71 @@ pub(super) async fn fetch(
     let broken = ctx.health.broken_token();
     let stopping = || shutdown.is_cancelled() || broken.is_cancelled();
     let mut conn = None;
-    let mut cursor = "0-0".to_string();
     let claim_every = Duration::from_millis(q.claim_interval_ms);
     let mut next_claim = Instant::now();
     let mut backoff = Backoff::default();
     loop {
+        if Instant::now() >= next_claim {
+            let orphan = match ctx.queue.find_orphan().await {
+                Ok(o) => o,
+                Err(e) => {
+                    if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            recovered(&ctx, &mut backoff);
+            let Some((id, delivered)) = orphan else {
+                next_claim = Instant::now() + claim_every;
+                continue;
+            };
+            // Wait for the pipeline to empty, then claim the orphan and run it alone.
+            let all = tokio::select! {
+                p = permits.clone().acquire_many_owned(inflight as u32) => {
+                    p.expect("semaphore never closes")
+                }
+                _ = shutdown.cancelled() => return,
+                _ = broken.cancelled() => return,
+            };
+            let entry = match ctx.queue.claim_orphan(&id, delivered).await {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(e) => {
+                    drop(all);
+                    if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if stopping() {
+                release(&ctx, vec![entry.id]).await;
+                return;
+            }
+            let lease = leases.take(&entry.id);
+            let wait = queue_wait_ms(&entry);
+            counter!(m::JOBS, "outcome" => outcome::RECLAIMED).increment(1);
+            let delivery = Delivery::new(entry, wait, all, lease);
+            if delivery.entry.deliveries > q.max_deliveries {
+                tokio::spawn(too_many_deliveries(ctx.clone(), delivery));
+                continue;
+            }
+            tracing::info!(
+                entry = %delivery.entry.id,
+                deliveries = delivery.entry.deliveries,
+                "reclaimed an orphaned entry; running it alone"
+            );
+            if out.send(delivery).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let first = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
             _ = shutdown.cancelled() => return,
             _ = broken.cancelled() => return,
+            _ = tokio::time::sleep_until(next_claim.into()) => continue,
         };
         let mut held = vec![first];
         while held.len() < q.max_batch {
@@ -58,116 +115,84 @@ pub(super) async fn fetch(
                 Err(_) => break,
             }
         }
-        let mut entries = Vec::new();
-        let mut failed = None;
-        if Instant::now() >= next_claim {
-            match ctx.queue.claim_stale(held.len(), &mut cursor).await {
-                Ok(claimed) => {
-                    if cursor == "0-0" {
-                        next_claim = Instant::now() + claim_every;
+        if conn.is_none() {
+            match ctx.queue.blocking_connection().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    drop(held);
+                    if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
+                        return;
                     }
-                    entries.extend(claimed);
-                }
-                Err(e) => failed = Some(e),
-            }
-        }
-        if failed.is_none() && entries.is_empty() && !stopping() {
-            if conn.is_none() {
-                match ctx.queue.blocking_connection().await {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => failed = Some(e),
-                }
-            }
-            if let Some(c) = conn.as_mut() {
-                // Not raced against shutdown: see above.
-                match ctx.queue.read_new(c, held.len()).await {
-                    Ok(new) => entries = new,
-                    Err(e) => {
-                        conn = None;
-                        failed = Some(e);
-                    }
+                    continue;
                 }
             }
         }
-        if let Some(e) = failed {
-            backoff.failed(&e);
-            ctx.health.set(&ctx.health.redis_ok, false);
-            drop(held);
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.delay()) => continue,
-                _ = shutdown.cancelled() => return,
-                _ = broken.cancelled() => return,
+        let c = conn.as_mut().expect("connected above");
+        // Not raced against shutdown: see above.
+        let entries = match ctx.queue.read_new(c, held.len()).await {
+            Ok(new) => new,
+            Err(e) => {
+                conn = None;
+                drop(held);
+                if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
+                    return;
+                }
+                continue;
             }
-        }
-        if backoff.failures > 0 || !ctx.health.redis_ok.load(Ordering::Relaxed) {
-            backoff.recovered();
-            ctx.health.set(&ctx.health.redis_ok, true);
-        }
+        };
+        recovered(&ctx, &mut backoff);
         if stopping() {
             release(&ctx, entries.iter().map(|e| e.id.clone()).collect()).await;
             return;
         }
-        let now = now_ms();
         if !entries.is_empty() {
             tracing::debug!(entries = entries.len(), "fetched");
         }
-        let mut suspects = Vec::new();
         for entry in entries {
-            let queue_wait_ms = entry
-                .enqueued_ms()
-                .map_or(0.0, |t| now.saturating_sub(t) as f64);
-            if !entry.reclaimed {
-                histogram!(m::QUEUE_WAIT).record(queue_wait_ms / 1e3);
-            } else {
-                counter!(m::JOBS, "outcome" => outcome::RECLAIMED).increment(1);
-            }
+            let wait = queue_wait_ms(&entry);
+            histogram!(m::QUEUE_WAIT).record(wait / 1e3);
             let permit = held.pop().expect("never more entries than permits");
             let lease = leases.take(&entry.id);
-            if entry.reclaimed && entry.deliveries > q.max_deliveries {
-                let delivery = Delivery::new(entry, queue_wait_ms, permit, lease);
-                tokio::spawn(too_many_deliveries(ctx.clone(), delivery));
-                continue;
-            }
-            if entry.reclaimed && entry.deliveries >= 2 {
-                drop(permit);
-                suspects.push((entry, queue_wait_ms, lease));
-                continue;
-            }
             if out
-                .send(Delivery::new(entry, queue_wait_ms, permit, lease))
+                .send(Delivery::new(entry, wait, permit, lease))
                 .await
                 .is_err()
             {
                 return;
             }
         }
-        drop(held);
-        let mut suspects = suspects.into_iter();
-        while let Some((entry, queue_wait_ms, lease)) = suspects.next() {
-            tracing::info!(
-                entry = %entry.id,
-                deliveries = entry.deliveries,
-                "delivered before: running it alone once the pipeline is empty"
-            );
-            let all = tokio::select! {
-                p = permits.clone().acquire_many_owned(inflight as u32) => {
-                    Some(p.expect("semaphore never closes"))
-                }
-                _ = shutdown.cancelled() => None,
-                _ = broken.cancelled() => None,
-            };
-            let Some(all) = all else {
-                let mut ids = vec![entry.id.clone()];
-                ids.extend(suspects.map(|(e, _, _)| e.id));
-                drop(lease);
-                release(&ctx, ids).await;
-                return;
-            };
-            let delivery = Delivery::new(entry, queue_wait_ms, all, lease);
-            if out.send(delivery).await.is_err() {
-                return;
-            }
-        }
+    }
+}
+
+/// Milliseconds since the entry was added (from its id).
+fn queue_wait_ms(entry: &crate::queue::Entry) -> f64 {
+    entry
+        .enqueued_ms()
+        .map_or(0.0, |t| now_ms().saturating_sub(t) as f64)
+}
+
+/// After a Redis step succeeded: ends an outage (logs, readiness).
+fn recovered(ctx: &Ctx, backoff: &mut Backoff) {
+    if backoff.failures > 0 || !ctx.health.redis_ok.load(Ordering::Relaxed) {
+        backoff.recovered();
+        ctx.health.set(&ctx.health.redis_ok, true);
+    }
+}
+
+/// After a failed Redis step: backs off. False when the worker is stopping meanwhile.
+async fn wait_out(
+    ctx: &Ctx,
+    backoff: &mut Backoff,
+    e: crate::error::QueueError,
+    shutdown: &CancellationToken,
+    broken: &CancellationToken,
+) -> bool {
+    backoff.failed(&e);
+    ctx.health.set(&ctx.health.redis_ok, false);
+    tokio::select! {
+        _ = tokio::time::sleep(backoff.delay()) => true,
+        _ = shutdown.cancelled() => false,
+        _ = broken.cancelled() => false,
     }
 }
 

@@ -289,22 +289,29 @@ async fn one_entry_with_a_binary_field_name_spoils_neither_its_read_nor_the_log(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_jobs_of_a_dead_worker_are_reclaimed() {
+async fn large_jobs_are_read_and_those_of_a_dead_worker_reclaimed() {
     let redis = shared_redis();
     let url = redis.url();
     let p = prefix("large");
     let keys = Keys::new(&p);
-    // 16 entries of 24 MB each, delivered to a consumer that died holding them.
+    // Entries of 24 MB each: 4 delivered to a consumer that died holding them, then 16 new
+    // ones, read 16 at a time (384 MB in one reply).
     let pad = vec![b'x'; 24 << 20];
     let img = image(160, 120, 2, false);
-    for i in 0..16 {
-        let job = format!(r#"{{"job_id":"big{i}"}}"#);
-        xadd_raw(
-            &url,
-            &p,
-            &[("job", job.as_bytes()), ("image", &img), ("pad", &pad)],
-        )
-        .await;
+    let add = |i: usize| {
+        let (url, p, img, pad) = (url.clone(), p.clone(), img.clone(), &pad);
+        async move {
+            let job = format!(r#"{{"job_id":"big{i}"}}"#);
+            xadd_raw(
+                &url,
+                &p,
+                &[("job", job.as_bytes()), ("image", &img), ("pad", pad)],
+            )
+            .await;
+        }
+    };
+    for i in 0..4 {
+        add(i).await;
     }
     // This test's own connection needs a long response timeout too.
     let cfg =
@@ -320,19 +327,22 @@ async fn large_jobs_of_a_dead_worker_are_reclaimed() {
         .arg(&keys.group)
         .arg("dead-worker")
         .arg("COUNT")
-        .arg(16)
+        .arg(4)
         .arg("STREAMS")
         .arg(&keys.jobs)
         .arg(">")
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(pending(&url, &p).await, 16);
+    assert_eq!(pending(&url, &p).await, 4);
+    for i in 4..20 {
+        add(i).await;
+    }
     let mut cfg = config(&url, &p);
     cfg.queue.max_batch = 16;
     cfg.queue.claim_idle_ms = 500;
     let worker = Worker::start(cfg);
-    let got = wait_results(&url, &keys.results, 16, Duration::from_secs(120)).await;
+    let got = wait_results(&url, &keys.results, 20, Duration::from_secs(120)).await;
     wait_drained(&url, &p, Duration::from_secs(30)).await;
     worker.stop().await;
     assert!(got.values().all(|r| r["status"] == "ok"));
