@@ -56,10 +56,23 @@ fn first_line(s: &str) -> String {
 /// or permanent (the command can never succeed as sent); see [`QueueError::is_permanent`].
 #[derive(Debug, Error)]
 pub enum QueueError {
-    #[error("redis: {0}")]
+    #[error("redis: {}", capped(&.0.to_string()))]
     Redis(#[from] redis::RedisError),
-    #[error("redis pool: {0}")]
+    #[error("redis pool: {}", capped(.0))]
     Pool(String),
+}
+
+/// The most characters of an error message that reach a log line: a reply quoted in an error
+/// can be a whole frame.
+pub const MAX_LOGGED_CHARS: usize = 300;
+
+/// `s`, cut to [`MAX_LOGGED_CHARS`] characters with a note of how long it was.
+pub fn capped(s: &str) -> String {
+    if s.chars().count() <= MAX_LOGGED_CHARS {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(MAX_LOGGED_CHARS).collect();
+    format!("{head}… ({} bytes in all)", s.len())
 }
 
 /// Server error codes that say "not now": the same command can succeed later.
@@ -112,6 +125,21 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_error_message_carries_a_whole_payload_into_a_log_line() {
+        let payload = "QUJD".repeat(50_000);
+        let e: QueueError = redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "response was",
+            payload.clone(),
+        ))
+        .into();
+        let shown = e.to_string();
+        assert!(shown.len() < 400, "{} characters logged", shown.len());
+        assert!(shown.contains("bytes in all"));
+        assert_eq!(capped("short"), "short");
+    }
 
     fn reply(raw: &str) -> QueueError {
         let v = redis::parse_redis_value(format!("{raw}\r\n").as_bytes()).unwrap();
