@@ -88,12 +88,12 @@ async fn vertices_come_only_when_asked_for_and_reply_to_is_honoured() {
     let p = prefix("include");
     let mut f = frame("with-vertices", image(200, 300, 1, false));
     f.job.include.vertices = true;
-    f.job.reply_to = Some(format!("{p}:mine").into());
+    f.job.reply_to = Some(format!("{p}:results:mine").into());
     enqueue_frames(&redis.url(), &p, &[f], true).await;
     let worker = Worker::start(config(&redis.url(), &p));
     let got = wait_results(
         &redis.url(),
-        &format!("{p}:mine"),
+        &format!("{p}:results:mine"),
         1,
         Duration::from_secs(60),
     )
@@ -369,7 +369,7 @@ async fn a_reply_to_that_is_not_a_stream_gets_an_error_on_the_default_stream() {
         .await
         .unwrap();
     let mut f = frame("bad-reply", image(200, 200, 2, false));
-    f.job.reply_to = Some(format!("{p}:a-string").into());
+    f.job.reply_to = Some(format!("{p}:results:a-string").into());
     enqueue_frames(&redis.url(), &p, &[f], true).await;
     let worker = Worker::start(config(&redis.url(), &p));
     let got = wait_results(&redis.url(), &keys.results, 1, Duration::from_secs(60)).await;

@@ -25,6 +25,13 @@ pub struct EnqueueOptions {
 
 /// Enqueues image files (or synthetic frames) with a progress bar and prints one job id per line.
 pub async fn run(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
+    let keys = hmr2_client::Keys::new(&config.queue.prefix);
+    if let Some(r) = o.reply_to.as_deref().filter(|r| !keys.accepts_reply_to(r)) {
+        anyhow::bail!(
+            "--reply-to {r:?} must start with {:?}: workers answer any other stream with invalid_job",
+            keys.results
+        );
+    }
     let frames = match o.synthetic {
         Some(n) => synthetic(n, o.size, &o),
         None => frames_from_files(&o)?,

@@ -157,7 +157,7 @@ struct EnqueueArgs {
     /// Send the image bytes in the `image` field instead of base64 in the JSON.
     #[arg(long)]
     raw: bool,
-    /// Stream that receives the results (default `{prefix}:results`).
+    /// Stream that receives the results (default `{prefix}:results`; must start with it).
     #[arg(long)]
     reply_to: Option<String>,
     /// Ask for the 6890 mesh vertices too.
