@@ -377,7 +377,7 @@ async fn renewing_a_lease_never_takes_back_an_entry_reclaimed_elsewhere() {
     let lost = first.extend_lease(std::slice::from_ref(&id)).await.unwrap();
     assert_eq!(
         lost,
-        [id.clone()],
+        std::slice::from_ref(&id),
         "the first worker learns it lost the entry"
     );
     let owner: redis::Value = redis::cmd("XPENDING")
