@@ -298,21 +298,6 @@ async fn large_jobs_are_read_and_those_of_a_dead_worker_reclaimed() {
     // ones, read 16 at a time (384 MB in one reply).
     let pad = vec![b'x'; 24 << 20];
     let img = image(160, 120, 2, false);
-    let add = |i: usize| {
-        let (url, p, img, pad) = (url.clone(), p.clone(), img.clone(), &pad);
-        async move {
-            let job = format!(r#"{{"job_id":"big{i}"}}"#);
-            xadd_raw(
-                &url,
-                &p,
-                &[("job", job.as_bytes()), ("image", &img), ("pad", pad)],
-            )
-            .await;
-        }
-    };
-    for i in 0..4 {
-        add(i).await;
-    }
     // This test's own connection needs a long response timeout too.
     let cfg =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
@@ -321,6 +306,25 @@ async fn large_jobs_are_read_and_those_of_a_dead_worker_reclaimed() {
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
         .unwrap();
+    let adder = c.clone();
+    let add = async |i: usize| {
+        let job = format!(r#"{{"job_id":"big{i}"}}"#);
+        let _: String = redis::cmd("XADD")
+            .arg(&keys.jobs)
+            .arg("*")
+            .arg("job")
+            .arg(job)
+            .arg("image")
+            .arg(&img)
+            .arg("pad")
+            .arg(&pad)
+            .query_async(&mut adder.clone())
+            .await
+            .unwrap();
+    };
+    for i in 0..4 {
+        add(i).await;
+    }
     let _: () = c.xgroup_create(&keys.jobs, &keys.group, "0").await.unwrap();
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")

@@ -293,10 +293,22 @@ async fn each_kind_of_bad_input_gets_its_code_and_a_dead_letter() {
     for e in &dead.ids {
         assert!(e.map.contains_key("error") && e.map.contains_key("deliveries"));
         assert!(
-            e.map.contains_key("job") || e.map.contains_key("image"),
-            "original fields kept"
+            !e.map.contains_key("image"),
+            "the frame is dropped from dead letters (queue.dead_keep_image = false)"
         );
     }
+    let with_job = cases
+        .iter()
+        .filter(|(_, f)| f.iter().any(|(k, _)| *k == "job"))
+        .count();
+    assert_eq!(
+        dead.ids
+            .iter()
+            .filter(|e| e.map.contains_key("job"))
+            .count(),
+        with_job,
+        "every dead letter keeps its job's `job` field"
+    );
     assert_eq!(pending(&redis.url(), &p).await, 0);
     assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
 }
@@ -365,7 +377,7 @@ async fn a_reply_to_that_is_not_a_stream_gets_an_error_on_the_default_stream() {
     let p = prefix("replytype");
     let keys = Keys::new(&p);
     let mut c = connect(&redis.url()).await;
-    let _: () = redis::AsyncCommands::set(&mut c, format!("{p}:a-string"), "x")
+    let _: () = redis::AsyncCommands::set(&mut c, format!("{p}:results:a-string"), "x")
         .await
         .unwrap();
     let mut f = frame("bad-reply", image(200, 200, 2, false));
