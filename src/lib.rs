@@ -34,6 +34,7 @@
 
 mod camera;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod detector;
 pub mod error;

@@ -1,10 +1,10 @@
 //! Command line of `hmr2-worker`: parses flags and calls the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use hmr2_worker::config::{Config, Overrides};
+use clap::{Parser, Subcommand};
+use hmr2_worker::cli::{passive_openmp, GlobalArgs};
+use hmr2_worker::config::Config;
 use hmr2_worker::{check, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -22,35 +22,6 @@ struct Cli {
     command: Command,
 }
 
-/// Settings that override the configuration file and the environment.
-#[derive(Args)]
-struct GlobalArgs {
-    /// Configuration file (TOML), layered over the embedded defaults.
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Redis URL (redis:// or rediss://).
-    #[arg(long, global = true, value_name = "URL")]
-    redis_url: Option<String>,
-    /// Key prefix of the streams.
-    #[arg(long, global = true)]
-    prefix: Option<String>,
-    /// TorchScript model file.
-    #[arg(long, global = true, value_name = "FILE")]
-    model: Option<PathBuf>,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, global = true)]
-    device: Option<String>,
-    /// Largest batch per forward pass.
-    #[arg(long, global = true)]
-    max_batch: Option<usize>,
-    /// Address of the metrics/health listener.
-    #[arg(long, global = true, value_name = "ADDR")]
-    listen: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, global = true)]
-    log_format: Option<String>,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Runs the worker until SIGTERM/SIGINT: in-flight jobs finish within the grace period.
@@ -63,18 +34,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    passive_openmp();
+    passive_openmp("hmr2-worker");
     let cli = Cli::parse();
     let g = &cli.global;
-    let mut flags = Overrides::default();
-    flags
-        .set("redis.url", g.redis_url.clone())
-        .set("queue.prefix", g.prefix.clone())
-        .set("model.path", g.model.clone())
-        .set("model.device", g.device.clone())
-        .set("queue.max_batch", g.max_batch)
-        .set("http.listen", g.listen.clone())
-        .set("log.format", g.log_format.clone());
+    let flags = g.overrides();
     let config = match Config::load(g.config.as_deref(), &flags, true) {
         Ok(c) => c,
         Err(e) => {
@@ -112,23 +75,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-/// libgomp reads `OMP_WAIT_POLICY` once, when it is loaded: by default its threads spin after
-/// every parallel region, burning the cores the decoders need. When the variable is unset, set
-/// it and re-execute this binary so libtorch's CPU threads sleep when idle.
-fn passive_openmp() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .exec();
-    // exec only returns on failure: carry on with the default policy.
-    eprintln!("hmr2-worker: could not re-execute with OMP_WAIT_POLICY=PASSIVE: {err}");
 }

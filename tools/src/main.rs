@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hmr2_tools::{bench, demo, enqueue, synth};
-use hmr2_worker::config::{Config, Overrides};
+use hmr2_worker::cli::{passive_openmp, GlobalArgs};
+use hmr2_worker::config::Config;
 use hmr2_worker::telemetry;
 
 #[derive(Parser)]
@@ -22,35 +23,6 @@ struct Cli {
     global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Settings that override the configuration file and the environment.
-#[derive(Args)]
-struct GlobalArgs {
-    /// Configuration file (TOML), layered over the embedded defaults.
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Redis URL (redis:// or rediss://).
-    #[arg(long, global = true, value_name = "URL")]
-    redis_url: Option<String>,
-    /// Key prefix of the streams.
-    #[arg(long, global = true)]
-    prefix: Option<String>,
-    /// TorchScript model file.
-    #[arg(long, global = true, value_name = "FILE")]
-    model: Option<PathBuf>,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, global = true)]
-    device: Option<String>,
-    /// Largest batch per forward pass.
-    #[arg(long, global = true)]
-    max_batch: Option<usize>,
-    /// Address of the metrics/health listener.
-    #[arg(long, global = true, value_name = "ADDR")]
-    listen: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, global = true)]
-    log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -166,18 +138,10 @@ struct EnqueueArgs {
 }
 
 fn main() -> ExitCode {
-    passive_openmp();
+    passive_openmp("hmr2");
     let cli = Cli::parse();
     let g = &cli.global;
-    let mut flags = Overrides::default();
-    flags
-        .set("redis.url", g.redis_url.clone())
-        .set("queue.prefix", g.prefix.clone())
-        .set("model.path", g.model.clone())
-        .set("model.device", g.device.clone())
-        .set("queue.max_batch", g.max_batch)
-        .set("http.listen", g.listen.clone())
-        .set("log.format", g.log_format.clone());
+    let mut flags = g.overrides();
     if matches!(cli.command, Command::Demo(_) | Command::Bench(_))
         && std::env::var_os("HMR2_LOG__LEVEL").is_none()
     {
@@ -262,23 +226,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-/// libgomp reads `OMP_WAIT_POLICY` once, when it is loaded: by default its threads spin after
-/// every parallel region, burning the cores the decoders need. When the variable is unset, set
-/// it and re-execute this binary so libtorch's CPU threads sleep when idle.
-fn passive_openmp() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .exec();
-    // exec only returns on failure: carry on with the default policy.
-    eprintln!("hmr2: could not re-execute with OMP_WAIT_POLICY=PASSIVE: {err}");
 }
