@@ -54,6 +54,27 @@ async fn dead_letters(url: &str, stream: &str) -> Vec<HashMap<String, Vec<u8>>> 
         .collect()
 }
 
+/// Delivers up to `count` new entries to `consumer` (a worker that then dies, or stays busy).
+async fn read_as(
+    c: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    consumer: &str,
+    count: usize,
+) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&keys.group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(&keys.jobs)
+        .arg(">")
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
 fn text(m: &HashMap<String, Vec<u8>>, k: &str) -> String {
     m.get(k)
         .map(|v| String::from_utf8_lossy(v).to_string())
@@ -326,18 +347,7 @@ async fn large_jobs_are_read_and_those_of_a_dead_worker_reclaimed() {
         add(i).await;
     }
     let _: () = c.xgroup_create(&keys.jobs, &keys.group, "0").await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(&keys.group)
-        .arg("dead-worker")
-        .arg("COUNT")
-        .arg(4)
-        .arg("STREAMS")
-        .arg(&keys.jobs)
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_as(&mut c, &keys, "dead-worker", 4).await;
     assert_eq!(pending(&url, &p).await, 4);
     for i in 4..20 {
         add(i).await;
@@ -409,18 +419,7 @@ async fn lag_counts_undelivered_entries_even_when_redis_cannot() {
     let ids = enqueue_frames(&url, &p, &frames, true).await;
     let mut c = connect(&url).await;
     let _: () = c.xgroup_create(&keys.jobs, &keys.group, "0").await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(&keys.group)
-        .arg("busy")
-        .arg("COUNT")
-        .arg(6)
-        .arg("STREAMS")
-        .arg(&keys.jobs)
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_as(&mut c, &keys, "busy", 6).await;
     // The last delivered entry is finished (acked and deleted): XINFO's lag turns nil.
     let _: u64 = c.xack(&keys.jobs, &keys.group, &[&ids[5]]).await.unwrap();
     let _: u64 = c.xdel(&keys.jobs, &[&ids[5]]).await.unwrap();
@@ -449,18 +448,7 @@ async fn consumers_that_hold_nothing_are_removed_and_those_that_hold_entries_sta
         .unwrap();
     // "gone-holding" holds an entry (delivered, never finished).
     let _: () = c.xgroup_setid(&keys.jobs, &keys.group, "0").await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(&keys.group)
-        .arg("gone-holding")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&keys.jobs)
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_as(&mut c, &keys, "gone-holding", 1).await;
     let names = |c: &mut redis::aio::MultiplexedConnection| {
         let (jobs, group) = (keys.jobs.clone(), keys.group.clone());
         let mut c = c.clone();
