@@ -1,6 +1,10 @@
 //! A throwaway local `redis-server` (for `demo`, `bench` and the tests): a free port, a private
 //! temporary folder, killed when dropped, restartable on the same port and data.
+//!
+//! [`RedisCluster`] does the same for a Redis Cluster on loopback ports (masters, their replicas,
+//! `redis-cli --cluster create`), for integration tests that need slots, redirections and failover.
 
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,28 +42,18 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
-        let bin = std::env::var("HMR2_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot start {bin} (install it, or run `make setup`): {e}"),
-                )
-            })?;
-        self.child = Some(child);
+        let mut args: Vec<OsString> = vec![
+            "--port".into(),
+            self.port.to_string().into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            self.dir.path().into(),
+            "--logfile".into(),
+            self.dir.path().join("redis.log").into(),
+        ];
+        args.extend(self.extra.iter().map(OsString::from));
+        self.child = Some(spawn_redis_server(&args)?);
         self.wait_ready(Duration::from_secs(10))
     }
 
@@ -143,5 +137,472 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Starts the `redis-server` binary (`$HMR2_REDIS_SERVER`, else `redis-server` on `PATH`) with
+/// these arguments, output discarded.
+fn spawn_redis_server(args: &[OsString]) -> std::io::Result<Child> {
+    let bin = std::env::var("HMR2_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot start {bin} (install it, or run `make setup`): {e}"),
+            )
+        })
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// A short-lived synchronous connection to one node, or `None` when it does not answer.
+fn connect(port: u16) -> Option<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let c = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    Some(c)
+}
+
+/// The number of hash slots of a Redis Cluster.
+pub const CLUSTER_SLOTS: u32 = 16384;
+
+/// One node of a Redis Cluster as `CLUSTER NODES` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node id (40 hex digits).
+    pub id: String,
+    /// The client port on 127.0.0.1.
+    pub port: u16,
+    /// The flags (`myself`, `master`, `slave`, `fail?`, `fail`, ...).
+    pub flags: Vec<String>,
+    /// The id of its master, for a replica.
+    pub master_id: Option<String>,
+    /// The slot ranges it serves, inclusive (empty for a replica).
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether it serves this hash slot.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    }
+
+    fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    /// A master not flagged as failed (`fail`) by the node that was asked.
+    pub fn is_live_master(&self) -> bool {
+        self.has_flag("master") && !self.has_flag("fail")
+    }
+}
+
+/// Parses the output of `CLUSTER NODES` (slot migration entries `[...]` are left out).
+pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`
+            let addr = f[1].split('@').next()?;
+            let port = addr.rsplit(':').next()?.parse().ok()?;
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|a| (a, a)),
+                })
+                .collect();
+            Some(ClusterNode {
+                id: f[0].to_string(),
+                port,
+                flags: f[2].split(',').map(str::to_string).collect(),
+                master_id: (f[3] != "-").then(|| f[3].to_string()),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// One `redis-server` process of a [`RedisCluster`].
+struct NodeProcess {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// A throwaway Redis Cluster on loopback ports: `masters × (1 + replicas_per_master)`
+/// `redis-server` processes without persistence sharing one temporary folder, joined by
+/// `redis-cli --cluster create`. Every process is killed, and the folder removed, when dropped.
+///
+/// `redis-cli` is `$HMR2_REDIS_CLI`, else `redis-cli` on `PATH` (Debian's `redis-tools`, which
+/// the `redis-server` package depends on).
+pub struct RedisCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<NodeProcess>,
+    /// How many masters it was created with.
+    masters: usize,
+    /// Ids of the masters killed by [`RedisCluster::kill_master`] whose slots
+    /// [`RedisCluster::wait_failover`] has not yet seen taken over.
+    killed: Vec<String>,
+}
+
+impl RedisCluster {
+    /// The node timeout given to every node (ms): failures are detected, and replicas promoted,
+    /// a second or two after a master dies.
+    pub const NODE_TIMEOUT_MS: u64 = 1000;
+
+    /// Starts `masters × (1 + replicas_per_master)` nodes, creates the cluster and waits (at
+    /// most 60 s) until every node reports `cluster_state:ok` with all slots covered, knows every
+    /// other node, and every replica is in sync with its master.
+    pub fn start(masters: usize, replicas_per_master: usize) -> std::io::Result<Self> {
+        if masters < 3 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "Redis Cluster needs at least 3 masters",
+            ));
+        }
+        let n = masters * (1 + replicas_per_master);
+        // Two ports per node: the client port, and the cluster bus port (given explicitly
+        // rather than the default client port + 10000, which may not be free or may not exist).
+        let ports = free_ports(2 * n)?;
+        let mut cluster = RedisCluster {
+            dir: tempfile::Builder::new()
+                .prefix("hmr2-redis-cluster-")
+                .tempdir()?,
+            nodes: Vec::with_capacity(n),
+            masters,
+            killed: Vec::new(),
+        };
+        for pair in ports.chunks(2) {
+            let (port, bus_port) = (pair[0], pair[1]);
+            let dir = cluster.dir.path();
+            let args: Vec<OsString> = vec![
+                "--port".into(),
+                port.to_string().into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--dir".into(),
+                dir.into(),
+                "--logfile".into(),
+                dir.join(format!("redis-{port}.log")).into(),
+                "--dbfilename".into(),
+                format!("dump-{port}.rdb").into(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                dir.join(format!("nodes-{port}.conf")).into(),
+                "--cluster-node-timeout".into(),
+                Self::NODE_TIMEOUT_MS.to_string().into(),
+                "--cluster-port".into(),
+                bus_port.to_string().into(),
+                // Replicas sync at once, not after the default 5 s wait for more of them.
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
+            ];
+            let child = spawn_redis_server(&args)?;
+            cluster.nodes.push(NodeProcess {
+                port,
+                child: Some(child),
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for node in &cluster.nodes {
+            cluster.wait_until(deadline, "every node to answer PING", || {
+                connect(node.port)
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
+                    .is_some()
+            })?;
+        }
+        cluster.create(replicas_per_master)?;
+        cluster.wait_until(deadline, "the cluster to form", || cluster.formed())?;
+        Ok(cluster)
+    }
+
+    /// `redis-cli --cluster create ... --cluster-replicas N --cluster-yes`.
+    fn create(&self, replicas_per_master: usize) -> std::io::Result<()> {
+        let bin = std::env::var("HMR2_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let out = Command::new(&bin)
+            .arg("--cluster")
+            .arg("create")
+            .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .arg("--cluster-replicas")
+            .arg(replicas_per_master.to_string())
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot run {bin} (install redis-tools, or run `make setup`): {e}"),
+                )
+            })?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "{bin} --cluster create failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Polls `done` every 50 ms until it holds or `deadline` passes.
+    fn wait_until(
+        &self,
+        deadline: Instant,
+        what: &str,
+        mut done: impl FnMut() -> bool,
+    ) -> std::io::Result<()> {
+        loop {
+            if done() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("timed out waiting for {what}\n{}", self.log_tails(5)),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last `n` lines of every node's log, for an error message (the folder goes with it).
+    fn log_tails(&self, n: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let path = self.dir.path().join(format!("redis-{}.log", node.port));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!("--- node {} ---\n", node.port);
+            for line in &lines[lines.len().saturating_sub(n)..] {
+                out += line;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// `CLUSTER INFO` of one node as `field -> value`, or `None` when it does not answer.
+    fn cluster_info(port: u16) -> Option<std::collections::HashMap<String, String>> {
+        let mut c = connect(port)?;
+        let text: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.trim().split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// Whether this node reports `cluster_state:ok` with every slot assigned and served.
+    fn node_ok(port: u16) -> bool {
+        let Some(info) = Self::cluster_info(port) else {
+            return false;
+        };
+        let all = CLUSTER_SLOTS.to_string();
+        info.get("cluster_state").map(String::as_str) == Some("ok")
+            && info.get("cluster_slots_assigned") == Some(&all)
+            && info.get("cluster_slots_ok") == Some(&all)
+    }
+
+    /// `CLUSTER NODES` as one node sees it.
+    fn nodes_seen_by(port: u16) -> Option<Vec<ClusterNode>> {
+        let mut c = connect(port)?;
+        let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut c).ok()?;
+        Some(parse_cluster_nodes(&text))
+    }
+
+    /// Every node ok, knowing every other node in its role (as many masters serving slots, and
+    /// replicas of a master, as created), and every replica's link to its master up.
+    fn formed(&self) -> bool {
+        self.nodes.iter().all(|node| {
+            if !Self::node_ok(node.port) {
+                return false;
+            }
+            let Some(seen) = Self::nodes_seen_by(node.port) else {
+                return false;
+            };
+            if seen.len() != self.nodes.len() || seen.iter().any(|n| n.has_flag("handshake")) {
+                return false;
+            }
+            let serving = seen
+                .iter()
+                .filter(|n| n.is_live_master() && !n.slots.is_empty())
+                .count();
+            let replicas = seen
+                .iter()
+                .filter(|n| n.has_flag("slave") && n.master_id.is_some())
+                .count();
+            if serving != self.masters || replicas != self.nodes.len() - self.masters {
+                return false;
+            }
+            let me = seen.iter().find(|n| n.has_flag("myself"));
+            if me.is_some_and(|m| m.has_flag("slave")) {
+                let Some(mut c) = connect(node.port) else {
+                    return false;
+                };
+                let info: String = match redis::cmd("INFO").arg("replication").query(&mut c) {
+                    Ok(s) => s,
+                    Err(_) => return false,
+                };
+                return info.lines().any(|l| l.trim() == "master_link_status:up");
+            }
+            true
+        })
+    }
+
+    /// Ports of the nodes whose process has not been killed.
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+    }
+
+    /// Every node's `redis://127.0.0.1:<port>` URL (killed ones included), in start order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The URL of a node still running, to seed a cluster client with.
+    pub fn seed_url(&self) -> String {
+        let port = self
+            .live_ports()
+            .next()
+            .unwrap_or_else(|| self.nodes[0].port);
+        format!("redis://127.0.0.1:{port}")
+    }
+
+    /// The URLs of the nodes still running.
+    pub fn live_urls(&self) -> Vec<String> {
+        self.live_ports()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The ports of every node, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Its temporary folder (`nodes-<port>.conf`, `redis-<port>.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The whole cluster as the first running node that answers sees it (`CLUSTER NODES`).
+    pub fn nodes(&self) -> std::io::Result<Vec<ClusterNode>> {
+        self.live_ports()
+            .find_map(Self::nodes_seen_by)
+            .ok_or_else(|| std::io::Error::other("no node of the cluster answers CLUSTER NODES"))
+    }
+
+    /// The current masters serving slots, not flagged as failed, ordered by their first slot
+    /// (so index 0 serves slot 0).
+    pub fn masters(&self) -> std::io::Result<Vec<ClusterNode>> {
+        let mut masters: Vec<ClusterNode> = self
+            .nodes()?
+            .into_iter()
+            .filter(|n| n.is_live_master() && !n.slots.is_empty())
+            .collect();
+        masters.sort_by_key(|n| n.slots.iter().map(|s| s.0).min());
+        Ok(masters)
+    }
+
+    /// The current master serving this hash slot.
+    pub fn master_for_slot(&self, slot: u16) -> std::io::Result<ClusterNode> {
+        self.masters()?
+            .into_iter()
+            .find(|m| m.serves(slot))
+            .ok_or_else(|| std::io::Error::other(format!("no live master serves slot {slot}")))
+    }
+
+    /// Kills `masters()[index]` at once (SIGKILL) and returns it as it was. Its replica takes
+    /// over after the node timeout; see [`RedisCluster::wait_failover`].
+    pub fn kill_master(&mut self, index: usize) -> std::io::Result<ClusterNode> {
+        let masters = self.masters()?;
+        let master = masters.get(index).cloned().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no master {index} (there are {})", masters.len()),
+            )
+        })?;
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == master.port)
+            .ok_or_else(|| std::io::Error::other(format!("port {} is not ours", master.port)))?;
+        if let Some(mut c) = node.child.take() {
+            c.kill()?;
+            let _ = c.wait();
+        }
+        self.killed.push(master.id.clone());
+        Ok(master)
+    }
+
+    /// Waits (at most `timeout`, polling) until the slots of every master killed by
+    /// [`RedisCluster::kill_master`] are served by another master, as every running node sees
+    /// it, and every running node reports `cluster_state:ok` with all slots covered.
+    pub fn wait_failover(&mut self, timeout: Duration) -> std::io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let killed = self.killed.clone();
+        let live: Vec<u16> = self.live_ports().collect();
+        self.wait_until(deadline, "a replica to take over the killed master", || {
+            live.iter().all(|&port| {
+                Self::node_ok(port)
+                    && Self::nodes_seen_by(port).is_some_and(|seen| {
+                        seen.iter()
+                            .filter(|n| killed.contains(&n.id))
+                            .all(|n| n.slots.is_empty() && !n.is_live_master())
+                    })
+            })
+        })?;
+        self.killed.clear();
+        Ok(())
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 }
