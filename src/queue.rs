@@ -42,8 +42,23 @@ pub struct Entry {
 /// dead letter is for reading, not for keeping a hostile entry whole).
 pub const DEAD_LETTER_FIELDS: usize = 64;
 
-/// The most bytes of an unreadable `job` field kept in its dead letter.
-pub const DEAD_LETTER_RAW_JOB: usize = 64 * 1024;
+/// The most bytes an entry keeps of one field once its frame is dropped (an unreadable `job`
+/// is cut to this, any other field longer than this is replaced by a note).
+pub const KEPT_FIELD_BYTES: usize = 64 * 1024;
+
+/// Values of unknown `job` keys longer than this (as JSON) are replaced by a note.
+const KEPT_UNKNOWN_VALUE_BYTES: usize = 1024;
+
+/// The `job` keys of the wire contract (DESIGN §3), kept whole.
+const JOB_KEYS: &[&str] = &[
+    "v",
+    "job_id",
+    "video_id",
+    "frame_number",
+    "boxes",
+    "reply_to",
+    "include",
+];
 
 impl Entry {
     /// The value of field `name`.
@@ -59,17 +74,21 @@ impl Entry {
         self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
     }
 
-    /// Drops the frame: the `image` field, and `image_base64` from the `job` JSON (an
-    /// unreadable `job` is cut to [`DEAD_LETTER_RAW_JOB`] bytes). What stays is what a dead
-    /// letter needs to explain the job; called once the frame is decoded, so an in-flight job
-    /// holds kilobytes rather than its frame.
+    /// Drops the frame and anything else large: the `image` field, `image_base64` from the
+    /// `job` JSON, values of unknown `job` keys over 1 KiB, and any other field over
+    /// [`KEPT_FIELD_BYTES`] (both replaced by a note of their size); an unreadable `job` is cut
+    /// to [`KEPT_FIELD_BYTES`]. What stays is what a dead letter needs to explain the job, at
+    /// most tens of kilobytes: called once the frame is decoded, so an in-flight job holds its
+    /// crops, not what its entry carried.
     pub fn strip_frame(&mut self) {
         self.fields.retain(|(k, _)| k != b"image");
         for (k, v) in &mut self.fields {
             if k == b"job" {
-                if let Some(stripped) = strip_image_base64(v) {
-                    *v = stripped;
+                if let Some(slim) = slim_job(v) {
+                    *v = slim;
                 }
+            } else if v.len() > KEPT_FIELD_BYTES {
+                *v = format!("<{} bytes dropped>", v.len()).into_bytes();
             }
         }
     }
@@ -96,17 +115,35 @@ impl Entry {
     }
 }
 
-/// The `job` JSON without its `image_base64`, or its first [`DEAD_LETTER_RAW_JOB`] bytes when
-/// it is not a JSON object. `None` when there is nothing to drop.
-fn strip_image_base64(job: &[u8]) -> Option<Vec<u8>> {
-    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(job) {
-        Ok(mut map) => {
-            map.remove("image_base64")?;
-            serde_json::to_vec(&map).ok()
+/// The `job` JSON without its frame and without large unknown values (see
+/// [`Entry::strip_frame`]); when still over [`KEPT_FIELD_BYTES`], its contract keys only plus
+/// `dropped_keys`. `None` when there is nothing to drop.
+fn slim_job(job: &[u8]) -> Option<Vec<u8>> {
+    use serde_json::{Map, Value};
+    let Ok(mut map) = serde_json::from_slice::<Map<String, Value>>(job) else {
+        return (job.len() > KEPT_FIELD_BYTES).then(|| job[..KEPT_FIELD_BYTES].to_vec());
+    };
+    let mut changed = map.remove("image_base64").is_some();
+    for (k, v) in map.iter_mut() {
+        if JOB_KEYS.contains(&k.as_str()) {
+            continue;
         }
-        Err(_) if job.len() > DEAD_LETTER_RAW_JOB => Some(job[..DEAD_LETTER_RAW_JOB].to_vec()),
-        Err(_) => None,
+        let n = serde_json::to_vec(v).map_or(0, |s| s.len());
+        if n > KEPT_UNKNOWN_VALUE_BYTES {
+            *v = Value::String(format!("<{n} bytes dropped>"));
+            changed = true;
+        }
     }
+    let mut out = serde_json::to_vec(&map).ok()?;
+    if out.len() > KEPT_FIELD_BYTES {
+        let before = map.len();
+        map.retain(|k, _| JOB_KEYS.contains(&k.as_str()));
+        let dropped = before - map.len();
+        map.insert("dropped_keys".into(), Value::from(dropped));
+        out = serde_json::to_vec(&map).ok()?;
+        changed = true;
+    }
+    changed.then_some(out)
 }
 
 /// A value of a reply as bytes (bulk, simple or verbatim string).
@@ -660,6 +697,75 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_of(e: &Entry) -> serde_json::Value {
+        serde_json::from_slice(e.field("job").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_entry_keeps_tens_of_kilobytes_once_its_frame_is_dropped() {
+        let filler = "x".repeat(5 << 20);
+        let job = serde_json::json!({
+            "job_id": "j", "boxes": [[0, 0, 10, 10]], "reply_to": "p:results:v",
+            "image_base64": filler, "note": "small", "blob": filler,
+        });
+        let mut e = Entry {
+            id: "1-0".into(),
+            fields: vec![
+                (b"job".to_vec(), job.to_string().into_bytes()),
+                (b"image".to_vec(), vec![0; 1 << 20]),
+                (b"pad".to_vec(), vec![b'p'; 1 << 20]),
+            ],
+            deliveries: 1,
+            reclaimed: false,
+        };
+        e.strip_frame();
+        assert!(e.size() < 2 * KEPT_FIELD_BYTES, "{} bytes kept", e.size());
+        assert_eq!(e.field("image"), None);
+        let j = job_of(&e);
+        assert_eq!(j["job_id"], "j");
+        assert_eq!(j["reply_to"], "p:results:v");
+        assert_eq!(j["note"], "small");
+        assert!(j.get("image_base64").is_none());
+        assert!(j["blob"].as_str().unwrap().contains("bytes dropped"));
+        assert!(String::from_utf8_lossy(e.field("pad").unwrap()).contains("bytes dropped"));
+
+        // Many small unknown keys: only the contract's keys stay.
+        let mut many = serde_json::Map::new();
+        many.insert("job_id".into(), "k".into());
+        for i in 0..20_000 {
+            many.insert(format!("k{i}"), "0123456789".into());
+        }
+        let mut e = Entry {
+            id: "2-0".into(),
+            fields: vec![(b"job".to_vec(), serde_json::to_vec(&many).unwrap())],
+            deliveries: 1,
+            reclaimed: false,
+        };
+        e.strip_frame();
+        let j = job_of(&e);
+        assert_eq!(j["job_id"], "k");
+        assert_eq!(j["dropped_keys"], 20_000);
+
+        // Unreadable JSON is cut, small readable JSON is left as it is.
+        let mut e = Entry {
+            id: "3-0".into(),
+            fields: vec![(b"job".to_vec(), vec![b'{'; 1 << 20])],
+            deliveries: 1,
+            reclaimed: false,
+        };
+        e.strip_frame();
+        assert_eq!(e.size(), 3 + KEPT_FIELD_BYTES);
+        let small = br#"{"job_id":"s"}"#.to_vec();
+        let mut e = Entry {
+            id: "4-0".into(),
+            fields: vec![(b"job".to_vec(), small.clone())],
+            deliveries: 1,
+            reclaimed: false,
+        };
+        e.strip_frame();
+        assert_eq!(e.field("job"), Some(&small[..]));
+    }
 
     #[test]
     fn entry_ids_carry_the_enqueue_time() {
