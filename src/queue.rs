@@ -5,6 +5,7 @@
 //! its result (`publish.lua`) or its dead letter (`dead_letter.lua`); both refuse to write when
 //! the entry is no longer pending, so a job finished by another worker is not answered twice.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
@@ -69,11 +70,6 @@ impl Entry {
             .map(|(_, v)| v.as_slice())
     }
 
-    /// Bytes held by the entry's field names and values.
-    pub fn size(&self) -> usize {
-        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
-    }
-
     /// Drops the frame and anything else large: the `image` field, `image_base64` from the
     /// `job` JSON, values of unknown `job` keys over 1 KiB, and any other field over
     /// [`KEPT_FIELD_BYTES`] (both replaced by a note of their size); an unreadable `job` is cut
@@ -81,30 +77,37 @@ impl Entry {
     /// most tens of kilobytes: called once the frame is decoded, so an in-flight job holds its
     /// crops, not what its entry carried.
     pub fn strip_frame(&mut self) {
-        self.fields.retain(|(k, _)| k != b"image");
-        for (k, v) in &mut self.fields {
-            if k == b"job" {
-                if let Some(slim) = slim_job(v) {
-                    *v = slim;
-                }
-            } else if v.len() > KEPT_FIELD_BYTES {
-                *v = format!("<{} bytes dropped>", v.len()).into_bytes();
-            }
-        }
+        self.fields = std::mem::take(&mut self.fields)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let replaced = match kept(&k, &v)? {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(n) => Some(n),
+                };
+                Some((k, replaced.unwrap_or(v)))
+            })
+            .collect();
     }
 
-    /// The field pairs a dead letter carries: at most [`DEAD_LETTER_FIELDS`], plus
-    /// `fields_dropped` when there were more.
-    pub fn dead_letter_fields(&self) -> Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> {
-        let mut out: Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> = self
-            .fields
-            .iter()
-            .take(DEAD_LETTER_FIELDS)
-            .map(|(k, v)| (k.as_slice(), v.as_slice().into()))
-            .collect();
-        let dropped = self.fields.len().saturating_sub(DEAD_LETTER_FIELDS);
+    /// The field pairs a dead letter carries: without the frame (as [`Entry::strip_frame`]
+    /// leaves them) unless `keep_image`, at most [`DEAD_LETTER_FIELDS`], plus `fields_dropped`
+    /// when there were more. Borrowed where nothing is dropped.
+    pub fn dead_letter_fields(&self, keep_image: bool) -> Vec<(&[u8], Cow<'_, [u8]>)> {
+        let mut all = self.fields.iter().filter_map(|(k, v)| {
+            let v = if keep_image {
+                Cow::Borrowed(v.as_slice())
+            } else {
+                kept(k, v)?
+            };
+            Some((k.as_slice(), v))
+        });
+        let mut out: Vec<_> = all.by_ref().take(DEAD_LETTER_FIELDS).collect();
+        let dropped = all.count();
         if dropped > 0 {
-            out.push((b"fields_dropped", dropped.to_string().into_bytes().into()));
+            out.push((
+                &b"fields_dropped"[..],
+                dropped.to_string().into_bytes().into(),
+            ));
         }
         out
     }
@@ -112,6 +115,19 @@ impl Entry {
     /// Milliseconds since the epoch at which the entry was added (from its id).
     pub fn enqueued_ms(&self) -> Option<u64> {
         self.id.split('-').next()?.parse().ok()
+    }
+}
+
+/// What an entry keeps of field `k` once its frame is dropped (see [`Entry::strip_frame`]):
+/// `None` drops the field, a borrowed value is kept as it is.
+fn kept<'a>(k: &[u8], v: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+    match k {
+        b"image" => None,
+        b"job" => Some(slim_job(v).map_or(Cow::Borrowed(v), Cow::Owned)),
+        _ if v.len() > KEPT_FIELD_BYTES => Some(Cow::Owned(
+            format!("<{} bytes dropped>", v.len()).into_bytes(),
+        )),
+        _ => Some(Cow::Borrowed(v)),
     }
 }
 
@@ -372,11 +388,6 @@ impl Queue {
         &self.consumer
     }
 
-    /// Whether dead letters keep the frame (`queue.dead_keep_image`).
-    pub fn dead_keep_image(&self) -> bool {
-        self.dead_keep_image
-    }
-
     async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
         self.pool
             .get()
@@ -626,15 +637,6 @@ impl Queue {
     /// carries the entry's fields (at most [`DEAD_LETTER_FIELDS`]) without the frame, unless
     /// `queue.dead_keep_image`.
     pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<Written, QueueError> {
-        let stripped;
-        let entry = if self.dead_keep_image {
-            d.entry
-        } else {
-            let mut e = d.entry.clone();
-            e.strip_frame();
-            stripped = e;
-            &stripped
-        };
         let mut c = self.conn().await?;
         let mut inv = self.dead_letter.prepare_invoke();
         inv.key(&self.keys.jobs)
@@ -651,7 +653,7 @@ impl Queue {
             .arg(d.entry.deliveries)
             .arg(d.worker)
             .arg(self.reply_ttl(d.reply_to));
-        for (k, v) in entry.dead_letter_fields() {
+        for (k, v) in d.entry.dead_letter_fields(self.dead_keep_image) {
             inv.arg(k).arg(v.as_ref());
         }
         let n: i64 = inv.invoke_async(&mut *c).await?;
@@ -698,6 +700,11 @@ impl Queue {
 mod tests {
     use super::*;
 
+    /// Bytes held by the entry's field names and values.
+    fn size(e: &Entry) -> usize {
+        e.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
     fn job_of(e: &Entry) -> serde_json::Value {
         serde_json::from_slice(e.field("job").unwrap()).unwrap()
     }
@@ -720,7 +727,7 @@ mod tests {
             reclaimed: false,
         };
         e.strip_frame();
-        assert!(e.size() < 2 * KEPT_FIELD_BYTES, "{} bytes kept", e.size());
+        assert!(size(&e) < 2 * KEPT_FIELD_BYTES, "{} bytes kept", size(&e));
         assert_eq!(e.field("image"), None);
         let j = job_of(&e);
         assert_eq!(j["job_id"], "j");
@@ -755,7 +762,7 @@ mod tests {
             reclaimed: false,
         };
         e.strip_frame();
-        assert_eq!(e.size(), 3 + KEPT_FIELD_BYTES);
+        assert_eq!(size(&e), 3 + KEPT_FIELD_BYTES);
         let small = br#"{"job_id":"s"}"#.to_vec();
         let mut e = Entry {
             id: "4-0".into(),

@@ -394,7 +394,7 @@ async fn decode(
             let (d, prepared) = tokio::task::spawn_blocking(move || {
                 let mut d = d;
                 let p = prepare::prepare(&d.entry, ctx2.queue.keys(), &limits, detector);
-                if p.is_ok() && !ctx2.queue.dead_keep_image() {
+                if p.is_ok() && !ctx2.config.queue.dead_keep_image {
                     // Decoded: the frame's bytes are not needed any more (host memory stays
                     // bounded by what the crops take, not by what the entries took).
                     d.entry.strip_frame();
