@@ -44,7 +44,11 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URL, possibly with credentials (never logged; see [`redact_url`]).
+    /// On Redis Cluster, one or more seed nodes, separated by commas.
     pub url: String,
+    /// Redis Cluster: a cluster-aware client (follows `MOVED`/`ASK`, fails over with the
+    /// cluster) and sharded keys (DESIGN §11). Implied by several URLs in `url`.
+    pub cluster: bool,
     /// Connections in the pool shared by the publishers and the gauges (the fetcher has its own).
     pub pool_size: usize,
     /// Time allowed to open one connection, milliseconds.
@@ -60,6 +64,9 @@ pub struct RedisConfig {
 pub struct QueueConfig {
     /// Key prefix: `{prefix}:jobs`, `{prefix}:results`, `{prefix}:dead`, group `{prefix}-workers`.
     pub prefix: String,
+    /// Shards of the queue (DESIGN §11): with more than one, or on Redis Cluster, shard k's keys
+    /// are `{<prefix>:<k>}:jobs` etc. Every worker serves every shard.
+    pub shards: usize,
     /// Largest number of frames (person crops) per forward pass, and jobs per XREADGROUP.
     pub max_batch: usize,
     /// How long one XREADGROUP waits for new jobs, milliseconds (also bounds shutdown latency).
@@ -312,18 +319,20 @@ impl Config {
                 message: message.into(),
             })
         }
-        match url::Url::parse(&self.redis.url) {
-            Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
-            Ok(u) => {
-                return bad(
-                    "redis.url",
-                    format!(
-                        "{} is not a redis:// or rediss:// URL with a host",
-                        redact_url(u.as_str())
-                    ),
-                )
+        for one in self.redis.urls() {
+            match url::Url::parse(one) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
+                Ok(u) => {
+                    return bad(
+                        "redis.url",
+                        format!(
+                            "{} is not a redis:// or rediss:// URL with a host",
+                            redact_url(u.as_str())
+                        ),
+                    )
+                }
+                Err(e) => return bad("redis.url", format!("cannot parse URL: {e}")),
             }
-            Err(e) => return bad("redis.url", format!("cannot parse URL: {e}")),
         }
         if self.redis.pool_size == 0 {
             return bad("redis.pool_size", "must be at least 1");
@@ -331,6 +340,16 @@ impl Config {
         let p = &self.queue.prefix;
         if p.is_empty() || p.len() > 64 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return bad("queue.prefix", "must be 1-64 characters without whitespace");
+        }
+        if self.queue.shards == 0 || self.queue.shards > 1024 {
+            return bad("queue.shards", "must be between 1 and 1024");
+        }
+        if self.sharded() && (p.contains('{') || p.contains('}')) {
+            return bad(
+                "queue.prefix",
+                "must not contain braces with queue.shards > 1 or on Redis Cluster: each shard \
+                 puts it in its own hash tag ({<prefix>:<k>})",
+            );
         }
         if self.queue.max_batch == 0 || self.queue.max_batch > 1024 {
             return bad("queue.max_batch", "must be between 1 and 1024");
@@ -424,6 +443,21 @@ impl Config {
         }
     }
 
+    /// Whether the queue is on Redis Cluster: `redis.cluster`, or several URLs in `redis.url`.
+    pub fn cluster(&self) -> bool {
+        self.redis.cluster || self.redis.urls().count() > 1
+    }
+
+    /// Whether the keys carry shard tags: on Redis Cluster, or with more than one shard.
+    pub fn sharded(&self) -> bool {
+        self.cluster() || self.queue.shards > 1
+    }
+
+    /// The queue's keys, shard by shard (DESIGN §11).
+    pub fn layout(&self) -> hmr2_client::Layout {
+        hmr2_client::Layout::new(&self.queue.prefix, self.queue.shards, self.cluster())
+    }
+
     /// This worker's consumer name in the group.
     pub fn consumer_name(&self) -> String {
         if self.queue.consumer.is_empty() {
@@ -450,8 +484,23 @@ pub fn worker_id() -> String {
     format!("{host}/{}", std::process::id())
 }
 
+impl RedisConfig {
+    /// The URLs of `url`: one, or several seed nodes of a cluster separated by commas.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+}
+
 /// `redis://user:secret@host` → `redis://user:***@host`; anything unparsable is hidden whole.
+/// Several comma-separated URLs are redacted one by one.
 pub fn redact_url(raw: &str) -> String {
+    if raw.contains(',') {
+        return raw
+            .split(',')
+            .map(|u| redact_url(u.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     match url::Url::parse(raw) {
         Ok(mut u) => {
             if u.password().is_some() {

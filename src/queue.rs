@@ -8,10 +8,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::MultiplexedConnection;
 use redis::streams::StreamInfoGroupsReply;
-use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
+use redis::{AsyncCommands, Script, Value};
 
 use crate::config::Config;
 use crate::error::QueueError;
@@ -22,14 +20,20 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+mod conn;
+
+pub use conn::Conn;
+use conn::{Pool, Target};
 /// Every key and name the worker uses, from the prefix (defined by the wire contract).
-pub use hmr2_client::Keys;
+pub use hmr2_client::{Keys, Layout};
 
 /// One delivered job entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Stream entry id (`<ms>-<seq>`).
     pub id: String,
+    /// The shard it was read from (0 when the queue is not sharded).
+    pub shard: usize,
     /// Every field of the entry, names and values as Redis holds them (binary-safe: a field
     /// name that is not UTF-8 spoils nothing but its own entry), for the dead-letter stream.
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
@@ -204,6 +208,7 @@ fn decode_entry(v: Value, reclaimed: bool) -> Result<Entry, Option<String>> {
     }
     Ok(Entry {
         id,
+        shard: 0,
         fields,
         deliveries: 1,
         reclaimed,
@@ -225,6 +230,7 @@ fn decode_entries(list: Value, reclaimed: bool) -> Vec<Entry> {
                 tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
                 Some(Entry {
                     id,
+                    shard: 0,
                     fields: Vec::new(),
                     deliveries: 1,
                     reclaimed,
@@ -303,6 +309,23 @@ pub struct DeadLetter<'a> {
 /// What releasing this worker's entries leaves behind (see [`Queue::release`]).
 pub const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
+/// A connection of its own to the configured Redis (one node, or the cluster of `redis.url`'s
+/// seed nodes), for producers and tools: commands are routed by key on a cluster.
+pub async fn connect(config: &Config) -> Result<Conn, QueueError> {
+    install_tls_provider();
+    let target = if config.cluster() {
+        Target::Cluster(config.redis.urls().map(str::to_string).collect())
+    } else {
+        Target::Node(Box::new(redis::Client::open(config.redis.url.as_str())?))
+    };
+    conn::dedicated(
+        &target,
+        Duration::from_millis(config.redis.connect_timeout_ms),
+        response_timeout(config),
+    )
+    .await
+}
+
 /// How long a reply may take: long enough for `max_batch` entries of `max_job_bytes` at a
 /// slow 25 MB/s, plus 5 s; `redis.response_timeout_ms` overrides it.
 pub fn response_timeout(config: &Config) -> Duration {
@@ -313,13 +336,14 @@ pub fn response_timeout(config: &Config) -> Duration {
     Duration::from_secs(5) + Duration::from_millis(bytes / 25_000)
 }
 
-/// The worker's handle on Redis: a pool for short commands, and a factory for the dedicated
-/// connection that blocks in XREADGROUP.
+/// The worker's handle on Redis (one node or a cluster): a pool for short commands, and a
+/// factory for the dedicated connections that block in XREADGROUP, one per shard. Every
+/// command names the shard it is for; each touches that shard's slot only.
 #[derive(Clone)]
 pub struct Queue {
-    client: redis::Client,
+    target: Target,
     pool: Pool,
-    keys: Keys,
+    layout: Layout,
     consumer: String,
     block_ms: u64,
     connect_timeout: Duration,
@@ -334,6 +358,7 @@ pub struct Queue {
     renew: Script,
     release: Script,
     forget_consumer: Script,
+    model_info: Script,
 }
 
 impl Queue {
@@ -341,26 +366,25 @@ impl Queue {
     /// [`response_timeout`] for a reply, so a reclaim of large entries is not cut short.
     pub fn new(config: &Config) -> Result<Self, QueueError> {
         install_tls_provider();
-        let client = redis::Client::open(config.redis.url.as_str())?;
+        let urls: Vec<String> = config.redis.urls().map(str::to_string).collect();
+        let target = if config.cluster() {
+            Target::Cluster(urls)
+        } else {
+            Target::Node(Box::new(redis::Client::open(config.redis.url.as_str())?))
+        };
         let timeout = Duration::from_millis(config.redis.connect_timeout_ms);
         let response_timeout = response_timeout(config);
-        let conn_cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(response_timeout));
-        let manager = Manager::new_with_config(config.redis.url.as_str(), conn_cfg)?;
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(config.redis.pool_size);
-        pool_cfg.timeouts.wait = Some(timeout);
-        pool_cfg.timeouts.create = Some(timeout);
-        pool_cfg.timeouts.recycle = Some(timeout);
-        let pool = Pool::builder(manager)
-            .config(pool_cfg)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| QueueError::Pool(e.to_string()))?;
+        let pool = Pool::new(
+            &target,
+            config.redis.url.as_str(),
+            config.redis.pool_size,
+            timeout,
+            response_timeout,
+        )?;
         Ok(Queue {
-            client,
+            target,
             pool,
-            keys: Keys::new(&config.queue.prefix),
+            layout: config.layout(),
             consumer: config.consumer_name(),
             block_ms: config.queue.block_ms,
             connect_timeout: timeout,
@@ -375,54 +399,71 @@ impl Queue {
             renew: Script::new(include_str!("queue/renew.lua")),
             release: Script::new(include_str!("queue/release.lua")),
             forget_consumer: Script::new(include_str!("queue/forget_consumer.lua")),
+            model_info: Script::new(include_str!("queue/model_info.lua")),
         })
     }
 
-    /// The key names.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
+    /// The keys of every shard.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
-    /// This worker's consumer name.
+    /// The keys of shard `k`.
+    pub fn keys(&self, k: usize) -> &Keys {
+        self.layout.shard(k)
+    }
+
+    /// How many shards the queue has.
+    pub fn shards(&self) -> usize {
+        self.layout.len()
+    }
+
+    /// Whether Redis is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// This worker's consumer name in the group.
     pub fn consumer(&self) -> &str {
         &self.consumer
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| QueueError::Pool(e.to_string()))
+    async fn conn(&self) -> Result<Conn, QueueError> {
+        self.pool.get().await
     }
 
     /// A dedicated connection whose response timeout outlasts `XREADGROUP ... BLOCK` plus the
-    /// transfer of a full read.
-    pub async fn blocking_connection(&self) -> Result<MultiplexedConnection, QueueError> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(
-                Duration::from_millis(self.block_ms) + self.response_timeout,
-            ));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?)
+    /// transfer of a full read (a blocked command holds its connection: one per shard).
+    pub async fn blocking_connection(&self) -> Result<Conn, QueueError> {
+        conn::dedicated(
+            &self.target,
+            self.connect_timeout,
+            Duration::from_millis(self.block_ms) + self.response_timeout,
+        )
+        .await
     }
 
-    /// Creates the consumer group (and the stream) when missing; an existing group is fine.
-    /// The group starts at `0` so jobs enqueued before any worker existed are processed.
-    pub async fn ensure_group(&self) -> Result<(), QueueError> {
+    /// Creates every shard's consumer group (and stream) when missing.
+    pub async fn ensure_groups(&self) -> Result<(), QueueError> {
+        for k in 0..self.shards() {
+            self.ensure_group(k).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates shard `k`'s consumer group (and the stream) when missing; an existing group is
+    /// fine. The group starts at `0` so jobs enqueued before any worker existed are processed.
+    pub async fn ensure_group(&self, k: usize) -> Result<(), QueueError> {
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
         // Look first: creating needs a write, which Redis refuses when it is out of memory.
-        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&self.keys.jobs).await;
+        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
         if let Ok(g) = groups {
-            if g.groups.iter().any(|g| g.name == self.keys.group) {
+            if g.groups.iter().any(|g| g.name == keys.group) {
                 return Ok(());
             }
         }
-        let r: Result<String, _> = c
-            .xgroup_create_mkstream(&self.keys.jobs, &self.keys.group, "0")
-            .await;
+        let r: Result<String, _> = c.xgroup_create_mkstream(&keys.jobs, &keys.group, "0").await;
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -430,52 +471,56 @@ impl Queue {
         }
     }
 
-    /// Reads up to `count` new entries, waiting up to `block_ms` for the first one. Entries are
-    /// decoded one by one: a malformed one cannot hide its neighbours.
+    /// Reads up to `count` new entries of shard `k`, waiting up to `block_ms` for the first
+    /// one when `block` (else answering at once). Entries are decoded one by one: a malformed
+    /// one cannot hide its neighbours.
     pub async fn read_new(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
+        k: usize,
         count: usize,
+        block: bool,
     ) -> Result<Vec<Entry>, QueueError> {
+        let keys = self.keys(k);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
-            .arg(&self.keys.group)
+            .arg(&keys.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(self.block_ms)
-            .arg("STREAMS")
-            .arg(&self.keys.jobs)
-            .arg(">");
+            .arg(count);
+        if block {
+            cmd.arg("BLOCK").arg(self.block_ms);
+        }
+        cmd.arg("STREAMS").arg(&keys.jobs).arg(">");
         let reply: Result<Value, _> = cmd.query_async(conn).await;
         match reply {
-            Ok(v) => Ok(decode_read_reply(v)),
+            Ok(v) => Ok(on_shard(decode_read_reply(v), k)),
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost the group (restart without persistence): recreate and read again.
-                self.ensure_group().await?;
+                self.ensure_group(k).await?;
                 Ok(Vec::new())
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// The oldest entry idle longer than `claim_idle_ms` (its consumer presumably died), if
-    /// any: its id and how often it was delivered. Claims nothing.
-    pub async fn find_orphan(&self) -> Result<Option<(String, u64)>, QueueError> {
+    /// The oldest entry of shard `k` idle longer than `claim_idle_ms` (its consumer
+    /// presumably died), if any: its id and how often it was delivered. Claims nothing.
+    pub async fn find_orphan(&self, k: usize) -> Result<Option<(String, u64)>, QueueError> {
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.keys.jobs)
-            .arg(&self.keys.group)
+        cmd.arg(&keys.jobs)
+            .arg(&keys.group)
             .arg("IDLE")
             .arg(self.claim_idle_ms)
             .arg("-")
             .arg("+")
             .arg(1);
-        let reply: Value = match cmd.query_async(&mut *c).await {
+        let reply: Value = match cmd.query_async(&mut c).await {
             Ok(r) => r,
             Err(e) if e.code() == Some("NOGROUP") => {
-                self.ensure_group().await?;
+                self.ensure_group(k).await?;
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
@@ -498,100 +543,113 @@ impl Queue {
         Ok(id.map(|id| (id, deliveries.unwrap_or(1))))
     }
 
-    /// Claims one orphan found by [`Queue::find_orphan`] (only if it is still idle longer than
-    /// `claim_idle_ms`: another worker may have taken it meanwhile). `None` when it was taken,
-    /// or when it is gone from the stream (trimmed or deleted: then it is acknowledged).
+    /// Claims one orphan of shard `k` found by [`Queue::find_orphan`] (only if it is still
+    /// idle longer than `claim_idle_ms`: another worker may have taken it meanwhile). `None`
+    /// when it was taken, or when it is gone from the stream (trimmed or deleted: then it is
+    /// acknowledged).
     pub async fn claim_orphan(
         &self,
+        k: usize,
         id: &str,
         delivered: u64,
     ) -> Result<Option<Entry>, QueueError> {
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
         let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&self.keys.jobs)
-            .arg(&self.keys.group)
+        cmd.arg(&keys.jobs)
+            .arg(&keys.group)
             .arg(&self.consumer)
             .arg(self.claim_idle_ms)
             .arg(id);
-        let reply: Value = cmd.query_async(&mut *c).await?;
-        if let Some(mut e) = decode_entries(reply, true).into_iter().next() {
+        let reply: Value = cmd.query_async(&mut c).await?;
+        if let Some(mut e) = on_shard(decode_entries(reply, true), k).into_iter().next() {
             e.deliveries = delivered + 1;
             return Ok(Some(e));
         }
         let exists: Value = redis::cmd("XRANGE")
-            .arg(&self.keys.jobs)
+            .arg(&keys.jobs)
             .arg(id)
             .arg(id)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?;
         if items(exists).is_some_and(|v| v.is_empty()) {
-            let _: u64 = c.xack(&self.keys.jobs, &self.keys.group, &[id]).await?;
+            let _: u64 = c.xack(&keys.jobs, &keys.group, &[id]).await?;
         }
         Ok(None)
     }
 
-    /// Renews this worker's leases: resets the idle time of the entries it still holds, so no
-    /// other worker reclaims jobs merely waiting in this worker's pipeline. An entry another
-    /// worker has reclaimed meanwhile stays with it. Returns the ids no longer this worker's.
-    pub async fn extend_lease(&self, ids: &[String]) -> Result<Vec<String>, QueueError> {
+    /// Renews this worker's leases on shard `k`: resets the idle time of the entries it still
+    /// holds, so no other worker reclaims jobs merely waiting in this worker's pipeline. An
+    /// entry another worker has reclaimed meanwhile stays with it. Returns the ids no longer
+    /// this worker's.
+    pub async fn extend_lease(&self, k: usize, ids: &[String]) -> Result<Vec<String>, QueueError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
         let lost: Vec<String> = self
             .renew
-            .key(&self.keys.jobs)
-            .arg(&self.keys.group)
+            .key(&keys.jobs)
+            .arg(&keys.group)
             .arg(&self.consumer)
             .arg(ids)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(lost)
     }
 
-    /// Releases entries this worker will not run: any live worker's next XAUTOCLAIM takes them
-    /// at once (they look idle for a year), and their delivery count is not raised. No ids =
-    /// every entry pending on this consumer. Returns how many were released.
-    pub async fn release(&self, ids: &[String]) -> Result<u64, QueueError> {
+    /// Releases entries of shard `k` this worker will not run: any live worker's next claim
+    /// takes them at once (they look idle for a year), and their delivery count is not
+    /// raised. No ids = every entry pending on this consumer. Returns how many were released.
+    pub async fn release(&self, k: usize, ids: &[String]) -> Result<u64, QueueError> {
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
         let n: u64 = self
             .release
-            .key(&self.keys.jobs)
-            .arg(&self.keys.group)
+            .key(&keys.jobs)
+            .arg(&keys.group)
             .arg(&self.consumer)
             .arg(RELEASED_IDLE_MS)
             .arg(ids)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(n)
     }
 
-    /// Removes `consumer` from the group when it holds no pending entry; true when removed.
-    pub async fn forget_consumer(&self, consumer: &str) -> Result<bool, QueueError> {
+    /// Removes `consumer` from shard `k`'s group when it holds no pending entry there; true
+    /// when removed.
+    pub async fn forget_consumer(&self, k: usize, consumer: &str) -> Result<bool, QueueError> {
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
         let n: i64 = self
             .forget_consumer
-            .key(&self.keys.jobs)
-            .arg(&self.keys.group)
+            .key(&keys.jobs)
+            .arg(&keys.group)
             .arg(consumer)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(n == 1)
     }
 
-    /// Removes the group's consumers that hold nothing and have been idle longer than
+    /// Removes shard `k`'s consumers that hold nothing and have been idle longer than
     /// `max_idle` (workers long gone); returns their names.
-    pub async fn prune_consumers(&self, max_idle: Duration) -> Result<Vec<String>, QueueError> {
+    pub async fn prune_consumers(
+        &self,
+        k: usize,
+        max_idle: Duration,
+    ) -> Result<Vec<String>, QueueError> {
+        let keys = self.keys(k);
         let consumers: redis::streams::StreamInfoConsumersReply = {
             let mut c = self.conn().await?;
-            c.xinfo_consumers(&self.keys.jobs, &self.keys.group).await?
+            c.xinfo_consumers(&keys.jobs, &keys.group).await?
         };
         let mut removed = Vec::new();
         for c in consumers.consumers {
             if c.pending == 0
                 && c.idle as u128 > max_idle.as_millis()
                 && c.name != self.consumer
-                && self.forget_consumer(&c.name).await?
+                && self.forget_consumer(k, &c.name).await?
             {
                 removed.push(c.name);
             }
@@ -600,49 +658,53 @@ impl Queue {
     }
 
     /// The reply stream's expiry for a result going to `reply_to`: `queue.reply_ttl_s` for a
-    /// per-job stream, none for the default results stream (capped by MAXLEN instead).
-    fn reply_ttl(&self, reply_to: &str) -> u64 {
-        if reply_to == self.keys.results {
+    /// per-job stream, none for a shard's default results stream (capped by MAXLEN instead).
+    fn reply_ttl(&self, keys: &Keys, reply_to: &str) -> u64 {
+        if reply_to == keys.results {
             0
         } else {
             self.reply_ttl_s
         }
     }
 
-    /// Publishes a result and acknowledges (and deletes) its job in one atomic step.
+    /// Publishes a result and acknowledges (and deletes) its job on shard `k` in one atomic
+    /// step. `reply_to` is in the shard's slot ([`Keys::accepts_reply_to`]).
     pub async fn publish(
         &self,
+        k: usize,
         entry_id: &str,
         reply_to: &str,
         job_id: &str,
         result_json: &str,
     ) -> Result<Written, QueueError> {
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
         let n: i64 = self
             .publish
-            .key(&self.keys.jobs)
+            .key(&keys.jobs)
             .key(reply_to)
-            .arg(&self.keys.group)
+            .arg(&keys.group)
             .arg(entry_id)
             .arg(self.results_maxlen)
             .arg(job_id)
             .arg(result_json)
-            .arg(self.reply_ttl(reply_to))
-            .invoke_async(&mut *c)
+            .arg(self.reply_ttl(keys, reply_to))
+            .invoke_async(&mut c)
             .await?;
         Ok(Written::from_script(n))
     }
 
-    /// Error result + dead-letter entry + acknowledgement, in one atomic step. The dead letter
-    /// carries the entry's fields (at most [`DEAD_LETTER_FIELDS`]) without the frame, unless
-    /// `queue.dead_keep_image`.
+    /// Error result + dead-letter entry + acknowledgement, in one atomic step on the entry's
+    /// shard. The dead letter carries the entry's fields (at most [`DEAD_LETTER_FIELDS`])
+    /// without the frame, unless `queue.dead_keep_image`.
     pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<Written, QueueError> {
+        let keys = self.keys(d.entry.shard);
         let mut c = self.conn().await?;
         let mut inv = self.dead_letter.prepare_invoke();
-        inv.key(&self.keys.jobs)
+        inv.key(&keys.jobs)
             .key(d.reply_to)
-            .key(&self.keys.dead)
-            .arg(&self.keys.group)
+            .key(&keys.dead)
+            .arg(&keys.group)
             .arg(&d.entry.id)
             .arg(self.results_maxlen)
             .arg(self.dead_maxlen)
@@ -652,39 +714,38 @@ impl Queue {
             .arg(d.message)
             .arg(d.entry.deliveries)
             .arg(d.worker)
-            .arg(self.reply_ttl(d.reply_to));
+            .arg(self.reply_ttl(keys, d.reply_to));
         for (k, v) in d.entry.dead_letter_fields(self.dead_keep_image) {
             inv.arg(k).arg(v.as_ref());
         }
-        let n: i64 = inv.invoke_async(&mut *c).await?;
+        let n: i64 = inv.invoke_async(&mut c).await?;
         Ok(Written::from_script(n))
     }
 
-    /// Replaces the model hash (`{prefix}:model`) with `fields` in one step.
+    /// Replaces the model hash (`{prefix}:model`) with `fields` in one atomic step.
     pub async fn publish_model_info(&self, fields: &[(&str, String)]) -> Result<(), QueueError> {
         let mut c = self.conn().await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic().del(&self.keys.model).ignore();
-        pipe.hset_multiple(&self.keys.model, fields).ignore();
-        let () = pipe.query_async(&mut *c).await?;
+        let mut inv = self.model_info.prepare_invoke();
+        inv.key(&self.keys(0).model);
+        for (k, v) in fields {
+            inv.arg(*k).arg(v.as_str());
+        }
+        let () = inv.invoke_async(&mut c).await?;
         Ok(())
     }
 
-    /// Length, pending count and group lag of the job stream.
-    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+    /// Length, pending count and lag of shard `k`'s job stream.
+    pub async fn stats(&self, k: usize) -> Result<QueueStats, QueueError> {
+        let keys = self.keys(k);
         let mut c = self.conn().await?;
-        let length: u64 = c.xlen(&self.keys.jobs).await?;
-        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&self.keys.jobs).await;
+        let length: u64 = c.xlen(&keys.jobs).await?;
+        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
         let mut stats = QueueStats {
             length,
             ..Default::default()
         };
         if let Ok(groups) = groups {
-            if let Some(g) = groups
-                .groups
-                .into_iter()
-                .find(|g| g.name == self.keys.group)
-            {
+            if let Some(g) = groups.groups.into_iter().find(|g| g.name == keys.group) {
                 stats.pending = g.pending as u64;
                 // Acked entries are deleted, so what the stream holds beyond the pending ones
                 // has not been delivered yet: exact, and never blind (XINFO's own `lag` is nil
@@ -694,6 +755,14 @@ impl Queue {
         }
         Ok(stats)
     }
+}
+
+/// Marks entries as read from shard `k`.
+fn on_shard(mut entries: Vec<Entry>, k: usize) -> Vec<Entry> {
+    for e in &mut entries {
+        e.shard = k;
+    }
+    entries
 }
 
 #[cfg(test)]
@@ -718,6 +787,7 @@ mod tests {
         });
         let mut e = Entry {
             id: "1-0".into(),
+            shard: 0,
             fields: vec![
                 (b"job".to_vec(), job.to_string().into_bytes()),
                 (b"image".to_vec(), vec![0; 1 << 20]),
@@ -745,6 +815,7 @@ mod tests {
         }
         let mut e = Entry {
             id: "2-0".into(),
+            shard: 0,
             fields: vec![(b"job".to_vec(), serde_json::to_vec(&many).unwrap())],
             deliveries: 1,
             reclaimed: false,
@@ -757,6 +828,7 @@ mod tests {
         // Unreadable JSON is cut, small readable JSON is left as it is.
         let mut e = Entry {
             id: "3-0".into(),
+            shard: 0,
             fields: vec![(b"job".to_vec(), vec![b'{'; 1 << 20])],
             deliveries: 1,
             reclaimed: false,
@@ -766,6 +838,7 @@ mod tests {
         let small = br#"{"job_id":"s"}"#.to_vec();
         let mut e = Entry {
             id: "4-0".into(),
+            shard: 0,
             fields: vec![(b"job".to_vec(), small.clone())],
             deliveries: 1,
             reclaimed: false,
@@ -778,6 +851,7 @@ mod tests {
     fn entry_ids_carry_the_enqueue_time() {
         let e = Entry {
             id: "1700000000123-4".into(),
+            shard: 0,
             fields: vec![(b"job".to_vec(), b"{}".to_vec())],
             deliveries: 1,
             reclaimed: false,

@@ -194,7 +194,9 @@ where
     };
     tracing::info!(
         redis = %crate::config::redact_url(&config.redis.url),
-        stream = %queue.keys().jobs,
+        stream = %queue.keys(0).jobs,
+        shards = queue.shards(),
+        cluster = queue.is_cluster(),
         consumer = %queue.consumer(),
         device = %origin.device,
         model = %origin.model,
@@ -214,7 +216,7 @@ where
     // Wait for Redis (the group must exist before the first read).
     let mut backoff = Backoff::default();
     loop {
-        match ctx.queue.ensure_group().await {
+        match ctx.queue.ensure_groups().await {
             Ok(()) => break,
             Err(e) => {
                 backoff.failed(&e);
@@ -310,22 +312,28 @@ where
 /// grace period, or by a broken pipeline) is released to the other workers at once, and the
 /// consumer itself is removed when it holds nothing. Best effort: Redis may be away.
 async fn retire(ctx: &Ctx) {
-    match ctx.queue.release(&[]).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            entries = n,
-            "released unfinished entries to the other workers"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
+    for k in 0..ctx.queue.shards() {
+        let stream = &ctx.queue.keys(k).jobs;
+        match ctx.queue.release(k, &[]).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                entries = n,
+                %stream,
+                "released unfinished entries to the other workers"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, %stream, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
+            }
         }
-    }
-    match ctx.queue.forget_consumer(ctx.queue.consumer()).await {
-        Ok(true) => {
-            tracing::debug!(consumer = %ctx.queue.consumer(), "consumer removed from the group")
+        match ctx.queue.forget_consumer(k, ctx.queue.consumer()).await {
+            Ok(true) => {
+                tracing::debug!(consumer = %ctx.queue.consumer(), %stream, "consumer removed from the group")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, %stream, "could not remove the consumer from the group")
+            }
         }
-        Ok(false) => {}
-        Err(e) => tracing::debug!(error = %e, "could not remove the consumer from the group"),
     }
 }
 
@@ -368,7 +376,7 @@ async fn publish_model_info(ctx: &Ctx, loaded: &infer::Loaded) {
     let fields = model_info(&ctx.config, loaded);
     match ctx.queue.publish_model_info(&fields).await {
         Ok(()) => tracing::info!(
-            key = %ctx.queue.keys().model,
+            key = %ctx.queue.keys(0).model,
             fields = fields.len(),
             "model information published"
         ),
@@ -393,7 +401,8 @@ async fn decode(
             let ctx2 = ctx.clone();
             let (d, prepared) = tokio::task::spawn_blocking(move || {
                 let mut d = d;
-                let p = prepare::prepare(&d.entry, ctx2.queue.keys(), &limits, detector);
+                let keys = ctx2.queue.keys(d.entry.shard);
+                let p = prepare::prepare(&d.entry, keys, &limits, detector);
                 if p.is_ok() && !ctx2.config.queue.dead_keep_image {
                     // Decoded: the frame's bytes are not needed any more (host memory stays
                     // bounded by what the crops take, not by what the entries took).
@@ -534,32 +543,38 @@ async fn coordinate(
 async fn sample_gauges(ctx: Arc<Ctx>, cuda: Option<usize>, stop: CancellationToken) {
     let every = Duration::from_millis(ctx.config.queue.gauge_interval_ms);
     let gpu = cuda.map(m::GpuGauges::new);
-    let stream = ctx.queue.keys().jobs.clone();
     let prune_after = Duration::from_secs(ctx.config.queue.prune_consumers_after_s);
     let mut next_prune = std::time::Instant::now();
     loop {
         if !prune_after.is_zero() && std::time::Instant::now() >= next_prune {
             next_prune = std::time::Instant::now() + prune_after.min(Duration::from_secs(600));
-            match ctx.queue.prune_consumers(prune_after).await {
-                Ok(gone) if !gone.is_empty() => {
-                    tracing::info!(consumers = ?gone, "removed consumers idle and empty for too long")
+            for k in 0..ctx.queue.shards() {
+                match ctx.queue.prune_consumers(k, prune_after).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(consumers = ?gone, stream = %ctx.queue.keys(k).jobs, "removed consumers idle and empty for too long")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "could not prune idle consumers"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "could not prune idle consumers"),
             }
         }
-        match ctx.queue.stats().await {
-            Ok(s) => {
-                gauge!(m::QUEUE_LENGTH, "stream" => stream.clone()).set(s.length as f64);
-                gauge!(m::QUEUE_PENDING, "stream" => stream.clone()).set(s.pending as f64);
-                if let Some(lag) = s.lag {
-                    gauge!(m::QUEUE_LAG, "stream" => stream.clone()).set(lag as f64);
+        // Every shard's gauges; Redis counts as reachable when every shard answered.
+        let mut all_ok = true;
+        for k in 0..ctx.queue.shards() {
+            let stream = ctx.queue.keys(k).jobs.clone();
+            match ctx.queue.stats(k).await {
+                Ok(s) => {
+                    gauge!(m::QUEUE_LENGTH, "stream" => stream.clone()).set(s.length as f64);
+                    gauge!(m::QUEUE_PENDING, "stream" => stream.clone()).set(s.pending as f64);
+                    if let Some(lag) = s.lag {
+                        gauge!(m::QUEUE_LAG, "stream" => stream).set(lag as f64);
+                    }
                 }
-                if !ctx.health.redis_ok.load(Ordering::Relaxed) {
-                    ctx.health.set(&ctx.health.redis_ok, true);
-                }
+                Err(_) => all_ok = false,
             }
-            Err(_) => ctx.health.set(&ctx.health.redis_ok, false),
+        }
+        if all_ok != ctx.health.redis_ok.load(Ordering::Relaxed) {
+            ctx.health.set(&ctx.health.redis_ok, all_ok);
         }
         if let Some(g) = &gpu {
             g.sample();

@@ -1,8 +1,23 @@
-//! Every Redis key and name of the contract, built in one place from the prefix (DESIGN §3).
+//! Every Redis key and name of the contract, built in one place from the prefix (DESIGN §3),
+//! and the queue's split into shards for Redis Cluster (DESIGN §11).
+//!
+//! ## Shards
+//! With `queue.shards = N` (or on Redis Cluster) the queue is N independent shards. Shard `k`
+//! keeps its keys under the hash tag `{<prefix>:<k>}`, so each shard lives in one cluster slot
+//! (the atomic publish step touches one slot) while the cluster spreads the shards over its
+//! masters: `{hmr2:0}:jobs`, `{hmr2:0}:results`, `{hmr2:0}:dead`, group `{hmr2:0}-workers`.
+//! With one shard and no cluster the keys are the unsharded `hmr2:jobs` etc.
+//!
+//! A producer puts a job on shard [`shard_of`]`(video_id, N)` (or of `job_id` when the job has
+//! no `video_id`): CRC-32 (ISO-HDLC, as zlib's `crc32`) of the UTF-8 bytes, modulo N. All the
+//! frames of a video land on one shard, so a results reader for a video reads one stream. In
+//! Python: `zlib.crc32((video_id or job_id).encode()) % shards`.
 
-/// Every key and name the worker and its producers use, built from the prefix.
+/// Every key and name of one shard of the queue (all of the queue when it is not sharded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
+    /// Which shard these are the keys of (0 when the queue is not sharded).
+    pub shard: usize,
     /// `{prefix}:jobs`: the job stream.
     pub jobs: String,
     /// `{prefix}:results`: the default reply stream.
@@ -13,15 +28,16 @@ pub struct Keys {
     pub group: String,
     /// `{prefix}:model`: a hash the workers fill at start-up with what renderers need besides
     /// the results: `meta`, `faces`, `parents`, `joint_names`, `keypoint_names`, `topology`
-    /// (JSON strings), and `detector` when one is configured.
+    /// (JSON strings), and `detector` when one is configured. One per queue, not per shard.
     pub model: String,
 }
 
 impl Keys {
-    /// Keys for `prefix`. With a prefix in braces (`{hmr2}`) the three streams share a Redis
-    /// Cluster hash slot.
+    /// Keys for `prefix`, not sharded. With a prefix in braces (`{hmr2}`) the three streams
+    /// share a Redis Cluster hash slot.
     pub fn new(prefix: &str) -> Self {
         Keys {
+            shard: 0,
             jobs: format!("{prefix}:jobs"),
             results: format!("{prefix}:results"),
             dead: format!("{prefix}:dead"),
@@ -30,9 +46,21 @@ impl Keys {
         }
     }
 
-    /// Whether a job may name `reply_to`: it must start with `{prefix}:results` (DESIGN §3), so
-    /// an ACL on the prefix covers it and no other stream (another tenant's job stream, say) can
-    /// be written or trimmed. Anything else is `invalid_job`.
+    /// Keys of shard `k` of `prefix`: all under the hash tag `{<prefix>:<k>}`.
+    pub fn shard(prefix: &str, k: usize) -> Self {
+        let tag = format!("{{{prefix}:{k}}}");
+        Keys {
+            shard: k,
+            model: format!("{prefix}:model"),
+            ..Keys::new(&tag)
+        }
+    }
+
+    /// Whether a job may name `reply_to`: it must start with this shard's results stream
+    /// (`{prefix}:results`, or `{<prefix>:<k>}:results` on shard k; DESIGN §3, §11), so an ACL
+    /// on the prefix covers it, no other stream (another tenant's job stream, say) can be
+    /// written or trimmed, and the result is written in the job's own cluster slot. Anything
+    /// else is `invalid_job`.
     pub fn accepts_reply_to(&self, reply_to: &str) -> bool {
         reply_to.starts_with(&self.results)
     }
@@ -44,6 +72,72 @@ impl Keys {
             Some(r) if self.accepts_reply_to(r) => r,
             _ => &self.results,
         }
+    }
+}
+
+/// The shard of a job whose routing key (its `video_id`, else its `job_id`) is `key`, on a
+/// queue of `shards` shards: CRC-32/ISO-HDLC of the UTF-8 bytes, modulo `shards`. Stable
+/// across versions, languages and machines (Python: `zlib.crc32(key.encode()) % shards`).
+pub fn shard_of(key: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    (crc32fast::hash(key.as_bytes()) as u64 % shards as u64) as usize
+}
+
+/// The routing key of a job: its `video_id` when it has one, else its `job_id`.
+pub fn routing_key<'a>(video_id: Option<&'a str>, job_id: &'a str) -> &'a str {
+    video_id.unwrap_or(job_id)
+}
+
+/// The queue's keys: one [`Keys`] per shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    shards: Vec<Keys>,
+}
+
+impl Layout {
+    /// The layout of a queue under `prefix` with `shards` shards (at least 1). Sharded keys
+    /// (`{<prefix>:<k>}:...`) when `shards > 1` or `cluster`; otherwise the unsharded keys of
+    /// [`Keys::new`], so a single-node queue keeps its keys.
+    pub fn new(prefix: &str, shards: usize, cluster: bool) -> Self {
+        let n = shards.max(1);
+        let shards = if n == 1 && !cluster {
+            vec![Keys::new(prefix)]
+        } else {
+            (0..n).map(|k| Keys::shard(prefix, k)).collect()
+        };
+        Layout { shards }
+    }
+
+    /// Every shard's keys, in shard order.
+    pub fn shards(&self) -> &[Keys] {
+        &self.shards
+    }
+
+    /// How many shards.
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Never true: a layout has at least one shard.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// The keys of shard `k` (modulo the number of shards).
+    pub fn shard(&self, k: usize) -> &Keys {
+        &self.shards[k % self.shards.len()]
+    }
+
+    /// The keys of the shard that a job with this `video_id` and `job_id` belongs to.
+    pub fn keys_for(&self, video_id: Option<&str>, job_id: &str) -> &Keys {
+        self.shard(shard_of(routing_key(video_id, job_id), self.len()))
+    }
+
+    /// The shard whose results stream `reply_to` names, if any.
+    pub fn shard_of_reply_to(&self, reply_to: &str) -> Option<&Keys> {
+        self.shards.iter().find(|k| k.accepts_reply_to(reply_to))
     }
 }
 
@@ -71,5 +165,62 @@ mod tests {
         assert_eq!(k.reply_stream(Some("other:results")), "p:results");
         assert!(!k.accepts_reply_to("q:results"));
         assert!(k.accepts_reply_to("p:results"));
+    }
+
+    #[test]
+    fn one_shard_without_a_cluster_keeps_the_unsharded_keys() {
+        let l = Layout::new("hmr2", 1, false);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.shard(0), &Keys::new("hmr2"));
+        assert_eq!(l.keys_for(Some("any video"), "j").jobs, "hmr2:jobs");
+    }
+
+    #[test]
+    fn each_shard_has_its_own_hash_tag() {
+        let l = Layout::new("hmr2", 4, true);
+        let k = l.shard(2);
+        assert_eq!(k.shard, 2);
+        assert_eq!(k.jobs, "{hmr2:2}:jobs");
+        assert_eq!(k.results, "{hmr2:2}:results");
+        assert_eq!(k.dead, "{hmr2:2}:dead");
+        assert_eq!(k.group, "{hmr2:2}-workers");
+        assert_eq!(k.model, "hmr2:model");
+        // A cluster with one shard still keeps its keys in one slot.
+        assert_eq!(Layout::new("hmr2", 1, true).shard(0).jobs, "{hmr2:0}:jobs");
+        // A reply stream belongs to exactly one shard.
+        assert!(k.accepts_reply_to("{hmr2:2}:results:v"));
+        assert!(!k.accepts_reply_to("{hmr2:1}:results:v"));
+        assert!(!k.accepts_reply_to("hmr2:results"));
+        assert_eq!(l.shard_of_reply_to("{hmr2:3}:results:x").unwrap().shard, 3);
+        assert_eq!(l.shard_of_reply_to("{hmr2:12}:results"), None);
+    }
+
+    #[test]
+    fn the_shard_hash_is_crc32_of_the_routing_key() {
+        // Fixed values: the same as Python's `zlib.crc32(key.encode()) % n`.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+        assert_eq!(shard_of("123456789", 7), (0xCBF4_3926u64 % 7) as usize);
+        assert_eq!(shard_of("video-7", 1), 0);
+        assert_eq!(routing_key(Some("v"), "j"), "v");
+        assert_eq!(routing_key(None, "j"), "j");
+        let l = Layout::new("p", 4, true);
+        assert_eq!(
+            l.keys_for(Some("video-7"), "a").shard,
+            l.keys_for(Some("video-7"), "b").shard
+        );
+    }
+
+    #[test]
+    fn videos_spread_evenly_over_shards() {
+        for n in [3usize, 4, 6] {
+            let mut count = vec![0usize; n];
+            for v in 0..6000 {
+                count[shard_of(&format!("video-{v}"), n)] += 1;
+            }
+            let even = 6000 / n;
+            for c in count {
+                assert!(c.abs_diff(even) < even / 10, "{n} shards: {c} vs {even}");
+            }
+        }
     }
 }

@@ -77,5 +77,5 @@ pub mod result;
 
 pub use error::{ErrorCode, InputError};
 pub use job::{Echo, Frame, Include, Job, Limits, ParseError};
-pub use keys::Keys;
+pub use keys::{routing_key, shard_of, Keys, Layout};
 pub use result::{BoxSource, ErrorBody, JobResult, Person, Status, Timings};

@@ -22,7 +22,7 @@ use redis::streams::{StreamId, StreamRangeReply};
 use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::job::Frame;
-use crate::keys::Keys;
+use crate::keys::{Keys, Layout};
 use crate::result::JobResult;
 
 /// Jobs per pipelined round trip in [`add_all`].
@@ -79,6 +79,46 @@ pub async fn add_all<C: ConnectionLike>(
         let chunk_ids: Vec<String> = pipe.query_async(conn).await?;
         ids.extend(chunk_ids);
         progress(ids.len());
+    }
+    Ok(ids)
+}
+
+/// The keys of the shard `frame` goes to (by its `video_id`, else its `job_id`).
+pub fn shard_keys<'a>(layout: &'a Layout, frame: &Frame) -> &'a Keys {
+    layout.keys_for(frame.job.video_id.as_deref(), &frame.job.job_id)
+}
+
+/// Adds `frames` to their shards' job streams ([`shard_keys`]); returns their entry ids, in
+/// the order of `frames`. Each pipelined chunk of 64 goes to one shard, so on Redis Cluster a
+/// chunk is one round trip to one master. `progress` is called after every chunk with the
+/// number of frames added so far.
+pub async fn add_all_sharded<C: ConnectionLike>(
+    conn: &mut C,
+    layout: &Layout,
+    frames: &[Frame],
+    raw: bool,
+    mut progress: impl FnMut(usize),
+) -> RedisResult<Vec<String>> {
+    let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); layout.len()];
+    for (i, f) in frames.iter().enumerate() {
+        by_shard[shard_keys(layout, f).shard].push(i);
+    }
+    let mut ids = vec![String::new(); frames.len()];
+    let mut done = 0;
+    for (shard, members) in by_shard.iter().enumerate() {
+        let keys = layout.shard(shard);
+        for chunk in members.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for &i in chunk {
+                pipe.add_command(xadd(keys, &frames[i], raw));
+            }
+            let chunk_ids: Vec<String> = pipe.query_async(conn).await?;
+            for (&i, id) in chunk.iter().zip(chunk_ids) {
+                ids[i] = id;
+            }
+            done += chunk.len();
+            progress(done);
+        }
     }
     Ok(ids)
 }

@@ -1,8 +1,9 @@
 """The Grafana dashboard: well-formed, templated by instance and GPU, built only on contract metrics,
-and covering every one of them. (Whether each query evaluates is checked against a real Prometheus
-in test_live.py.)"""
+and covering every one of them; its queue figures add up the shards of a sharded queue and can be
+split by shard. (Whether each query evaluates is checked against a real Prometheus in test_live.py.)"""
 
 import json
+import re
 
 import pytest
 
@@ -93,3 +94,37 @@ def test_has_the_panels_operators_need(dash):
     assert 'outcome="ok"' in exprs and "sum by (outcome)" in exprs
     titles = {p["title"] for p in all_panels(dash)}
     assert any("VRAM" in t for t in titles) and any("Batch size" in t for t in titles)
+
+
+QUEUE_GAUGES = {"hmr2_queue_length", "hmr2_queue_lag", "hmr2_queue_pending"}
+# Every worker exports every job stream's gauges (one stream per shard on Redis Cluster, label
+# `stream`), so a query first takes one value per stream across the workers (max by (stream)) and
+# then, for the whole queue, adds the streams up. max() alone would show the busiest shard only,
+# and sum() alone would count each stream once per worker.
+QUEUE_TOTAL = re.compile(r"sum\(max by \(stream\) \((hmr2_queue_[a-z]+)\{[^}]*\}\)\)")
+QUEUE_BY_SHARD = re.compile(r"max by \(stream\) \((hmr2_queue_[a-z]+)\{[^}]*\}\)")
+
+
+def test_queue_panels_add_up_the_shards_and_split_by_shard(dash):
+    totals, by_shard = set(), set()
+    for p in all_panels(dash):
+        for t in p.get("targets", []):
+            expr = " ".join(t.get("expr", "").split())
+            if not metric_names(expr) & QUEUE_GAUGES:
+                continue
+            where = f'panel "{p["title"]}" {t["refId"]}'
+            if m := QUEUE_TOTAL.fullmatch(expr):
+                totals.add(m.group(1))
+            elif m := QUEUE_BY_SHARD.fullmatch(expr):
+                assert "{{stream}}" in t.get("legendFormat", ""), f"{where}: a by-shard series names its stream"
+                by_shard.add(m.group(1))
+            else:
+                raise AssertionError(
+                    f"{where}: queue gauges are read as sum(max by (stream) (...)) for the queue, "
+                    f"or max by (stream) (...) per shard: {expr}"
+                )
+    assert totals == QUEUE_GAUGES, f"no total over the shards for {sorted(QUEUE_GAUGES - totals)}"
+    assert by_shard == QUEUE_GAUGES, f"no by-shard view of {sorted(QUEUE_GAUGES - by_shard)}"
+    # The fleet's queue-lag figure is the whole queue's.
+    (lag,) = [p for p in all_panels(dash) if p["title"] == "Queue lag"]
+    assert QUEUE_TOTAL.fullmatch(lag["targets"][0]["expr"])

@@ -2,18 +2,22 @@
 worker's real endpoints and port, a grace period longer than the worker's, one GPU per pod, the
 config mounted where --config reads it, the Redis user and password from a Secret, KEDA on the
 real stream's length (a trigger that cannot go blind), Redis TLS for workers and KEDA alike, the
-NVIDIA RuntimeClass option, scraping, and a PodDisruptionBudget that never blocks a drain."""
+NVIDIA RuntimeClass option, scraping, and a PodDisruptionBudget that never blocks a drain. The
+Redis Cluster overlay passes all of that too, and KEDA there has one trigger per shard of the queue,
+each on that shard's job stream, with the seeds the workers use."""
 
 import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import (
+    DEFAULT_TOML,
     IMAGE_TOML,
     K8S,
     K8S_TOML,
@@ -28,6 +32,7 @@ from conftest import (
 
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
+CLUSTER = K8S / "overlays" / "redis-cluster"
 COMPONENTS = K8S / "components"
 
 
@@ -71,8 +76,19 @@ def one(docs, kind, name=None):
     return found[0]
 
 
-@pytest.fixture(scope="module", params=["base", "overlay"])
+def kustomize_or_skip() -> list[str]:
+    tool = kustomize_tool()
+    if not tool:
+        pytest.skip("neither kubectl nor kustomize is installed: patches cannot be applied")
+    return tool
+
+
+@pytest.fixture(scope="module", params=["base", "overlay", "cluster"])
 def rendered(request):
+    if request.param == "cluster":
+        # Without kustomize build() applies no patches: that would be the base again.
+        kustomize_or_skip()
+        return build(CLUSTER)
     return build(BASE if request.param == "base" else OVERLAY)
 
 
@@ -129,7 +145,7 @@ def test_kustomization_references_exist(kfile):
         assert (here / r).exists(), f"{kfile}: {r} does not exist"
 
 
-@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])
+@pytest.mark.parametrize("directory", [BASE, OVERLAY, CLUSTER], ids=["base", "overlay", "cluster"])
 def test_kustomize_builds(directory):
     tool = kustomize_tool()
     if not tool:
@@ -205,6 +221,58 @@ def redis_url(c) -> str:
     return url["value"]
 
 
+# One URL of HMR2_REDIS__URL (several, comma-separated, are the seeds of a Redis Cluster):
+# scheme://$(USER):$(PASSWORD)@ then $(ADDRESS) or host:port, then an optional /db.
+SEED_URL = re.compile(r"(rediss?)://\$\((\w+)\):\$\((\w+)\)@(?:\$\((\w+)\)|([A-Za-z0-9.-]+:\d+))(?:/(\d+))?")
+
+
+def seed_urls(c) -> list[re.Match]:
+    """The URLs of HMR2_REDIS__URL, each matched by SEED_URL (one for a single Redis)."""
+    url = redis_url(c)
+    assert not re.search(r"\s", url), f"whitespace inside HMR2_REDIS__URL: {url!r}"
+    seeds = []
+    for part in url.split(","):
+        m = SEED_URL.fullmatch(part)
+        assert m, f"each URL should be scheme://$(USER):$(PASSWORD)@($(ADDRESS)|host:port)[/db]: {part}"
+        seeds.append(m)
+    return seeds
+
+
+def env_value(c, name) -> str | None:
+    """The literal value of the container's variable `name`, or None when it is not set."""
+    found = [e for e in c["env"] if e["name"] == name]
+    assert len(found) <= 1, f"{name} is set twice"
+    return found[0].get("value") if found else None
+
+
+def queue_layout(c) -> tuple[bool, int]:
+    """(cluster, shards) as the worker in this container sees them: its environment, else the
+    mounted worker.toml, else the defaults (false and 1 where config/default.toml has no such key)."""
+    toml, defaults = load_toml(K8S_TOML), load_toml(DEFAULT_TOML)
+
+    def pick(env, section, key, fallback):
+        value = env_value(c, env)
+        if value is not None:
+            return value
+        return toml.get(section, {}).get(key, defaults.get(section, {}).get(key, fallback))
+
+    cluster = str(pick("HMR2_REDIS__CLUSTER", "redis", "cluster", False)).lower() == "true"
+    shards = int(pick("HMR2_QUEUE__SHARDS", "queue", "shards", 1))
+    # Several seed URLs mean cluster mode to the worker, whatever redis.cluster says.
+    return cluster or len(seed_urls(c)) > 1, shards
+
+
+def job_streams(c) -> list[str]:
+    """The job streams the workers of this container read, in shard order (client/src/keys.rs):
+    `<prefix>:jobs` for one shard off cluster, else `{<prefix>:<k>}:jobs` for every shard k."""
+    prefix = setting(K8S_TOML, "queue", "prefix")
+    cluster, shards = queue_layout(c)
+    assert shards >= 1, "queue.shards must be at least 1"
+    if shards == 1 and not cluster:
+        return [f"{prefix}:jobs"]
+    return [f"{{{prefix}:{k}}}:jobs" for k in range(shards)]
+
+
 def secret_env(c, name) -> dict:
     """The secretKeyRef of the container's variable `name`."""
     (e,) = [e for e in c["env"] if e["name"] == name]
@@ -214,12 +282,13 @@ def secret_env(c, name) -> dict:
 def test_redis_user_and_password_come_from_a_secret(rendered):
     _, c = worker_container(rendered)
     names = [e["name"] for e in c["env"]]
-    url = redis_url(c)
-    m = re.fullmatch(r"(rediss?)://\$\((\w+)\):\$\((\w+)\)@\$\((\w+)\)/\d+", url)
-    assert m, f"the URL should be scheme://$(USER):$(PASSWORD)@$(ADDRESS)/db: {url}"
-    # Every $(VAR) in the URL is defined earlier in the list (Kubernetes expands only those).
-    for ref in m.groups()[1:]:
-        assert ref in names[: names.index("HMR2_REDIS__URL")], f"$({ref}) is not defined before the URL"
+    seeds = seed_urls(c)
+    assert len({(m.group(2), m.group(3)) for m in seeds}) == 1, "every seed logs in as the same user"
+    m = seeds[0]
+    # Every $(VAR) in the URLs is defined earlier in the list (Kubernetes expands only those).
+    for seed in seeds:
+        for ref in filter(None, seed.group(2, 3, 4)):
+            assert ref in names[: names.index("HMR2_REDIS__URL")], f"$({ref}) is not defined before the URL"
     user, password = secret_env(c, m.group(2)), secret_env(c, m.group(3))
     assert user["name"] == password["name"], "user and password come from one Secret"
     assert (user["key"], password["key"]) == ("username", "password")
@@ -249,22 +318,45 @@ def test_runs_as_non_root(rendered):
 CONSUMER_GROUP_MODES = {"consumerGroup", "lagCount", "activationLagCount", "pendingEntriesCount"}
 
 
+# The metadata each Redis streams scaler reads (KEDA's docs for redis-streams and
+# redis-cluster-streams), and the keys that name the Redis to read: a misspelt key is ignored by
+# KEDA, so a trigger with `address` on the cluster scaler would find no Redis at all.
+KEDA_STREAMS_METADATA = {
+    "redis-streams": {
+        "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv",
+        "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup", "pendingEntriesCount",
+        "streamLength", "lagCount", "activationLagCount", "enableTLS", "unsafeSsl", "databaseIndex",
+    },
+    "redis-cluster-streams": {
+        "addresses", "addressesFromEnv", "hosts", "hostsFromEnv", "ports", "portsFromEnv",
+        "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup", "pendingEntriesCount",
+        "streamLength", "lagCount", "activationLagCount", "enableTLS", "unsafeSsl", "databaseIndex",
+    },
+}
+KEDA_ADDRESS = {"redis-streams": ("address", "addressFromEnv"), "redis-cluster-streams": ("addresses", "addressesFromEnv")}
+
+
 def test_keda_scales_on_the_stream_length_down_to_zero(rendered):
+    """One stream-length trigger per job stream the workers read: `redis-streams` on
+    `<prefix>:jobs` for one Redis, `redis-cluster-streams` on every shard's stream on a cluster."""
     dep, c = worker_container(rendered)
     so = one(rendered, "ScaledObject")
     assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
     assert so["spec"]["minReplicaCount"] == 0
     assert so["spec"]["maxReplicaCount"] >= 1
-    prefix = setting(K8S_TOML, "queue", "prefix")
+    cluster, _ = queue_layout(c)
+    kind = "redis-cluster-streams" if cluster else "redis-streams"
     triggers = so["spec"]["triggers"]
-    assert triggers and all(t["type"] == "redis-streams" for t in triggers)
+    assert triggers and all(t["type"] == kind for t in triggers), f"{kind} triggers only"
+    assert [t["metadata"]["stream"] for t in triggers] == job_streams(c), "one trigger per job stream, in shard order"
     env = {e["name"] for e in c["env"]}
     for t in triggers:
         m = t["metadata"]
-        assert m["stream"] == f"{prefix}:jobs"
+        assert set(m) <= KEDA_STREAMS_METADATA[kind], f"{kind} has no {sorted(set(m) - KEDA_STREAMS_METADATA[kind])}"
         assert not CONSUMER_GROUP_MODES & set(m), f"a consumer-group trigger can go blind: {sorted(CONSUMER_GROUP_MODES & set(m))}"
         assert int(m["streamLength"]) > 0, "stream-length mode with a per-replica target"
-        assert m.get("address") or m.get("addressFromEnv") in env
+        literal, from_env = KEDA_ADDRESS[kind]
+        assert m.get(literal) or m.get(from_env) in env, f"{kind} needs {literal} or {from_env} (a variable of the worker)"
 
 
 def test_keda_logs_in_with_the_workers_user_and_password(rendered):
@@ -288,8 +380,10 @@ def tls_parts(docs) -> dict:
     auth = one(docs, "TriggerAuthentication")
     env = {e["name"]: e for e in c["env"]}
     refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    schemes = {m.group(1) for m in seed_urls(c)}
+    assert len(schemes) == 1, f"seed URLs mix redis:// and rediss://: {redis_url(c)}"
     return {
-        "worker": redis_url(c).startswith("rediss://"),
+        "worker": schemes == {"rediss"},
         "keda": [t["metadata"].get("enableTLS") == "true" for t in so["spec"]["triggers"]],
         "auth": refs,
         "env": env,
@@ -305,7 +399,7 @@ def test_tls_is_all_or_nothing(rendered):
     assert all(k == t["worker"] for k in t["keda"]), f"workers TLS {t['worker']}, KEDA triggers {t['keda']}"
     assert "tls" not in t["auth"], "KEDA refuses `tls` in the TriggerAuthentication with enableTLS set"
     if not t["worker"]:
-        assert "SSL_CERT_FILE" not in t["env"] and "ca" not in t["auth"]
+        assert "SSL_CERT_FILE" not in t["env"] and "ca" not in t["auth"], "a TLS CA, but plain redis:// URLs"
         return
     ca = t["auth"]["ca"]
     path = Path(t["env"]["SSL_CERT_FILE"]["value"])
@@ -335,6 +429,93 @@ def test_nvidia_runtime_class_component(tmp_path):
     assert "components/nvidia-runtime-class" in (OVERLAY / "kustomization.yaml").read_text()
     dep, _ = worker_container(build_with_components(tmp_path, "nvidia-runtime-class"))
     assert dep["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+
+
+# --- Redis Cluster overlay ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    kustomize_or_skip()
+    return build(CLUSTER)
+
+
+def test_cluster_overlay_turns_cluster_mode_on(cluster):
+    _, c = worker_container(cluster)
+    assert env_value(c, "HMR2_REDIS__CLUSTER") == "true"
+    shards = env_value(c, "HMR2_QUEUE__SHARDS")
+    assert shards is not None and int(shards) >= 1, "HMR2_QUEUE__SHARDS: the number of shards, at least 1"
+    assert queue_layout(c) == (True, int(shards))
+    # A cluster has database 0 only; no seed names another.
+    for m in seed_urls(c):
+        assert m.group(6) in (None, "0"), f"database {m.group(6)} in a cluster seed URL"
+
+
+def test_cluster_seeds_are_the_same_for_the_workers_and_keda(cluster):
+    """KEDA reads REDIS_ADDRESSES (addressesFromEnv); the workers read the same nodes as URLs."""
+    _, c = worker_container(cluster)
+    addresses = env_value(c, "REDIS_ADDRESSES")
+    assert addresses, "REDIS_ADDRESSES: the seeds as host:port, comma-separated, for KEDA"
+    seeds = [m.group(5) or f"$({m.group(4)})" for m in seed_urls(c)]
+    assert seeds == [a.strip() for a in addresses.split(",")], "HMR2_REDIS__URL and REDIS_ADDRESSES name other nodes"
+    assert "REDIS_ADDRESS" not in {e["name"] for e in c["env"]}, "the single-node address is left over"
+    for t in one(cluster, "ScaledObject")["spec"]["triggers"]:
+        assert t["metadata"].get("addressesFromEnv") == "REDIS_ADDRESSES", "KEDA reads the seeds from REDIS_ADDRESSES"
+
+
+def test_cluster_has_one_trigger_per_shard(cluster):
+    """Exactly the streams {<prefix>:0}:jobs .. {<prefix>:<shards-1>}:jobs, each once, each in
+    stream-length mode: a missing shard would never be counted, an extra one reads nothing."""
+    _, c = worker_container(cluster)
+    shards = int(env_value(c, "HMR2_QUEUE__SHARDS"))
+    prefix = setting(K8S_TOML, "queue", "prefix")
+    triggers = one(cluster, "ScaledObject")["spec"]["triggers"]
+    assert len(triggers) == shards, f"{len(triggers)} triggers for {shards} shards"
+    assert [t["type"] for t in triggers] == ["redis-cluster-streams"] * shards
+    streams = [t["metadata"]["stream"] for t in triggers]
+    assert streams == [f"{{{prefix}:{k}}}:jobs" for k in range(shards)], f"not the shards' job streams: {streams}"
+    for t in triggers:
+        assert "consumerGroup" not in t["metadata"], "stream-length mode: no consumer group"
+        assert t["authenticationRef"]["name"] == "hmr2-redis"
+
+
+def test_cluster_per_shard_target_is_the_fleet_target_split_over_the_shards(cluster):
+    """The HPA takes the largest of the triggers' replica counts, not their sum: for the fleet to
+    be sized like the base's for the same total backlog spread evenly, each shard's streamLength
+    is the base's divided by the shards (docs/operations.md, "Redis Cluster")."""
+    _, c = worker_container(cluster)
+    shards = int(env_value(c, "HMR2_QUEUE__SHARDS"))
+    (base_trigger,) = one(build(BASE), "ScaledObject")["spec"]["triggers"]
+    fleet = int(base_trigger["metadata"]["streamLength"])
+    lengths = {int(t["metadata"]["streamLength"]) for t in one(cluster, "ScaledObject")["spec"]["triggers"]}
+    assert len(lengths) == 1, f"every shard gets the same target: {sorted(lengths)}"
+    assert lengths <= {fleet // shards, -(-fleet // shards)}, f"per-shard streamLength {sorted(lengths)}, expected {fleet} / {shards}"
+
+
+def test_worker_accepts_the_cluster_overlay_settings(cluster):
+    """The worker's own loader takes the overlay's variables (a misspelt one is an error) and
+    ends up in cluster mode with the overlay's shards."""
+    binary = worker_bin_or_skip("config")
+    _, c = worker_container(cluster)
+    secrets = {"REDIS_USERNAME": "hmr2-worker", "REDIS_PASSWORD": "not-the-password"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HMR2_")}
+    for e in c["env"]:
+        if e["name"].startswith("HMR2_"):
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: secrets[m.group(1)], e["value"])
+    out = subprocess.run([str(binary), "--config", str(K8S_TOML), "config"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    settings = tomllib.loads(out.stdout)
+    assert settings["redis"]["cluster"] is True
+    assert settings["queue"]["shards"] == int(env_value(c, "HMR2_QUEUE__SHARDS"))
+    assert "not-the-password" not in out.stdout + out.stderr
+
+
+def test_cluster_overlay_keeps_the_base_scaling_behaviour(cluster):
+    """Scale to zero, the fallback, the cooldown and the slow scale-down are the base's."""
+    base = one(build(BASE), "ScaledObject")["spec"]
+    spec = one(cluster, "ScaledObject")["spec"]
+    for key in ("minReplicaCount", "pollingInterval", "cooldownPeriod", "fallback", "advanced"):
+        assert spec.get(key) == base.get(key), key
 
 
 # --- scraping, disruption ---------------------------------------------------------------------

@@ -36,45 +36,54 @@ impl Delivery {
     }
 }
 
-/// The ids of the entries this worker holds; their idle time is reset periodically so other
-/// workers do not reclaim jobs that are merely queued here. Counted per id: two deliveries of
-/// one id on this worker hold two leases, and the id stays leased until both are done.
+/// The shards and ids of the entries this worker holds; their idle time is reset periodically
+/// so other workers do not reclaim jobs that are merely queued here. Counted per entry: two
+/// deliveries of one entry on this worker hold two leases, and the entry stays leased until
+/// both are done. (Two shards' streams can hold the same id: the shard is part of the key.)
 #[derive(Clone, Default)]
-pub(crate) struct Leases(Arc<Mutex<HashMap<String, usize>>>);
+pub(crate) struct Leases(Arc<Mutex<HashMap<(usize, String), usize>>>);
 
 /// Membership of one entry in [`Leases`], ended when the delivery is dropped (published,
 /// dead-lettered, failed or abandoned).
 pub(crate) struct Lease {
     leases: Leases,
-    id: String,
+    key: (usize, String),
 }
 
 impl Leases {
-    pub(crate) fn take(&self, id: &str) -> Lease {
+    pub(crate) fn take(&self, shard: usize, id: &str) -> Lease {
+        let key = (shard, id.to_string());
         *self
             .0
             .lock()
             .expect("lease set")
-            .entry(id.to_string())
+            .entry(key.clone())
             .or_default() += 1;
         Lease {
             leases: self.clone(),
-            id: id.to_string(),
+            key,
         }
     }
 
-    pub(crate) fn ids(&self) -> Vec<String> {
-        self.0.lock().expect("lease set").keys().cloned().collect()
+    /// The leased ids of shard `shard`.
+    pub(crate) fn ids(&self, shard: usize) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("lease set")
+            .keys()
+            .filter(|(s, _)| *s == shard)
+            .map(|(_, id)| id.clone())
+            .collect()
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut set = self.leases.0.lock().expect("lease set");
-        if let Some(n) = set.get_mut(&self.id) {
+        if let Some(n) = set.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                set.remove(&self.id);
+                set.remove(&self.key);
             }
         }
     }
@@ -87,25 +96,42 @@ mod tests {
     #[test]
     fn a_lease_lasts_as_long_as_its_delivery() {
         let leases = Leases::default();
-        let a = leases.take("1-0");
-        let b = leases.take("2-0");
-        let mut ids = leases.ids();
+        let a = leases.take(0, "1-0");
+        let b = leases.take(0, "2-0");
+        let mut ids = leases.ids(0);
         ids.sort();
         assert_eq!(ids, ["1-0", "2-0"]);
         drop(a);
-        assert_eq!(leases.ids(), ["2-0"]);
+        assert_eq!(leases.ids(0), ["2-0"]);
         drop(b);
-        assert!(leases.ids().is_empty());
+        assert!(leases.ids(0).is_empty());
     }
 
     #[test]
     fn two_deliveries_of_one_id_hold_two_leases() {
         let leases = Leases::default();
-        let first = leases.take("1-0");
-        let second = leases.take("1-0");
+        let first = leases.take(0, "1-0");
+        let second = leases.take(0, "1-0");
         drop(first);
-        assert_eq!(leases.ids(), ["1-0"], "the second delivery is still leased");
+        assert_eq!(
+            leases.ids(0),
+            ["1-0"],
+            "the second delivery is still leased"
+        );
         drop(second);
-        assert!(leases.ids().is_empty());
+        assert!(leases.ids(0).is_empty());
+    }
+
+    #[test]
+    fn the_same_id_on_two_shards_is_two_entries() {
+        let leases = Leases::default();
+        let a = leases.take(0, "1-0");
+        let b = leases.take(3, "1-0");
+        assert_eq!(leases.ids(0), ["1-0"]);
+        assert_eq!(leases.ids(3), ["1-0"]);
+        drop(a);
+        assert!(leases.ids(0).is_empty());
+        assert_eq!(leases.ids(3), ["1-0"]);
+        drop(b);
     }
 }

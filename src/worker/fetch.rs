@@ -1,12 +1,14 @@
-//! Fetching: new entries (XREADGROUP) and orphaned ones (XAUTOCLAIM), bounded by in-flight
-//! permits, with leases that keep this worker's own entries from looking orphaned.
+//! Fetching: new entries (XREADGROUP, one reader per shard) and orphaned ones (XPENDING +
+//! XCLAIM, one claimer for all shards), bounded by in-flight permits shared by all shards, with
+//! leases that keep this worker's own entries from looking orphaned.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, histogram};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{Delivery, Leases};
@@ -21,10 +23,66 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads new entries and reclaims orphaned ones, as many as there are free permits (`inflight`
-/// in all). Stops when `shutdown` is cancelled or the worker is broken; a blocking read under
-/// way is not cut off (its entries would be delivered to this consumer and never seen): it
-/// ends within `block_ms`, and what it brought is released to other workers at once.
+/// What the fetching tasks share.
+struct Fetch {
+    ctx: Arc<Ctx>,
+    /// In-flight permits, `inflight` in all, shared by every shard.
+    permits: Arc<Semaphore>,
+    inflight: usize,
+    leases: Leases,
+    out: mpsc::Sender<Delivery>,
+    shutdown: CancellationToken,
+    broken: CancellationToken,
+    /// Shards whose last Redis step failed: Redis counts as reachable when none has.
+    failing: Vec<AtomicBool>,
+}
+
+impl Fetch {
+    fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled() || self.broken.is_cancelled()
+    }
+
+    /// After a Redis step on shard `k` succeeded: ends its outage (logs, readiness).
+    fn recovered(&self, k: usize, backoff: &mut Backoff) {
+        if backoff.failures > 0 {
+            backoff.recovered();
+        }
+        self.failing[k].store(false, Ordering::Relaxed);
+        let health = &self.ctx.health;
+        if !health.redis_ok.load(Ordering::Relaxed)
+            && !self.failing.iter().any(|f| f.load(Ordering::Relaxed))
+        {
+            health.set(&health.redis_ok, true);
+        }
+    }
+
+    /// After a failed Redis step on shard `k`: backs off. False when the worker is stopping
+    /// meanwhile.
+    async fn wait_out(&self, k: usize, backoff: &mut Backoff, e: crate::error::QueueError) -> bool {
+        backoff.failed(&e);
+        self.failing[k].store(true, Ordering::Relaxed);
+        self.ctx.health.set(&self.ctx.health.redis_ok, false);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.delay()) => true,
+            _ = self.shutdown.cancelled() => false,
+            _ = self.broken.cancelled() => false,
+        }
+    }
+}
+
+/// Reads new entries of every shard and reclaims orphaned ones, as many as there are free
+/// permits (`inflight` in all, across shards). Stops when `shutdown` is cancelled or the worker
+/// is broken; a blocking read under way is not cut off (its entries would be delivered to this
+/// consumer and never seen): it ends within `block_ms`, and what it brought is released to
+/// other workers at once.
+///
+/// Each shard has its own reader, because a blocking read holds its connection and Redis
+/// Cluster refuses one XREADGROUP over several slots (CROSSSLOT). The readers take turns at
+/// the permits (the semaphore is first come, first served), and each read takes at most
+/// `max_batch` entries, so a hot shard cannot starve the others. With several shards, a
+/// reader whose shard looks empty waits for it holding a single permit (XREADGROUP COUNT 1
+/// BLOCK), and reads without waiting while it has work: idle shards never pin the permits
+/// that busy shards need.
 ///
 /// A reclaimed entry was delivered before, to a worker that died holding it: it may be what
 /// killed that worker. So orphans are claimed one at a time, only once everything else in
@@ -38,89 +96,54 @@ pub(super) async fn fetch(
     out: mpsc::Sender<Delivery>,
     shutdown: CancellationToken,
 ) {
-    let q = &ctx.config.queue;
-    let broken = ctx.health.broken_token();
-    let stopping = || shutdown.is_cancelled() || broken.is_cancelled();
+    let shards = ctx.queue.shards();
+    let f = Arc::new(Fetch {
+        broken: ctx.health.broken_token(),
+        ctx,
+        permits,
+        inflight,
+        leases,
+        out,
+        shutdown,
+        failing: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+    });
+    let mut tasks = JoinSet::new();
+    for k in 0..shards {
+        tasks.spawn(read_shard(f.clone(), k));
+    }
+    tasks.spawn(claim_orphans(f.clone()));
+    drop(f);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Reads shard `k`'s new entries until the worker stops.
+async fn read_shard(f: Arc<Fetch>, k: usize) {
+    let q = &f.ctx.config.queue;
+    // One shard: every read may wait, holding as many permits as are free (nothing else
+    // needs them). Several: see `fetch`.
+    let alone = f.ctx.queue.shards() == 1;
+    let mut busy = false;
     let mut conn = None;
-    let claim_every = Duration::from_millis(q.claim_interval_ms);
-    let mut next_claim = Instant::now();
     let mut backoff = Backoff::default();
     loop {
-        if Instant::now() >= next_claim {
-            let orphan = match ctx.queue.find_orphan().await {
-                Ok(o) => o,
-                Err(e) => {
-                    if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            recovered(&ctx, &mut backoff);
-            let Some((id, delivered)) = orphan else {
-                next_claim = Instant::now() + claim_every;
-                continue;
-            };
-            // Wait for the pipeline to empty, then claim the orphan and run it alone.
-            let all = tokio::select! {
-                p = permits.clone().acquire_many_owned(inflight as u32) => {
-                    p.expect("semaphore never closes")
-                }
-                _ = shutdown.cancelled() => return,
-                _ = broken.cancelled() => return,
-            };
-            let entry = match ctx.queue.claim_orphan(&id, delivered).await {
-                Ok(Some(e)) => e,
-                Ok(None) => continue,
-                Err(e) => {
-                    drop(all);
-                    if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if stopping() {
-                release(&ctx, vec![entry.id]).await;
-                return;
-            }
-            let lease = leases.take(&entry.id);
-            let wait = queue_wait_ms(&entry);
-            counter!(m::JOBS, "outcome" => outcome::RECLAIMED).increment(1);
-            let delivery = Delivery::new(entry, wait, all, lease);
-            if delivery.entry.deliveries > q.max_deliveries {
-                tokio::spawn(too_many_deliveries(ctx.clone(), delivery));
-                continue;
-            }
-            tracing::info!(
-                entry = %delivery.entry.id,
-                deliveries = delivery.entry.deliveries,
-                "reclaimed an orphaned entry; running it alone"
-            );
-            if out.send(delivery).await.is_err() {
-                return;
-            }
-            continue;
-        }
         let first = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-            _ = shutdown.cancelled() => return,
-            _ = broken.cancelled() => return,
-            _ = tokio::time::sleep_until(next_claim.into()) => continue,
+            p = f.permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+            _ = f.shutdown.cancelled() => return,
+            _ = f.broken.cancelled() => return,
         };
         let mut held = vec![first];
-        while held.len() < q.max_batch {
-            match permits.clone().try_acquire_owned() {
+        while (alone || busy) && held.len() < q.max_batch {
+            match f.permits.clone().try_acquire_owned() {
                 Ok(p) => held.push(p),
                 Err(_) => break,
             }
         }
         if conn.is_none() {
-            match ctx.queue.blocking_connection().await {
+            match f.ctx.queue.blocking_connection().await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     drop(held);
-                    if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
+                    if !f.wait_out(k, &mut backoff, e).await {
                         return;
                     }
                     continue;
@@ -128,38 +151,126 @@ pub(super) async fn fetch(
             }
         }
         let c = conn.as_mut().expect("connected above");
-        // Not raced against shutdown: see above.
-        let entries = match ctx.queue.read_new(c, held.len()).await {
+        let block = alone || !busy;
+        // Not raced against shutdown: see `fetch`.
+        let entries = match f.ctx.queue.read_new(c, k, held.len(), block).await {
             Ok(new) => new,
             Err(e) => {
                 conn = None;
                 drop(held);
-                if !wait_out(&ctx, &mut backoff, e, &shutdown, &broken).await {
+                if !f.wait_out(k, &mut backoff, e).await {
                     return;
                 }
                 continue;
             }
         };
-        recovered(&ctx, &mut backoff);
-        if stopping() {
-            release(&ctx, entries.iter().map(|e| e.id.clone()).collect()).await;
+        f.recovered(k, &mut backoff);
+        if f.stopping() {
+            release(&f.ctx, k, entries.iter().map(|e| e.id.clone()).collect()).await;
             return;
         }
-        if !entries.is_empty() {
-            tracing::debug!(entries = entries.len(), "fetched");
+        busy = !entries.is_empty();
+        if busy {
+            tracing::debug!(entries = entries.len(), shard = k, "fetched");
         }
         for entry in entries {
             let wait = queue_wait_ms(&entry);
             histogram!(m::QUEUE_WAIT).record(wait / 1e3);
             let permit = held.pop().expect("never more entries than permits");
-            let lease = leases.take(&entry.id);
-            if out
+            let lease = f.leases.take(k, &entry.id);
+            if f.out
                 .send(Delivery::new(entry, wait, permit, lease))
                 .await
                 .is_err()
             {
                 return;
             }
+        }
+    }
+}
+
+/// Looks for orphans on every shard in turn, every `claim_interval_ms` (at once again after
+/// one was found), and runs each alone (see `fetch`).
+async fn claim_orphans(f: Arc<Fetch>) {
+    let q = &f.ctx.config.queue;
+    let shards = f.ctx.queue.shards();
+    let claim_every = Duration::from_millis(q.claim_interval_ms);
+    let mut next_claim = Instant::now();
+    let mut backoff = Backoff::default();
+    let mut start = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_claim.into()) => {}
+            _ = f.shutdown.cancelled() => return,
+            _ = f.broken.cancelled() => return,
+        }
+        let mut found = None;
+        let mut failed = None;
+        for j in 0..shards {
+            let k = (start + j) % shards;
+            match f.ctx.queue.find_orphan(k).await {
+                Ok(None) => f.recovered(k, &mut backoff),
+                Ok(Some(o)) => {
+                    f.recovered(k, &mut backoff);
+                    found = Some((k, o));
+                    break;
+                }
+                Err(e) => {
+                    failed = Some((k, e));
+                    break;
+                }
+            }
+        }
+        start = (start + 1) % shards;
+        if let Some((k, e)) = failed {
+            if !f.wait_out(k, &mut backoff, e).await {
+                return;
+            }
+            continue;
+        }
+        let Some((k, (id, delivered))) = found else {
+            next_claim = Instant::now() + claim_every;
+            continue;
+        };
+        // Wait for the pipeline to empty, then claim the orphan and run it alone.
+        let all = tokio::select! {
+            p = f.permits.clone().acquire_many_owned(f.inflight as u32) => {
+                p.expect("semaphore never closes")
+            }
+            _ = f.shutdown.cancelled() => return,
+            _ = f.broken.cancelled() => return,
+        };
+        let entry = match f.ctx.queue.claim_orphan(k, &id, delivered).await {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                drop(all);
+                if !f.wait_out(k, &mut backoff, e).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if f.stopping() {
+            release(&f.ctx, k, vec![entry.id]).await;
+            return;
+        }
+        let lease = f.leases.take(k, &entry.id);
+        let wait = queue_wait_ms(&entry);
+        counter!(m::JOBS, "outcome" => outcome::RECLAIMED).increment(1);
+        let delivery = Delivery::new(entry, wait, all, lease);
+        if delivery.entry.deliveries > q.max_deliveries {
+            tokio::spawn(too_many_deliveries(f.ctx.clone(), delivery));
+            continue;
+        }
+        tracing::info!(
+            entry = %delivery.entry.id,
+            stream = %f.ctx.queue.keys(k).jobs,
+            deliveries = delivery.entry.deliveries,
+            "reclaimed an orphaned entry; running it alone"
+        );
+        if f.out.send(delivery).await.is_err() {
+            return;
         }
     }
 }
@@ -171,38 +282,13 @@ fn queue_wait_ms(entry: &crate::queue::Entry) -> f64 {
         .map_or(0.0, |t| now_ms().saturating_sub(t) as f64)
 }
 
-/// After a Redis step succeeded: ends an outage (logs, readiness).
-fn recovered(ctx: &Ctx, backoff: &mut Backoff) {
-    if backoff.failures > 0 || !ctx.health.redis_ok.load(Ordering::Relaxed) {
-        backoff.recovered();
-        ctx.health.set(&ctx.health.redis_ok, true);
-    }
-}
-
-/// After a failed Redis step: backs off. False when the worker is stopping meanwhile.
-async fn wait_out(
-    ctx: &Ctx,
-    backoff: &mut Backoff,
-    e: crate::error::QueueError,
-    shutdown: &CancellationToken,
-    broken: &CancellationToken,
-) -> bool {
-    backoff.failed(&e);
-    ctx.health.set(&ctx.health.redis_ok, false);
-    tokio::select! {
-        _ = tokio::time::sleep(backoff.delay()) => true,
-        _ = shutdown.cancelled() => false,
-        _ = broken.cancelled() => false,
-    }
-}
-
 /// Hands entries this worker will not run to the other workers at once (best effort: if Redis
 /// is away they are reclaimed after `claim_idle_ms` as usual).
-pub(super) async fn release(ctx: &Ctx, ids: Vec<String>) {
+pub(super) async fn release(ctx: &Ctx, k: usize, ids: Vec<String>) {
     if ids.is_empty() {
         return;
     }
-    match ctx.queue.release(&ids).await {
+    match ctx.queue.release(k, &ids).await {
         Ok(n) => tracing::info!(entries = n, "released entries read while stopping"),
         Err(e) => {
             tracing::warn!(error = %e, entries = ids.len(), "could not release entries; they are reclaimed after claim_idle_ms")
@@ -226,13 +312,16 @@ pub(super) async fn renew_leases(ctx: Arc<Ctx>, leases: Leases, stop: Cancellati
             // A hung device: let live workers take what this worker holds.
             continue;
         }
-        match ctx.queue.extend_lease(&leases.ids()).await {
-            Ok(lost) if !lost.is_empty() => tracing::info!(
-                entries = lost.len(),
-                "entries held here were reclaimed by another worker (or finished); their leases are not renewed"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "could not renew leases"),
+        for k in 0..ctx.queue.shards() {
+            match ctx.queue.extend_lease(k, &leases.ids(k)).await {
+                Ok(lost) if !lost.is_empty() => tracing::info!(
+                    entries = lost.len(),
+                    stream = %ctx.queue.keys(k).jobs,
+                    "entries held here were reclaimed by another worker (or finished); their leases are not renewed"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "could not renew leases"),
+            }
         }
     }
 }

@@ -36,6 +36,7 @@ fn entry(job: &[u8], image: Option<Vec<u8>>) -> Entry {
     }
     Entry {
         id: "1-0".into(),
+        shard: 0,
         fields,
         deliveries: 1,
         reclaimed: false,

@@ -2,6 +2,7 @@
 //! test; tests that restart Redis start their own), the tiny TorchScript model on the CPU.
 
 mod broken;
+mod cluster;
 mod crop;
 mod detector;
 mod fuzz;

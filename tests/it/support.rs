@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hmr2_client::{producer, Frame, Job, Keys};
-use hmr2_tools::redis_server::{free_port, RedisServer};
+pub use hmr2_tools::redis_server::free_port;
+use hmr2_tools::redis_server::RedisServer;
 use hmr2_worker::config::Config;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, AsyncConnectionConfig};
@@ -146,6 +147,8 @@ pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> Worke
         .arg("run")
         .env("HMR2_REDIS__URL", &config.redis.url)
         .env("HMR2_QUEUE__PREFIX", &config.queue.prefix)
+        .env("HMR2_REDIS__CLUSTER", config.redis.cluster.to_string())
+        .env("HMR2_QUEUE__SHARDS", config.queue.shards.to_string())
         .env("HMR2_QUEUE__MAX_BATCH", config.queue.max_batch.to_string())
         .env("HMR2_QUEUE__BLOCK_MS", config.queue.block_ms.to_string())
         .env(

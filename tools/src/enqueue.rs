@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use hmr2_client::{producer, Frame, Job, Keys};
+use hmr2_client::{producer, Frame, Job};
 use hmr2_worker::config::{redact_url, Config};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -25,18 +25,34 @@ pub struct EnqueueOptions {
 
 /// Enqueues image files (or synthetic frames) with a progress bar and prints one job id per line.
 pub async fn run(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
-    let keys = hmr2_client::Keys::new(&config.queue.prefix);
-    if let Some(r) = o.reply_to.as_deref().filter(|r| !keys.accepts_reply_to(r)) {
-        anyhow::bail!(
-            "--reply-to {r:?} must start with {:?}: workers answer any other stream with invalid_job",
-            keys.results
-        );
-    }
     let frames = match o.synthetic {
         Some(n) => synthetic(n, o.size, &o),
         None => frames_from_files(&o)?,
     };
+    check_reply_to(&config.layout(), &frames, o.reply_to.as_deref())?;
     send(config, frames, o.raw).await
+}
+
+/// A `--reply-to` must start with the results stream of each frame's shard (workers answer
+/// any other stream with `invalid_job`).
+fn check_reply_to(
+    layout: &hmr2_client::Layout,
+    frames: &[Frame],
+    reply_to: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(r) = reply_to else { return Ok(()) };
+    for f in frames {
+        let keys = producer::shard_keys(layout, f);
+        if !keys.accepts_reply_to(r) {
+            anyhow::bail!(
+                "--reply-to {r:?} must start with {:?}, the results stream of job {:?}'s shard: \
+                 workers answer any other stream with invalid_job",
+                keys.results,
+                f.job.job_id
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The job of frame `i`: its id, the video, boxes, reply stream and outputs asked for.
@@ -125,20 +141,22 @@ fn frames_from_files(o: &EnqueueOptions) -> anyhow::Result<Vec<Frame>> {
 }
 
 async fn send(config: &Config, frames: Vec<Frame>, raw: bool) -> anyhow::Result<()> {
-    hmr2_worker::queue::install_tls_provider();
-    let client = redis::Client::open(config.redis.url.as_str())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let mut conn = hmr2_worker::queue::connect(config)
         .await
         .with_context(|| format!("connecting to {}", redact_url(&config.redis.url)))?;
-    let keys = Keys::new(&config.queue.prefix);
+    let layout = config.layout();
     let bar = ProgressBar::new(frames.len() as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_message(format!("enqueue → {}", keys.jobs));
-    producer::add_all(&mut conn, &keys, &frames, raw, |n| {
+    let target = if layout.len() == 1 {
+        layout.shard(0).jobs.clone()
+    } else {
+        format!("{} shards", layout.len())
+    };
+    bar.set_message(format!("enqueue → {target}"));
+    producer::add_all_sharded(&mut conn, &layout, &frames, raw, |n| {
         bar.set_position(n as u64)
     })
     .await?;
@@ -243,5 +261,31 @@ mod tests {
         assert!(frames
             .iter()
             .all(|f| f.job.boxes == vec![[0.0, 0.0, 5.0, 5.0]]));
+    }
+
+    #[test]
+    fn a_reply_to_must_name_the_results_stream_of_each_frame_shard() {
+        let frame = |video: &str| {
+            Frame::new(
+                Job::new(format!("{video}:0")).video(video.to_string(), 0),
+                vec![],
+            )
+        };
+        let layout = hmr2_client::Layout::new("p", 4, true);
+        let frames = [frame("video-a"), frame("video-a")];
+        let shard = producer::shard_keys(&layout, &frames[0]).results.clone();
+        assert!(check_reply_to(&layout, &frames, Some(&format!("{shard}:mine"))).is_ok());
+        let err = check_reply_to(&layout, &frames, Some("p:results:mine")).unwrap_err();
+        assert!(err.to_string().contains(&shard), "{err}");
+        // Frames of two videos on two shards cannot share one reply stream.
+        let other = (0..100)
+            .map(|i| frame(&format!("video-{i}")))
+            .find(|f| producer::shard_keys(&layout, f).results != shard)
+            .unwrap();
+        let mixed = [frames[0].clone(), other];
+        assert!(check_reply_to(&layout, &mixed, Some(&format!("{shard}:mine"))).is_err());
+        let single = hmr2_client::Layout::new("p", 1, false);
+        assert!(check_reply_to(&single, &mixed, Some("p:results:x")).is_ok());
+        assert!(check_reply_to(&single, &mixed, Some("q:results")).is_err());
     }
 }

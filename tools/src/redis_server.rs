@@ -280,6 +280,23 @@ impl RedisCluster {
     /// most 60 s) until every node reports `cluster_state:ok` with all slots covered, knows every
     /// other node, and every replica is in sync with its master.
     pub fn start(masters: usize, replicas_per_master: usize) -> std::io::Result<Self> {
+        let ports = Self::free_ports_for(masters, replicas_per_master)?;
+        Self::start_on(masters, replicas_per_master, &ports)
+    }
+
+    /// Free loopback ports for a cluster of this shape, as [`RedisCluster::start_on`] takes
+    /// them: client port then cluster bus port, node by node. A client can be pointed at
+    /// `redis://127.0.0.1:<ports[2i]>` before the cluster exists.
+    pub fn free_ports_for(masters: usize, replicas_per_master: usize) -> std::io::Result<Vec<u16>> {
+        free_ports(2 * masters * (1 + replicas_per_master))
+    }
+
+    /// Like [`RedisCluster::start`], on the ports of [`RedisCluster::free_ports_for`].
+    pub fn start_on(
+        masters: usize,
+        replicas_per_master: usize,
+        ports: &[u16],
+    ) -> std::io::Result<Self> {
         if masters < 3 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -289,7 +306,12 @@ impl RedisCluster {
         let n = masters * (1 + replicas_per_master);
         // Two ports per node: the client port, and the cluster bus port (given explicitly
         // rather than the default client port + 10000, which may not be free or may not exist).
-        let ports = free_ports(2 * n)?;
+        if ports.len() != 2 * n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} ports for {n} nodes (two each)", ports.len()),
+            ));
+        }
         let mut cluster = RedisCluster {
             dir: tempfile::Builder::new()
                 .prefix("hmr2-redis-cluster-")

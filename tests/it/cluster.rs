@@ -1,0 +1,435 @@
+//! The queue on a real Redis Cluster (3 masters, one replica each, on loopback ports; DESIGN
+//! §11), and sharding on one node: every job answered through a master's failover, a worker
+//! that waits for the cluster to form, the reply_to rule across shards, and fairness between
+//! shards.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use hmr2_client::{producer, Frame, Job, Layout};
+use hmr2_tools::redis_server::RedisCluster;
+use hmr2_worker::config::Config;
+use redis::aio::ConnectionLike;
+use redis::AsyncCommands;
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Each cluster test, cluster start included, ends within this.
+const TEST_LIMIT: Duration = Duration::from_secs(420);
+
+async fn bounded<F: Future<Output = ()>>(body: F) {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test ran past its time limit");
+}
+
+async fn start_cluster(ports: Option<Vec<u16>>) -> RedisCluster {
+    tokio::task::spawn_blocking(move || match ports {
+        Some(p) => RedisCluster::start_on(3, 1, &p),
+        None => RedisCluster::start(3, 1),
+    })
+    .await
+    .unwrap()
+    .expect("start the Redis Cluster")
+}
+
+/// A worker configuration for the cluster of `seeds` with `shards` shards.
+fn cluster_config(seeds: &[String], prefix: &str, shards: usize) -> Config {
+    let mut c = config(&seeds.join(","), prefix);
+    c.redis.cluster = true;
+    c.queue.shards = shards;
+    c
+}
+
+/// A producer's connection to the cluster (the worker's own, cluster-aware).
+async fn cluster_conn(config: &Config) -> hmr2_worker::queue::Conn {
+    hmr2_worker::queue::connect(config)
+        .await
+        .expect("connect to the cluster")
+}
+
+/// A frame of video `video` (so its shard is the video's).
+fn video_frame(video: &str, n: u64, seed: u32) -> Frame {
+    Frame::new(
+        Job::new(format!("{video}:{n}")).video(video.to_string(), n),
+        image(64, 48, seed, true),
+    )
+}
+
+/// The results read so far from every shard's results stream, by job id, and the cursors.
+struct Collector {
+    cursors: Vec<String>,
+    by_job: HashMap<String, Vec<Value>>,
+}
+
+impl Collector {
+    fn new(layout: &Layout) -> Self {
+        Collector {
+            cursors: vec!["0".to_string(); layout.len()],
+            by_job: HashMap::new(),
+        }
+    }
+
+    /// Reads what is new on every shard; a shard that cannot be read now (its master is
+    /// failing over) is read next time.
+    async fn poll<C: ConnectionLike + Send + Sync>(&mut self, conn: &mut C, layout: &Layout) {
+        for (k, keys) in layout.shards().iter().enumerate() {
+            let reply: redis::RedisResult<redis::streams::StreamReadReply> = conn
+                .xread_options(
+                    &[&keys.results],
+                    &[&self.cursors[k]],
+                    &redis::streams::StreamReadOptions::default().count(1000),
+                )
+                .await;
+            let Ok(reply) = reply else { continue };
+            for key in reply.keys {
+                for e in key.ids {
+                    self.cursors[k] = e.id.clone();
+                    let get = |f: &str| match e.map.get(f) {
+                        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).to_string(),
+                        _ => String::new(),
+                    };
+                    let result: Value = serde_json::from_str(&get("result")).expect("JSON result");
+                    self.by_job.entry(get("job_id")).or_default().push(result);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `WAIT 1` to every master: what the producer wrote is on a replica before a master is
+/// killed (Redis replicates asynchronously: a job only the dead master had is the producer's
+/// loss, not the queue's).
+async fn wait_replicated(cluster: &RedisCluster) {
+    for m in cluster.masters().unwrap() {
+        let mut c = connect(&m.url()).await;
+        let n: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(10_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "master {} has its replica in sync", m.port);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_is_answered_through_the_failover_of_a_master() {
+    bounded(async {
+        let mut cluster = start_cluster(None).await;
+        let p = prefix("cl").replace('-', "_");
+        let mut cfg = cluster_config(&cluster.urls(), &p, 4);
+        cfg.queue.claim_idle_ms = 3000;
+        let layout = cfg.layout();
+        let mut conn = cluster_conn(&cfg).await;
+
+        // 2,000 jobs of 40 videos: every shard gets some.
+        const JOBS: usize = 2000;
+        let frames: Vec<Frame> = (0..JOBS)
+            .map(|i| {
+                video_frame(
+                    &format!("video-{}", i % 40),
+                    (i / 40) as u64,
+                    (i % 7) as u32,
+                )
+            })
+            .collect();
+        let per_shard = frames.iter().fold(vec![0usize; 4], |mut n, f| {
+            n[producer::shard_keys(&layout, f).shard] += 1;
+            n
+        });
+        assert!(per_shard.iter().all(|&n| n > 100), "{per_shard:?}");
+        producer::add_all_sharded(&mut conn, &layout, &frames, true, |_| {})
+            .await
+            .expect("enqueue on the cluster");
+        wait_replicated(&cluster).await;
+
+        let env = [
+            ("HMR2_QUEUE__CLAIM_INTERVAL_MS", "500"),
+            ("HMR2_QUEUE__GAUGE_INTERVAL_MS", "500"),
+        ];
+        let mut workers = Vec::new();
+        for _ in 0..2 {
+            let mut c = cfg.clone();
+            c.http.listen = format!("127.0.0.1:{}", free_port().unwrap());
+            workers.push((spawn_worker_process_with(&c, &env), c.http.listen.clone()));
+        }
+
+        // Mid-run, the master of shard 0 dies; its replica takes over.
+        let mut seen = Collector::new(&layout);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while seen.by_job.len() < JOBS / 4 {
+            assert!(
+                Instant::now() < deadline,
+                "only {} results",
+                seen.by_job.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen.poll(&mut conn, &layout).await;
+        }
+        let slot = {
+            let mut c = connect(&cluster.seed_url()).await;
+            let s: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(&layout.shard(0).jobs)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            s
+        };
+        let victim = cluster.master_for_slot(slot).unwrap();
+        let index = cluster
+            .masters()
+            .unwrap()
+            .iter()
+            .position(|m| m.id == victim.id)
+            .unwrap();
+        let killed_at = seen.by_job.len();
+        cluster.kill_master(index).unwrap();
+        tokio::task::block_in_place(|| cluster.wait_failover(Duration::from_secs(60)))
+            .expect("a replica takes over");
+        eprintln!("master of shard 0 killed after {killed_at} results; failed over");
+
+        while seen.by_job.len() < JOBS {
+            if Instant::now() >= deadline {
+                let missing: Vec<_> = frames
+                    .iter()
+                    .map(|f| f.job.job_id.to_string())
+                    .filter(|id| !seen.by_job.contains_key(id))
+                    .take(10)
+                    .collect();
+                panic!(
+                    "{} of {JOBS} jobs answered; missing e.g. {missing:?}",
+                    seen.by_job.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            seen.poll(&mut conn, &layout).await;
+        }
+
+        // Every job answered, ok; a job answered twice is the same job run again.
+        let ids: HashSet<String> = frames.iter().map(|f| f.job.job_id.to_string()).collect();
+        assert_eq!(seen.by_job.keys().cloned().collect::<HashSet<_>>(), ids);
+        let mut duplicates = 0;
+        for (id, results) in &seen.by_job {
+            for r in results {
+                assert_eq!(r["status"], "ok", "{id}: {r}");
+                assert_eq!(r["job_id"], id.as_str());
+            }
+            if results.len() > 1 {
+                duplicates += 1;
+                for r in &results[1..] {
+                    assert_eq!(r["people"], results[0]["people"], "{id}: a re-run");
+                }
+            }
+        }
+        eprintln!("{JOBS} jobs answered; {duplicates} answered more than once");
+
+        // Both workers are ready again, nothing is dead-lettered, and the queue is empty.
+        for (_, listen) in &workers {
+            wait_status(
+                &format!("http://{listen}/readyz"),
+                200,
+                Duration::from_secs(60),
+            )
+            .await;
+        }
+        for keys in layout.shards() {
+            let dead: usize = conn.xlen(&keys.dead).await.unwrap();
+            assert_eq!(dead, 0, "{}", keys.dead);
+            let left: usize = conn.xlen(&keys.jobs).await.unwrap();
+            assert_eq!(left, 0, "{}", keys.jobs);
+        }
+        for (mut w, _) in workers {
+            signal_term(&w);
+            let status = tokio::task::block_in_place(|| w.wait()).unwrap();
+            assert!(status.success(), "a worker exits cleanly: {status}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_the_cluster_becomes_ready_when_it_forms() {
+    bounded(async {
+        let ports = RedisCluster::free_ports_for(3, 1).unwrap();
+        let seeds: Vec<String> = ports
+            .chunks(2)
+            .map(|p| format!("redis://127.0.0.1:{}", p[0]))
+            .collect();
+        let p = prefix("early").replace('-', "_");
+        let cfg = cluster_config(&seeds, &p, 3);
+        let worker = Worker::start(cfg.clone());
+        let ready = format!("{}/readyz", worker.http);
+        wait_status(
+            &format!("{}/healthz", worker.http),
+            200,
+            Duration::from_secs(60),
+        )
+        .await;
+        let (status, _) = http_get(&ready).await.unwrap();
+        assert_eq!(status, 503, "not ready without Redis");
+
+        let _cluster = start_cluster(Some(ports)).await;
+        wait_status(&ready, 200, Duration::from_secs(90)).await;
+
+        // It serves every shard.
+        let layout = cfg.layout();
+        let mut conn = cluster_conn(&cfg).await;
+        let frames: Vec<Frame> = (0..30)
+            .map(|i| video_frame(&format!("v{i}"), 0, i))
+            .collect();
+        let shards: HashSet<usize> = frames
+            .iter()
+            .map(|f| producer::shard_keys(&layout, f).shard)
+            .collect();
+        assert_eq!(shards.len(), 3);
+        producer::add_all_sharded(&mut conn, &layout, &frames, true, |_| {})
+            .await
+            .unwrap();
+        let mut seen = Collector::new(&layout);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while seen.by_job.len() < frames.len() {
+            assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen.poll(&mut conn, &layout).await;
+        }
+        assert!(seen.by_job.values().flatten().all(|r| r["status"] == "ok"));
+        worker.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_on_another_shard_is_an_invalid_job() {
+    bounded(async {
+        let cluster = start_cluster(None).await;
+        let p = prefix("reply").replace('-', "_");
+        let cfg = cluster_config(&cluster.urls(), &p, 4);
+        let layout = cfg.layout();
+        let worker = Worker::start(cfg.clone());
+        wait_status(
+            &format!("{}/readyz", worker.http),
+            200,
+            Duration::from_secs(60),
+        )
+        .await;
+        let mut conn = cluster_conn(&cfg).await;
+        let cfg = &cfg;
+
+        let home = layout.keys_for(Some("vid"), "x").clone();
+        let other = layout.shard(home.shard + 1);
+        let job = |id: &str, reply_to: String| {
+            Frame::new(
+                Job::new(id.to_string()).video("vid", 0).reply_to(reply_to),
+                image(64, 48, 1, true),
+            )
+        };
+        let wrong = job("wrong", format!("{}:mine", other.results));
+        let right = job("right", format!("{}:mine", home.results));
+        producer::add_all_sharded(&mut conn, &layout, &[wrong, right], true, |_| {})
+            .await
+            .unwrap();
+
+        // The wrong one is answered on its own shard's default stream and dead-lettered there.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let read = |stream: String| async move {
+            let c = &mut cluster_conn(cfg).await;
+            let r: redis::streams::StreamRangeReply = c.xrange_all(&stream).await.unwrap();
+            r.ids
+                .into_iter()
+                .filter_map(|e| match e.map.get("result") {
+                    Some(redis::Value::BulkString(b)) => serde_json::from_slice::<Value>(b).ok(),
+                    _ => None,
+                })
+                .collect::<Vec<Value>>()
+        };
+        let (errors, oks) = loop {
+            let errors = read(home.results.clone()).await;
+            let oks = read(format!("{}:mine", home.results)).await;
+            if !errors.is_empty() && !oks.is_empty() {
+                break (errors, oks);
+            }
+            assert!(Instant::now() < deadline, "no results: {errors:?} {oks:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0]["job_id"], "wrong");
+        assert_eq!(errors[0]["error"]["code"], "invalid_job");
+        assert_eq!(oks.len(), 1);
+        assert_eq!(oks[0]["job_id"], "right");
+        assert_eq!(oks[0]["status"], "ok");
+        let dead: usize = conn.xlen(&home.dead).await.unwrap();
+        assert_eq!(dead, 1);
+        let theirs: usize = conn
+            .exists(format!("{}:mine", other.results))
+            .await
+            .unwrap();
+        assert_eq!(theirs, 0, "nothing is written on another shard");
+        worker.stop().await;
+    })
+    .await;
+}
+
+/// One node, three shards: a shard with a deep backlog does not starve the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_shard_does_not_starve_the_others() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("fair");
+    let mut cfg = config(&url, &p);
+    cfg.queue.shards = 3;
+    let layout = cfg.layout();
+    assert_eq!(layout.shard(1).jobs, format!("{{{p}:1}}:jobs"));
+    // 600 jobs of one video (one shard), then 20 each of two videos of the other shards.
+    let video_on = |shard: usize| {
+        (0..)
+            .map(|i| format!("video-{i}"))
+            .find(|v| layout.keys_for(Some(v), "").shard == shard)
+            .unwrap()
+    };
+    let mut frames: Vec<Frame> = (0..600).map(|n| video_frame(&video_on(0), n, 1)).collect();
+    for shard in [1, 2] {
+        let v = video_on(shard);
+        frames.extend((0..20).map(|n| video_frame(&v, n, 2)));
+    }
+    let mut c = connect(&url).await;
+    producer::add_all_sharded(&mut c, &layout, &frames, true, |_| {})
+        .await
+        .unwrap();
+    let worker = Worker::start(cfg.clone());
+    let mut seen = Collector::new(&layout);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let small_done = |seen: &Collector| {
+        frames[600..]
+            .iter()
+            .all(|f| seen.by_job.contains_key(f.job.job_id.as_ref()))
+    };
+    while !small_done(&seen) {
+        assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen.poll(&mut c, &layout).await;
+    }
+    let hot_done = frames[..600]
+        .iter()
+        .filter(|f| seen.by_job.contains_key(f.job.job_id.as_ref()))
+        .count();
+    assert!(
+        hot_done < 300,
+        "the small shards were served while the hot one still had work ({hot_done} of 600 done)"
+    );
+    let gauges = http_get(&format!("{}/metrics", worker.http))
+        .await
+        .unwrap()
+        .1;
+    for keys in layout.shards() {
+        assert!(
+            gauges.contains(&format!("hmr2_queue_length{{stream=\"{}\"}}", keys.jobs)),
+            "a queue gauge per shard: {}",
+            keys.jobs
+        );
+    }
+    worker.stop().await;
+}
