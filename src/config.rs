@@ -74,7 +74,7 @@ pub struct QueueConfig {
     /// An entry pending this long on another consumer is presumed orphaned and reclaimed,
     /// milliseconds.
     pub claim_idle_ms: u64,
-    /// How often this worker looks for orphaned entries (XAUTOCLAIM), milliseconds.
+    /// How often this worker looks for orphaned entries (XPENDING IDLE, then XCLAIM), milliseconds.
     pub claim_interval_ms: u64,
     /// An entry delivered more often than this is dead-lettered with an error result.
     pub max_deliveries: u64,
@@ -354,6 +354,17 @@ impl Config {
         if self.queue.max_batch == 0 || self.queue.max_batch > 1024 {
             return bad("queue.max_batch", "must be between 1 and 1024");
         }
+        let inflight = self.queue.max_batch * (self.pipeline.queue_depth + 2);
+        if self.queue.shards > inflight {
+            return bad(
+                "queue.shards",
+                format!(
+                    "{} shards need at least as many jobs in flight (max_batch × (queue_depth + 2) \
+                     = {inflight}): every shard's reader holds one while it waits",
+                    self.queue.shards
+                ),
+            );
+        }
         if self.queue.block_ms == 0 {
             return bad(
                 "queue.block_ms",
@@ -607,6 +618,25 @@ mod tests {
     }
 
     #[test]
+    fn several_urls_mean_a_cluster_with_sharded_keys() {
+        let mut c = Config::defaults();
+        assert!(!c.cluster());
+        assert_eq!(c.layout().shard(0).jobs, "hmr2:jobs");
+        c.redis.url = "redis://u:secret@a:1, redis://u:secret@b:2".into();
+        c.validate().unwrap();
+        assert!(c.cluster());
+        assert_eq!(c.layout().shard(0).jobs, "{hmr2:0}:jobs");
+        assert_eq!(
+            redact_url(&c.redis.url),
+            "redis://u:***@a:1,redis://u:***@b:2"
+        );
+        c.redis.url = "redis://a:1".into();
+        c.queue.shards = 3;
+        assert!(!c.cluster());
+        assert_eq!(c.layout().shard(2).group, "{hmr2:2}-workers");
+    }
+
+    #[test]
     fn each_bad_value_names_its_setting() {
         let cases = [
             ("[redis]\nurl = \"http://x\"", "redis.url"),
@@ -616,6 +646,14 @@ mod tests {
             ("[queue]\nprefix = \"\"", "queue.prefix"),
             ("[queue]\nmax_deliveries = 0", "queue.max_deliveries"),
             ("[queue]\nclaim_idle_ms = 10", "queue.claim_idle_ms"),
+            ("[queue]\nshards = 0", "queue.shards"),
+            ("[queue]\nshards = 2\nprefix = \"{hmr2}\"", "queue.prefix"),
+            (
+                "[redis]\ncluster = true\n[queue]\nprefix = \"{hmr2}\"",
+                "queue.prefix",
+            ),
+            ("[queue]\nshards = 200\nmax_batch = 4", "queue.shards"),
+            ("[redis]\nurl = \"redis://a:1,http://b:2\"", "redis.url"),
             ("[model]\ndevice = \"tpu:0\"", "unknown device"),
             ("[gpu]\nrelease = \"sometimes\"", "release"),
             (

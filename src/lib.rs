@@ -14,7 +14,7 @@
 //! - `main.rs`: the `hmr2-worker` binary: `run`, `check`, `config`.
 //! - [`check`]: the `check` command: versions, device, model forward pass.
 //! - [`worker`]: the pipeline, [`run`] / [`run_with`] (the model seam):
-//!   - `fetch`: XREADGROUP / XAUTOCLAIM bounded by in-flight permits, lease renewal;
+//!   - `fetch`: XREADGROUP per shard / XPENDING + XCLAIM bounded by in-flight permits, lease renewal;
 //!   - [`worker::prepare`]: parse, plan (boxes checked, decode scale), decode, crop;
 //!   - `batcher`: the I/O-free batching core; `infer`: inference thread, OOM ladder, memory policy;
 //!   - `publish`, `result`, `retry`, `delivery`: results, dead letters, Redis retries, leases.

@@ -1,9 +1,10 @@
 //! The pipeline (DESIGN §2): fetch → decode/crop → batch → infer → publish, stages overlapping,
 //! every queue bounded.
 //!
-//! - The **fetcher** reads new entries (XREADGROUP) and reclaims orphaned ones (XAUTOCLAIM). It
-//!   only asks for as many entries as it holds *in-flight permits*, so a worker never holds more
-//!   jobs than `max_batch × (queue_depth + 2)`, whatever the backlog in Redis.
+//! - The **fetcher** reads new entries (XREADGROUP, one reader per shard, taking turns) and
+//!   reclaims orphaned ones (XPENDING + XCLAIM). It only asks for as many entries as it holds
+//!   *in-flight permits*, shared by all shards, so a worker never holds more jobs than
+//!   `max_batch × (queue_depth + 2)`, whatever the backlog in Redis.
 //! - **Decoders** (blocking threads, `pipeline.decode_threads` at once) parse, decode and crop.
 //! - The **coordinator** moves jobs through the `batcher` (the I/O-free core: crops of many
 //!   jobs packed into batches, a job's people spanning batches, outputs folded back per job),
@@ -219,6 +220,12 @@ where
         match ctx.queue.ensure_groups().await {
             Ok(()) => break,
             Err(e) => {
+                if !ctx.queue.is_cluster() && e.to_string().contains("MOVED") {
+                    tracing::error!(
+                        "Redis answered MOVED: it is a Redis Cluster; set redis.cluster = true \
+                         (HMR2_REDIS__CLUSTER=true) or give several seed URLs"
+                    );
+                }
                 backoff.failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.delay()) => {}

@@ -210,6 +210,31 @@ mod tests {
         );
     }
 
+    /// The same vectors are checked against Python's `zlib.crc32` by the deploy tests (the
+    /// README's producer snippet).
+    #[test]
+    fn the_shard_hash_matches_the_shared_test_vectors() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/shard_vectors.json")).unwrap();
+        let vectors = vectors.as_array().unwrap();
+        assert!(vectors.len() >= 5);
+        for v in vectors {
+            let key = v["key"].as_str().unwrap();
+            assert_eq!(
+                u64::from(crc32fast::hash(key.as_bytes())),
+                v["crc32"].as_u64().unwrap()
+            );
+            for (n, shard) in v["shards"].as_object().unwrap() {
+                let n: usize = n.parse().unwrap();
+                assert_eq!(
+                    shard_of(key, n) as u64,
+                    shard.as_u64().unwrap(),
+                    "{key} % {n}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn videos_spread_evenly_over_shards() {
         for n in [3usize, 4, 6] {

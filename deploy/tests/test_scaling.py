@@ -71,3 +71,22 @@ def test_shard_slot_table_matches_redis_cluster():
         assert {key_slot(f"{tag}:{k}") for k in ("jobs", "results", "dead")} == {expected}
         shown = [int(c) for c in re.findall(r"\d+", cells)]
         assert shown == [master_of(expected, m) for m in masters], f"{tag}: masters {shown}"
+
+
+def test_the_readme_shard_hash_is_the_contract_crate_s():
+    """The README's Python line for a job's shard gives the shards that `hmr2_client::shard_of`
+    is pinned to (`client/tests/shard_vectors.json`, checked by the crate's unit tests)."""
+    import json
+    import zlib
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(l for l in readme.splitlines() if l.startswith("shard = "))
+    expr = line.split("=", 1)[1].split("#", 1)[0].strip()
+    assert expr == "zlib.crc32(video_id.encode()) % SHARDS", line
+    vectors = json.loads((ROOT / "client" / "tests" / "shard_vectors.json").read_text())
+    assert len(vectors) >= 5
+    for v in vectors:
+        assert zlib.crc32(v["key"].encode()) == v["crc32"], v["key"]
+        for n, shard in v["shards"].items():
+            got = eval(expr, {"zlib": zlib}, {"video_id": v["key"], "SHARDS": int(n)})
+            assert got == shard, (v["key"], n)

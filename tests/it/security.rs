@@ -14,9 +14,9 @@ use crate::support::*;
 fn worker_acl(prefix: &str, password: &str) -> String {
     format!(
         "user hmr2-worker on >{password} ~{prefix}:* resetchannels -@all +@connection \
-         +xreadgroup +xautoclaim +xclaim +xack +xdel +xadd +xlen +xpending +xinfo|groups \
+         +xreadgroup +xclaim +xrange +xack +xdel +xadd +xlen +xpending +xinfo|groups \
          +xgroup|create +xgroup|delconsumer +xinfo|consumers +expire +evalsha +eval \
-         +script|load +type +hset +del +multi +exec"
+         +script|load +type +hset +del"
     )
 }
 
