@@ -11,7 +11,7 @@ use hmr2_worker::queue::Keys;
 use crate::support::*;
 
 /// The ACL rule of the README, for a given prefix.
-fn worker_acl(prefix: &str, password: &str) -> String {
+pub(crate) fn worker_acl(prefix: &str, password: &str) -> String {
     format!(
         "user hmr2-worker on >{password} ~{prefix}:* resetchannels -@all +@connection \
          +xreadgroup +xclaim +xrange +xack +xdel +xadd +xlen +xpending +xinfo|groups \
