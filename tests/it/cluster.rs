@@ -5,14 +5,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmr2_client::{producer, Frame, Job, Layout};
 use hmr2_tools::redis_server::RedisCluster;
 use hmr2_worker::config::Config;
+use hmr2_worker::detector::TorchDetector;
+use hmr2_worker::error::ModelError;
+use hmr2_worker::model::{BatchOutput, Model, ModelMeta, TorchModel};
+use hmr2_worker::Models;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -505,4 +512,108 @@ async fn a_least_privilege_acl_user_serves_a_sharded_queue_on_the_cluster() {
         worker.stop().await;
     })
     .await;
+}
+
+/// The tiny TorchScript model, noting the largest forward pass it was given.
+struct Largest {
+    inner: TorchModel,
+    largest: Arc<AtomicUsize>,
+}
+
+impl Model for Largest {
+    fn forward(&mut self, crops: &[u8], n: usize, v: bool) -> Result<BatchOutput, ModelError> {
+        self.largest.fetch_max(n, Ordering::Relaxed);
+        self.inner.forward(crops, n, v)
+    }
+    fn meta(&self) -> &ModelMeta {
+        self.inner.meta()
+    }
+    fn device_label(&self) -> String {
+        self.inner.device_label()
+    }
+    fn cuda_index(&self) -> Option<usize> {
+        self.inner.cuda_index()
+    }
+}
+
+/// One node, four shards with a backlog each: the worker never holds more than
+/// `max_batch × (queue_depth + 2)` entries over all shards together, and never runs a forward
+/// pass of more than `max_batch` crops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("bound");
+    let mut cfg = config(&url, &p);
+    cfg.queue.shards = 4;
+    cfg.queue.max_batch = 2;
+    cfg.pipeline.queue_depth = 1;
+    let inflight = 2 * (1 + 2);
+    let layout = cfg.layout();
+    let frames: Vec<Frame> = (0..240)
+        .map(|i| video_frame(&format!("video-{}", i % 16), (i / 16) as u64, 3))
+        .collect();
+    let mut c = connect(&url).await;
+    producer::add_all_sharded(&mut c, &layout, &frames, true, |_| {})
+        .await
+        .unwrap();
+    let largest = Arc::new(AtomicUsize::new(0));
+    let seen_largest = largest.clone();
+    let path = cfg.model.path.clone();
+    let token = CancellationToken::new();
+    let worker = tokio::spawn(hmr2_worker::run_with(
+        cfg.clone(),
+        token.clone(),
+        move |device| {
+            Ok(Models {
+                hmr: Largest {
+                    inner: TorchModel::load(&path, device)?,
+                    largest: seen_largest,
+                },
+                detector: None::<TorchDetector>,
+            })
+        },
+    ));
+    let mut seen = Collector::new(&layout);
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while seen.by_job.len() < frames.len() {
+        assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
+        // Every shard's pending count at one instant (one node: MULTI is atomic).
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for keys in layout.shards() {
+            pipe.cmd("XPENDING").arg(&keys.jobs).arg(&keys.group);
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.unwrap_or_default();
+        let held: i64 = replies
+            .iter()
+            .filter_map(|r| match r {
+                redis::Value::Array(v) => match v.first() {
+                    Some(redis::Value::Int(n)) => Some(*n),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .sum();
+        most = most.max(held);
+        seen.poll(&mut c, &layout).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most > 0, "the sampling saw the worker at work");
+    assert!(
+        most <= inflight,
+        "{most} entries held at once, over the bound of {inflight}"
+    );
+    let largest = largest.load(Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&largest),
+        "the largest forward pass had {largest} crops; max_batch is 2"
+    );
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
 }
