@@ -60,6 +60,22 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! On a sharded queue (`queue.shards`, Redis Cluster; DESIGN §11) every frame of a video goes to
+//! the video's shard, where its results (and any `reply_to`) are too; with the `redis` feature,
+//! `producer::add_all_sharded` enqueues a whole list that way:
+//!
+//! ```
+//! use hmr2_client::{shard_of, Layout};
+//!
+//! let layout = Layout::new("hmr2", 4, true);
+//! let keys = layout.keys_for(Some("video-7"), "video-7:16");
+//! assert_eq!(keys.jobs, format!("{{hmr2:{}}}:jobs", shard_of("video-7", 4)));
+//! assert!(keys.accepts_reply_to(&format!("{}:video-7", keys.results)));
+//! // Another shard's results stream is refused (`invalid_job`).
+//! let other = layout.shard(keys.shard + 1);
+//! assert!(!keys.accepts_reply_to(&other.results));
+//! ```
 
 #![warn(missing_docs)]
 
