@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmr2_client::{producer, Frame, Job, Layout};
-use hmr2_tools::redis_server::RedisCluster;
+use hmr2_tools::redis_server::{ClusterTls, RedisCluster};
 use hmr2_worker::config::Config;
 use hmr2_worker::detector::TorchDetector;
 use hmr2_worker::error::ModelError;
@@ -462,31 +462,50 @@ fn sharded_acl(prefix: &str, password: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_least_privilege_acl_user_serves_a_sharded_queue_on_the_cluster() {
+async fn tls_and_a_least_privilege_acl_user_serve_a_sharded_queue_on_the_cluster() {
     bounded(async {
-        let cluster = start_cluster(None).await;
+        let certs = tempfile::tempdir().unwrap();
+        crate::security::make_certs(certs.path());
+        let tls = ClusterTls {
+            cert: certs.path().join("server.pem"),
+            key: certs.path().join("server.key"),
+            ca: certs.path().join("ca.pem"),
+        };
+        let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_tls(3, 1, &tls))
+            .await
+            .unwrap()
+            .expect("start the Redis Cluster with TLS");
         let p = prefix("acl");
+        let password = "pw-c1u5t3r-never-log-me";
         // ACLs are per node: the user is set on every node, replicas included.
         for url in cluster.urls() {
             let mut c = connect(&url).await;
             let mut cmd = redis::cmd("ACL");
             cmd.arg("SETUSER");
-            for part in sharded_acl(&p, "s3cret") {
+            for part in sharded_acl(&p, password) {
                 cmd.arg(part);
             }
             let () = cmd.query_async(&mut c).await.unwrap();
         }
+        // The worker sees only the TLS ports, as the ACL user.
         let seeds: Vec<String> = cluster
-            .urls()
+            .tls_urls()
             .iter()
-            .map(|u| u.replace("redis://", "redis://hmr2-worker:s3cret@"))
+            .map(|u| u.replace("rediss://", &format!("rediss://hmr2-worker:{password}@")))
             .collect();
         let cfg = cluster_config(&seeds, &p, 3);
         let admin = cluster_config(&cluster.urls(), &p, 3);
         let layout = cfg.layout();
-        let worker = Worker::start(cfg.clone());
+        let ca = certs.path().join("ca.pem");
+        let mut worker = spawn_worker_process_with(
+            &cfg,
+            &[
+                ("SSL_CERT_FILE", ca.to_str().unwrap()),
+                ("RUST_LOG", "debug"),
+            ],
+        );
         wait_status(
-            &format!("{}/readyz", worker.http),
+            &format!("http://{}/readyz", cfg.http.listen),
             200,
             Duration::from_secs(60),
         )
@@ -509,7 +528,16 @@ async fn a_least_privilege_acl_user_serves_a_sharded_queue_on_the_cluster() {
         // The model hash is written under the same rule.
         let model: usize = conn.exists(&layout.shard(0).model).await.unwrap();
         assert_eq!(model, 1);
-        worker.stop().await;
+        signal_term(&worker);
+        let status = tokio::task::block_in_place(|| worker.wait()).unwrap();
+        assert!(status.success(), "{status}");
+        let log = std::fs::read_to_string(std::env::temp_dir().join(format!("{p}.log"))).unwrap();
+        assert!(log.contains("DEBUG"), "the log was written at debug level");
+        assert!(!log.contains(password), "the password appeared in the log");
+        assert!(
+            log.contains("hmr2-worker:***@127.0.0.1"),
+            "URLs are shown redacted"
+        );
     })
     .await;
 }

@@ -252,7 +252,18 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
 /// One `redis-server` process of a [`RedisCluster`].
 struct NodeProcess {
     port: u16,
+    /// Its TLS port, when the cluster speaks TLS.
+    tls_port: Option<u16>,
     child: Option<Child>,
+}
+
+/// The certificate files of a cluster that speaks TLS (see [`RedisCluster::start_tls`]): the
+/// server certificate and key every node presents, and the CA that signed them.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// A throwaway Redis Cluster on loopback ports: `masters × (1 + replicas_per_master)`
@@ -284,6 +295,26 @@ impl RedisCluster {
         Self::start_on(masters, replicas_per_master, &ports)
     }
 
+    /// Like [`RedisCluster::start`], every node also serving TLS on a port of its own (clients
+    /// that connect over TLS are given the nodes' TLS ports in the slot map), the cluster bus
+    /// and replication over TLS too. Clients need not present a certificate. The plain ports
+    /// stay open for the harness and for tests that write as the admin user.
+    pub fn start_tls(
+        masters: usize,
+        replicas_per_master: usize,
+        tls: &ClusterTls,
+    ) -> std::io::Result<Self> {
+        let n = masters * (1 + replicas_per_master);
+        let mut ports = free_ports(3 * n)?;
+        let tls_ports = ports.split_off(2 * n);
+        Self::launch(
+            masters,
+            replicas_per_master,
+            &ports,
+            Some((tls, &tls_ports)),
+        )
+    }
+
     /// Free loopback ports for a cluster of this shape, as [`RedisCluster::start_on`] takes
     /// them: client port then cluster bus port, node by node. A client can be pointed at
     /// `redis://127.0.0.1:<ports[2i]>` before the cluster exists.
@@ -296,6 +327,15 @@ impl RedisCluster {
         masters: usize,
         replicas_per_master: usize,
         ports: &[u16],
+    ) -> std::io::Result<Self> {
+        Self::launch(masters, replicas_per_master, ports, None)
+    }
+
+    fn launch(
+        masters: usize,
+        replicas_per_master: usize,
+        ports: &[u16],
+        tls: Option<(&ClusterTls, &[u16])>,
     ) -> std::io::Result<Self> {
         if masters < 3 {
             return Err(std::io::Error::new(
@@ -320,10 +360,10 @@ impl RedisCluster {
             masters,
             killed: Vec::new(),
         };
-        for pair in ports.chunks(2) {
+        for (i, pair) in ports.chunks(2).enumerate() {
             let (port, bus_port) = (pair[0], pair[1]);
             let dir = cluster.dir.path();
-            let args: Vec<OsString> = vec![
+            let mut args: Vec<OsString> = vec![
                 "--port".into(),
                 port.to_string().into(),
                 "--bind".into(),
@@ -350,9 +390,29 @@ impl RedisCluster {
                 "--repl-diskless-sync-delay".into(),
                 "0".into(),
             ];
+            let tls_port = tls.map(|(files, tls_ports)| {
+                args.extend([
+                    "--tls-port".into(),
+                    tls_ports[i].to_string().into(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-replication".into(),
+                    "yes".into(),
+                    "--tls-cert-file".into(),
+                    files.cert.clone().into(),
+                    "--tls-key-file".into(),
+                    files.key.clone().into(),
+                    "--tls-ca-cert-file".into(),
+                    files.ca.clone().into(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+                tls_ports[i]
+            });
             let child = spawn_redis_server(&args)?;
             cluster.nodes.push(NodeProcess {
                 port,
+                tls_port,
                 child: Some(child),
             });
         }
@@ -517,6 +577,15 @@ impl RedisCluster {
         self.nodes
             .iter()
             .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Every node's `rediss://127.0.0.1:<tls port>` URL, when it speaks TLS.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.tls_port)
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
             .collect()
     }
 
