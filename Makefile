@@ -1,6 +1,7 @@
 # hmr2-worker — every entry point is a target here.
 #   make demo    set-up, then the demo (throwaway redis-server, tiny model, overlays in demo-out/)
 #   make test    set-up, then every check: fmt, clippy, Rust tests, Python tests, deploy tests
+#   make bench-cluster  the queue on one redis node vs a 3-master Redis Cluster, 1/3/6 shards
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 # libgomp spin-waits after every CPU forward pass unless told otherwise.
@@ -50,6 +51,10 @@ fmt:
 
 bench: release
 	./target/release/hmr2 bench $(ARGS)
+
+.PHONY: bench-cluster
+bench-cluster: setup
+	scripts/bench-cluster.sh
 
 chaos: release
 	scripts/chaos.sh

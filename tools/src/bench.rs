@@ -28,6 +28,7 @@
 //! (`benches/baseline/null_model.py`) measures the same thing directly, idle time included.
 
 pub mod measure;
+pub mod queue;
 pub mod report;
 pub mod session;
 

@@ -1,4 +1,4 @@
-//! Command line of `hmr2`, the tooling around the worker: `enqueue`, `demo`, `bench`, `synth`.
+//! Command line of `hmr2`, the tooling around the worker: `enqueue`, `demo`, `bench`, `bench-cluster`, `synth`.
 //! Parses flags, layers the worker's configuration the same way `hmr2-worker` does, and calls
 //! the library.
 
@@ -36,6 +36,11 @@ enum Command {
     /// End-to-end benchmark through a real Redis (throwaway unless --redis-url), with the raw
     /// decode rate and the model-only rate measured beside it; prints a table, writes JSON.
     Bench(BenchArgs),
+    /// The queue on one throwaway redis-server against a throwaway Redis Cluster (3 masters, no
+    /// replicas) with 1, 3 and 6 shards, side by side in one run, one worker in-process: jobs/s,
+    /// CPU per job (worker and Redis) and latency, with ratios against the single node; prints a
+    /// table, writes JSON. Meant for a null model (benches/baseline/null_model.py).
+    BenchCluster(BenchClusterArgs),
     /// Writes random synthetic frames (0-3 walking figures of any size, varied backgrounds) as
     /// DIR/NNNNN.jpg and their boxes as DIR/boxes.json, to train and test the person detector.
     Synth(SynthArgs),
@@ -108,6 +113,37 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct BenchClusterArgs {
+    /// Jobs per run.
+    #[arg(long, default_value_t = 6000)]
+    jobs: usize,
+    /// Frame size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "160x120", value_parser = bench::parse_size)]
+    size: (u32, u32),
+    /// Videos the jobs are frames of (a job's shard is its video's).
+    #[arg(long, default_value_t = 64)]
+    videos: usize,
+    /// Shard counts to run on the cluster, one run each (the single node runs with one).
+    #[arg(long, value_delimiter = ',', default_value = "1,3,6")]
+    shards: Vec<usize>,
+    /// Masters of the cluster (no replicas).
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    /// How many times the whole series runs, interleaved (the spread shows the noise).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Distinct frames drawn, encoded once and cycled through.
+    #[arg(long, default_value_t = 8)]
+    distinct: usize,
+    /// Send the JPEG bytes in the `image` field instead of base64 in the job JSON.
+    #[arg(long)]
+    raw: bool,
+    /// Where the JSON report goes.
+    #[arg(long, value_name = "FILE", default_value = "bench-out/cluster.json")]
+    json: PathBuf,
+}
+
+#[derive(Args)]
 struct EnqueueArgs {
     /// Image files or folders.
     #[arg(required_unless_present = "synthetic")]
@@ -142,8 +178,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = &cli.global;
     let mut flags = g.overrides();
-    if matches!(cli.command, Command::Demo(_) | Command::Bench(_))
-        && std::env::var_os("HMR2_LOG__LEVEL").is_none()
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(_) | Command::BenchCluster(_)
+    ) && std::env::var_os("HMR2_LOG__LEVEL").is_none()
     {
         // The worker's start-up lines would break the progress output; warnings still show.
         flags.set("log.level", Some("warn"));
@@ -202,6 +240,31 @@ fn main() -> ExitCode {
             ))
             .map(|_| ())
         }),
+        Command::BenchCluster(a) => {
+            if g.redis_url.is_some() {
+                eprintln!(
+                    "hmr2: bench-cluster starts its own redis-server and cluster; drop --redis-url"
+                );
+                return ExitCode::from(2);
+            }
+            runtime().and_then(|rt| {
+                rt.block_on(bench::queue::run(
+                    config,
+                    bench::queue::QueueBenchOptions {
+                        jobs: a.jobs,
+                        size: a.size,
+                        distinct: a.distinct,
+                        videos: a.videos,
+                        shards: a.shards,
+                        masters: a.masters,
+                        rounds: a.rounds,
+                        raw: a.raw,
+                        json: a.json,
+                    },
+                ))
+                .map(|_| ())
+            })
+        }
         Command::Synth(a) => synth::run(&synth::SynthOptions {
             count: a.count,
             seed: a.seed,
