@@ -310,7 +310,8 @@ pub struct DeadLetter<'a> {
 pub const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// A connection of its own to the configured Redis (one node, or the cluster of `redis.url`'s
-/// seed nodes), for producers and tools: commands are routed by key on a cluster.
+/// seed nodes), for producers and tools: commands are routed by key on a cluster. Replies may
+/// take [`response_timeout`]: keep a `BLOCK` below that.
 pub async fn connect(config: &Config) -> Result<Conn, QueueError> {
     install_tls_provider();
     let target = if config.cluster() {

@@ -29,11 +29,18 @@ impl managed::Manager for ClusterManager {
         self.client.get_async_connection().await
     }
 
+    /// A connection in steady use is handed out as it is: a cluster connection repairs itself
+    /// (it reconnects to a node that went away and re-reads the slot map after a failover), and
+    /// a `PING` on every checkout, as a one-node pool does, would add a round trip to every
+    /// command. One idle for longer than [`IDLE_CHECK`] is checked first.
     async fn recycle(
         &self,
         conn: &mut ClusterConnection,
-        _: &Metrics,
+        metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
+        if metrics.last_used() < IDLE_CHECK {
+            return Ok(());
+        }
         let pong: String = redis::cmd("PING").query_async(conn).await?;
         if pong == "PONG" {
             Ok(())
@@ -42,6 +49,9 @@ impl managed::Manager for ClusterManager {
         }
     }
 }
+
+/// Pooled cluster connections idle this long are checked (`PING`) before they are handed out.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Where the worker's Redis is: one node, or a cluster given by its seed nodes.
 #[derive(Clone)]

@@ -645,3 +645,60 @@ async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
         .unwrap()
         .unwrap();
 }
+
+/// One node, three shards: entries a dead consumer took on every shard are reclaimed, shard by
+/// shard, and answered once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_reclaimed_on_every_shard() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("orphans");
+    let mut cfg = config(&url, &p);
+    cfg.queue.shards = 3;
+    cfg.queue.block_ms = 100;
+    cfg.queue.claim_idle_ms = 500;
+    let layout = cfg.layout();
+    let frames: Vec<Frame> = (0..30)
+        .map(|i| video_frame(&format!("video-{}", i % 10), (i / 10) as u64, 4))
+        .collect();
+    let mut c = connect(&url).await;
+    producer::add_all_sharded(&mut c, &layout, &frames, true, |_| {})
+        .await
+        .unwrap();
+    // A consumer that then dies takes every entry of every shard.
+    for keys in layout.shards() {
+        let () = c.xgroup_create(&keys.jobs, &keys.group, "0").await.unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&keys.group)
+            .arg("gone")
+            .arg("COUNT")
+            .arg(100)
+            .arg("STREAMS")
+            .arg(&keys.jobs)
+            .arg(">")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let pending: redis::streams::StreamPendingReply =
+            c.xpending(&keys.jobs, &keys.group).await.unwrap();
+        assert!(pending.count() > 0, "{} has orphans", keys.jobs);
+    }
+    let worker = Worker::start(cfg.clone());
+    let mut seen = Collector::new(&layout);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.by_job.len() < frames.len() {
+        assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen.poll(&mut c, &layout).await;
+    }
+    for (id, results) in &seen.by_job {
+        assert_eq!(results.len(), 1, "{id} answered once");
+        assert_eq!(results[0]["status"], "ok");
+    }
+    for keys in layout.shards() {
+        let left: usize = c.xlen(&keys.jobs).await.unwrap();
+        assert_eq!(left, 0, "{}", keys.jobs);
+    }
+    worker.stop().await;
+}
