@@ -3,8 +3,15 @@
 //!
 //! On a cluster the `redis` crate's cluster client routes each command by its key (our Lua
 //! steps and stream commands each touch one slot), follows `MOVED`/`ASK`, and re-reads the slot
-//! map when a master fails over. The pool is a `deadpool` pool of cluster connections built
-//! with our timeouts (`deadpool-redis`'s own cluster manager cannot be given any).
+//! map when a master fails over.
+//!
+//! The pool for short commands is a `deadpool` pool (of `deadpool-redis`'s one-node manager, or
+//! of cluster connections built with our timeouts, which `deadpool-redis`'s own cluster manager
+//! cannot be given). A connection in steady use is handed out as it is; one idle for longer
+//! than [`IDLE_CHECK`] is checked with a `PING` first; and one whose command failed at the
+//! connection level (I/O error, dropped, timed out) leaves the pool instead of going back, so
+//! the next checkout makes a new one. That saves the `PING` round trip a pool otherwise makes
+//! on every checkout, which is one per published result.
 
 use std::time::Duration;
 
@@ -12,9 +19,36 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::error::QueueError;
+
+/// Pooled connections idle this long are checked (`PING`) before they are handed out.
+pub const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// Makes the pool's one-node connections: `deadpool-redis`'s manager, its check only for
+/// connections idle longer than [`IDLE_CHECK`].
+pub struct NodeManager(deadpool_redis::Manager);
+
+impl managed::Manager for NodeManager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.0.create().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        if metrics.last_used() < IDLE_CHECK {
+            return Ok(());
+        }
+        self.0.recycle(conn, metrics).await
+    }
+}
 
 /// Makes the pool's cluster connections (each one multiplexes a connection per master).
 pub struct ClusterManager {
@@ -29,10 +63,6 @@ impl managed::Manager for ClusterManager {
         self.client.get_async_connection().await
     }
 
-    /// A connection in steady use is handed out as it is: a cluster connection repairs itself
-    /// (it reconnects to a node that went away and re-reads the slot map after a failover), and
-    /// a `PING` on every checkout, as a one-node pool does, would add a round trip to every
-    /// command. One idle for longer than [`IDLE_CHECK`] is checked first.
     async fn recycle(
         &self,
         conn: &mut ClusterConnection,
@@ -49,9 +79,6 @@ impl managed::Manager for ClusterManager {
         }
     }
 }
-
-/// Pooled cluster connections idle this long are checked (`PING`) before they are handed out.
-const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Where the worker's Redis is: one node, or a cluster given by its seed nodes.
 #[derive(Clone)]
@@ -78,7 +105,7 @@ impl Target {
 /// The pool for short commands.
 #[derive(Clone)]
 pub(super) enum Pool {
-    Node(deadpool_redis::Pool),
+    Node(managed::Pool<NodeManager>),
     Cluster(managed::Pool<ClusterManager>),
 }
 
@@ -91,7 +118,7 @@ impl Pool {
         connect: Duration,
         response: Duration,
     ) -> Result<Pool, QueueError> {
-        let mut cfg = deadpool_redis::PoolConfig::new(size);
+        let mut cfg = managed::PoolConfig::new(size);
         cfg.timeouts.wait = Some(connect);
         cfg.timeouts.create = Some(connect);
         cfg.timeouts.recycle = Some(connect);
@@ -101,9 +128,9 @@ impl Pool {
                     .set_connection_timeout(Some(connect))
                     .set_response_timeout(Some(response));
                 let manager = deadpool_redis::Manager::new_with_config(url, conn_cfg)?;
-                deadpool_redis::Pool::builder(manager)
+                managed::Pool::builder(NodeManager(manager))
                     .config(cfg)
-                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .map(Pool::Node)
                     .map_err(|e| e.to_string())
@@ -122,18 +149,13 @@ impl Pool {
     }
 
     pub(super) async fn get(&self) -> Result<Conn, QueueError> {
-        match self {
-            Pool::Node(p) => p
-                .get()
-                .await
-                .map(Conn::Node)
-                .map_err(|e| QueueError::Pool(e.to_string())),
-            Pool::Cluster(p) => p
-                .get()
-                .await
-                .map(Conn::Cluster)
-                .map_err(|e| QueueError::Pool(e.to_string())),
-        }
+        let inner = match self {
+            Pool::Node(p) => p.get().await.map(Inner::Node),
+            Pool::Cluster(p) => p.get().await.map(Inner::Cluster),
+        };
+        inner
+            .map(Conn::new)
+            .map_err(|e| QueueError::Pool(e.to_string()))
     }
 }
 
@@ -143,40 +165,89 @@ pub(super) async fn dedicated(
     connect: Duration,
     response: Duration,
 ) -> Result<Conn, QueueError> {
-    match target {
+    let inner = match target {
         Target::Node(client) => {
             let cfg = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connect))
                 .set_response_timeout(Some(response));
-            Ok(Conn::Dedicated(
+            Inner::Dedicated(
                 client
                     .get_multiplexed_async_connection_with_config(&cfg)
                     .await?,
-            ))
+            )
         }
         Target::Cluster(seeds) => {
             let client = Target::cluster_client(seeds, connect, response)?;
-            Ok(Conn::DedicatedCluster(client.get_async_connection().await?))
+            Inner::DedicatedCluster(client.get_async_connection().await?)
+        }
+    };
+    Ok(Conn::new(inner))
+}
+
+/// A connection to one node or to a cluster, pooled or dedicated. A pooled one whose command
+/// failed at the connection level is dropped from the pool, not returned to it.
+pub struct Conn {
+    inner: Inner,
+    broken: bool,
+}
+
+enum Inner {
+    Node(managed::Object<NodeManager>),
+    Cluster(managed::Object<ClusterManager>),
+    Dedicated(MultiplexedConnection),
+    DedicatedCluster(ClusterConnection),
+    /// Taken out of the pool on drop.
+    Gone,
+}
+
+impl Conn {
+    fn new(inner: Inner) -> Self {
+        Conn {
+            inner,
+            broken: false,
+        }
+    }
+
+    /// Notes a connection-level failure: the connection is not reused.
+    fn note<T>(&mut self, r: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &r {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                self.broken = true;
+            }
+        }
+        r
+    }
+
+    fn link(&mut self) -> &mut dyn ConnectionLike {
+        match &mut self.inner {
+            Inner::Node(c) => &mut **c,
+            Inner::Cluster(c) => &mut **c,
+            Inner::Dedicated(c) => c,
+            Inner::DedicatedCluster(c) => c,
+            Inner::Gone => unreachable!("only dropped connections are gone"),
         }
     }
 }
 
-/// A connection to one node or to a cluster.
-pub enum Conn {
-    Node(deadpool_redis::Connection),
-    Cluster(managed::Object<ClusterManager>),
-    Dedicated(MultiplexedConnection),
-    DedicatedCluster(ClusterConnection),
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.broken {
+            return;
+        }
+        match std::mem::replace(&mut self.inner, Inner::Gone) {
+            Inner::Node(o) => drop(managed::Object::take(o)),
+            Inner::Cluster(o) => drop(managed::Object::take(o)),
+            _ => {}
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Node(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Dedicated(c) => c.req_packed_command(cmd),
-            Conn::DedicatedCluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            let r = self.link().req_packed_command(cmd).await;
+            self.note(r)
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -185,20 +256,19 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Dedicated(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::DedicatedCluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
+        Box::pin(async move {
+            let r = self.link().req_packed_commands(cmd, offset, count).await;
+            self.note(r)
+        })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Conn::Node(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-            Conn::Dedicated(c) => c.get_db(),
-            Conn::DedicatedCluster(c) => c.get_db(),
+        match &self.inner {
+            Inner::Node(c) => c.get_db(),
+            Inner::Cluster(c) => c.get_db(),
+            Inner::Dedicated(c) => c.get_db(),
+            Inner::DedicatedCluster(c) => c.get_db(),
+            Inner::Gone => 0,
         }
     }
 }

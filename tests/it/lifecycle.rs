@@ -247,3 +247,27 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
     assert_eq!(pending(&redis.url(), &p).await, 0);
     assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
 }
+
+/// The pool hands out busy connections without a PING; one that a Redis restart broke fails
+/// its command once and is then replaced, not handed out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_broken_by_a_restart_is_replaced() {
+    let mut redis = RedisServer::start().unwrap();
+    let p = prefix("pool");
+    let cfg = config(&redis.url(), &p);
+    let q = hmr2_worker::queue::Queue::new(&cfg).unwrap();
+    q.ensure_group(0).await.unwrap();
+    q.stats(0).await.expect("a first command");
+    redis.shutdown();
+    redis.restart().unwrap();
+    let mut failures = 0;
+    for _ in 0..5 {
+        if q.stats(0).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert!(
+        failures <= 1,
+        "{failures} of 5 commands failed after the restart: the broken connection was reused"
+    );
+}
