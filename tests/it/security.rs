@@ -15,7 +15,7 @@ pub(crate) fn worker_acl(prefix: &str, password: &str) -> String {
     format!(
         "user hmr2-worker on >{password} ~{prefix}:* resetchannels -@all +@connection \
          +xreadgroup +xclaim +xrange +xack +xdel +xadd +xlen +xpending +xinfo|groups \
-         +xgroup|create +xgroup|delconsumer +xinfo|consumers +expire +evalsha +eval \
+         +xinfo|consumers +xgroup|create +xgroup|delconsumer +expire +evalsha +eval \
          +script|load +type +hset +del"
     )
 }
@@ -216,4 +216,18 @@ async fn tls_with_a_least_privilege_acl_user_and_no_password_in_logs() {
         !log.contains(wrong),
         "the wrong password appeared in the log"
     );
+}
+
+/// The rule these tests run is the README's, word for word.
+#[test]
+fn the_readme_gives_the_acl_rule_tested_here() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER hmr2-worker "))
+        .expect("the README's ACL line");
+    let readme_rule: Vec<&str> = line.split_whitespace().skip(2).collect();
+    let tested = worker_acl("hmr2", "PASSWORD");
+    let tested_rule: Vec<&str> = tested.split_whitespace().skip(1).collect();
+    assert_eq!(readme_rule, tested_rule);
 }
