@@ -314,13 +314,8 @@ pub const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 /// take [`response_timeout`]: keep a `BLOCK` below that.
 pub async fn connect(config: &Config) -> Result<Conn, QueueError> {
     install_tls_provider();
-    let target = if config.cluster() {
-        Target::Cluster(config.redis.urls().map(str::to_string).collect())
-    } else {
-        Target::Node(Box::new(redis::Client::open(config.redis.url.as_str())?))
-    };
     conn::dedicated(
-        &target,
+        &Target::from_config(config)?,
         Duration::from_millis(config.redis.connect_timeout_ms),
         response_timeout(config),
     )
@@ -367,21 +362,10 @@ impl Queue {
     /// [`response_timeout`] for a reply, so a reclaim of large entries is not cut short.
     pub fn new(config: &Config) -> Result<Self, QueueError> {
         install_tls_provider();
-        let urls: Vec<String> = config.redis.urls().map(str::to_string).collect();
-        let target = if config.cluster() {
-            Target::Cluster(urls)
-        } else {
-            Target::Node(Box::new(redis::Client::open(config.redis.url.as_str())?))
-        };
+        let target = Target::from_config(config)?;
         let timeout = Duration::from_millis(config.redis.connect_timeout_ms);
         let response_timeout = response_timeout(config);
-        let pool = Pool::new(
-            &target,
-            config.redis.url.as_str(),
-            config.redis.pool_size,
-            timeout,
-            response_timeout,
-        )?;
+        let pool = Pool::new(&target, config.redis.pool_size, timeout, response_timeout)?;
         Ok(Queue {
             target,
             pool,

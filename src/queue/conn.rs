@@ -88,6 +88,16 @@ pub(super) enum Target {
 }
 
 impl Target {
+    /// The configured Redis: the cluster of `redis.url`'s seed nodes in cluster mode, else
+    /// the one node of `redis.url`.
+    pub(super) fn from_config(config: &crate::config::Config) -> Result<Target, QueueError> {
+        Ok(if config.cluster() {
+            Target::Cluster(config.redis.urls().map(str::to_string).collect())
+        } else {
+            Target::Node(Box::new(redis::Client::open(config.redis.url.as_str())?))
+        })
+    }
+
     /// A cluster client with these timeouts. The overall time of a request (its retries while
     /// the cluster fails over included) is bounded by the response timeout.
     fn cluster_client(
@@ -113,7 +123,6 @@ impl Pool {
     /// A pool of `size` connections to `target`, each waiting up to `response` for a reply.
     pub(super) fn new(
         target: &Target,
-        url: &str,
         size: usize,
         connect: Duration,
         response: Duration,
@@ -123,11 +132,14 @@ impl Pool {
         cfg.timeouts.create = Some(connect);
         cfg.timeouts.recycle = Some(connect);
         let built = match target {
-            Target::Node(_) => {
+            Target::Node(client) => {
                 let conn_cfg = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect))
                     .set_response_timeout(Some(response));
-                let manager = deadpool_redis::Manager::new_with_config(url, conn_cfg)?;
+                let manager = deadpool_redis::Manager::new_with_config(
+                    client.get_connection_info().clone(),
+                    conn_cfg,
+                )?;
                 managed::Pool::builder(NodeManager(manager))
                     .config(cfg)
                     .runtime(deadpool::Runtime::Tokio1)

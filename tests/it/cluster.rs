@@ -79,6 +79,27 @@ impl Collector {
         }
     }
 
+    /// Polls every 100 ms until results for `n` distinct jobs are in; fails the test after
+    /// `timeout`.
+    async fn wait_for<C: ConnectionLike + Send + Sync>(
+        &mut self,
+        conn: &mut C,
+        layout: &Layout,
+        n: usize,
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while self.by_job.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} results after {timeout:?}",
+                self.by_job.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.poll(conn, layout).await;
+        }
+    }
+
     /// Reads what is new on every shard; a shard that cannot be read now (its master is
     /// failing over) is read next time.
     async fn poll<C: ConnectionLike + Send + Sync>(&mut self, conn: &mut C, layout: &Layout) {
@@ -167,15 +188,8 @@ async fn every_job_is_answered_through_the_failover_of_a_master() {
         // Mid-run, the master of shard 0 dies; its replica takes over.
         let mut seen = Collector::new(&layout);
         let deadline = Instant::now() + Duration::from_secs(300);
-        while seen.by_job.len() < JOBS / 4 {
-            assert!(
-                Instant::now() < deadline,
-                "only {} results",
-                seen.by_job.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            seen.poll(&mut conn, &layout).await;
-        }
+        seen.wait_for(&mut conn, &layout, JOBS / 4, Duration::from_secs(300))
+            .await;
         let slot = {
             let mut c = connect(&cluster.seed_url()).await;
             let s: u16 = redis::cmd("CLUSTER")
@@ -304,12 +318,8 @@ async fn a_worker_started_before_the_cluster_becomes_ready_when_it_forms() {
             .await
             .unwrap();
         let mut seen = Collector::new(&layout);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while seen.by_job.len() < frames.len() {
-            assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            seen.poll(&mut conn, &layout).await;
-        }
+        seen.wait_for(&mut conn, &layout, frames.len(), Duration::from_secs(120))
+            .await;
         assert!(seen.by_job.values().flatten().all(|r| r["status"] == "ok"));
         worker.stop().await;
     })
@@ -518,12 +528,8 @@ async fn tls_and_a_least_privilege_acl_user_serve_a_sharded_queue_on_the_cluster
             .await
             .unwrap();
         let mut seen = Collector::new(&layout);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while seen.by_job.len() < frames.len() {
-            assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            seen.poll(&mut conn, &layout).await;
-        }
+        seen.wait_for(&mut conn, &layout, frames.len(), Duration::from_secs(60))
+            .await;
         assert!(seen.by_job.values().flatten().all(|r| r["status"] == "ok"));
         // The model hash is written under the same rule.
         let model: usize = conn.exists(&layout.shard(0).model).await.unwrap();
@@ -686,12 +692,8 @@ async fn orphans_are_reclaimed_on_every_shard() {
     }
     let worker = Worker::start(cfg.clone());
     let mut seen = Collector::new(&layout);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.by_job.len() < frames.len() {
-        assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen.poll(&mut c, &layout).await;
-    }
+    seen.wait_for(&mut c, &layout, frames.len(), Duration::from_secs(120))
+        .await;
     for (id, results) in &seen.by_job {
         assert_eq!(results.len(), 1, "{id} answered once");
         assert_eq!(results[0]["status"], "ok");

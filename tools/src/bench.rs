@@ -89,13 +89,15 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     }
 }
 
-fn loadavg() -> [f64; 3] {
+/// The 1, 5 and 15 minute load averages (zeros where `/proc` has none).
+pub(crate) fn loadavg() -> [f64; 3] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut v = text.split_whitespace().map(|x| x.parse().unwrap_or(0.0));
     [(); 3].map(|_| v.next().unwrap_or(0.0))
 }
 
-fn cpu_name() -> String {
+/// The CPU's model name, from `/proc/cpuinfo`.
+pub(crate) fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

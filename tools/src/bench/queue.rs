@@ -49,6 +49,7 @@ use hmr2_worker::queue::Conn;
 use super::measure::{self, Percentiles};
 use super::report::Machine;
 use super::session::http_get;
+use super::{cpu_name, loadavg};
 use crate::demo::frames;
 use crate::redis_server::{free_port, RedisCluster, RedisServer};
 
@@ -223,24 +224,6 @@ enum Redis {
 
 /// The Redis of the current run, shared with the signal watcher so a second Ctrl-C kills it.
 type RedisSlot = Arc<Mutex<Option<Redis>>>;
-
-fn loadavg() -> [f64; 3] {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut v = text.split_whitespace().map(|x| x.parse().unwrap_or(0.0));
-    [(); 3].map(|_| v.next().unwrap_or(0.0))
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
 
 /// `redis-server 7.0.15`, from `redis-server --version` (`Redis server v=7.0.15 sha=...`).
 fn redis_server_version() -> String {
