@@ -18,9 +18,9 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; racy only against other processes).
+/// A free TCP port on 127.0.0.1, outside the kernel's ephemeral range (see [`free_ports`]).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports(1)?[0])
 }
 
 impl RedisServer {
@@ -30,15 +30,20 @@ impl RedisServer {
     }
 
     /// Starts `redis-server` with extra arguments (e.g. `["--appendonly", "yes"]`).
+    ///
+    /// A server that exits at once (its port taken by another process since it was chosen) is
+    /// started again on a fresh port, up to [`RedisCluster::START_TRIES`] times in all.
     pub fn start_with(args: &[&str]) -> std::io::Result<Self> {
-        let mut s = RedisServer {
-            port: free_port()?,
-            dir: tempfile::Builder::new().prefix("hmr2-redis-").tempdir()?,
-            child: None,
-            extra: args.iter().map(|s| s.to_string()).collect(),
-        };
-        s.spawn()?;
-        Ok(s)
+        retry_on_port_clash(|| {
+            let mut s = RedisServer {
+                port: free_port()?,
+                dir: tempfile::Builder::new().prefix("hmr2-redis-").tempdir()?,
+                child: None,
+                extra: args.iter().map(|s| s.to_string()).collect(),
+            };
+            s.spawn()?;
+            Ok(s)
+        })
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
@@ -57,14 +62,31 @@ impl RedisServer {
         self.wait_ready(Duration::from_secs(10))
     }
 
-    fn wait_ready(&self, timeout: Duration) -> std::io::Result<()> {
+    fn wait_ready(&mut self, timeout: Duration) -> std::io::Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut c) = client.get_connection() {
-                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                        return Ok(());
-                    }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                let kind = if log.contains("Address already in use") {
+                    std::io::ErrorKind::AddrInUse
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(std::io::Error::new(
+                    kind,
+                    format!(
+                        "redis-server on port {} exited ({status}):\n{}",
+                        self.port,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ),
+                ));
+            }
+            // With timeouts: whatever holds the port may accept and never answer.
+            if let Some(mut c) = connect(self.port) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -158,15 +180,81 @@ fn spawn_redis_server(args: &[OsString]) -> std::io::Result<Child> {
         })
 }
 
-/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
+/// The lowest port [`free_ports`] hands out.
+const LOWEST_PORT: u16 = 10_000;
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), from which outgoing connections
+/// take their local ports; Linux's default when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(str::parse::<u16>);
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// The ports [`free_ports`] chooses from: from [`LOWEST_PORT`] up, less the ephemeral range.
+fn candidate_ports() -> Vec<u16> {
+    let (lo, hi) = ephemeral_range();
+    (LOWEST_PORT..=u16::MAX)
+        .filter(|p| *p < lo || *p > hi)
         .collect()
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+///
+/// They are chosen outside the kernel's ephemeral range. A port taken with `bind(0)` comes from
+/// that range, and between its release and the server's `bind` any outgoing connection on the
+/// machine (a client retrying against a node that is not up yet, say) can be given it as its
+/// local port: the server then fails with "Address already in use". Outside the range only a
+/// listener can take it. A process never hands out the same port twice (a test may hold its
+/// ports unbound for a while, as for a worker started before its cluster), and each call starts
+/// at another place in the candidates (process id, clock, a counter), so other processes rarely
+/// even try the same ones. When no candidate is free (a range set to cover everything) it falls
+/// back to `bind(0)`.
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let candidates: Vec<u16> = candidate_ports()
+        .into_iter()
+        .filter(|p| !handed_out.contains(p))
+        .collect();
+    let mut listeners = Vec::with_capacity(n);
+    if candidates.len() > 4 * n {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(0);
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        let start = (std::process::id() as usize)
+            .wrapping_mul(7919)
+            .wrapping_add(nanos)
+            .wrapping_add(call.wrapping_mul(104_729))
+            % candidates.len();
+        for i in 0..candidates.len() {
+            if listeners.len() == n {
+                break;
+            }
+            let port = candidates[(start + i) % candidates.len()];
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(l);
+            }
+        }
+    }
+    while listeners.len() < n {
+        listeners.push(TcpListener::bind("127.0.0.1:0")?);
+    }
+    let ports = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<Vec<u16>>>()?;
+    handed_out.extend(&ports);
+    Ok(ports)
 }
 
 /// A short-lived synchronous connection to one node, or `None` when it does not answer.
@@ -249,6 +337,23 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
+/// Runs `start` again while it fails with [`std::io::ErrorKind::AddrInUse`], up to
+/// [`RedisCluster::START_TRIES`] times in all.
+fn retry_on_port_clash<T>(mut start: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut tries = 1;
+    loop {
+        match start() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tries < RedisCluster::START_TRIES =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One `redis-server` process of a [`RedisCluster`].
 struct NodeProcess {
     port: u16,
@@ -290,10 +395,17 @@ impl RedisCluster {
     /// Starts `masters × (1 + replicas_per_master)` nodes, creates the cluster and waits (at
     /// most 60 s) until every node reports `cluster_state:ok` with all slots covered, knows every
     /// other node, and every replica is in sync with its master.
+    /// A node that cannot bind its ports (taken by another process since they were chosen) makes
+    /// it start again on fresh ones, up to [`RedisCluster::START_TRIES`] times in all.
     pub fn start(masters: usize, replicas_per_master: usize) -> std::io::Result<Self> {
-        let ports = Self::free_ports_for(masters, replicas_per_master)?;
-        Self::start_on(masters, replicas_per_master, &ports)
+        retry_on_port_clash(|| {
+            let ports = Self::free_ports_for(masters, replicas_per_master)?;
+            Self::start_on(masters, replicas_per_master, &ports)
+        })
     }
+
+    /// How many times [`RedisCluster::start`] and [`RedisCluster::start_tls`] try fresh ports.
+    pub const START_TRIES: usize = 3;
 
     /// Like [`RedisCluster::start`], every node also serving TLS on a port of its own (clients
     /// that connect over TLS are given the nodes' TLS ports in the slot map), the cluster bus
@@ -305,14 +417,16 @@ impl RedisCluster {
         tls: &ClusterTls,
     ) -> std::io::Result<Self> {
         let n = masters * (1 + replicas_per_master);
-        let mut ports = free_ports(3 * n)?;
-        let tls_ports = ports.split_off(2 * n);
-        Self::launch(
-            masters,
-            replicas_per_master,
-            &ports,
-            Some((tls, &tls_ports)),
-        )
+        retry_on_port_clash(|| {
+            let mut ports = free_ports(3 * n)?;
+            let tls_ports = ports.split_off(2 * n);
+            Self::launch(
+                masters,
+                replicas_per_master,
+                &ports,
+                Some((tls, &tls_ports)),
+            )
+        })
     }
 
     /// Free loopback ports for a cluster of this shape, as [`RedisCluster::start_on`] takes
@@ -417,16 +531,54 @@ impl RedisCluster {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        for node in &cluster.nodes {
-            cluster.wait_until(deadline, "every node to answer PING", || {
-                connect(node.port)
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
-                    .is_some()
-            })?;
-        }
+        cluster.wait_nodes_up(deadline)?;
         cluster.create(replicas_per_master)?;
         cluster.wait_until(deadline, "the cluster to form", || cluster.formed())?;
         Ok(cluster)
+    }
+
+    /// Waits until every node answers `PING`. A node that exits meanwhile fails it at once, with
+    /// the logs, as [`std::io::ErrorKind::AddrInUse`] when it could not bind its ports.
+    fn wait_nodes_up(&mut self, deadline: Instant) -> std::io::Result<()> {
+        let mut up = vec![false; self.nodes.len()];
+        loop {
+            let exited = self.nodes.iter_mut().any(|node| {
+                node.child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            });
+            if exited {
+                let logs = self.log_tails(5);
+                let kind = if logs.contains("Address already in use") {
+                    std::io::ErrorKind::AddrInUse
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                return Err(std::io::Error::new(
+                    kind,
+                    format!("a cluster node exited while starting\n{logs}"),
+                ));
+            }
+            for (i, node) in self.nodes.iter().enumerate() {
+                up[i] = up[i]
+                    || connect(node.port)
+                        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
+                        .is_some();
+            }
+            if up.iter().all(|u| *u) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "timed out waiting for every node to answer PING\n{}",
+                        self.log_tails(5)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `redis-cli --cluster create ... --cluster-replicas N --cluster-yes`.
@@ -695,5 +847,57 @@ impl Drop for RedisCluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let (lo, hi) = ephemeral_range();
+        let ports = free_ports(40).unwrap();
+        let again = free_ports(40).unwrap();
+        assert!(
+            ports.iter().all(|p| !again.contains(p)),
+            "a port was handed out twice: {ports:?} {again:?}"
+        );
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 40, "{ports:?}");
+        for p in &ports {
+            assert!(
+                *p >= LOWEST_PORT && (*p < lo || *p > hi),
+                "port {p} is in the ephemeral range {lo}-{hi}, where an outgoing connection can take it"
+            );
+        }
+        // Released again: a server can bind every one of them.
+        let held: Vec<TcpListener> = ports
+            .iter()
+            .map(|p| TcpListener::bind(("127.0.0.1", *p)).unwrap())
+            .collect();
+        assert_eq!(held.len(), 40);
+    }
+
+    #[test]
+    fn a_server_whose_port_is_taken_fails_fast_and_says_so() {
+        let taken = TcpListener::bind(("127.0.0.1", free_port().unwrap())).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut s = RedisServer {
+            port,
+            dir: tempfile::Builder::new()
+                .prefix("hmr2-redis-")
+                .tempdir()
+                .unwrap(),
+            child: None,
+            extra: vec!["--save".into(), "".into()],
+        };
+        let started = Instant::now();
+        let err = s.spawn().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "waited out the ready timeout instead of seeing the exit"
+        );
     }
 }
