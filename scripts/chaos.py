@@ -33,13 +33,9 @@ import numpy as np
 import redis
 from PIL import Image
 
+from ports import free_port  # scripts/ports.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frames(n_distinct: int, size=(320, 240)) -> list:

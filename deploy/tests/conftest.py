@@ -2,8 +2,8 @@
 
 import os
 import re
-import socket
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import ports  # noqa: E402  (scripts/ports.py)
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 PROM = DEPLOY / "prometheus"
@@ -170,9 +172,8 @@ def grafana_to_promql(expr: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port outside the ephemeral range (`scripts/ports.py`)."""
+    return ports.free_port()
 
 
 def worker_bin() -> Path:
