@@ -479,6 +479,29 @@ def test_cluster_has_one_trigger_per_shard(cluster):
         assert t["authenticationRef"]["name"] == "hmr2-redis"
 
 
+def keda_metric_name(index: int, stream: str) -> str:
+    """The external metric KEDA's Redis streams scalers (plain and cluster) give the HPA for a
+    trigger: `s<index>-redis-streams-<stream>`, with / . : % ( ) turned into "-" (KEDA's
+    GenerateMetricNameWithIndex and NormalizeString)."""
+    name = f"redis-streams-{stream}"
+    for ch in "/.:%()":
+        name = name.replace(ch, "-")
+    return f"s{index}-{name}"
+
+
+def test_cluster_triggers_give_the_hpa_distinct_valid_metric_names(cluster):
+    """The hash tag's braces survive into KEDA's metric names. Kubernetes takes an external
+    metric name that is a valid path segment (no "/" or "%", not "." or ".."), and the HPA needs
+    one name per trigger: otherwise the ScaledObject is refused or two shards read as one."""
+    triggers = one(cluster, "ScaledObject")["spec"]["triggers"]
+    names = [keda_metric_name(i, t["metadata"]["stream"]) for i, t in enumerate(triggers)]
+    assert names[0] == "s0-redis-streams-{hmr2-0}-jobs"
+    assert len(set(names)) == len(names), names
+    for n in names:
+        assert n not in (".", "..") and not set(n) & set("/%"), f"{n} is not a valid path segment name"
+        assert len(n) <= 253, n
+
+
 def test_cluster_per_shard_target_is_the_fleet_target_split_over_the_shards(cluster):
     """The HPA takes the largest of the triggers' replica counts, not their sum: for the fleet to
     be sized like the base's for the same total backlog spread evenly, each shard's streamLength
