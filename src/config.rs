@@ -56,6 +56,10 @@ pub struct RedisConfig {
     /// Time allowed for one reply, milliseconds; 0 = sized for the largest read (`max_batch`
     /// entries of `max_job_bytes` at 25 MB/s, plus 5 s; see [`crate::queue::response_timeout`]).
     pub response_timeout_ms: u64,
+    /// A pooled connection idle this long is checked with a `PING` before it is handed out,
+    /// milliseconds; one in steady use is handed out as it is (a connection-level failure takes
+    /// it out of the pool anyway). 0 = check at every checkout (one round trip more per result).
+    pub pool_idle_check_ms: u64,
 }
 
 /// The queue protocol's knobs (DESIGN §3).

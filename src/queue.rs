@@ -365,7 +365,13 @@ impl Queue {
         let target = Target::from_config(config)?;
         let timeout = Duration::from_millis(config.redis.connect_timeout_ms);
         let response_timeout = response_timeout(config);
-        let pool = Pool::new(&target, config.redis.pool_size, timeout, response_timeout)?;
+        let pool = Pool::new(
+            &target,
+            config.redis.pool_size,
+            timeout,
+            response_timeout,
+            Duration::from_millis(config.redis.pool_idle_check_ms),
+        )?;
         Ok(Queue {
             target,
             pool,

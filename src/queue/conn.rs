@@ -8,7 +8,7 @@
 //! The pool for short commands is a `deadpool` pool (of `deadpool-redis`'s one-node manager, or
 //! of cluster connections built with our timeouts, which `deadpool-redis`'s own cluster manager
 //! cannot be given). A connection in steady use is handed out as it is; one idle for longer
-//! than [`IDLE_CHECK`] is checked with a `PING` first; and one whose command failed at the
+//! than `redis.pool_idle_check_ms` (5 s) is checked with a `PING` first; and one whose command failed at the
 //! connection level (I/O error, dropped, timed out) leaves the pool instead of going back, so
 //! the next checkout makes a new one. That saves the `PING` round trip a pool otherwise makes
 //! on every checkout, which is one per published result.
@@ -23,19 +23,19 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Redis
 
 use crate::error::QueueError;
 
-/// Pooled connections idle this long are checked (`PING`) before they are handed out.
-pub const IDLE_CHECK: Duration = Duration::from_secs(5);
-
-/// Makes the pool's one-node connections: `deadpool-redis`'s manager, its check only for
-/// connections idle longer than [`IDLE_CHECK`].
-pub struct NodeManager(deadpool_redis::Manager);
+/// Makes the pool's one-node connections: `deadpool-redis`'s manager, its check (`PING`) only
+/// for connections idle at least `idle_check`.
+pub struct NodeManager {
+    inner: deadpool_redis::Manager,
+    idle_check: Duration,
+}
 
 impl managed::Manager for NodeManager {
     type Type = MultiplexedConnection;
     type Error = RedisError;
 
     async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
-        self.0.create().await
+        self.inner.create().await
     }
 
     async fn recycle(
@@ -43,16 +43,18 @@ impl managed::Manager for NodeManager {
         conn: &mut MultiplexedConnection,
         metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
-        if metrics.last_used() < IDLE_CHECK {
+        if metrics.last_used() < self.idle_check {
             return Ok(());
         }
-        self.0.recycle(conn, metrics).await
+        self.inner.recycle(conn, metrics).await
     }
 }
 
 /// Makes the pool's cluster connections (each one multiplexes a connection per master).
 pub struct ClusterManager {
     client: ClusterClient,
+    /// Connections idle at least this long are checked (`PING`) before they are handed out.
+    idle_check: Duration,
 }
 
 impl managed::Manager for ClusterManager {
@@ -68,7 +70,7 @@ impl managed::Manager for ClusterManager {
         conn: &mut ClusterConnection,
         metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
-        if metrics.last_used() < IDLE_CHECK {
+        if metrics.last_used() < self.idle_check {
             return Ok(());
         }
         let pong: String = redis::cmd("PING").query_async(conn).await?;
@@ -120,12 +122,14 @@ pub(super) enum Pool {
 }
 
 impl Pool {
-    /// A pool of `size` connections to `target`, each waiting up to `response` for a reply.
+    /// A pool of `size` connections to `target`, each waiting up to `response` for a reply and
+    /// checked with a `PING` at checkout once idle for `idle_check` (zero: at every checkout).
     pub(super) fn new(
         target: &Target,
         size: usize,
         connect: Duration,
         response: Duration,
+        idle_check: Duration,
     ) -> Result<Pool, QueueError> {
         let mut cfg = managed::PoolConfig::new(size);
         cfg.timeouts.wait = Some(connect);
@@ -140,16 +144,19 @@ impl Pool {
                     client.get_connection_info().clone(),
                     conn_cfg,
                 )?;
-                managed::Pool::builder(NodeManager(manager))
-                    .config(cfg)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .map(Pool::Node)
-                    .map_err(|e| e.to_string())
+                managed::Pool::builder(NodeManager {
+                    inner: manager,
+                    idle_check,
+                })
+                .config(cfg)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map(Pool::Node)
+                .map_err(|e| e.to_string())
             }
             Target::Cluster(seeds) => {
                 let client = Target::cluster_client(seeds, connect, response)?;
-                managed::Pool::builder(ClusterManager { client })
+                managed::Pool::builder(ClusterManager { client, idle_check })
                     .config(cfg)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()

@@ -271,3 +271,50 @@ async fn a_pooled_connection_broken_by_a_restart_is_replaced() {
         "{failures} of 5 commands failed after the restart: the broken connection was reused"
     );
 }
+
+/// PINGs the server has answered since its statistics were reset.
+async fn pings(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// `redis.pool_idle_check_ms`: a connection in steady use goes out without a PING (one round
+/// trip less per result), one idle that long is checked first, and 0 checks at every checkout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_pings_only_connections_that_sat_idle() {
+    let redis = RedisServer::start().unwrap();
+    let mut admin = connect(&redis.url()).await;
+    let p = prefix("ping");
+    let mut pings_for = Vec::new();
+    for (idle_check_ms, pause) in [(5000, None), (200, Some(300)), (0, None)] {
+        let mut cfg = config(&redis.url(), &p);
+        cfg.redis.pool_idle_check_ms = idle_check_ms;
+        let q = hmr2_worker::queue::Queue::new(&cfg).unwrap();
+        q.ensure_group(0).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            if let Some(ms) = pause {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            q.stats(0).await.unwrap();
+        }
+        pings_for.push(pings(&mut admin).await);
+    }
+    let [steady, idle, every] = pings_for[..] else {
+        unreachable!()
+    };
+    assert_eq!(steady, 0, "connections in steady use were PINGed");
+    assert!(idle >= 19, "{idle} PINGs for 20 checkouts after 300 ms idle (check at 200 ms)");
+    assert!(every >= 19, "{every} PINGs for 20 checkouts with pool_idle_check_ms = 0");
+}

@@ -138,6 +138,10 @@ struct BenchClusterArgs {
     /// Send the JPEG bytes in the `image` field instead of base64 in the job JSON.
     #[arg(long)]
     raw: bool,
+    /// Leave out the control row: the single node with a PING at every pool checkout
+    /// (`redis.pool_idle_check_ms = 0`).
+    #[arg(long)]
+    no_ping_control: bool,
     /// Where the JSON report goes.
     #[arg(long, value_name = "FILE", default_value = "bench-out/cluster.json")]
     json: PathBuf,
@@ -259,6 +263,7 @@ fn main() -> ExitCode {
                         masters: a.masters,
                         rounds: a.rounds,
                         raw: a.raw,
+                        ping_control: !a.no_ping_control,
                         json: a.json,
                     },
                 ))

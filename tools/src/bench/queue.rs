@@ -13,7 +13,8 @@
 //!    ([`producer::add_all_sharded`]: crc32 of the video id, modulo the shards) **before the
 //!    worker starts**.
 //! 3. One worker runs in this process (`hmr2_worker::run`), with the same configuration for
-//!    every topology except `redis.url`, `redis.cluster` and `queue.shards`. The clock starts
+//!    every topology except `redis.url`, `redis.cluster` and `queue.shards` (and, in the control
+//!    row, `redis.pool_idle_check_ms = 0`: a `PING` at every pool checkout). The clock starts
 //!    when `/readyz` first answers 200 and stops when the last result is read: one reader per
 //!    shard (`XREAD BLOCK` on the shard's results stream, a connection of its own each, from
 //!    [`hmr2_worker::queue::connect`]).
@@ -21,7 +22,8 @@
 //!    redis-server processes (every child process of this one, from `/proc/<pid>/stat`), over
 //!    the timed window, divided by the jobs. **Latency**: each result's `timings_ms.total`
 //!    (fetch to result ready to publish).
-//! 5. The topologies run in order (single node, then the cluster with each shard count), and
+//! 5. The topologies run in order (single node, then the cluster with each shard count, then the
+//!    control row), and
 //!    the whole series `--rounds` times, interleaved, so a change in the machine's load shows as
 //!    the spread between rounds rather than as a difference between topologies. Ratios are
 //!    taken round by round against the single node of the same round; the summary gives their
@@ -72,6 +74,9 @@ pub struct QueueBenchOptions {
     pub rounds: usize,
     /// Send the JPEG bytes in the `image` field instead of base64 in the job JSON.
     pub raw: bool,
+    /// Also run the single node with a `PING` at every pool checkout
+    /// ([`Topology::single_ping_every_checkout`]).
+    pub ping_control: bool,
     /// Where the JSON report goes.
     pub json: PathBuf,
 }
@@ -84,6 +89,9 @@ pub struct Topology {
     /// Masters of the cluster; 0 for a single node.
     pub masters: usize,
     pub shards: usize,
+    /// The pool checks every connection with a `PING` at checkout (`redis.pool_idle_check_ms =
+    /// 0`) instead of only those idle for a while (the default).
+    pub ping_every_checkout: bool,
 }
 
 impl Topology {
@@ -92,6 +100,17 @@ impl Topology {
             name: "single node, 1 shard".into(),
             masters: 0,
             shards: 1,
+            ping_every_checkout: false,
+        }
+    }
+
+    /// The single node with a `PING` at every pool checkout: what the pool did before it kept
+    /// the check for idle connections, a control for that change.
+    pub fn single_ping_every_checkout() -> Self {
+        Topology {
+            name: "single node, 1 shard, PING at every checkout".into(),
+            ping_every_checkout: true,
+            ..Topology::single()
         }
     }
 
@@ -101,6 +120,7 @@ impl Topology {
             name: format!("cluster {masters} masters, {shards} shard{s}"),
             masters,
             shards,
+            ping_every_checkout: false,
         }
     }
 
@@ -110,10 +130,11 @@ impl Topology {
 }
 
 /// The topologies of a series, in the order they run: the single node, then the cluster with
-/// each shard count.
-pub fn topologies(masters: usize, shards: &[usize]) -> Vec<Topology> {
+/// each shard count, then (with `ping_control`) the single node with a `PING` at every checkout.
+pub fn topologies(masters: usize, shards: &[usize], ping_control: bool) -> Vec<Topology> {
     std::iter::once(Topology::single())
         .chain(shards.iter().map(|&n| Topology::cluster(masters, n)))
+        .chain(ping_control.then(Topology::single_ping_every_checkout))
         .collect()
 }
 
@@ -288,7 +309,7 @@ pub async fn run(config: Config, o: QueueBenchOptions) -> anyhow::Result<QueueRe
         },
     ));
 
-    let tops = topologies(o.masters, &o.shards);
+    let tops = topologies(o.masters, &o.shards, o.ping_control);
     let mut runs = Vec::new();
     for round in 0..o.rounds {
         for (t, top) in tops.iter().enumerate() {
@@ -390,6 +411,9 @@ async fn run_one(
     // The configured prefix (`hmr2` by default) on a fresh Redis: the shards' hash tags, so
     // their slots and masters, are those a deployment with this prefix gets.
     config.queue.shards = top.shards;
+    if top.ping_every_checkout {
+        config.redis.pool_idle_check_ms = 0;
+    }
     config.http.listen = format!("127.0.0.1:{}", free_port()?);
     config.validate()?;
     anyhow::ensure!(
@@ -787,18 +811,20 @@ mod tests {
 
     #[test]
     fn the_single_node_comes_first_then_each_shard_count() {
-        let t = topologies(3, &[1, 3, 6]);
-        assert_eq!(t.len(), 4);
+        let t = topologies(3, &[1, 3, 6], true);
+        assert_eq!(t.len(), 5);
         assert_eq!(t[0], Topology::single());
         assert!(!t[0].is_cluster());
         assert_eq!(t[1].name, "cluster 3 masters, 1 shard");
         assert_eq!(t[3].name, "cluster 3 masters, 6 shards");
         assert!(t[3].is_cluster() && t[3].shards == 6);
+        assert!(!t[4].is_cluster() && t[4].ping_every_checkout && !t[0].ping_every_checkout);
+        assert_eq!(topologies(3, &[1], false).len(), 2);
     }
 
     #[test]
     fn ratios_are_against_the_single_node_of_the_same_round() {
-        let tops = topologies(3, &[3]);
+        let tops = topologies(3, &[3], false);
         let runs = [
             run(0, 0, 100.0, 1.5),
             run(1, 0, 90.0, 2.0),
@@ -822,7 +848,7 @@ mod tests {
 
     #[test]
     fn one_disturbed_round_moves_the_range_not_the_median() {
-        let tops = topologies(3, &[6]);
+        let tops = topologies(3, &[6], false);
         let runs = [
             run(0, 0, 100.0, 1.5),
             run(1, 0, 90.0, 1.5),
