@@ -315,6 +315,12 @@ async fn the_pool_pings_only_connections_that_sat_idle() {
         unreachable!()
     };
     assert_eq!(steady, 0, "connections in steady use were PINGed");
-    assert!(idle >= 19, "{idle} PINGs for 20 checkouts after 300 ms idle (check at 200 ms)");
-    assert!(every >= 19, "{every} PINGs for 20 checkouts with pool_idle_check_ms = 0");
+    assert!(
+        idle >= 19,
+        "{idle} PINGs for 20 checkouts after 300 ms idle (check at 200 ms)"
+    );
+    assert!(
+        every >= 19,
+        "{every} PINGs for 20 checkouts with pool_idle_check_ms = 0"
+    );
 }
