@@ -40,7 +40,10 @@ test-python: setup
 	$(PY) -m pytest -q models/tests benches/baseline
 
 test-reliability: setup
-	$(CARGO) build --bin hmr2-worker
+	@# The worker binary of the test build (target/debug/hmr2-worker): after test-rust nothing is
+	@# rebuilt, where `cargo build --bin hmr2-worker` alone resolves other features and rebuilds
+	@# most dependencies (about 6 minutes on 2 cores).
+	$(CARGO) test --workspace --lib --bins --tests --no-run
 	scripts/chaos.sh --quick
 
 test-deploy: setup
