@@ -68,14 +68,9 @@ impl RedisServer {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None;
                 let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                let kind = if log.contains("Address already in use") {
-                    std::io::ErrorKind::AddrInUse
-                } else {
-                    std::io::ErrorKind::Other
-                };
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                return Err(std::io::Error::new(
-                    kind,
+                return Err(start_failed(
+                    &log,
                     format!(
                         "redis-server on port {} exited ({status}):\n{}",
                         self.port,
@@ -337,6 +332,17 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
+/// The error for a server that exited while starting: [`std::io::ErrorKind::AddrInUse`] when
+/// its log says it could not bind a port (so [`retry_on_port_clash`] tries fresh ones).
+fn start_failed(log: &str, message: String) -> std::io::Error {
+    let kind = if log.contains("Address already in use") {
+        std::io::ErrorKind::AddrInUse
+    } else {
+        std::io::ErrorKind::Other
+    };
+    std::io::Error::new(kind, message)
+}
+
 /// Runs `start` again while it fails with [`std::io::ErrorKind::AddrInUse`], up to
 /// [`RedisCluster::START_TRIES`] times in all.
 fn retry_on_port_clash<T>(mut start: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
@@ -549,13 +555,8 @@ impl RedisCluster {
             });
             if exited {
                 let logs = self.log_tails(5);
-                let kind = if logs.contains("Address already in use") {
-                    std::io::ErrorKind::AddrInUse
-                } else {
-                    std::io::ErrorKind::Other
-                };
-                return Err(std::io::Error::new(
-                    kind,
+                return Err(start_failed(
+                    &logs,
                     format!("a cluster node exited while starting\n{logs}"),
                 ));
             }
