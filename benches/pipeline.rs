@@ -11,7 +11,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hmr2_worker::image::{
     crop_box, crop_into, decode, decode_base64, full_frame_box, jpeg_scale_for, letterbox, probe,
-    Frame, Limits, CROP_BYTES,
+    Limits, Pixels, CROP_BYTES,
 };
 use std::hint::black_box;
 use std::io::Cursor;
@@ -74,7 +74,7 @@ fn inputs() -> Inputs {
     }
 }
 
-fn decode_at(bytes: &[u8], scale: u32) -> Frame {
+fn decode_at(bytes: &[u8], scale: u32) -> Pixels {
     let info = probe(bytes, &LIMITS).unwrap();
     decode(bytes, &info, scale).unwrap()
 }

@@ -74,7 +74,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 }
 
 fn print_gpu_memory(n: usize) {
-    match crate::metrics::nvml_summary(n) {
+    match crate::gpu::nvml_summary(n) {
         Ok(line) => println!("nvml          {line}"),
         Err(e) => println!("nvml          {e}"),
     }

@@ -1,4 +1,5 @@
-//! The caching allocator of the accelerator, through the C++ shim in `gpu/shim.cpp`.
+//! The accelerator: its caching allocator through the C++ shim in `gpu/shim.cpp`, and the
+//! gauges of a CUDA device (NVML and allocator, [`GpuSampler`]).
 //!
 //! tch has no binding for `emptyCache`, the allocator statistics or the device's memory info;
 //! the shim wraps libtorch's device-generic `at::accelerator` API behind `extern "C"` functions
@@ -9,8 +10,10 @@ use std::ffi::{c_char, c_int, CStr};
 
 use thiserror::Error;
 
+mod sampler;
+pub use sampler::{nvml_summary, GpuSampler};
+
 extern "C" {
-    fn hmr2_accelerator_count() -> c_int;
     fn hmr2_empty_cache(err: *mut c_char, len: usize) -> c_int;
     fn hmr2_device_stats(
         device: c_int,
@@ -75,12 +78,6 @@ fn check(code: c_int, err: &[c_char; ERR_LEN]) -> Result<(), GpuError> {
     }
 }
 
-/// Number of accelerator devices visible to this process (0 on a CPU machine).
-pub fn accelerator_count() -> usize {
-    // SAFETY: no arguments; the shim catches every exception.
-    unsafe { hmr2_accelerator_count() }.max(0) as usize
-}
-
 /// Returns the allocator's unused cached blocks to the driver (`emptyCache`).
 pub fn empty_cache() -> Result<(), GpuError> {
     let mut err = [0 as c_char; ERR_LEN];
@@ -140,7 +137,7 @@ mod tests {
     /// on a GPU machine the figures are consistent.
     #[test]
     fn shim_answers_cleanly() {
-        if accelerator_count() == 0 || !tch::Cuda::is_available() {
+        if !tch::Cuda::is_available() {
             assert_eq!(empty_cache(), Err(GpuError::NoAccelerator));
             assert_eq!(stats(0), Err(GpuError::NoAccelerator));
             assert_eq!(reset_peak(0), Err(GpuError::NoAccelerator));

@@ -1,5 +1,10 @@
-//! Liveness and readiness of one worker: flags the stages set, read by `/healthz`, `/readyz` and
-//! the `hmr2_worker_ready` gauge.
+//! Liveness and readiness of one worker, read by `/healthz`, `/readyz` and the
+//! `hmr2_worker_ready` gauge.
+//!
+//! Readiness is computed here and only here, from named [`Input`]s, each with one writer and,
+//! when it is down, the reason (which `/readyz` returns): warm-up done (start-up), the job
+//! streams readable (the fetcher), results publishable (the publishers), batches succeeding
+//! (the inference thread).
 //!
 //! Two conditions make a worker not live, so the orchestrator replaces it:
 //! - **broken**: the model or the device failed in a way a retry cannot fix (a panic in the
@@ -22,17 +27,48 @@ use crate::metrics::WORKER_READY;
 /// The stall timeout of [`Health::default`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What readiness is computed from. Each input has one writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The warm-up forward pass is done (written once, at start-up).
+    Warm,
+    /// The job streams can be read: the consumer groups exist and the last read or claim
+    /// answered (written by start-up, then by the fetcher).
+    RedisRead,
+    /// Results can be published: the last publish or dead letter answered, after retries
+    /// (written by the publishers).
+    RedisPublish,
+    /// Batches succeed: fewer than `gpu.max_consecutive_failures` failed in a row (written by
+    /// the inference thread).
+    Batches,
+}
+
+impl Input {
+    const ALL: [Input; 4] = [
+        Input::Warm,
+        Input::RedisRead,
+        Input::RedisPublish,
+        Input::Batches,
+    ];
+
+    /// The name `/readyz` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::Warm => "warm",
+            Input::RedisRead => "redis_read",
+            Input::RedisPublish => "redis_publish",
+            Input::Batches => "batches",
+        }
+    }
+}
+
 /// Liveness and readiness, shared by the pipeline and the listener.
 #[derive(Debug)]
 pub struct Health {
     /// The inference thread is running (false once it exits or panics).
-    pub inference_alive: AtomicBool,
-    /// Warm-up forward pass done.
-    pub warm: AtomicBool,
-    /// The last Redis command succeeded.
-    pub redis_ok: AtomicBool,
-    /// Too many consecutive failed batches.
-    pub failing: AtomicBool,
+    inference_alive: AtomicBool,
+    /// Per [`Input`] (in `Input::ALL` order): `None` when up, else why it is down.
+    inputs: Mutex<[Option<String>; 4]>,
     /// Why the worker is broken, once it is.
     broken: OnceLock<String>,
     broken_token: CancellationToken,
@@ -67,9 +103,12 @@ impl Health {
     pub fn new(stall_timeout: Duration) -> Self {
         Health {
             inference_alive: AtomicBool::new(false),
-            warm: AtomicBool::new(false),
-            redis_ok: AtomicBool::new(false),
-            failing: AtomicBool::new(false),
+            inputs: Mutex::new([
+                Some("warming up".into()),
+                Some("not connected to Redis yet".into()),
+                None,
+                None,
+            ]),
             broken: OnceLock::new(),
             broken_token: CancellationToken::new(),
             stall_timeout,
@@ -130,18 +169,48 @@ impl Health {
             && self.stalled().is_none()
     }
 
-    /// Ready: what `/readyz` reports and `hmr2_worker_ready` shows.
+    /// Ready: alive and every [`Input`] up; what `/readyz` reports and `hmr2_worker_ready`
+    /// shows.
     pub fn ready(&self) -> bool {
-        self.alive()
-            && self.warm.load(Ordering::Relaxed)
-            && self.redis_ok.load(Ordering::Relaxed)
-            && !self.failing.load(Ordering::Relaxed)
+        self.alive() && self.inputs().iter().all(Option::is_none)
     }
 
-    /// Sets one flag and refreshes the readiness gauge.
-    pub fn set(&self, flag: &AtomicBool, value: bool) {
-        flag.store(value, Ordering::Relaxed);
+    /// Marks the inference thread running or stopped.
+    pub fn set_inference_alive(&self, alive: bool) {
+        self.inference_alive.store(alive, Ordering::Relaxed);
         self.refresh_gauge();
+    }
+
+    /// Sets `input` up (`Ok`) or down with its reason; logs a change of state once.
+    pub fn set(&self, input: Input, state: Result<(), String>) {
+        let changed = {
+            let mut inputs = self.inputs();
+            let slot = &mut inputs[input as usize];
+            let changed = slot.is_some() != state.is_err();
+            *slot = state.err();
+            changed.then(|| slot.clone())
+        };
+        if let Some(now) = changed {
+            match now {
+                Some(reason) => tracing::debug!(input = input.name(), %reason, "not ready"),
+                None => tracing::debug!(input = input.name(), "ready again"),
+            }
+        }
+        self.refresh_gauge();
+    }
+
+    /// Whether `input` is up.
+    pub fn is_up(&self, input: Input) -> bool {
+        self.inputs()[input as usize].is_none()
+    }
+
+    /// Why `input` is down, when it is.
+    pub fn reason(&self, input: Input) -> Option<String> {
+        self.inputs()[input as usize].clone()
+    }
+
+    fn inputs(&self) -> std::sync::MutexGuard<'_, [Option<String>; 4]> {
+        self.inputs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn refresh_gauge(&self) {
@@ -154,20 +223,27 @@ impl Health {
     }
 
     /// Every flag as one JSON line, so an operator sees why a probe fails: `broken` holds the
-    /// reason (or null), `stalled` the operation and its seconds so far (or null).
+    /// reason (or null), `stalled` the operation and its seconds so far (or null),
+    /// `not_ready` each readiness input that is down with its reason (the server's own words
+    /// for Redis).
     pub(crate) fn report(&self) -> String {
         let stalled = self.stalled().map(|(what, running)| {
             serde_json::json!({ "operation": what, "seconds": running.as_secs_f64() })
         });
+        let not_ready: serde_json::Map<String, serde_json::Value> = Input::ALL
+            .iter()
+            .filter_map(|&i| Some((i.name().to_string(), self.reason(i)?.into())))
+            .collect();
         let report = serde_json::json!({
             "ready": self.ready(),
             "alive": self.alive(),
             "inference_alive": self.inference_alive.load(Ordering::Relaxed),
-            "warm": self.warm.load(Ordering::Relaxed),
-            "redis_ok": self.redis_ok.load(Ordering::Relaxed),
-            "failing": self.failing.load(Ordering::Relaxed),
+            "warm": self.is_up(Input::Warm),
+            "redis_ok": self.is_up(Input::RedisRead) && self.is_up(Input::RedisPublish),
+            "failing": !self.is_up(Input::Batches),
             "broken": self.broken_reason(),
             "stalled": stalled,
+            "not_ready": not_ready,
         });
         format!("{report}\n")
     }
@@ -179,9 +255,9 @@ mod tests {
 
     fn live(stall: Duration) -> Health {
         let h = Health::new(stall);
-        h.set(&h.inference_alive, true);
-        h.set(&h.warm, true);
-        h.set(&h.redis_ok, true);
+        h.set_inference_alive(true);
+        h.set(Input::Warm, Ok(()));
+        h.set(Input::RedisRead, Ok(()));
         h
     }
 
@@ -249,8 +325,41 @@ mod tests {
     #[test]
     fn a_stopped_inference_thread_is_not_alive() {
         let h = live(DEFAULT_STALL_TIMEOUT);
-        h.set(&h.inference_alive, false);
+        h.set_inference_alive(false);
         assert!(!h.alive());
         assert_eq!(report(&h)["inference_alive"], false);
+    }
+
+    #[test]
+    fn readiness_follows_every_input_and_names_the_reason_of_each_that_is_down() {
+        let h = Health::default();
+        h.set_inference_alive(true);
+        assert!(!h.ready(), "not warm, not connected");
+        let r = report(&h);
+        assert_eq!(r["not_ready"]["warm"], "warming up");
+        assert!(r["not_ready"]["redis_read"].is_string());
+        h.set(Input::Warm, Ok(()));
+        h.set(Input::RedisRead, Ok(()));
+        assert!(h.ready());
+        assert_eq!(report(&h)["not_ready"], serde_json::json!({}));
+        // Reading works, publishing does not: not ready, and /readyz says why.
+        h.set(
+            Input::RedisPublish,
+            Err("NOPERM no permission to run 'xadd'".into()),
+        );
+        assert!(!h.ready());
+        let r = report(&h);
+        assert_eq!(r["redis_ok"], false);
+        assert_eq!(
+            r["not_ready"]["redis_publish"],
+            "NOPERM no permission to run 'xadd'"
+        );
+        // One input coming back does not hide another that is still down.
+        h.set(Input::Batches, Err("5 batches failed in a row".into()));
+        h.set(Input::RedisPublish, Ok(()));
+        assert!(!h.ready());
+        assert_eq!(report(&h)["failing"], true);
+        h.set(Input::Batches, Ok(()));
+        assert!(h.ready());
     }
 }

@@ -5,7 +5,8 @@
 //! [`probe`] reads only the header (format and dimensions, checked against [`Limits`] before a
 //! single pixel is allocated: no decompression bombs), [`validate_box`] checks the person boxes,
 //! [`jpeg_scale_for`] picks a DCT scale, [`decode`](fn@decode) decodes, and [`crop_into`]
-//! writes each crop straight into its slot of the batch buffer.
+//! writes each crop into the job's crop buffer (one allocation per job, people back to back);
+//! the batcher copies them into the batch buffer, which the model reads in place.
 //!
 //! ## The crop (HMR2.0, `shared/HMR2_FACTS.md` "Input")
 //! A box is grown to a 3:4 (w:h) aspect and then made square ([`crop_box`]); when the crop shrinks
@@ -29,7 +30,7 @@
 //! and its entropy decoding is slower, so scaling does not pay for itself in CPU; it is kept for
 //! the largest boxes (4K frames and up), where it is CPU-neutral and the frame takes 16× less
 //! memory (figures: `BENCHMARKS.md`, "Image path: decoder and scale choices").
-//! [`Frame::scale`] records the scale, and [`crop_into`] maps original-image coordinates onto the
+//! [`Pixels::scale`] records the scale, and [`crop_into`] maps original-image coordinates onto the
 //! scaled pixels and blurs with the same filter width on the picture (`sigma / scale` scaled
 //! pixels, see [`blur_sigma`]).
 //!
@@ -45,7 +46,7 @@
 //!
 //! ## Layout
 //! - `input`: the payload and the header: base64 decoding, [`probe`], [`Limits`], [`Format`].
-//! - `decode`: JPEG/PNG decoding into a [`Frame`], and the DCT scale ([`jpeg_scale_for`]).
+//! - `decode`: JPEG/PNG decoding into a [`Pixels`], and the DCT scale ([`jpeg_scale_for`]).
 //! - `crop`: the crop geometry ([`crop_box`], [`validate_box`]) and the blurred bilinear
 //!   resampling ([`crop_into`], with an AVX2 build of its inner loops).
 //! - `letterbox`: the detector's input ([`letterbox`]).
@@ -60,7 +61,7 @@ mod test_support;
 pub use crop::{
     blur_sigma, crop_box, crop_into, full_frame_box, validate_box, CropBox, MAX_BOX_FACTOR,
 };
-pub use decode::{decode, jpeg_scale_for, Frame, JPEG_SCALE_MIN_BOX};
+pub use decode::{decode, jpeg_scale_for, Pixels, JPEG_SCALE_MIN_BOX};
 pub use input::{decode_base64, probe, Format, ImageInfo, Limits};
 pub use letterbox::{letterbox, Letterboxed, LETTERBOX_FILL};
 

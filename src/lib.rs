@@ -14,18 +14,24 @@
 //! - `main.rs`: the `hmr2-worker` binary: `run`, `check`, `config`.
 //! - [`check`]: the `check` command: versions, device, model forward pass.
 //! - [`worker`]: the pipeline, [`run`] / [`run_with`] (the model seam):
-//!   - `fetch`: XREADGROUP per shard / XPENDING + XCLAIM bounded by in-flight permits, lease renewal;
-//!   - [`worker::prepare`]: parse, plan (boxes checked, decode scale), decode, crop;
-//!   - `batcher`: the I/O-free batching core; `infer`: inference thread, OOM ladder, memory policy;
-//!   - `publish`, `result`, `retry`, `delivery`: results, dead letters, Redis retries, leases.
+//!   - `start`: listener, inference thread and warm-up, consumer groups, model hash
+//!     (`model_info`); `ctx`: what the stages share, the cancellation tree, the job in flight;
+//!   - `fetch`: XREADGROUP per shard / XPENDING + XCLAIM bounded by in-flight permits, lease
+//!     renewal, each entry a `delivery` (permit, lease, span);
+//!   - `decode` with [`worker::prepare`]: parse, plan (boxes checked, decode scale), decode, crop;
+//!   - `coordinator` around the `scheduler` (the I/O-free dispatch policy) over the `batcher`s;
+//!   - `infer`: inference thread and OOM ladder; `memory`: the GPU memory policy;
+//!   - `publish`, `result`, `retry`: results, dead letters, Redis retries; `gauges`: queue and
+//!     GPU gauges, consumer pruning.
 //! - `http`: `/metrics`, `/healthz`, `/readyz`; `health`: the flags behind them.
 //! - [`queue`]: the Redis Streams protocol; atomic steps are Lua scripts beside it.
 //! - [`model`]: the model trait, the TorchScript implementation, the libtorch version.
 //! - [`detector`]: the person detector (contract `person-detector/1`) and its box mapping.
 //! - `camera`: full-frame camera and 2D keypoints from the model's crop camera.
 //! - [`image`]: base64, JPEG/PNG decoding with limits, the HMR2 crop.
-//! - [`gpu`]: the caching allocator (release, statistics) through a small C++ shim.
-//! - [`metrics`]: metric names and the Prometheus recorder; [`telemetry`]: logging;
+//! - [`gpu`]: the caching allocator (release, statistics) through a small C++ shim, and the
+//!   device's NVML and allocator gauges.
+//! - [`metrics`]: metric names, label sets and the Prometheus recorder; [`telemetry`]: logging;
 //!   [`signal`]: SIGTERM/SIGINT handling.
 //! - [`error`]: one error enum per boundary; [`config`]: the one `Config`, layered defaults →
 //!   file → env → flags, validated once.

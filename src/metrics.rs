@@ -1,13 +1,10 @@
-//! Every metric name, unit and description (DESIGN §5), the Prometheus recorder, and the GPU
-//! gauges (NVML for the whole device, the caching allocator for this process).
+//! Every metric name, unit and description (DESIGN §5), the closed label sets ([`Outcome`],
+//! [`stage`]) and the Prometheus recorder. The GPU gauges are sampled in [`crate::gpu`].
 
 use std::sync::OnceLock;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use nvml_wrapper::Nvml;
-
-use crate::gpu;
 
 pub const GPU_MEMORY_USED: &str = "hmr2_gpu_memory_used_bytes";
 pub const GPU_MEMORY_TOTAL: &str = "hmr2_gpu_memory_total_bytes";
@@ -42,13 +39,46 @@ pub const GPU_ONLY: &[&str] = &[
     JOB_PEAK_ALLOCATED,
 ];
 
-/// `outcome` label values of [`JOBS`].
-pub mod outcome {
-    pub const OK: &str = "ok";
-    pub const INVALID_INPUT: &str = "invalid_input";
-    pub const FAILED: &str = "failed";
-    pub const DEAD_LETTERED: &str = "dead_lettered";
-    pub const RECLAIMED: &str = "reclaimed";
+/// How a job ended on this worker: the `outcome` label of [`JOBS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Result published and the job acknowledged.
+    Ok,
+    /// Bad input: error result, dead letter, acknowledged.
+    InvalidInput,
+    /// Inference failed; left pending for a retry.
+    Failed,
+    /// Delivered too often (`queue.max_deliveries`): error result, dead letter.
+    DeadLettered,
+    /// Taken over from a consumer presumed dead (counted when claimed, before its end).
+    Reclaimed,
+}
+
+impl Outcome {
+    /// Every outcome, so each counter exists from the start (rates and alerts see a zero).
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::InvalidInput,
+        Outcome::Failed,
+        Outcome::DeadLettered,
+        Outcome::Reclaimed,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::InvalidInput => "invalid_input",
+            Outcome::Failed => "failed",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Reclaimed => "reclaimed",
+        }
+    }
+
+    /// Counts one job with this outcome.
+    pub fn count(self) {
+        metrics::counter!(JOBS, "outcome" => self.as_str()).increment(1);
+    }
 }
 
 /// `stage` label values of [`STAGE_DURATION`].
@@ -189,105 +219,4 @@ fn describe() {
         BUILD_INFO,
         "Always 1; labels carry the version, libtorch, device and model."
     );
-}
-
-/// The GPU gauges of one CUDA device: NVML for the device, the allocator for this process.
-pub struct GpuGauges {
-    cuda_index: usize,
-    label: String,
-    nvml: Option<(Nvml, String)>,
-}
-
-impl GpuGauges {
-    /// Opens NVML (loaded at run time) and finds the NVML device of CUDA ordinal `cuda_index`,
-    /// honouring `CUDA_VISIBLE_DEVICES`. Without NVML the NVML gauges are absent and this says
-    /// so once in the log.
-    pub fn new(cuda_index: usize) -> Self {
-        let nvml = match Nvml::init() {
-            Ok(nvml) => match nvml_device_uuid(&nvml, cuda_index) {
-                Some(uuid) => Some((nvml, uuid)),
-                None => {
-                    tracing::warn!(
-                        cuda_index,
-                        "NVML has no device for this CUDA ordinal; NVML gauges disabled"
-                    );
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "NVML is not available; whole-GPU memory gauges disabled");
-                None
-            }
-        };
-        GpuGauges {
-            cuda_index,
-            label: cuda_index.to_string(),
-            nvml,
-        }
-    }
-
-    /// The `gpu` label value.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Samples NVML and the allocator into the gauges; returns the allocator figures.
-    pub fn sample(&self) -> Option<gpu::AllocatorStats> {
-        if let Some((nvml, uuid)) = &self.nvml {
-            if let Ok(dev) = nvml.device_by_uuid(uuid.as_str()) {
-                let labels = [("gpu", self.label.clone()), ("uuid", uuid.clone())];
-                if let Ok(m) = dev.memory_info() {
-                    gauge!(GPU_MEMORY_USED, &labels).set(m.used as f64);
-                    gauge!(GPU_MEMORY_TOTAL, &labels).set(m.total as f64);
-                }
-                if let Ok(u) = dev.utilization_rates() {
-                    gauge!(GPU_UTILIZATION, &labels).set(u.gpu as f64 / 100.0);
-                }
-            }
-        }
-        let stats = gpu::stats(self.cuda_index).ok()?;
-        let labels = [("gpu", self.label.clone())];
-        gauge!(TORCH_ALLOCATED, &labels).set(stats.allocated as f64);
-        gauge!(TORCH_RESERVED, &labels).set(stats.reserved as f64);
-        Some(stats)
-    }
-}
-
-/// One line about the NVML device behind CUDA ordinal `cuda_index`: name, UUID, memory used and
-/// total, utilisation (for `check`).
-pub fn nvml_summary(cuda_index: usize) -> Result<String, String> {
-    let nvml = Nvml::init().map_err(|e| format!("NVML not available: {e}"))?;
-    let uuid = nvml_device_uuid(&nvml, cuda_index).ok_or("no NVML device for this CUDA ordinal")?;
-    let dev = nvml
-        .device_by_uuid(uuid.as_str())
-        .map_err(|e| e.to_string())?;
-    let name = dev.name().unwrap_or_default();
-    let mem = dev.memory_info().map_err(|e| e.to_string())?;
-    let util = dev.utilization_rates().map(|u| u.gpu).unwrap_or(0);
-    Ok(format!(
-        "{name} {uuid}: {:.2} GiB used of {:.2} GiB, {util}% busy",
-        mem.used as f64 / (1u64 << 30) as f64,
-        mem.total as f64 / (1u64 << 30) as f64
-    ))
-}
-
-/// Maps a CUDA ordinal to an NVML device UUID. `CUDA_VISIBLE_DEVICES` may list indices or
-/// UUIDs; without it, ordinals follow NVML's (PCI bus) order, as with
-/// `CUDA_DEVICE_ORDER=PCI_BUS_ID` (the usual setting on GPU nodes).
-fn nvml_device_uuid(nvml: &Nvml, cuda_index: usize) -> Option<String> {
-    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-    let entry = visible.as_deref().and_then(|v| {
-        v.split(',')
-            .map(str::trim)
-            .nth(cuda_index)
-            .map(str::to_string)
-    });
-    let device = match entry {
-        Some(e) if e.starts_with("GPU-") || e.starts_with("MIG-") => {
-            nvml.device_by_uuid(e.as_str()).ok()?
-        }
-        Some(e) => nvml.device_by_index(e.parse().ok()?).ok()?,
-        None => nvml.device_by_index(cuda_index as u32).ok()?,
-    };
-    device.uuid().ok()
 }

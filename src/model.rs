@@ -248,9 +248,28 @@ impl TorchModel {
         let _guard = tch::no_grad_guard();
         // Only the fallible (`f_`) API on the device path: the others panic on a libtorch
         // error, and an upload that runs out of memory must come back as an error.
-        let input = Tensor::f_from_slice(crops)?
-            .f_view([n as i64, CROP as i64, CROP as i64, 3])?
-            .f_to_device(self.device)?;
+        if crops.len() != n * CROP * CROP * 3 {
+            return Err(tch::TchError::Kind(format!(
+                "{} bytes of crops for {n} frames",
+                crops.len()
+            )));
+        }
+        let c = CROP as i64;
+        // The batch buffer itself, without a host copy: on the CPU the model reads it in place,
+        // on a GPU it is uploaded from it.
+        // SAFETY: `crops` holds exactly n × CROP × CROP × 3 bytes (checked above), contiguous
+        // with these strides, and outlives `blob` and every tensor made from it: all of them
+        // are dropped before this function returns (outputs are copied to host vectors first).
+        let blob = unsafe {
+            Tensor::f_from_blob(
+                crops.as_ptr(),
+                &[n as i64, c, c, 3],
+                &[c * c * 3, c * 3, 3, 1],
+                Kind::Uint8,
+                Device::Cpu,
+            )?
+        };
+        let input = blob.f_to_device(self.device)?;
         let out = self.module.forward_is(&[IValue::Tensor(input)])?;
         let IValue::GenericDict(pairs) = out else {
             return Err(tch::TchError::Kind(format!(
@@ -356,39 +375,90 @@ pub(crate) fn torch_error(e: tch::TchError) -> ModelError {
     }
 }
 
-/// One frame's slice of a [`BatchOutput`].
-#[derive(Debug, Clone, PartialEq)]
+/// One frame of a [`BatchOutput`]: a view into the batch's host buffers (shared by every frame
+/// of the batch), so splitting a batch per person copies nothing; the result is built straight
+/// from these slices.
+#[derive(Debug, Clone)]
 pub struct FrameOutput {
-    pub pred_cam: [f32; 3],
-    pub global_orient: [f32; 9],
-    pub body_pose: Vec<f32>,
-    pub betas: Vec<f32>,
-    pub keypoints_3d: Vec<f32>,
-    pub vertices: Option<Vec<f32>>,
+    batch: std::sync::Arc<BatchOutput>,
+    i: usize,
+}
+
+impl FrameOutput {
+    fn rows(v: &[f32], i: usize, per: usize) -> &[f32] {
+        &v[i * per..(i + 1) * per]
+    }
+
+    /// Weak-perspective camera (s, tx, ty) of the crop.
+    pub fn pred_cam(&self) -> [f32; 3] {
+        let c = Self::rows(&self.batch.pred_cam, self.i, 3);
+        [c[0], c[1], c[2]]
+    }
+
+    /// Root rotation matrix, row-major (9 values).
+    pub fn global_orient(&self) -> &[f32] {
+        Self::rows(&self.batch.global_orient, self.i, 9)
+    }
+
+    /// 23 joint rotation matrices, row-major (23 × 9 values).
+    pub fn body_pose(&self) -> &[f32] {
+        Self::rows(&self.batch.body_pose, self.i, 23 * 9)
+    }
+
+    /// Shape coefficients (10 values).
+    pub fn betas(&self) -> &[f32] {
+        Self::rows(&self.batch.betas, self.i, 10)
+    }
+
+    /// 3D keypoints, metres (44 × 3 values).
+    pub fn keypoints_3d(&self) -> &[f32] {
+        Self::rows(&self.batch.keypoints_3d, self.i, NUM_KEYPOINTS * 3)
+    }
+
+    /// Vertices (6890 × 3 values), when the batch computed them for every frame.
+    pub fn vertices(&self) -> Option<&[f32]> {
+        let b = &self.batch;
+        b.vertices
+            .as_deref()
+            .filter(|v| v.len() == b.n * NUM_VERTICES * 3)
+            .map(|v| Self::rows(v, self.i, NUM_VERTICES * 3))
+    }
+
+    /// A frame whose camera is `pred_cam` and every other output zero (tests and stand-ins).
+    #[doc(hidden)]
+    pub fn stand_in(pred_cam: [f32; 3]) -> Self {
+        let mut b = BatchOutput::zeros(1);
+        b.pred_cam = pred_cam.to_vec();
+        b.into_frames().pop().expect("one frame")
+    }
 }
 
 impl BatchOutput {
-    /// The outputs of frame `i`.
-    pub fn frame(&self, i: usize) -> FrameOutput {
-        fn slice(v: &[f32], i: usize, per: usize) -> Vec<f32> {
-            v[i * per..(i + 1) * per].to_vec()
+    /// A batch of `n` frames with every output zero and no vertices.
+    pub fn zeros(n: usize) -> Self {
+        BatchOutput {
+            n,
+            pred_cam: vec![0.0; n * 3],
+            global_orient: vec![0.0; n * 9],
+            body_pose: vec![0.0; n * 23 * 9],
+            betas: vec![0.0; n * 10],
+            keypoints_3d: vec![0.0; n * NUM_KEYPOINTS * 3],
+            vertices: None,
         }
-        let mut pred_cam = [0.0; 3];
-        pred_cam.copy_from_slice(&self.pred_cam[i * 3..i * 3 + 3]);
-        let mut global_orient = [0.0; 9];
-        global_orient.copy_from_slice(&self.global_orient[i * 9..i * 9 + 9]);
-        FrameOutput {
-            pred_cam,
-            global_orient,
-            body_pose: slice(&self.body_pose, i, 23 * 9),
-            betas: slice(&self.betas, i, 10),
-            keypoints_3d: slice(&self.keypoints_3d, i, NUM_KEYPOINTS * 3),
-            vertices: self
-                .vertices
-                .as_ref()
-                .filter(|v| v.len() == self.n * NUM_VERTICES * 3)
-                .map(|v| slice(v, i, NUM_VERTICES * 3)),
-        }
+    }
+
+    /// The batch split per frame, without copying: every frame views the shared batch.
+    /// The shapes were checked when the batch was made ([`TorchModel`] checks them; a model
+    /// stand-in must give `n` rows of every output).
+    pub fn into_frames(self) -> Vec<FrameOutput> {
+        let n = self.n;
+        let batch = std::sync::Arc::new(self);
+        (0..n)
+            .map(|i| FrameOutput {
+                batch: batch.clone(),
+                i,
+            })
+            .collect()
     }
 }
 
@@ -493,10 +563,10 @@ mod tests {
             keypoints_3d: vec![3.0; 2 * 44 * 3],
             vertices: None,
         };
-        let f = o.frame(1);
-        assert_eq!(f.pred_cam, [3.0, 4.0, 5.0]);
-        assert_eq!(f.body_pose.len(), 23 * 9);
-        assert_eq!(f.keypoints_3d.len(), 44 * 3);
-        assert!(f.vertices.is_none());
+        let f = o.into_frames().pop().unwrap();
+        assert_eq!(f.pred_cam(), [3.0, 4.0, 5.0]);
+        assert_eq!(f.body_pose().len(), 23 * 9);
+        assert_eq!(f.keypoints_3d().len(), 44 * 3);
+        assert!(f.vertices().is_none());
     }
 }

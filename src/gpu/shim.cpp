@@ -44,16 +44,6 @@ int guarded(char* err, size_t len, F&& f) {
 
 extern "C" {
 
-// Number of accelerator devices (0 on a machine without one, or on error).
-int hmr2_accelerator_count() {
-  try {
-    if (!at::accelerator::getAccelerator(false).has_value()) return 0;
-    return static_cast<int>(at::accelerator::deviceCount());
-  } catch (...) {
-    return 0;
-  }
-}
-
 // Releases the caching allocator's unused blocks back to the driver.
 int hmr2_empty_cache(char* err, size_t len) {
   return guarded(err, len, [] { at::accelerator::emptyCache(); });

@@ -1,8 +1,8 @@
-//! The HMR2.0 crop of a decoded [`Frame`]: the box geometry ([`crop_box`], [`validate_box`]),
+//! The HMR2.0 crop of a decoded [`Pixels`]: the box geometry ([`crop_box`], [`validate_box`]),
 //! the anti-alias blur ([`blur_sigma`]) and the blurred bilinear resampling ([`crop_into`]),
 //! with an AVX2 build of its inner loops. See the [module doc](super) for the conventions.
 
-use super::decode::Frame;
+use super::decode::Pixels;
 use super::{CROP, CROP_BYTES};
 use crate::error::InputError;
 use std::cell::RefCell;
@@ -185,7 +185,7 @@ thread_local! {
 ///
 /// # Panics
 /// If `out` is not `CROP_BYTES` long or `frame.pixels` does not match its dimensions.
-pub fn crop_into(frame: &Frame, geom: &CropBox, out: &mut [u8]) {
+pub fn crop_into(frame: &Pixels, geom: &CropBox, out: &mut [u8]) {
     assert_eq!(out.len(), CROP_BYTES, "crop slot size");
     let (pw, ph) = (frame.pixels_width, frame.pixels_height);
     assert_eq!(
@@ -222,7 +222,7 @@ const SCRATCH_KEEP: usize = 1 << 20;
 
 /// Applies the planned axes: for each output row, the weighted sum of its source rows over the
 /// columns span `[x.lo, x.hi]`, then each output pixel from its weighted columns.
-fn resample(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
+fn resample(frame: &Pixels, s: &mut Scratch, out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
@@ -236,12 +236,12 @@ fn resample(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
 /// blurred crop spends most of its time; identical results (no FMA contraction either way).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn resample_avx2(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
+unsafe fn resample_avx2(frame: &Pixels, s: &mut Scratch, out: &mut [u8]) {
     resample_portable(frame, s, out);
 }
 
 #[inline(always)]
-fn resample_portable(frame: &Frame, s: &mut Scratch, out: &mut [u8]) {
+fn resample_portable(frame: &Pixels, s: &mut Scratch, out: &mut [u8]) {
     let stride = frame.pixels_width as usize * 3;
     let (c_lo, span) = (s.x.lo as usize * 3, (s.x.hi - s.x.lo) as usize * 3 + 3);
     s.line.clear();
@@ -370,14 +370,14 @@ mod tests {
         assert!(err([0.0, 0.0, 20_000.0, 10.0]).contains("larger than"));
     }
 
-    fn crop(frame: &Frame, b: [f32; 4]) -> Vec<u8> {
+    fn crop(frame: &Pixels, b: [f32; 4]) -> Vec<u8> {
         let mut out = vec![1u8; CROP_BYTES];
         crop_into(frame, &crop_box(b), &mut out);
         out
     }
 
-    fn constant_frame(w: u32, h: u32, v: u8) -> Frame {
-        Frame::from_rgb(w, h, vec![v; (w * h * 3) as usize])
+    fn constant_frame(w: u32, h: u32, v: u8) -> Pixels {
+        Pixels::from_rgb(w, h, vec![v; (w * h * 3) as usize])
     }
 
     #[test]
@@ -419,7 +419,7 @@ mod tests {
     fn crop_geometry_follows_the_pixel_centre_convention() {
         // Grey value = x: a box of side 256 is a pure shift, output column u samples x = u − 32
         // (box [0, 0, 192, 256]: centre (96, 128), side 256).
-        let f = Frame::from_rgb(
+        let f = Pixels::from_rgb(
             256,
             256,
             (0..256 * 256).flat_map(|i| [(i % 256) as u8; 3]).collect(),
@@ -452,7 +452,7 @@ mod tests {
                 128.0 + 60.0 * (x / 97.0).sin(),
             ]
         };
-        let full = Frame::from_rgb(
+        let full = Pixels::from_rgb(
             w,
             h,
             (0..w * h)
@@ -460,7 +460,7 @@ mod tests {
                 .collect(),
         );
         let (pw, ph) = (w / 2, h / 2);
-        let half = Frame {
+        let half = Pixels {
             scale: 2,
             pixels_width: pw,
             pixels_height: ph,

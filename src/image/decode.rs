@@ -1,4 +1,4 @@
-//! Decoding a [`probe`](super::probe)d image into an RGB8 [`Frame`]: JPEGs with zune-jpeg at
+//! Decoding a [`probe`](super::probe)d image into an RGB8 [`Pixels`]: JPEGs with zune-jpeg at
 //! full size or jpeg-decoder at a DCT scale ([`jpeg_scale_for`]), PNGs at full size. See the
 //! [module doc](super) for the choice of decoders.
 
@@ -34,7 +34,7 @@ pub fn jpeg_scale_for(min_box_size: f32) -> u32 {
 
 /// A decoded frame: RGB8 pixels, row-major, possibly at a reduced DCT scale.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
+pub struct Pixels {
     /// Width of the original image (boxes and the camera are in these pixels).
     pub width: u32,
     /// Height of the original image.
@@ -49,18 +49,18 @@ pub struct Frame {
     pub pixels: Vec<u8>,
 }
 
-impl Frame {
+impl Pixels {
     /// A full-resolution frame from RGB8 pixels (tests, benchmarks, synthetic frames).
     ///
     /// # Panics
     /// If `pixels` is not `width × height × 3` bytes long.
-    pub fn from_rgb(width: u32, height: u32, pixels: Vec<u8>) -> Frame {
+    pub fn from_rgb(width: u32, height: u32, pixels: Vec<u8>) -> Pixels {
         assert_eq!(
             pixels.len(),
             width as usize * height as usize * 3,
             "RGB8 frame size"
         );
-        Frame {
+        Pixels {
             width,
             height,
             scale: 1,
@@ -77,7 +77,7 @@ impl Frame {
 /// data is [`InputError::InvalidImage`]; this never panics.
 ///
 /// [`probe`]: super::probe
-pub fn decode(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Frame, InputError> {
+pub fn decode(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Pixels, InputError> {
     // The decoders are fuzzed, but a panic must never take a worker thread down with it.
     std::panic::catch_unwind(|| match info.format {
         Format::Jpeg => decode_jpeg(bytes, info, scale),
@@ -102,7 +102,7 @@ fn image_limits(w: u32, h: u32, bytes_per_pixel: u64) -> image::Limits {
 
 /// Full-resolution JPEG decoding: zune-jpeg (through `image`), single-threaded and the cheapest
 /// in CPU time (see the [module doc](super)).
-fn decode_jpeg_full(bytes: &[u8], info: &ImageInfo) -> Result<Frame, InputError> {
+fn decode_jpeg_full(bytes: &[u8], info: &ImageInfo) -> Result<Pixels, InputError> {
     use image::{codecs::jpeg::JpegDecoder, DynamicImage, ImageDecoder};
     let corrupt = |e: image::ImageError| InputError::InvalidImage(format!("JPEG: {e}"));
     check_jpeg_complete(bytes)?;
@@ -115,10 +115,10 @@ fn decode_jpeg_full(bytes: &[u8], info: &ImageInfo) -> Result<Frame, InputError>
             "JPEG: inconsistent frame headers".into(),
         ));
     }
-    Ok(Frame::from_rgb(w, h, img.into_rgb8().into_raw()))
+    Ok(Pixels::from_rgb(w, h, img.into_rgb8().into_raw()))
 }
 
-fn decode_jpeg(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Frame, InputError> {
+fn decode_jpeg(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Pixels, InputError> {
     let corrupt = |e: jpeg_decoder::Error| InputError::InvalidImage(format!("JPEG: {e}"));
     let (w, h) = (info.width, info.height);
     let mut k = match scale {
@@ -183,7 +183,7 @@ fn decode_jpeg(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Frame, Inpu
             ))
         }
     };
-    Ok(Frame {
+    Ok(Pixels {
         width: w,
         height: h,
         scale: k,
@@ -193,7 +193,7 @@ fn decode_jpeg(bytes: &[u8], info: &ImageInfo, scale: u32) -> Result<Frame, Inpu
     })
 }
 
-fn decode_png(bytes: &[u8], info: &ImageInfo) -> Result<Frame, InputError> {
+fn decode_png(bytes: &[u8], info: &ImageInfo) -> Result<Pixels, InputError> {
     use image::{codecs::png::PngDecoder, DynamicImage};
     let corrupt = |e: image::ImageError| InputError::InvalidImage(format!("PNG: {e}"));
     let (w, h) = (info.width, info.height);
@@ -204,7 +204,7 @@ fn decode_png(bytes: &[u8], info: &ImageInfo) -> Result<Frame, InputError> {
     if (img.width(), img.height()) != (w, h) {
         return Err(InputError::InvalidImage("PNG: inconsistent header".into()));
     }
-    Ok(Frame::from_rgb(w, h, img.into_rgb8().into_raw()))
+    Ok(Pixels::from_rgb(w, h, img.into_rgb8().into_raw()))
 }
 
 #[cfg(test)]
@@ -216,7 +216,7 @@ mod tests {
     };
     use ::image::{codecs::jpeg::JpegEncoder, ImageFormat, RgbImage};
 
-    fn decode_all(bytes: &[u8], scale: u32) -> Result<Frame, InputError> {
+    fn decode_all(bytes: &[u8], scale: u32) -> Result<Pixels, InputError> {
         decode(bytes, &probe(bytes, &LIMITS)?, scale)
     }
 

@@ -6,7 +6,7 @@
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use super::Frame;
+use super::Pixels;
 
 /// Grey of the letterbox's padding (the YOLO family's convention).
 pub const LETTERBOX_FILL: u8 = 114;
@@ -16,13 +16,13 @@ pub const LETTERBOX_FILL: u8 = 114;
 pub struct Letterboxed {
     /// `S × S × 3` RGB bytes.
     pub pixels: Vec<u8>,
-    /// Frame pixels → letterbox pixels.
+    /// Pixels pixels → letterbox pixels.
     pub r: f32,
 }
 
 /// Letterboxes `frame` into an `size × size` canvas. `r` refers to the frame's original size
 /// (a DCT-scaled frame is resized from its scaled pixels to the same target).
-pub fn letterbox(frame: &Frame, size: u32) -> Letterboxed {
+pub fn letterbox(frame: &Pixels, size: u32) -> Letterboxed {
     let r = size as f64 / frame.width.max(frame.height) as f64;
     let nw = ((frame.width as f64 * r).round() as u32).clamp(1, size);
     let nh = ((frame.height as f64 * r).round() as u32).clamp(1, size);
@@ -40,7 +40,7 @@ pub fn letterbox(frame: &Frame, size: u32) -> Letterboxed {
 }
 
 /// The frame's pixels resized to `w × h` (RGB8).
-fn resize(frame: &Frame, w: u32, h: u32) -> Vec<u8> {
+fn resize(frame: &Pixels, w: u32, h: u32) -> Vec<u8> {
     let (pw, ph) = (frame.pixels_width, frame.pixels_height);
     if (pw, ph) == (w, h) {
         return frame.pixels.clone();
@@ -59,8 +59,8 @@ fn resize(frame: &Frame, w: u32, h: u32) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn frame(w: u32, h: u32, rgb: [u8; 3]) -> Frame {
-        Frame::from_rgb(w, h, rgb.repeat((w * h) as usize))
+    fn frame(w: u32, h: u32, rgb: [u8; 3]) -> Pixels {
+        Pixels::from_rgb(w, h, rgb.repeat((w * h) as usize))
     }
 
     fn px(l: &Letterboxed, s: usize, x: usize, y: usize) -> [u8; 3] {
@@ -105,7 +105,7 @@ mod tests {
                 rgb[i..i + 3].copy_from_slice(&[255; 3]);
             }
         }
-        let l = letterbox(&Frame::from_rgb(w, h, rgb), 320);
+        let l = letterbox(&Pixels::from_rgb(w, h, rgb), 320);
         assert_eq!(px(&l, 320, 160, 96), [255; 3]); // (500, 300) in the frame
         assert_eq!(px(&l, 320, 100, 96), [0; 3]);
         assert_eq!(px(&l, 320, 160, 200), [114; 3]);

@@ -218,16 +218,7 @@ mod tests {
             id: b.id,
             frames: tags(b)
                 .into_iter()
-                .map(|t| {
-                    Ok(FrameOutput {
-                        pred_cam: [t as f32, 0.0, 0.0],
-                        global_orient: [0.0; 9],
-                        body_pose: Vec::new(),
-                        betas: Vec::new(),
-                        keypoints_3d: Vec::new(),
-                        vertices: None,
-                    })
-                })
+                .map(|t| Ok(FrameOutput::stand_in([t as f32, 0.0, 0.0])))
                 .collect(),
             seconds: 0.004,
         }
@@ -238,7 +229,7 @@ mod tests {
             .as_ref()
             .expect("ok")
             .iter()
-            .map(|o| o.pred_cam[0] as u8)
+            .map(|o| o.pred_cam()[0] as u8)
             .collect()
     }
 

@@ -1,5 +1,6 @@
 //! What the fetcher hands down the pipeline: a delivered entry with the in-flight permit that
-//! bounds the pipeline and the lease that keeps other workers from reclaiming it.
+//! bounds the pipeline, the lease that keeps other workers from reclaiming it, and the job's
+//! tracing span (born here, so every log line of its decode, inference and publish carries it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,16 +10,25 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::queue::Entry;
 
-/// A fetched entry, the permit that bounds the pipeline, and its lease.
+/// A fetched entry, the permit that bounds the pipeline, its lease and its span.
 pub(crate) struct Delivery {
     pub(crate) entry: Entry,
     pub(crate) fetched: Instant,
     pub(crate) queue_wait_ms: f64,
+    /// The `job` span: `entry`, `shard`, `deliveries`, and `job_id` once the job is parsed.
+    pub(crate) span: tracing::Span,
     _permit: OwnedSemaphorePermit,
     _lease: Lease,
 }
 
 impl Delivery {
+    /// Records the job's id in its span once the job is parsed.
+    pub(crate) fn record_job_id(&self, job_id: Option<&str>) {
+        if let Some(id) = job_id {
+            self.span.record("job_id", id);
+        }
+    }
+
     /// An entry just fetched, `queue_wait_ms` after it was added.
     pub(crate) fn new(
         entry: Entry,
@@ -26,7 +36,15 @@ impl Delivery {
         permit: OwnedSemaphorePermit,
         lease: Lease,
     ) -> Self {
+        let span = tracing::info_span!(
+            "job",
+            entry = %entry.id,
+            shard = entry.shard,
+            deliveries = entry.deliveries,
+            job_id = tracing::field::Empty,
+        );
         Delivery {
+            span,
             entry,
             fetched: Instant::now(),
             queue_wait_ms,

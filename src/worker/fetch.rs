@@ -2,20 +2,21 @@
 //! XCLAIM, one claimer for all shards), bounded by in-flight permits shared by all shards, with
 //! leases that keep this worker's own entries from looking orphaned.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metrics::{counter, histogram};
+use metrics::histogram;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::ctx::Ctx;
 use super::delivery::{Delivery, Leases};
 use super::publish::too_many_deliveries;
 use super::retry::Backoff;
-use super::Ctx;
-use crate::metrics::{self as m, outcome};
+use crate::health::Input;
+use crate::metrics::{self as m, Outcome};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -31,15 +32,33 @@ struct Fetch {
     inflight: usize,
     leases: Leases,
     out: mpsc::Sender<Delivery>,
-    shutdown: CancellationToken,
-    broken: CancellationToken,
-    /// Shards whose last Redis step failed: Redis counts as reachable when none has.
-    failing: Vec<AtomicBool>,
+    /// Cancelled on shutdown and when the worker is broken.
+    intake: CancellationToken,
+    /// Per shard, why its last Redis step failed: the streams count as readable (readiness
+    /// input [`Input::RedisRead`], written only here once started) when no shard has failed.
+    failing: Mutex<Vec<Option<String>>>,
 }
 
 impl Fetch {
     fn stopping(&self) -> bool {
-        self.shutdown.is_cancelled() || self.broken.is_cancelled()
+        self.intake.is_cancelled()
+    }
+
+    /// Records shard `k`'s last Redis step and writes readiness from every shard's.
+    fn outcome(&self, k: usize, error: Option<String>) {
+        let first = {
+            let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+            if failing[k] == error {
+                return;
+            }
+            failing[k] = error;
+            failing.iter().flatten().next().cloned()
+        };
+        let stream = &self.ctx.queue.keys(k).jobs;
+        self.ctx.health.set(
+            Input::RedisRead,
+            first.map_or(Ok(()), |e| Err(format!("reading {stream}: {e}"))),
+        );
     }
 
     /// After a Redis step on shard `k` succeeded: ends its outage (logs, readiness).
@@ -47,32 +66,24 @@ impl Fetch {
         if backoff.failures > 0 {
             backoff.recovered();
         }
-        self.failing[k].store(false, Ordering::Relaxed);
-        let health = &self.ctx.health;
-        if !health.redis_ok.load(Ordering::Relaxed)
-            && !self.failing.iter().any(|f| f.load(Ordering::Relaxed))
-        {
-            health.set(&health.redis_ok, true);
-        }
+        self.outcome(k, None);
     }
 
     /// After a failed Redis step on shard `k`: backs off. False when the worker is stopping
     /// meanwhile.
     async fn wait_out(&self, k: usize, backoff: &mut Backoff, e: crate::error::QueueError) -> bool {
         backoff.failed(&e);
-        self.failing[k].store(true, Ordering::Relaxed);
-        self.ctx.health.set(&self.ctx.health.redis_ok, false);
+        self.outcome(k, Some(e.to_string()));
         tokio::select! {
             _ = tokio::time::sleep(backoff.delay()) => true,
-            _ = self.shutdown.cancelled() => false,
-            _ = self.broken.cancelled() => false,
+            _ = self.intake.cancelled() => false,
         }
     }
 }
 
 /// Reads new entries of every shard and reclaims orphaned ones, as many as there are free
-/// permits (`inflight` in all, across shards). Stops when `shutdown` is cancelled or the worker
-/// is broken; a blocking read under way is not cut off (its entries would be delivered to this
+/// permits (`inflight` in all, across shards). Stops when the intake stops (shutdown, or the
+/// worker is broken); a blocking read under way is not cut off (its entries would be delivered to this
 /// consumer and never seen): it ends within `block_ms`, and what it brought is released to
 /// other workers at once.
 ///
@@ -94,18 +105,16 @@ pub(super) async fn fetch(
     inflight: usize,
     leases: Leases,
     out: mpsc::Sender<Delivery>,
-    shutdown: CancellationToken,
 ) {
     let shards = ctx.queue.shards();
     let f = Arc::new(Fetch {
-        broken: ctx.health.broken_token(),
+        intake: ctx.stops.intake.clone(),
         ctx,
         permits,
         inflight,
         leases,
         out,
-        shutdown,
-        failing: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+        failing: Mutex::new(vec![None; shards]),
     });
     let mut tasks = JoinSet::new();
     for k in 0..shards {
@@ -128,8 +137,7 @@ async fn read_shard(f: Arc<Fetch>, k: usize) {
     loop {
         let first = tokio::select! {
             p = f.permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-            _ = f.shutdown.cancelled() => return,
-            _ = f.broken.cancelled() => return,
+            _ = f.intake.cancelled() => return,
         };
         let mut held = vec![first];
         while (alone || busy) && held.len() < q.max_batch {
@@ -201,8 +209,7 @@ async fn claim_orphans(f: Arc<Fetch>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next_claim.into()) => {}
-            _ = f.shutdown.cancelled() => return,
-            _ = f.broken.cancelled() => return,
+            _ = f.intake.cancelled() => return,
         }
         let mut found = None;
         let mut failed = None;
@@ -237,8 +244,7 @@ async fn claim_orphans(f: Arc<Fetch>) {
             p = f.permits.clone().acquire_many_owned(f.inflight as u32) => {
                 p.expect("semaphore never closes")
             }
-            _ = f.shutdown.cancelled() => return,
-            _ = f.broken.cancelled() => return,
+            _ = f.intake.cancelled() => return,
         };
         let entry = match f.ctx.queue.claim_orphan(k, &id, delivered).await {
             Ok(Some(e)) => e,
@@ -257,10 +263,12 @@ async fn claim_orphans(f: Arc<Fetch>) {
         }
         let lease = f.leases.take(k, &entry.id);
         let wait = queue_wait_ms(&entry);
-        counter!(m::JOBS, "outcome" => outcome::RECLAIMED).increment(1);
+        Outcome::Reclaimed.count();
         let delivery = Delivery::new(entry, wait, all, lease);
         if delivery.entry.deliveries > q.max_deliveries {
-            tokio::spawn(too_many_deliveries(f.ctx.clone(), delivery));
+            f.ctx
+                .jobs
+                .spawn(too_many_deliveries(f.ctx.clone(), delivery));
             continue;
         }
         tracing::info!(
@@ -299,13 +307,13 @@ pub(super) async fn release(ctx: &Ctx, k: usize, ids: Vec<String>) {
 /// Keeps the entries this worker holds from looking orphaned: resets their idle time three
 /// times per `claim_idle_ms`. Stops at once when the worker is broken, so live workers reclaim
 /// what it holds. An entry another worker has reclaimed meanwhile is left to it.
-pub(super) async fn renew_leases(ctx: Arc<Ctx>, leases: Leases, stop: CancellationToken) {
+pub(super) async fn renew_leases(ctx: Arc<Ctx>, leases: Leases) {
     let every = Duration::from_millis((ctx.config.queue.claim_idle_ms / 3).max(10));
     let broken = ctx.health.broken_token();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
+            _ = ctx.stops.background.cancelled() => return,
             _ = broken.cancelled() => return,
         }
         if !ctx.health.alive() {
@@ -321,6 +329,35 @@ pub(super) async fn renew_leases(ctx: Arc<Ctx>, leases: Leases, stop: Cancellati
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "could not renew leases"),
+            }
+        }
+    }
+}
+
+/// Leaves the group tidy: every entry still pending on this consumer (left at the end of the
+/// grace period, or by a broken pipeline) is released to the other workers at once, and the
+/// consumer itself is removed when it holds nothing. Best effort: Redis may be away.
+pub(super) async fn retire(ctx: &Ctx) {
+    for k in 0..ctx.queue.shards() {
+        let stream = &ctx.queue.keys(k).jobs;
+        match ctx.queue.release(k, &[]).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                entries = n,
+                %stream,
+                "released unfinished entries to the other workers"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, %stream, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
+            }
+        }
+        match ctx.queue.forget_consumer(k, ctx.queue.consumer()).await {
+            Ok(true) => {
+                tracing::debug!(consumer = %ctx.queue.consumer(), %stream, "consumer removed from the group")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, %stream, "could not remove the consumer from the group")
             }
         }
     }

@@ -1,6 +1,6 @@
-//! The inference thread: owns the model (one per device), runs batches under `no_grad`, splits
-//! a batch in half on out-of-memory down to single frames, and applies the GPU memory policy
-//! (DESIGN §4) after every batch.
+//! The inference thread: owns the models (one thread per device), runs batches under
+//! `no_grad`, splits a batch in half on out-of-memory down to single frames ([`ladder`]), and
+//! applies the GPU memory policy ([`super::memory`]) around every batch.
 //!
 //! Inputs are always well-formed fixed-shape crops, so a forward pass that panics (tch panics on
 //! libtorch errors outside its `f_` API) or fails with anything but out-of-memory means the model
@@ -11,21 +11,21 @@
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use metrics::{counter, histogram};
+use metrics::histogram;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batcher::{Batch, BatchDone};
-use crate::config::{GpuConfig, ReleasePolicy};
+use super::memory::{Allocator, Cuda, Memory};
+use crate::config::GpuConfig;
 use crate::detector::{Detection, Detector, DetectorMeta};
 use crate::error::ModelError;
-use crate::gpu::{self, AllocatorStats};
-use crate::health::Health;
+use crate::gpu::GpuSampler;
+use crate::health::{Health, Input};
 use crate::image::CROP_BYTES;
-use crate::metrics::{self as m, GpuGauges};
+use crate::metrics as m;
 use crate::model::{FrameOutput, Model, ModelMeta};
 
 /// The models one inference thread owns: HMR2, and the person detector when configured.
@@ -54,15 +54,8 @@ pub(crate) struct Loaded {
     pub(crate) detector: Option<DetectorMeta>,
     pub(crate) device: String,
     pub(crate) cuda_index: Option<usize>,
-}
-
-/// Whether the allocator's cache goes back to the driver after a batch (DESIGN §4).
-pub(crate) fn should_release(policy: ReleasePolicy, reserved: i64, threshold: u64) -> bool {
-    match policy {
-        ReleasePolicy::PerJob => true,
-        ReleasePolicy::Threshold => reserved > threshold as i64,
-        ReleasePolicy::Never => false,
-    }
+    /// The device's gauges, shared with the gauge task (none on the CPU).
+    pub(crate) gpu: Option<Arc<GpuSampler>>,
 }
 
 /// One forward pass over `n` items (bytes, `n`) → one output per item.
@@ -117,7 +110,7 @@ pub(crate) fn forward_ladder<M: Model + ?Sized>(
     let mut run = |c: &[u8], k: usize| {
         model
             .forward(c, k, vertices)
-            .map(|out| (0..k).map(|i| out.frame(i)).collect())
+            .map(crate::model::BatchOutput::into_frames)
     };
     ladder(&mut run, crops, n, CROP_BYTES, on_oom)
 }
@@ -132,146 +125,6 @@ pub(crate) fn detect_ladder<D: Detector + ?Sized>(
     let s = detector.meta().input_size as usize;
     let mut run = |c: &[u8], k: usize| detector.detect(c, k);
     ladder(&mut run, images, n, s * s * 3, on_oom)
-}
-
-/// The device allocator as the memory policy sees it: the seam that lets the policy be tested
-/// without a GPU.
-pub(crate) trait Allocator {
-    /// Starts a new peak measurement.
-    fn reset_peak(&self);
-    /// Current figures (and refreshes the memory gauges when it has any).
-    fn stats(&self) -> Option<AllocatorStats>;
-    /// Returns unused cached blocks to the driver; true when that worked.
-    fn release(&self) -> bool;
-}
-
-/// A CUDA device through the allocator shim, with its gauges.
-pub(crate) struct Cuda {
-    index: usize,
-    gauges: GpuGauges,
-}
-
-impl Cuda {
-    pub(crate) fn new(index: usize) -> Self {
-        Cuda {
-            index,
-            gauges: GpuGauges::new(index),
-        }
-    }
-}
-
-impl Allocator for Cuda {
-    fn reset_peak(&self) {
-        let _ = gpu::reset_peak(self.index);
-    }
-    fn stats(&self) -> Option<AllocatorStats> {
-        self.gauges.sample().or_else(|| gpu::stats(self.index).ok())
-    }
-    fn release(&self) -> bool {
-        gpu::empty_cache().is_ok()
-    }
-}
-
-/// What the memory policy did after one batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AfterBatch {
-    pub(crate) released: bool,
-    /// Bytes allocated over the baseline beyond the tolerance (a leak warning).
-    pub(crate) drift: Option<i64>,
-}
-
-/// Memory bookkeeping of one device after every batch: release policy, gauges, drift watch.
-pub(crate) struct Memory<A> {
-    cfg: GpuConfig,
-    alloc: Option<A>,
-    label: String,
-    baseline: Option<i64>,
-}
-
-impl<A: Allocator> Memory<A> {
-    /// `alloc` is `None` on the CPU: every step is then a no-op.
-    pub(crate) fn new(cfg: GpuConfig, alloc: Option<A>, label: String) -> Self {
-        Memory {
-            cfg,
-            alloc,
-            label,
-            baseline: None,
-        }
-    }
-
-    /// After an out-of-memory error: count it and free the cache before the smaller retry.
-    fn on_oom(&self) {
-        counter!(m::OOM, "gpu" => self.label.clone()).increment(1);
-        if let Some(a) = &self.alloc {
-            a.release();
-        }
-    }
-
-    fn before_batch(&self) {
-        if let Some(a) = &self.alloc {
-            a.reset_peak();
-        }
-    }
-
-    /// After warm-up: release everything, then remember what stays allocated (the weights).
-    fn set_baseline(&mut self) {
-        let Some(a) = &self.alloc else { return };
-        a.release();
-        if let Some(s) = a.stats() {
-            self.baseline = Some(s.allocated);
-            metrics::gauge!(m::TORCH_BASELINE, "gpu" => self.label.clone()).set(s.allocated as f64);
-            tracing::info!(
-                allocated = s.allocated,
-                reserved = s.reserved,
-                "allocator baseline after warm-up"
-            );
-        }
-    }
-
-    fn after_batch(&mut self, batch: u64, n: usize) -> AfterBatch {
-        let Some(a) = &self.alloc else {
-            return AfterBatch::default();
-        };
-        let mut did = AfterBatch::default();
-        if let Some(s) = a.stats() {
-            histogram!(m::JOB_PEAK_ALLOCATED, "gpu" => self.label.clone())
-                .record(s.peak_allocated as f64);
-            if should_release(
-                self.cfg.release,
-                s.reserved,
-                self.cfg.release_threshold_bytes,
-            ) && a.release()
-            {
-                did.released = true;
-                counter!(m::CACHE_RELEASES, "gpu" => self.label.clone()).increment(1);
-            }
-        }
-        let Some(s) = a.stats() else { return did };
-        tracing::debug!(
-            batch,
-            frames = n,
-            allocated = s.allocated,
-            reserved = s.reserved,
-            peak_allocated = s.peak_allocated,
-            "batch memory"
-        );
-        if let Some(base) = self.baseline {
-            let over = s.allocated - base;
-            if over > self.cfg.drift_tolerance_bytes as i64 {
-                did.drift = Some(over);
-                counter!(m::DRIFT, "gpu" => self.label.clone()).increment(1);
-                tracing::warn!(
-                    batch,
-                    frames = n,
-                    allocated = s.allocated,
-                    baseline = base,
-                    over,
-                    "allocated memory did not return to the baseline after a batch"
-                );
-            }
-        }
-        did
-    }
 }
 
 /// The channels of the inference thread.
@@ -315,7 +168,7 @@ struct AliveFlag<'a>(&'a Health);
 
 impl Drop for AliveFlag<'_> {
     fn drop(&mut self) {
-        self.0.set(&self.0.inference_alive, false);
+        self.0.set_inference_alive(false);
     }
 }
 
@@ -348,8 +201,18 @@ where
             let _alive = AliveFlag(&health);
             let cuda = models.hmr.cuda_index();
             let label = cuda.map_or_else(|| "cpu".to_string(), |n| n.to_string());
-            let memory = Memory::new(gpu_cfg, cuda.map(Cuda::new), label);
-            serve(models, memory, max_batch, &health, ch);
+            let sampler = cuda.map(|n| Arc::new(GpuSampler::new(n)));
+            let max_failures = gpu_cfg.max_consecutive_failures;
+            let memory = Memory::new(gpu_cfg, sampler.clone().map(Cuda::new), label);
+            serve(
+                models,
+                memory,
+                sampler,
+                max_batch,
+                max_failures,
+                &health,
+                ch,
+            );
         })
 }
 
@@ -357,7 +220,9 @@ where
 fn serve<M: Model, D: Detector, A: Allocator>(
     models: Models<M, D>,
     mut memory: Memory<A>,
+    gpu: Option<Arc<GpuSampler>>,
     max_batch: usize,
+    max_consecutive_failures: u32,
     health: &Health,
     ch: Channels,
 ) {
@@ -370,7 +235,7 @@ fn serve<M: Model, D: Detector, A: Allocator>(
         hmr: mut model,
         mut detector,
     } = models;
-    health.set(&health.inference_alive, true);
+    health.set_inference_alive(true);
     if let Some(d) = detector.as_mut() {
         let s = d.meta().input_size as usize;
         let warm = vec![0u8; max_batch * s * s * 3];
@@ -411,6 +276,7 @@ fn serve<M: Model, D: Detector, A: Allocator>(
         detector: detector.as_ref().map(|d| d.meta().clone()),
         device: model.device_label(),
         cuda_index: model.cuda_index(),
+        gpu,
     };
     if ready.send(Ok(loaded)).is_err() {
         return;
@@ -498,13 +364,14 @@ fn serve<M: Model, D: Detector, A: Allocator>(
             memory.after_batch(id, n);
             if all_frames_failed {
                 consecutive_failures += 1;
-                if consecutive_failures >= memory.cfg.max_consecutive_failures {
-                    health.set(&health.failing, true);
+                if consecutive_failures >= max_consecutive_failures {
+                    let reason = format!("{consecutive_failures} batches failed in a row");
+                    health.set(Input::Batches, Err(reason));
                 }
             } else {
                 consecutive_failures = 0;
-                if health.failing.load(Ordering::Relaxed) {
-                    health.set(&health.failing, false);
+                if !health.is_up(Input::Batches) {
+                    health.set(Input::Batches, Ok(()));
                 }
             }
         }
@@ -516,8 +383,6 @@ fn serve<M: Model, D: Detector, A: Allocator>(
 
 #[cfg(test)]
 mod tests {
-    use std::cell::{Cell, RefCell};
-
     use super::*;
     use crate::config::Config;
     use crate::model::BatchOutput;
@@ -607,7 +472,7 @@ mod tests {
     fn order(frames: &[Result<FrameOutput, String>]) -> Vec<u8> {
         frames
             .iter()
-            .map(|f| f.as_ref().unwrap().pred_cam[0] as u8)
+            .map(|f| f.as_ref().unwrap().pred_cam()[0] as u8)
             .collect()
     }
 
@@ -664,90 +529,6 @@ mod tests {
         let e = forward_ladder(&mut model, &crops, 4, false, &mut || {}).unwrap_err();
         assert_eq!(model.calls, [4, 2, 2]);
         assert!(e.to_string().contains("device fault"), "{e}");
-    }
-
-    #[test]
-    fn release_policy_decisions() {
-        assert!(should_release(ReleasePolicy::PerJob, 0, 100));
-        assert!(!should_release(ReleasePolicy::Never, i64::MAX, 100));
-        assert!(!should_release(ReleasePolicy::Threshold, 100, 100));
-        assert!(should_release(ReleasePolicy::Threshold, 101, 100));
-    }
-
-    /// An allocator whose figures the test sets; `release` drops the cache to what is allocated.
-    #[derive(Default)]
-    struct FakeAlloc {
-        allocated: Cell<i64>,
-        reserved: Cell<i64>,
-        releases: Cell<u32>,
-        log: RefCell<Vec<&'static str>>,
-    }
-
-    impl Allocator for &FakeAlloc {
-        fn reset_peak(&self) {
-            self.log.borrow_mut().push("reset_peak");
-        }
-        fn stats(&self) -> Option<AllocatorStats> {
-            Some(AllocatorStats {
-                allocated: self.allocated.get(),
-                reserved: self.reserved.get(),
-                peak_allocated: self.allocated.get(),
-            })
-        }
-        fn release(&self) -> bool {
-            self.releases.set(self.releases.get() + 1);
-            self.reserved.set(self.allocated.get());
-            true
-        }
-    }
-
-    fn gpu_cfg(release: ReleasePolicy) -> GpuConfig {
-        let mut c = Config::defaults().gpu;
-        c.release = release;
-        c.release_threshold_bytes = 1000;
-        c.drift_tolerance_bytes = 100;
-        c
-    }
-
-    #[test]
-    fn per_job_releases_after_every_batch_threshold_only_above_it_never_not_at_all() {
-        for (policy, reserved, expect) in [
-            (ReleasePolicy::PerJob, 500, true),
-            (ReleasePolicy::Threshold, 500, false),
-            (ReleasePolicy::Threshold, 5000, true),
-            (ReleasePolicy::Never, 5000, false),
-        ] {
-            let a = FakeAlloc::default();
-            a.allocated.set(200);
-            let mut mem = Memory::new(gpu_cfg(policy), Some(&a), "0".into());
-            mem.set_baseline();
-            a.reserved.set(reserved);
-            let did = mem.after_batch(1, 4);
-            assert_eq!(did.released, expect, "{policy:?} at {reserved}");
-            assert_eq!(a.reserved.get() == 200, expect || reserved == 200);
-        }
-    }
-
-    #[test]
-    fn memory_left_allocated_after_a_batch_is_reported_as_drift() {
-        let a = FakeAlloc::default();
-        a.allocated.set(1000);
-        let mut mem = Memory::new(gpu_cfg(ReleasePolicy::PerJob), Some(&a), "0".into());
-        mem.set_baseline();
-        assert_eq!(mem.after_batch(1, 1).drift, None);
-        a.allocated.set(1050);
-        assert_eq!(mem.after_batch(2, 1).drift, None, "within tolerance");
-        a.allocated.set(1500);
-        assert_eq!(mem.after_batch(3, 1).drift, Some(500));
-    }
-
-    #[test]
-    fn an_oom_frees_the_cache_before_the_retry() {
-        let a = FakeAlloc::default();
-        let mem = Memory::new(gpu_cfg(ReleasePolicy::Never), Some(&a), "0".into());
-        let mut model = Fake::new(1);
-        forward_ladder(&mut model, &numbered(2), 2, false, &mut || mem.on_oom()).unwrap();
-        assert_eq!(a.releases.get(), 1);
     }
 
     /// A detector over 32x32 letterboxed frames: one detection per frame, scored by the frame's
@@ -896,10 +677,7 @@ mod tests {
             };
             assert!(d.frames[0].is_err());
         }
-        assert!(
-            health.failing.load(Ordering::Relaxed),
-            "two failed batches in a row"
-        );
+        assert!(!health.is_up(Input::Batches), "two failed batches in a row");
         assert!(
             health.alive() && !health.is_broken(),
             "out of memory on single frames is not a broken device"
@@ -1106,7 +884,7 @@ mod tests {
         assert!(reason.contains("HMR2 forward pass panicked"), "{reason}");
         assert_stops_serving(&mut t);
         let health = t.stop();
-        assert!(!health.inference_alive.load(Ordering::Relaxed));
+        assert!(!health.alive(), "the thread has stopped");
     }
 
     #[test]

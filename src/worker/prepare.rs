@@ -11,7 +11,7 @@ use hmr2_client::{BoxSource, Echo, Include, Job, Keys};
 use crate::config::{DetectorConfig, LimitsConfig, OnEmpty};
 use crate::detector::{self, Detection};
 use crate::error::InputError;
-use crate::image::{self, CropBox, Frame, Letterboxed, Limits, CROP_BYTES};
+use crate::image::{self, CropBox, Letterboxed, Limits, Pixels, CROP_BYTES};
 use crate::metrics as m;
 use crate::queue::Entry;
 
@@ -40,8 +40,8 @@ impl PersonBox {
 /// A frame waiting for the detector: the decoded frame (its crops are cut once the boxes are
 /// known) and its letterbox.
 #[derive(Debug)]
-pub struct Pending {
-    pub frame: Frame,
+pub struct AwaitingDetection {
+    pub frame: Pixels,
     pub letterbox: Letterboxed,
 }
 
@@ -57,9 +57,10 @@ pub struct Prepared {
     /// Where the frame's boxes come from (`detector` even when it found nobody).
     pub source: BoxSource,
     /// Set while the frame waits for the detector; `people` and `crops` are empty until then.
-    pub detect: Option<Pending>,
-    /// Parse + decode + letterbox + crop, milliseconds.
-    pub decode_ms: f64,
+    pub detect: Option<AwaitingDetection>,
+    /// CPU time of the job on the decode threads: parse + decode + letterbox + crop,
+    /// milliseconds (the result reports it as `timings_ms.decode`).
+    pub cpu_ms: f64,
 }
 
 /// A job rejected for its input, with what can be echoed and the image size when known.
@@ -186,8 +187,8 @@ pub fn prepare(
             people: Vec::new(),
             crops: Vec::new(),
             source: BoxSource::Detector,
-            detect: Some(Pending { frame, letterbox }),
-            decode_ms: (decoded + boxed) * 1e3,
+            detect: Some(AwaitingDetection { frame, letterbox }),
+            cpu_ms: (decoded + boxed) * 1e3,
         });
     }
     let source = if job.boxes.is_empty() {
@@ -212,14 +213,14 @@ pub fn prepare(
         crops,
         source,
         detect: None,
-        decode_ms: (decoded + cropped) * 1e3,
+        cpu_ms: (decoded + cropped) * 1e3,
     })
 }
 
 /// Turns a frame's detections into people (see [`detector::select_people`]; nobody found:
 /// per `on_empty`) and cuts their crops from the kept frame, which is then dropped.
 pub fn crop_detected(p: &mut Prepared, dets: &[Detection], cfg: &DetectorConfig, max_boxes: usize) {
-    let Some(Pending { frame, letterbox }) = p.detect.take() else {
+    let Some(AwaitingDetection { frame, letterbox }) = p.detect.take() else {
         return;
     };
     let t = Instant::now();
@@ -243,5 +244,5 @@ pub fn crop_detected(p: &mut Prepared, dets: &[Detection], cfg: &DetectorConfig,
     p.crops = crops;
     let cropped = t.elapsed().as_secs_f64();
     histogram!(m::STAGE_DURATION, "stage" => m::stage::PREPROCESS).record(cropped);
-    p.decode_ms += cropped * 1e3;
+    p.cpu_ms += cropped * 1e3;
 }

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hmr2_client::{Echo, ErrorCode, Job, JobResult, Timings};
-use metrics::{counter, histogram};
+use metrics::histogram;
 use tracing::Instrument;
 
 use super::batcher::Finished;
+use super::ctx::{Ctx, Held};
 use super::delivery::Delivery;
 use super::prepare::Rejected;
 use super::result::{self, Origin};
 use super::retry::{retry, GaveUp};
-use super::{Ctx, Held};
 use crate::error::{InputError, QueueError};
-use crate::metrics::{self as m, outcome};
+use crate::metrics::{self as m, Outcome};
 use crate::model::FrameOutput;
 use crate::queue::{DeadLetter, Written};
 
@@ -31,16 +31,12 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         outputs,
         inference_ms,
     } = f;
-    let span = tracing::info_span!(
-        "job",
-        job_id = prepared.echo.job_id.as_deref().unwrap_or(""),
-        entry = %delivery.entry.id
-    );
+    let span = delivery.span.clone();
     async move {
         let outputs = match outputs {
             Ok(o) => o,
             Err(error) => {
-                counter!(m::JOBS, "outcome" => outcome::FAILED).increment(1);
+                Outcome::Failed.count();
                 tracing::warn!(%error, deliveries = delivery.entry.deliveries, "inference failed; the job stays pending for a retry");
                 return;
             }
@@ -56,7 +52,7 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
             .collect();
         let timings = Timings {
             queue_wait: delivery.queue_wait_ms,
-            decode: prepared.decode_ms,
+            decode: prepared.cpu_ms,
             inference: inference_ms + detect_ms,
             total: delivery.fetched.elapsed().as_secs_f64() * 1e3,
         };
@@ -69,7 +65,7 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         let t = Instant::now();
         // Each attempt counts as work in progress for the stall watch; waiting out an outage
         // between attempts does not.
-        let published = retry(&ctx.health, &ctx.hard_stop, || async {
+        let published = retry(&ctx.health, &ctx.stops.hard, || async {
             let _busy = ctx.health.busy("publish");
             ctx.queue.publish(shard, &delivery.entry.id, &reply, &job_id, &json).await
         })
@@ -78,7 +74,7 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         let unusable = match published {
             Ok(Written::Done) => {
                 tracing::debug!(reply = %reply, people = prepared.people.len(), "published");
-                counter!(m::JOBS, "outcome" => outcome::OK).increment(1);
+                Outcome::Ok.count();
                 histogram!(m::PEOPLE_PER_FRAME, "source" => prepared.source.as_str())
                     .record(prepared.people.len() as f64);
                 histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
@@ -94,7 +90,7 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         };
         let error = InputError::InvalidJob(format!("reply_to {reply:?} {unusable}"));
         let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size) };
-        reject(ctx.clone(), delivery, Box::new(rejected)).await;
+        reject_in_span(ctx.clone(), delivery, Box::new(rejected)).await;
     }
     .instrument(span)
     .await
@@ -102,18 +98,28 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
 
 /// Bad input: error result + dead letter + ack, at once.
 pub(super) async fn reject(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
+    let span = d.span.clone();
+    reject_in_span(ctx, d, r).instrument(span).await
+}
+
+async fn reject_in_span(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
     let code = r.error.code();
     let message = r.error.to_string();
     tracing::info!(entry = %d.entry.id, job_id = r.echo.job_id.as_deref().unwrap_or(""), code = %code, "rejected bad input");
     let mut result = error_result(&ctx, &d, &r.echo, code, message.clone());
     result.image_size = r.image_size;
     if dead_letter(&ctx, &d, &r.echo, &result, &message).await {
-        counter!(m::JOBS, "outcome" => outcome::INVALID_INPUT).increment(1);
+        Outcome::InvalidInput.count();
     }
 }
 
 /// Delivered too often: dead letter with `too_many_deliveries`.
 pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
+    let span = d.span.clone();
+    too_many_in_span(ctx, d).instrument(span).await
+}
+
+async fn too_many_in_span(ctx: Arc<Ctx>, d: Delivery) {
     let echo = d
         .entry
         .field("job")
@@ -124,6 +130,7 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
             },
         )
         .unwrap_or_default();
+    d.record_job_id(echo.job_id.as_deref());
     let message = format!(
         "delivered {} times (max_deliveries = {}); giving up",
         d.entry.deliveries, ctx.config.queue.max_deliveries
@@ -137,7 +144,7 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
         message.clone(),
     );
     if dead_letter(&ctx, &d, &echo, &result, &message).await {
-        counter!(m::JOBS, "outcome" => outcome::DEAD_LETTERED).increment(1);
+        Outcome::DeadLettered.count();
     }
 }
 
@@ -192,7 +199,7 @@ async fn dead_letter(
                 worker: &ctx.origin.worker,
             })
         };
-        let unusable: Option<QueueError> = match retry(&ctx.health, &ctx.hard_stop, letter).await {
+        let unusable: Option<QueueError> = match retry(&ctx.health, &ctx.stops.hard, letter).await {
             Ok(Written::Done) => return true,
             Ok(Written::NotPending) | Err(GaveUp::Stopped) => return false,
             Ok(Written::ReplyNotAStream) => None,

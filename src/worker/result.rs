@@ -3,7 +3,7 @@
 use hmr2_client::{Echo, JobResult, Person, Timings};
 
 use crate::camera;
-use crate::model::{FrameOutput, NUM_KEYPOINTS, NUM_VERTICES};
+use crate::model::{FrameOutput, NUM_KEYPOINTS};
 use crate::worker::prepare::PersonBox;
 
 /// Identity of the worker, echoed in every result.
@@ -25,8 +25,9 @@ fn triples(v: &[f32]) -> Vec<[f32; 3]> {
 /// One person's result: full-frame camera and 2D keypoints from the crop camera.
 pub fn person(p: &PersonBox, out: FrameOutput, image_size: [u32; 2], vertices: bool) -> Person {
     let [w, h] = image_size;
-    let cam = camera::cam_full(out.pred_cam, p.crop.center, p.crop.size, w, h);
-    let keypoints_3d = triples(&out.keypoints_3d);
+    let pred_cam = out.pred_cam();
+    let cam = camera::cam_full(pred_cam, p.crop.center, p.crop.size, w, h);
+    let keypoints_3d = triples(out.keypoints_3d());
     debug_assert_eq!(keypoints_3d.len(), NUM_KEYPOINTS);
     let keypoints_2d = camera::project(&keypoints_3d, &cam, w, h);
     Person {
@@ -35,18 +36,16 @@ pub fn person(p: &PersonBox, out: FrameOutput, image_size: [u32; 2], vertices: b
         score: p.score,
         box_center: p.crop.center,
         box_size: p.crop.size,
-        pred_cam: out.pred_cam,
+        pred_cam,
         pred_cam_t_full: cam.cam_t,
         focal_length: cam.focal,
-        global_orient: mat3(&out.global_orient),
-        body_pose: out.body_pose.chunks_exact(9).map(mat3).collect(),
-        betas: out.betas,
+        global_orient: mat3(out.global_orient()),
+        body_pose: out.body_pose().chunks_exact(9).map(mat3).collect(),
+        betas: out.betas().to_vec(),
         keypoints_3d,
         keypoints_2d,
         vertices: if vertices {
-            out.vertices
-                .filter(|v| v.len() == NUM_VERTICES * 3)
-                .map(|v| triples(&v))
+            out.vertices().map(triples)
         } else {
             None
         },

@@ -1,10 +1,11 @@
-//! Retrying Redis steps: transient errors back off and retry until the grace period is over;
-//! permanent ones (see [`QueueError::is_permanent`]) end the step at once.
+//! Retrying the publishers' Redis steps: transient errors back off and retry until the grace
+//! period is over; permanent ones (see [`QueueError::is_permanent`]) end the step at once.
+//! Each attempt writes the readiness input [`Input::RedisPublish`].
 
 use std::time::Duration;
 
 use crate::error::QueueError;
-use crate::health::Health;
+use crate::health::{Health, Input};
 
 /// Exponential backoff that logs once per outage.
 #[derive(Default)]
@@ -60,14 +61,16 @@ where
             Ok(v) => {
                 if backoff.failures > 0 {
                     backoff.recovered();
-                    health.set(&health.redis_ok, true);
+                }
+                if !health.is_up(Input::RedisPublish) {
+                    health.set(Input::RedisPublish, Ok(()));
                 }
                 return Ok(v);
             }
             Err(e) if e.is_permanent() => return Err(GaveUp::Permanent(e)),
             Err(e) => {
                 backoff.failed(&e);
-                health.set(&health.redis_ok, false);
+                health.set(Input::RedisPublish, Err(e.to_string()));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.delay()) => {}
                     _ = stop.cancelled() => return Err(GaveUp::Stopped),

@@ -19,7 +19,9 @@
 //! of one pixel, so the edge itself differs by design (up to ~100 levels there) and is excluded
 //! from the max.
 
-use hmr2_worker::image::{crop_box, crop_into, decode, jpeg_scale_for, probe, Frame, Limits, CROP};
+use hmr2_worker::image::{
+    crop_box, crop_into, decode, jpeg_scale_for, probe, Limits, Pixels, CROP,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -94,7 +96,7 @@ fn box_suffix(b: [f64; 4]) -> String {
 }
 
 /// The worker's crop of `bytes` decoded at `scale`.
-fn ours(bytes: &[u8], b: [f64; 4], scale: u32) -> (Vec<u8>, f32, Frame) {
+fn ours(bytes: &[u8], b: [f64; 4], scale: u32) -> (Vec<u8>, f32, Pixels) {
     let info = probe(bytes, &LIMITS).expect("probe");
     let frame = decode(bytes, &info, scale).expect("decode");
     let geom = crop_box(b.map(|v| v as f32));
