@@ -4,12 +4,15 @@
 //! Delivery is at-least-once: a job is acknowledged only in the same atomic step that publishes
 //! its result (`publish.lua`) or its dead letter (`dead_letter.lua`); both refuse to write when
 //! the entry is no longer pending, so a job finished by another worker is not answered twice.
+//!
+//! Here: [`Queue`] and its connections (`conn`). Beside it: `entry` ([`Entry`], and what an
+//! entry keeps of itself once decoded or dead-lettered) and `reply` (decoding each command's
+//! reply, behind `FromRedisValue` types).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use redis::streams::StreamInfoGroupsReply;
-use redis::{AsyncCommands, Script, Value};
+use redis::{AsyncCommands, Script};
 
 use crate::config::Config;
 use crate::error::QueueError;
@@ -21,250 +24,16 @@ pub fn install_tls_provider() {
 }
 
 mod conn;
+mod entry;
+mod reply;
 
 pub use conn::Conn;
 use conn::{Pool, Target};
+pub use entry::{Entry, DEAD_LETTER_FIELDS, KEPT_FIELD_BYTES};
 /// Every key and name the worker uses, from the prefix (defined by the wire contract).
 pub use hmr2_client::{Keys, Layout};
-
-/// One delivered job entry.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// Stream entry id (`<ms>-<seq>`).
-    pub id: String,
-    /// The shard it was read from (0 when the queue is not sharded).
-    pub shard: usize,
-    /// Every field of the entry, names and values as Redis holds them (binary-safe: a field
-    /// name that is not UTF-8 spoils nothing but its own entry), for the dead-letter stream.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
-    /// How many times the group delivered it (1 for a fresh read).
-    pub deliveries: u64,
-    /// Whether it was reclaimed from another (presumably dead) consumer.
-    pub reclaimed: bool,
-}
-
-/// Most field pairs of an entry copied to its dead letter (Lua's `unpack` has a limit, and a
-/// dead letter is for reading, not for keeping a hostile entry whole).
-pub const DEAD_LETTER_FIELDS: usize = 64;
-
-/// The most bytes an entry keeps of one field once its frame is dropped (an unreadable `job`
-/// is cut to this, any other field longer than this is replaced by a note).
-pub const KEPT_FIELD_BYTES: usize = 64 * 1024;
-
-/// Values of unknown `job` keys longer than this (as JSON) are replaced by a note.
-const KEPT_UNKNOWN_VALUE_BYTES: usize = 1024;
-
-/// The `job` keys of the wire contract (DESIGN §3), kept whole.
-const JOB_KEYS: &[&str] = &[
-    "v",
-    "job_id",
-    "video_id",
-    "frame_number",
-    "boxes",
-    "reply_to",
-    "include",
-];
-
-impl Entry {
-    /// The value of field `name`.
-    pub fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// Drops the frame and anything else large: the `image` field, `image_base64` from the
-    /// `job` JSON, values of unknown `job` keys over 1 KiB, and any other field over
-    /// [`KEPT_FIELD_BYTES`] (both replaced by a note of their size); an unreadable `job` is cut
-    /// to [`KEPT_FIELD_BYTES`]. What stays is what a dead letter needs to explain the job, at
-    /// most tens of kilobytes: called once the frame is decoded, so an in-flight job holds its
-    /// crops, not what its entry carried.
-    pub fn strip_frame(&mut self) {
-        self.fields = std::mem::take(&mut self.fields)
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let replaced = match kept(&k, &v)? {
-                    Cow::Borrowed(_) => None,
-                    Cow::Owned(n) => Some(n),
-                };
-                Some((k, replaced.unwrap_or(v)))
-            })
-            .collect();
-    }
-
-    /// The field pairs a dead letter carries: without the frame (as [`Entry::strip_frame`]
-    /// leaves them) unless `keep_image`, at most [`DEAD_LETTER_FIELDS`], plus `fields_dropped`
-    /// when there were more. Borrowed where nothing is dropped.
-    pub fn dead_letter_fields(&self, keep_image: bool) -> Vec<(&[u8], Cow<'_, [u8]>)> {
-        let mut all = self.fields.iter().filter_map(|(k, v)| {
-            let v = if keep_image {
-                Cow::Borrowed(v.as_slice())
-            } else {
-                kept(k, v)?
-            };
-            Some((k.as_slice(), v))
-        });
-        let mut out: Vec<_> = all.by_ref().take(DEAD_LETTER_FIELDS).collect();
-        let dropped = all.count();
-        if dropped > 0 {
-            out.push((
-                &b"fields_dropped"[..],
-                dropped.to_string().into_bytes().into(),
-            ));
-        }
-        out
-    }
-
-    /// Milliseconds since the epoch at which the entry was added (from its id).
-    pub fn enqueued_ms(&self) -> Option<u64> {
-        self.id.split('-').next()?.parse().ok()
-    }
-}
-
-/// What an entry keeps of field `k` once its frame is dropped (see [`Entry::strip_frame`]):
-/// `None` drops the field, a borrowed value is kept as it is.
-fn kept<'a>(k: &[u8], v: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-    match k {
-        b"image" => None,
-        b"job" => Some(slim_job(v).map_or(Cow::Borrowed(v), Cow::Owned)),
-        _ if v.len() > KEPT_FIELD_BYTES => Some(Cow::Owned(
-            format!("<{} bytes dropped>", v.len()).into_bytes(),
-        )),
-        _ => Some(Cow::Borrowed(v)),
-    }
-}
-
-/// The `job` JSON without its frame and without large unknown values (see
-/// [`Entry::strip_frame`]); when still over [`KEPT_FIELD_BYTES`], its contract keys only plus
-/// `dropped_keys`. `None` when there is nothing to drop.
-fn slim_job(job: &[u8]) -> Option<Vec<u8>> {
-    use serde_json::{Map, Value};
-    let Ok(mut map) = serde_json::from_slice::<Map<String, Value>>(job) else {
-        return (job.len() > KEPT_FIELD_BYTES).then(|| job[..KEPT_FIELD_BYTES].to_vec());
-    };
-    let mut changed = map.remove("image_base64").is_some();
-    for (k, v) in map.iter_mut() {
-        if JOB_KEYS.contains(&k.as_str()) {
-            continue;
-        }
-        let n = serde_json::to_vec(v).map_or(0, |s| s.len());
-        if n > KEPT_UNKNOWN_VALUE_BYTES {
-            *v = Value::String(format!("<{n} bytes dropped>"));
-            changed = true;
-        }
-    }
-    let mut out = serde_json::to_vec(&map).ok()?;
-    if out.len() > KEPT_FIELD_BYTES {
-        let before = map.len();
-        map.retain(|k, _| JOB_KEYS.contains(&k.as_str()));
-        let dropped = before - map.len();
-        map.insert("dropped_keys".into(), Value::from(dropped));
-        out = serde_json::to_vec(&map).ok()?;
-        changed = true;
-    }
-    changed.then_some(out)
-}
-
-/// A value of a reply as bytes (bulk, simple or verbatim string).
-fn bytes_of(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
-        _ => None,
-    }
-}
-
-/// The items of an array-like reply (RESP2 array, RESP3 set or push); a map's pairs are
-/// flattened. `Nil` is empty.
-fn items(v: Value) -> Option<Vec<Value>> {
-    match v {
-        Value::Array(a) | Value::Set(a) => Some(a),
-        Value::Map(m) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
-        Value::Nil => Some(Vec::new()),
-        _ => None,
-    }
-}
-
-/// One stream entry (`[id, [field, value, ...]]`) of a reply, decoded on its own: nothing in
-/// one entry can spoil its neighbours. An entry that is not shaped like one is an error, with
-/// its id when it has one.
-fn decode_entry(v: Value, reclaimed: bool) -> Result<Entry, Option<String>> {
-    let mut parts = items(v).ok_or(None)?.into_iter();
-    let id = parts.next().and_then(bytes_of).ok_or(None)?;
-    let id = String::from_utf8(id).map_err(|_| None)?;
-    let flat = parts
-        .next()
-        .and_then(items)
-        .ok_or_else(|| Some(id.clone()))?;
-    let mut fields = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        match (bytes_of(k), bytes_of(v)) {
-            (Some(k), Some(v)) => fields.push((k, v)),
-            _ => return Err(Some(id)),
-        }
-    }
-    Ok(Entry {
-        id,
-        shard: 0,
-        fields,
-        deliveries: 1,
-        reclaimed,
-    })
-}
-
-/// The entries of a list of entries, each decoded on its own. One whose fields cannot be
-/// decoded is kept with no fields (it is then dead-lettered as `invalid_job`, not stranded);
-/// one without even an id is logged and left out.
-fn decode_entries(list: Value, reclaimed: bool) -> Vec<Entry> {
-    let Some(list) = items(list) else {
-        tracing::warn!("a stream reply without a list of entries; ignored");
-        return Vec::new();
-    };
-    list.into_iter()
-        .filter_map(|v| match decode_entry(v, reclaimed) {
-            Ok(e) => Some(e),
-            Err(Some(id)) => {
-                tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
-                Some(Entry {
-                    id,
-                    shard: 0,
-                    fields: Vec::new(),
-                    deliveries: 1,
-                    reclaimed,
-                })
-            }
-            Err(None) => {
-                tracing::warn!("a stream entry without an id in a reply; skipped");
-                None
-            }
-        })
-        .collect()
-}
-
-/// The entries of an `XREADGROUP` reply (`nil`, or one `[stream, entries]` per stream; a map in
-/// RESP3).
-fn decode_read_reply(v: Value) -> Vec<Entry> {
-    let Some(streams) = items(v) else {
-        return Vec::new();
-    };
-    // RESP2: [[name, entries], ...]; RESP3 maps were flattened to name, entries, ...
-    let mut out = Vec::new();
-    let mut flat = Vec::new();
-    for s in streams {
-        match s {
-            Value::Array(pair) => flat.extend(pair),
-            other => flat.push(other),
-        }
-    }
-    let mut it = flat.into_iter();
-    while let (Some(_name), Some(entries)) = (it.next(), it.next()) {
-        out.extend(decode_entries(entries, false));
-    }
-    out
-}
+pub use reply::Written;
+use reply::{Claimed, Gone, OldestPending, ReadReply};
 
 /// Queue gauges: backlog, in-flight, and not-yet-delivered entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -272,27 +41,6 @@ pub struct QueueStats {
     pub length: u64,
     pub pending: u64,
     pub lag: Option<u64>,
-}
-
-/// What an atomic publish step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    /// Result published, job acknowledged and deleted.
-    Done,
-    /// The job was no longer pending (another worker finished it): nothing written.
-    NotPending,
-    /// The reply key holds something other than a stream: nothing written.
-    ReplyNotAStream,
-}
-
-impl Written {
-    fn from_script(n: i64) -> Self {
-        match n {
-            1 => Written::Done,
-            -1 => Written::ReplyNotAStream,
-            _ => Written::NotPending,
-        }
-    }
 }
 
 /// A dead letter to write.
@@ -483,9 +231,9 @@ impl Queue {
             cmd.arg("BLOCK").arg(self.block_ms);
         }
         cmd.arg("STREAMS").arg(&keys.jobs).arg(">");
-        let reply: Result<Value, _> = cmd.query_async(conn).await;
+        let reply: Result<ReadReply, _> = cmd.query_async(conn).await;
         match reply {
-            Ok(v) => Ok(on_shard(decode_read_reply(v), k)),
+            Ok(ReadReply(entries)) => Ok(on_shard(entries, k)),
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost the group (restart without persistence): recreate and read again.
                 self.ensure_group(k).await?;
@@ -508,30 +256,14 @@ impl Queue {
             .arg("-")
             .arg("+")
             .arg(1);
-        let reply: Value = match cmd.query_async(&mut c).await {
-            Ok(r) => r,
+        match cmd.query_async(&mut c).await {
+            Ok(OldestPending(head)) => Ok(head),
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group(k).await?;
-                return Ok(None);
+                Ok(None)
             }
-            Err(e) => return Err(e.into()),
-        };
-        // [[id, consumer, idle ms, deliveries]]
-        let first = items(reply)
-            .and_then(|v| v.into_iter().next())
-            .and_then(items);
-        let Some(mut f) = first.map(Vec::into_iter) else {
-            return Ok(None);
-        };
-        let id = f
-            .next()
-            .and_then(bytes_of)
-            .and_then(|b| String::from_utf8(b).ok());
-        let deliveries = f.nth(2).and_then(|v| match v {
-            Value::Int(n) => Some(n.max(0) as u64),
-            _ => None,
-        });
-        Ok(id.map(|id| (id, deliveries.unwrap_or(1))))
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Claims one orphan of shard `k` found by [`Queue::find_orphan`] (only if it is still
@@ -552,18 +284,18 @@ impl Queue {
             .arg(&self.consumer)
             .arg(self.claim_idle_ms)
             .arg(id);
-        let reply: Value = cmd.query_async(&mut c).await?;
-        if let Some(mut e) = on_shard(decode_entries(reply, true), k).into_iter().next() {
+        let Claimed(claimed) = cmd.query_async(&mut c).await?;
+        if let Some(mut e) = on_shard(claimed, k).into_iter().next() {
             e.deliveries = delivered + 1;
             return Ok(Some(e));
         }
-        let exists: Value = redis::cmd("XRANGE")
+        let Gone(gone) = redis::cmd("XRANGE")
             .arg(&keys.jobs)
             .arg(id)
             .arg(id)
             .query_async(&mut c)
             .await?;
-        if items(exists).is_some_and(|v| v.is_empty()) {
+        if gone {
             let _: u64 = c.xack(&keys.jobs, &keys.group, &[id]).await?;
         }
         Ok(None)
@@ -670,7 +402,7 @@ impl Queue {
     ) -> Result<Written, QueueError> {
         let keys = self.keys(k);
         let mut c = self.conn().await?;
-        let n: i64 = self
+        let written = self
             .publish
             .key(&keys.jobs)
             .key(reply_to)
@@ -682,7 +414,7 @@ impl Queue {
             .arg(self.reply_ttl(keys, reply_to))
             .invoke_async(&mut c)
             .await?;
-        Ok(Written::from_script(n))
+        Ok(written)
     }
 
     /// Error result + dead-letter entry + acknowledgement, in one atomic step on the entry's
@@ -709,8 +441,7 @@ impl Queue {
         for (k, v) in d.entry.dead_letter_fields(self.dead_keep_image) {
             inv.arg(k).arg(v.as_ref());
         }
-        let n: i64 = inv.invoke_async(&mut c).await?;
-        Ok(Written::from_script(n))
+        Ok(inv.invoke_async(&mut c).await?)
     }
 
     /// Replaces the model hash (`{prefix}:model`) with `fields` in one atomic step.
@@ -754,101 +485,4 @@ fn on_shard(mut entries: Vec<Entry>, k: usize) -> Vec<Entry> {
         e.shard = k;
     }
     entries
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Bytes held by the entry's field names and values.
-    fn size(e: &Entry) -> usize {
-        e.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
-    }
-
-    fn job_of(e: &Entry) -> serde_json::Value {
-        serde_json::from_slice(e.field("job").unwrap()).unwrap()
-    }
-
-    #[test]
-    fn an_entry_keeps_tens_of_kilobytes_once_its_frame_is_dropped() {
-        let filler = "x".repeat(5 << 20);
-        let job = serde_json::json!({
-            "job_id": "j", "boxes": [[0, 0, 10, 10]], "reply_to": "p:results:v",
-            "image_base64": filler, "note": "small", "blob": filler,
-        });
-        let mut e = Entry {
-            id: "1-0".into(),
-            shard: 0,
-            fields: vec![
-                (b"job".to_vec(), job.to_string().into_bytes()),
-                (b"image".to_vec(), vec![0; 1 << 20]),
-                (b"pad".to_vec(), vec![b'p'; 1 << 20]),
-            ],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        assert!(size(&e) < 2 * KEPT_FIELD_BYTES, "{} bytes kept", size(&e));
-        assert_eq!(e.field("image"), None);
-        let j = job_of(&e);
-        assert_eq!(j["job_id"], "j");
-        assert_eq!(j["reply_to"], "p:results:v");
-        assert_eq!(j["note"], "small");
-        assert!(j.get("image_base64").is_none());
-        assert!(j["blob"].as_str().unwrap().contains("bytes dropped"));
-        assert!(String::from_utf8_lossy(e.field("pad").unwrap()).contains("bytes dropped"));
-
-        // Many small unknown keys: only the contract's keys stay.
-        let mut many = serde_json::Map::new();
-        many.insert("job_id".into(), "k".into());
-        for i in 0..20_000 {
-            many.insert(format!("k{i}"), "0123456789".into());
-        }
-        let mut e = Entry {
-            id: "2-0".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), serde_json::to_vec(&many).unwrap())],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        let j = job_of(&e);
-        assert_eq!(j["job_id"], "k");
-        assert_eq!(j["dropped_keys"], 20_000);
-
-        // Unreadable JSON is cut, small readable JSON is left as it is.
-        let mut e = Entry {
-            id: "3-0".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), vec![b'{'; 1 << 20])],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        assert_eq!(size(&e), 3 + KEPT_FIELD_BYTES);
-        let small = br#"{"job_id":"s"}"#.to_vec();
-        let mut e = Entry {
-            id: "4-0".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), small.clone())],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        assert_eq!(e.field("job"), Some(&small[..]));
-    }
-
-    #[test]
-    fn entry_ids_carry_the_enqueue_time() {
-        let e = Entry {
-            id: "1700000000123-4".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), b"{}".to_vec())],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        assert_eq!(e.enqueued_ms(), Some(1_700_000_000_123));
-        assert_eq!(e.field("job"), Some(&b"{}"[..]));
-        assert_eq!(e.field("image"), None);
-    }
 }
