@@ -54,7 +54,7 @@ pub struct DeadLetter<'a> {
     pub worker: &'a str,
 }
 
-/// What releasing this worker's entries leaves behind (see [`Queue::release`]).
+/// What releasing this worker's entries leaves behind (see [`Shard::release`]).
 pub const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// A connection of its own to the configured Redis (one node, or the cluster of `redis.url`'s
@@ -82,7 +82,7 @@ pub fn response_timeout(config: &Config) -> Duration {
 
 /// The worker's handle on Redis (one node or a cluster): a pool for short commands, and a
 /// factory for the dedicated connections that block in XREADGROUP, one per shard. Every
-/// command names the shard it is for; each touches that shard's slot only.
+/// per-shard command goes through [`Queue::shard`]; each touches that shard's slot only.
 #[derive(Clone)]
 pub struct Queue {
     target: Target,
@@ -147,9 +147,9 @@ impl Queue {
         &self.layout
     }
 
-    /// The keys of shard `k`.
-    pub fn keys(&self, k: usize) -> &Keys {
-        self.layout.shard(k)
+    /// Shard `k` (below [`Queue::shards`]), the handle of every per-shard command.
+    pub fn shard(&self, k: usize) -> Shard<'_> {
+        Shard { queue: self, k }
     }
 
     /// How many shards the queue has.
@@ -185,199 +185,9 @@ impl Queue {
     /// Creates every shard's consumer group (and stream) when missing.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         for k in 0..self.shards() {
-            self.ensure_group(k).await?;
+            self.shard(k).ensure_group().await?;
         }
         Ok(())
-    }
-
-    /// Creates shard `k`'s consumer group (and the stream) when missing; an existing group is
-    /// fine. The group starts at `0` so jobs enqueued before any worker existed are processed.
-    pub async fn ensure_group(&self, k: usize) -> Result<(), QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        // Look first: creating needs a write, which Redis refuses when it is out of memory.
-        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
-        if let Ok(g) = groups {
-            if g.groups.iter().any(|g| g.name == keys.group) {
-                return Ok(());
-            }
-        }
-        let r: Result<String, _> = c.xgroup_create_mkstream(&keys.jobs, &keys.group, "0").await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Reads up to `count` new entries of shard `k`, waiting up to `block_ms` for the first
-    /// one when `block` (else answering at once). Entries are decoded one by one: a malformed
-    /// one cannot hide its neighbours.
-    pub async fn read_new(
-        &self,
-        conn: &mut Conn,
-        k: usize,
-        count: usize,
-        block: bool,
-    ) -> Result<Vec<Entry>, QueueError> {
-        let keys = self.keys(k);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if block {
-            cmd.arg("BLOCK").arg(self.block_ms);
-        }
-        cmd.arg("STREAMS").arg(&keys.jobs).arg(">");
-        let reply: Result<ReadReply, _> = cmd.query_async(conn).await;
-        match reply {
-            Ok(ReadReply(entries)) => Ok(on_shard(entries, k)),
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // Redis lost the group (restart without persistence): recreate and read again.
-                self.ensure_group(k).await?;
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The oldest entry of shard `k` idle longer than `claim_idle_ms` (its consumer
-    /// presumably died), if any: its id and how often it was delivered. Claims nothing.
-    pub async fn find_orphan(&self, k: usize) -> Result<Option<(String, u64)>, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&keys.jobs)
-            .arg(&keys.group)
-            .arg("IDLE")
-            .arg(self.claim_idle_ms)
-            .arg("-")
-            .arg("+")
-            .arg(1);
-        match cmd.query_async(&mut c).await {
-            Ok(OldestPending(head)) => Ok(head),
-            Err(e) if e.code() == Some("NOGROUP") => {
-                self.ensure_group(k).await?;
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Claims one orphan of shard `k` found by [`Queue::find_orphan`] (only if it is still
-    /// idle longer than `claim_idle_ms`: another worker may have taken it meanwhile). `None`
-    /// when it was taken, or when it is gone from the stream (trimmed or deleted: then it is
-    /// acknowledged).
-    pub async fn claim_orphan(
-        &self,
-        k: usize,
-        id: &str,
-        delivered: u64,
-    ) -> Result<Option<Entry>, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&keys.jobs)
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg(self.claim_idle_ms)
-            .arg(id);
-        let Claimed(claimed) = cmd.query_async(&mut c).await?;
-        if let Some(mut e) = on_shard(claimed, k).into_iter().next() {
-            e.deliveries = delivered + 1;
-            return Ok(Some(e));
-        }
-        let Gone(gone) = redis::cmd("XRANGE")
-            .arg(&keys.jobs)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut c)
-            .await?;
-        if gone {
-            let _: u64 = c.xack(&keys.jobs, &keys.group, &[id]).await?;
-        }
-        Ok(None)
-    }
-
-    /// Renews this worker's leases on shard `k`: resets the idle time of the entries it still
-    /// holds, so no other worker reclaims jobs merely waiting in this worker's pipeline. An
-    /// entry another worker has reclaimed meanwhile stays with it. Returns the ids no longer
-    /// this worker's.
-    pub async fn extend_lease(&self, k: usize, ids: &[String]) -> Result<Vec<String>, QueueError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let lost: Vec<String> = self
-            .renew
-            .key(&keys.jobs)
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg(ids)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(lost)
-    }
-
-    /// Releases entries of shard `k` this worker will not run: any live worker's next claim
-    /// takes them at once (they look idle for a year), and their delivery count is not
-    /// raised. No ids = every entry pending on this consumer. Returns how many were released.
-    pub async fn release(&self, k: usize, ids: &[String]) -> Result<u64, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let n: u64 = self
-            .release
-            .key(&keys.jobs)
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg(RELEASED_IDLE_MS)
-            .arg(ids)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n)
-    }
-
-    /// Removes `consumer` from shard `k`'s group when it holds no pending entry there; true
-    /// when removed.
-    pub async fn forget_consumer(&self, k: usize, consumer: &str) -> Result<bool, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let n: i64 = self
-            .forget_consumer
-            .key(&keys.jobs)
-            .arg(&keys.group)
-            .arg(consumer)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Removes shard `k`'s consumers that hold nothing and have been idle longer than
-    /// `max_idle` (workers long gone); returns their names.
-    pub async fn prune_consumers(
-        &self,
-        k: usize,
-        max_idle: Duration,
-    ) -> Result<Vec<String>, QueueError> {
-        let keys = self.keys(k);
-        let consumers: redis::streams::StreamInfoConsumersReply = {
-            let mut c = self.conn().await?;
-            c.xinfo_consumers(&keys.jobs, &keys.group).await?
-        };
-        let mut removed = Vec::new();
-        for c in consumers.consumers {
-            if c.pending == 0
-                && c.idle as u128 > max_idle.as_millis()
-                && c.name != self.consumer
-                && self.forget_consumer(k, &c.name).await?
-            {
-                removed.push(c.name);
-            }
-        }
-        Ok(removed)
     }
 
     /// The reply stream's expiry for a result going to `reply_to`: `queue.reply_ttl_s` for a
@@ -390,38 +200,11 @@ impl Queue {
         }
     }
 
-    /// Publishes a result and acknowledges (and deletes) its job on shard `k` in one atomic
-    /// step. `reply_to` is in the shard's slot ([`Keys::accepts_reply_to`]).
-    pub async fn publish(
-        &self,
-        k: usize,
-        entry_id: &str,
-        reply_to: &str,
-        job_id: &str,
-        result_json: &str,
-    ) -> Result<Written, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let written = self
-            .publish
-            .key(&keys.jobs)
-            .key(reply_to)
-            .arg(&keys.group)
-            .arg(entry_id)
-            .arg(self.results_maxlen)
-            .arg(job_id)
-            .arg(result_json)
-            .arg(self.reply_ttl(keys, reply_to))
-            .invoke_async(&mut c)
-            .await?;
-        Ok(written)
-    }
-
     /// Error result + dead-letter entry + acknowledgement, in one atomic step on the entry's
     /// shard. The dead letter carries the entry's fields (at most [`DEAD_LETTER_FIELDS`])
     /// without the frame, unless `queue.dead_keep_image`.
     pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<Written, QueueError> {
-        let keys = self.keys(d.entry.shard);
+        let keys = self.shard(d.entry.shard).keys();
         let mut c = self.conn().await?;
         let mut inv = self.dead_letter.prepare_invoke();
         inv.key(&keys.jobs)
@@ -448,18 +231,248 @@ impl Queue {
     pub async fn publish_model_info(&self, fields: &[(&str, String)]) -> Result<(), QueueError> {
         let mut c = self.conn().await?;
         let mut inv = self.model_info.prepare_invoke();
-        inv.key(&self.keys(0).model);
+        inv.key(&self.shard(0).keys().model);
         for (k, v) in fields {
             inv.arg(*k).arg(v.as_str());
         }
         let () = inv.invoke_async(&mut c).await?;
         Ok(())
     }
+}
 
-    /// Length, pending count and lag of shard `k`'s job stream.
-    pub async fn stats(&self, k: usize) -> Result<QueueStats, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
+/// One shard of the queue: every command for one shard's keys goes through it (and touches
+/// that shard's slot only). Cheap to make and to copy: a reference and an index.
+#[derive(Clone, Copy)]
+pub struct Shard<'q> {
+    queue: &'q Queue,
+    k: usize,
+}
+
+impl<'q> Shard<'q> {
+    /// Which shard this is.
+    pub fn index(self) -> usize {
+        self.k
+    }
+
+    /// The shard's keys.
+    pub fn keys(self) -> &'q Keys {
+        self.queue.layout.shard(self.k)
+    }
+
+    /// Creates the shard's consumer group (and the stream) when missing; an existing group is
+    /// fine. The group starts at `0` so jobs enqueued before any worker existed are processed.
+    pub async fn ensure_group(self) -> Result<(), QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        // Look first: creating needs a write, which Redis refuses when it is out of memory.
+        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
+        if let Ok(g) = groups {
+            if g.groups.iter().any(|g| g.name == keys.group) {
+                return Ok(());
+            }
+        }
+        let r: Result<String, _> = c.xgroup_create_mkstream(&keys.jobs, &keys.group, "0").await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads up to `count` new entries of the shard, waiting up to `block_ms` for the first
+    /// one when `block` (else answering at once). Entries are decoded one by one: a malformed
+    /// one cannot hide its neighbours.
+    pub async fn read_new(
+        self,
+        conn: &mut Conn,
+        count: usize,
+        block: bool,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let keys = self.keys();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if block {
+            cmd.arg("BLOCK").arg(self.queue.block_ms);
+        }
+        cmd.arg("STREAMS").arg(&keys.jobs).arg(">");
+        let reply: Result<ReadReply, _> = cmd.query_async(conn).await;
+        match reply {
+            Ok(ReadReply(entries)) => Ok(on_shard(entries, self.k)),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost the group (restart without persistence): recreate and read again.
+                self.ensure_group().await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The oldest entry of the shard idle longer than `claim_idle_ms` (its consumer
+    /// presumably died), if any: its id and how often it was delivered. Claims nothing.
+    pub async fn find_orphan(self) -> Result<Option<(String, u64)>, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&keys.jobs)
+            .arg(&keys.group)
+            .arg("IDLE")
+            .arg(self.queue.claim_idle_ms)
+            .arg("-")
+            .arg("+")
+            .arg(1);
+        match cmd.query_async(&mut c).await {
+            Ok(OldestPending(head)) => Ok(head),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_group().await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Claims one orphan of the shard found by [`Shard::find_orphan`] (only if it is still
+    /// idle longer than `claim_idle_ms`: another worker may have taken it meanwhile). `None`
+    /// when it was taken, or when it is gone from the stream (trimmed or deleted: then it is
+    /// acknowledged).
+    pub async fn claim_orphan(self, id: &str, delivered: u64) -> Result<Option<Entry>, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&keys.jobs)
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg(self.queue.claim_idle_ms)
+            .arg(id);
+        let Claimed(claimed) = cmd.query_async(&mut c).await?;
+        if let Some(mut e) = on_shard(claimed, self.k).into_iter().next() {
+            e.deliveries = delivered + 1;
+            return Ok(Some(e));
+        }
+        let Gone(gone) = redis::cmd("XRANGE")
+            .arg(&keys.jobs)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut c)
+            .await?;
+        if gone {
+            let _: u64 = c.xack(&keys.jobs, &keys.group, &[id]).await?;
+        }
+        Ok(None)
+    }
+
+    /// Renews this worker's leases on the shard: resets the idle time of the entries it still
+    /// holds, so no other worker reclaims jobs merely waiting in this worker's pipeline. An
+    /// entry another worker has reclaimed meanwhile stays with it. Returns the ids no longer
+    /// this worker's.
+    pub async fn extend_lease(self, ids: &[String]) -> Result<Vec<String>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let lost: Vec<String> = self
+            .queue
+            .renew
+            .key(&keys.jobs)
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg(ids)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(lost)
+    }
+
+    /// Releases entries of the shard this worker will not run: any live worker's next claim
+    /// takes them at once (they look idle for a year), and their delivery count is not
+    /// raised. No ids = every entry pending on this consumer. Returns how many were released.
+    pub async fn release(self, ids: &[String]) -> Result<u64, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let n: u64 = self
+            .queue
+            .release
+            .key(&keys.jobs)
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg(RELEASED_IDLE_MS)
+            .arg(ids)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+
+    /// Removes `consumer` from the shard's group when it holds no pending entry there; true
+    /// when removed.
+    pub async fn forget_consumer(self, consumer: &str) -> Result<bool, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let n: i64 = self
+            .queue
+            .forget_consumer
+            .key(&keys.jobs)
+            .arg(&keys.group)
+            .arg(consumer)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Removes the shard's consumers that hold nothing and have been idle longer than
+    /// `max_idle` (workers long gone); returns their names.
+    pub async fn prune_consumers(self, max_idle: Duration) -> Result<Vec<String>, QueueError> {
+        let keys = self.keys();
+        let consumers: redis::streams::StreamInfoConsumersReply = {
+            let mut c = self.queue.conn().await?;
+            c.xinfo_consumers(&keys.jobs, &keys.group).await?
+        };
+        let mut removed = Vec::new();
+        for c in consumers.consumers {
+            if c.pending == 0
+                && c.idle as u128 > max_idle.as_millis()
+                && c.name != self.queue.consumer
+                && self.forget_consumer(&c.name).await?
+            {
+                removed.push(c.name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Publishes a result and acknowledges (and deletes) its job on the shard in one atomic
+    /// step. `reply_to` is in the shard's slot ([`Keys::accepts_reply_to`]).
+    pub async fn publish(
+        self,
+        entry_id: &str,
+        reply_to: &str,
+        job_id: &str,
+        result_json: &str,
+    ) -> Result<Written, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let written = self
+            .queue
+            .publish
+            .key(&keys.jobs)
+            .key(reply_to)
+            .arg(&keys.group)
+            .arg(entry_id)
+            .arg(self.queue.results_maxlen)
+            .arg(job_id)
+            .arg(result_json)
+            .arg(self.queue.reply_ttl(keys, reply_to))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(written)
+    }
+
+    /// Length, pending count and lag of the shard's job stream.
+    pub async fn stats(self) -> Result<QueueStats, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
         let length: u64 = c.xlen(&keys.jobs).await?;
         let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
         let mut stats = QueueStats {

@@ -195,7 +195,7 @@ where
     };
     tracing::info!(
         redis = %crate::config::redact_url(&config.redis.url),
-        stream = %queue.keys(0).jobs,
+        stream = %queue.shard(0).keys().jobs,
         shards = queue.shards(),
         cluster = queue.is_cluster(),
         consumer = %queue.consumer(),
@@ -320,8 +320,8 @@ where
 /// consumer itself is removed when it holds nothing. Best effort: Redis may be away.
 async fn retire(ctx: &Ctx) {
     for k in 0..ctx.queue.shards() {
-        let stream = &ctx.queue.keys(k).jobs;
-        match ctx.queue.release(k, &[]).await {
+        let stream = &ctx.queue.shard(k).keys().jobs;
+        match ctx.queue.shard(k).release(&[]).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 entries = n,
@@ -332,7 +332,12 @@ async fn retire(ctx: &Ctx) {
                 tracing::warn!(error = %e, %stream, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
             }
         }
-        match ctx.queue.forget_consumer(k, ctx.queue.consumer()).await {
+        match ctx
+            .queue
+            .shard(k)
+            .forget_consumer(ctx.queue.consumer())
+            .await
+        {
             Ok(true) => {
                 tracing::debug!(consumer = %ctx.queue.consumer(), %stream, "consumer removed from the group")
             }
@@ -383,7 +388,7 @@ async fn publish_model_info(ctx: &Ctx, loaded: &infer::Loaded) {
     let fields = model_info(&ctx.config, loaded);
     match ctx.queue.publish_model_info(&fields).await {
         Ok(()) => tracing::info!(
-            key = %ctx.queue.keys(0).model,
+            key = %ctx.queue.shard(0).keys().model,
             fields = fields.len(),
             "model information published"
         ),
@@ -408,7 +413,7 @@ async fn decode(
             let ctx2 = ctx.clone();
             let (d, prepared) = tokio::task::spawn_blocking(move || {
                 let mut d = d;
-                let keys = ctx2.queue.keys(d.entry.shard);
+                let keys = ctx2.queue.shard(d.entry.shard).keys();
                 let p = prepare::prepare(&d.entry, keys, &limits, detector);
                 if p.is_ok() && !ctx2.config.queue.dead_keep_image {
                     // Decoded: the frame's bytes are not needed any more (host memory stays
@@ -556,9 +561,9 @@ async fn sample_gauges(ctx: Arc<Ctx>, cuda: Option<usize>, stop: CancellationTok
         if !prune_after.is_zero() && std::time::Instant::now() >= next_prune {
             next_prune = std::time::Instant::now() + prune_after.min(Duration::from_secs(600));
             for k in 0..ctx.queue.shards() {
-                match ctx.queue.prune_consumers(k, prune_after).await {
+                match ctx.queue.shard(k).prune_consumers(prune_after).await {
                     Ok(gone) if !gone.is_empty() => {
-                        tracing::info!(consumers = ?gone, stream = %ctx.queue.keys(k).jobs, "removed consumers idle and empty for too long")
+                        tracing::info!(consumers = ?gone, stream = %ctx.queue.shard(k).keys().jobs, "removed consumers idle and empty for too long")
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "could not prune idle consumers"),
@@ -568,8 +573,8 @@ async fn sample_gauges(ctx: Arc<Ctx>, cuda: Option<usize>, stop: CancellationTok
         // Every shard's gauges; Redis counts as reachable when every shard answered.
         let mut all_ok = true;
         for k in 0..ctx.queue.shards() {
-            let stream = ctx.queue.keys(k).jobs.clone();
-            match ctx.queue.stats(k).await {
+            let stream = ctx.queue.shard(k).keys().jobs.clone();
+            match ctx.queue.shard(k).stats().await {
                 Ok(s) => {
                     gauge!(m::QUEUE_LENGTH, "stream" => stream.clone()).set(s.length as f64);
                     gauge!(m::QUEUE_PENDING, "stream" => stream.clone()).set(s.pending as f64);
