@@ -15,8 +15,6 @@ pub struct Entry {
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
     /// How many times the group delivered it (1 for a fresh read).
     pub deliveries: u64,
-    /// Whether it was reclaimed from another (presumably dead) consumer.
-    pub reclaimed: bool,
 }
 
 /// Most field pairs of an entry copied to its dead letter (Lua's `unpack` has a limit, and a
@@ -171,7 +169,6 @@ mod tests {
                 (b"pad".to_vec(), vec![b'p'; 1 << 20]),
             ],
             deliveries: 1,
-            reclaimed: false,
         };
         e.strip_frame();
         assert!(size(&e) < 2 * KEPT_FIELD_BYTES, "{} bytes kept", size(&e));
@@ -195,7 +192,6 @@ mod tests {
             shard: 0,
             fields: vec![(b"job".to_vec(), serde_json::to_vec(&many).unwrap())],
             deliveries: 1,
-            reclaimed: false,
         };
         e.strip_frame();
         let j = job_of(&e);
@@ -208,7 +204,6 @@ mod tests {
             shard: 0,
             fields: vec![(b"job".to_vec(), vec![b'{'; 1 << 20])],
             deliveries: 1,
-            reclaimed: false,
         };
         e.strip_frame();
         assert_eq!(size(&e), 3 + KEPT_FIELD_BYTES);
@@ -218,7 +213,6 @@ mod tests {
             shard: 0,
             fields: vec![(b"job".to_vec(), small.clone())],
             deliveries: 1,
-            reclaimed: false,
         };
         e.strip_frame();
         assert_eq!(e.field("job"), Some(&small[..]));
@@ -231,7 +225,6 @@ mod tests {
             shard: 0,
             fields: vec![(b"job".to_vec(), b"{}".to_vec())],
             deliveries: 1,
-            reclaimed: false,
         };
         assert_eq!(e.enqueued_ms(), Some(1_700_000_000_123));
         assert_eq!(e.field("job"), Some(&b"{}"[..]));

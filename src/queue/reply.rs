@@ -33,7 +33,7 @@ pub(super) fn items(v: Value) -> Option<Vec<Value>> {
 /// One stream entry (`[id, [field, value, ...]]`) of a reply, decoded on its own: nothing in
 /// one entry can spoil its neighbours. An entry that is not shaped like one is an error, with
 /// its id when it has one.
-fn decode_entry(v: Value, reclaimed: bool) -> Result<Entry, Option<String>> {
+fn decode_entry(v: Value) -> Result<Entry, Option<String>> {
     let mut parts = items(v).ok_or(None)?.into_iter();
     let id = parts.next().and_then(bytes_of).ok_or(None)?;
     let id = String::from_utf8(id).map_err(|_| None)?;
@@ -54,20 +54,19 @@ fn decode_entry(v: Value, reclaimed: bool) -> Result<Entry, Option<String>> {
         shard: 0,
         fields,
         deliveries: 1,
-        reclaimed,
     })
 }
 
 /// The entries of a list of entries, each decoded on its own. One whose fields cannot be
 /// decoded is kept with no fields (it is then dead-lettered as `invalid_job`, not stranded);
 /// one without even an id is logged and left out.
-fn decode_entries(list: Value, reclaimed: bool) -> Vec<Entry> {
+fn decode_entries(list: Value) -> Vec<Entry> {
     let Some(list) = items(list) else {
         tracing::warn!("a stream reply without a list of entries; ignored");
         return Vec::new();
     };
     list.into_iter()
-        .filter_map(|v| match decode_entry(v, reclaimed) {
+        .filter_map(|v| match decode_entry(v) {
             Ok(e) => Some(e),
             Err(Some(id)) => {
                 tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
@@ -76,7 +75,6 @@ fn decode_entries(list: Value, reclaimed: bool) -> Vec<Entry> {
                     shard: 0,
                     fields: Vec::new(),
                     deliveries: 1,
-                    reclaimed,
                 })
             }
             Err(None) => {
@@ -104,7 +102,7 @@ fn decode_read_reply(v: Value) -> Vec<Entry> {
     }
     let mut it = flat.into_iter();
     while let (Some(_name), Some(entries)) = (it.next(), it.next()) {
-        out.extend(decode_entries(entries, false));
+        out.extend(decode_entries(entries));
     }
     out
 }
@@ -125,7 +123,7 @@ pub struct Claimed(pub Vec<Entry>);
 
 impl FromRedisValue for Claimed {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        Ok(Claimed(decode_entries(v, true)))
+        Ok(Claimed(decode_entries(v)))
     }
 }
 
@@ -227,7 +225,7 @@ mod tests {
             .0
             .is_empty());
         let claimed = Claimed::from_redis_value(Value::Array(vec![entry("5-0", &["a", "b"])]));
-        assert!(claimed.unwrap().0[0].reclaimed);
+        assert_eq!(claimed.unwrap().0[0].field("a"), Some(&b"b"[..]));
     }
 
     #[test]

@@ -39,7 +39,6 @@ fn entry(job: &[u8], image: Option<Vec<u8>>) -> Entry {
         shard: 0,
         fields,
         deliveries: 1,
-        reclaimed: false,
     }
 }
 
