@@ -12,9 +12,14 @@
 //! without allocating, and `boxes` stops collecting at `max_boxes`. Nesting depth and number
 //! range are checked exactly as `serde_json` checks them when it builds a `Value`. The parser
 //! lives in `parse`.
+//!
+//! The same pass can also say where each member of the job object is written
+//! ([`Job::parse_with_layout`], [`JobLayout`]), so the worker can drop a job's image from what
+//! it keeps of the entry by splicing the text instead of parsing it a second time.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use base64::Engine;
 use serde::Serialize;
@@ -106,6 +111,43 @@ impl std::error::Error for ParseError {
     }
 }
 
+/// Where the members of a job object are written in its text, as [`Job::parse_with_layout`]
+/// read them: enough to rewrite the job (drop its image, cut large values) by splicing slices
+/// of the text, without reading it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobLayout {
+    /// Length of the text it was read from, bytes: a layout fits that text only.
+    pub len: usize,
+    /// The object's members, in the order they are written (a repeated key as often as it is
+    /// written).
+    pub members: Vec<Member>,
+}
+
+/// One `"key": value` member of a job object, as byte ranges of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The key as written, its quotes (and any escapes) included.
+    pub key: Range<usize>,
+    /// The value as written, from its first byte to its last (no whitespace around it).
+    pub value: Range<usize>,
+    /// The key unescaped, for a key written with escapes (else it is the text between the
+    /// quotes, and nothing is copied).
+    unescaped: Option<Box<str>>,
+}
+
+impl Member {
+    /// The key, unescaped. `text` is the text the layout was read from.
+    pub fn name<'t>(&'t self, text: &'t [u8]) -> &'t str {
+        if let Some(k) = &self.unescaped {
+            return k;
+        }
+        let inner = self.key.start + 1..self.key.end.saturating_sub(1);
+        text.get(inner)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+}
+
 impl<'a> Job<'a> {
     /// Parses the `job` field. `has_raw_image` says whether the entry carries an `image` field.
     /// On failure the error comes with whatever could be echoed.
@@ -114,25 +156,62 @@ impl<'a> Job<'a> {
         has_raw_image: bool,
         limits: &Limits,
     ) -> Result<Job<'a>, ParseError> {
+        Self::read(raw, has_raw_image, limits, false).0
+    }
+
+    /// [`Job::parse`], and in the same pass where each member of the job object is written in
+    /// `raw` ([`JobLayout`]). The layout comes whenever `raw` is a JSON object, valid job or
+    /// not, even one over `max_job_bytes` (a rejected job is rewritten for its dead letter
+    /// too); it is `None` only when `raw` is not a JSON object.
+    pub fn parse_with_layout(
+        raw: &'a [u8],
+        has_raw_image: bool,
+        limits: &Limits,
+    ) -> (Result<Job<'a>, ParseError>, Option<JobLayout>) {
+        Self::read(raw, has_raw_image, limits, true)
+    }
+
+    fn read(
+        raw: &'a [u8],
+        has_raw_image: bool,
+        limits: &Limits,
+        layout: bool,
+    ) -> (Result<Job<'a>, ParseError>, Option<JobLayout>) {
         let unreadable = |error| ParseError {
             error,
             echo: Echo::default(),
         };
-        if raw.len() > limits.max_job_bytes {
-            return Err(unreadable(InputError::InvalidJob(format!(
+        let oversized = (raw.len() > limits.max_job_bytes).then(|| {
+            unreadable(InputError::InvalidJob(format!(
                 "job field is {} bytes, the limit is {}",
                 raw.len(),
                 limits.max_job_bytes
-            ))));
+            )))
+        });
+        if let (Some(e), false) = (&oversized, layout) {
+            return (Err(e.clone()), None);
         }
-        let text = std::str::from_utf8(raw)
-            .map_err(|e| unreadable(InputError::InvalidJson(e.to_string())))?;
-        let fields = parse::read_fields(text, limits.max_boxes)
-            .map_err(|m| unreadable(InputError::InvalidJson(m)))?;
-        let echo = fields.echo();
-        fields
-            .validate(has_raw_image)
-            .map_err(|error| ParseError { error, echo })
+        let text = match std::str::from_utf8(raw) {
+            Ok(text) => text,
+            Err(e) => {
+                let invalid = || unreadable(InputError::InvalidJson(e.to_string()));
+                return (Err(oversized.unwrap_or_else(invalid)), None);
+            }
+        };
+        let (fields, layout) = parse::read_fields(text, limits.max_boxes, layout);
+        if let Some(e) = oversized {
+            return (Err(e), layout);
+        }
+        let job = match fields {
+            Ok(fields) => {
+                let echo = fields.echo();
+                fields
+                    .validate(has_raw_image)
+                    .map_err(|error| ParseError { error, echo })
+            }
+            Err(m) => Err(unreadable(InputError::InvalidJson(m))),
+        };
+        (job, layout)
     }
 
     /// What a result echoes of this job.

@@ -49,12 +49,7 @@ fn decode_entry(v: Value) -> Result<Entry, Option<String>> {
             _ => return Err(Some(id)),
         }
     }
-    Ok(Entry {
-        id,
-        shard: 0,
-        fields,
-        deliveries: 1,
-    })
+    Ok(Entry::new(id, fields))
 }
 
 /// The entries of a list of entries, each decoded on its own. One whose fields cannot be
@@ -70,12 +65,7 @@ fn decode_entries(list: Value) -> Vec<Entry> {
             Ok(e) => Some(e),
             Err(Some(id)) => {
                 tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
-                Some(Entry {
-                    id,
-                    shard: 0,
-                    fields: Vec::new(),
-                    deliveries: 1,
-                })
+                Some(Entry::new(id, Vec::new()))
             }
             Err(None) => {
                 tracing::warn!("a stream entry without an id in a reply; skipped");

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hmr2_client::{Echo, ErrorCode, Job, JobResult, Timings};
+use hmr2_client::{Echo, ErrorCode, JobResult, Timings};
 use metrics::{counter, histogram};
 use tracing::Instrument;
 
@@ -116,13 +116,11 @@ pub(super) async fn reject(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
 pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
     let echo = d
         .entry
-        .field("job")
-        .map(
-            |raw| match Job::parse(raw, true, &ctx.config.limits.job()) {
-                Ok(j) => j.echo(),
-                Err(e) => e.echo,
-            },
-        )
+        .parse_job(true, &ctx.config.limits.job())
+        .map(|parsed| match parsed {
+            Ok(j) => j.echo(),
+            Err(e) => e.echo,
+        })
         .unwrap_or_default();
     let message = format!(
         "delivered {} times (max_deliveries = {}); giving up",

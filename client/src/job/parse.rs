@@ -3,36 +3,197 @@
 //! [`read_fields`] reads the known keys into [`Fields`] (each value typed only as far as the
 //! contract needs, unknown ones skipped through [`Skip`]); [`Fields::validate`] then checks
 //! them in the contract's order and builds the [`Job`].
+//!
+//! The same pass can record the object's [`JobLayout`]: each key is read as a `RawValue`
+//! borrowed from the text, which gives where it is written; each value lies between its key's
+//! colon and the comma before the next key (or the object's closing brace). Values are still
+//! read by the typed seeds, so the depth and number checks stay serde_json's own.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::{Echo, Include, Job};
+use super::{Echo, Include, Job, JobLayout, Member};
 use crate::error::InputError;
 use crate::{MAX_ID_BYTES, VERSION};
 
 /// Reads the known keys of the job object; any JSON error (syntax, duplicate known key, too
 /// deep, number out of range, not an object) comes back as the message of `invalid_json`.
-pub(super) fn read_fields(text: &str, max_boxes: usize) -> Result<Fields<'_>, String> {
-    if !text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
+/// With `layout`, also where each member is written: `Some` when the text is a JSON object,
+/// whatever its keys hold.
+pub(super) fn read_fields(
+    text: &str,
+    max_boxes: usize,
+    layout: bool,
+) -> (Result<Fields<'_>, String>, Option<JobLayout>) {
+    if !text.trim_start_matches(WHITESPACE).starts_with('{') {
         // Say what is wrong with it: bad JSON, or good JSON of the wrong kind.
-        return Err(match serde_json::from_str::<Skip>(text) {
+        let message = match serde_json::from_str::<Skip>(text) {
             Ok(_) => "the job must be a JSON object".into(),
             Err(e) => e.to_string(),
+        };
+        return (Err(message), None);
+    }
+    let mut rec = Recorder {
+        text,
+        keys: layout.then(Vec::new),
+        fault: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let read = FieldsSeed {
+        max_boxes,
+        rec: &mut rec,
+    }
+    .deserialize(&mut de)
+    .and_then(|fields| de.end().map(|()| fields));
+    let layout = match (&read, rec.keys) {
+        (Ok(_), Some(keys)) => layout_of(text, keys),
+        _ => None,
+    };
+    let fields = match (read, rec.fault) {
+        // The first fault wins, as when serde_json stops at it.
+        (_, Some(fault)) => Err(fault),
+        (Ok(fields), None) => Ok(fields),
+        (Err(e), None) => Err(e.to_string()),
+    };
+    (fields, layout)
+}
+
+/// JSON's whitespace.
+const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
+fn is_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Where a key is written, and the key unescaped when it has escapes.
+type WrittenKey = (Range<usize>, Option<Box<str>>);
+
+/// What a pass records besides the fields: where each key is written (when a layout is asked
+/// for), and the first fault that serde_json would have stopped at but the pass reads on
+/// past, as serde_json would have worded it.
+struct Recorder<'de> {
+    text: &'de str,
+    /// Each key as written, and unescaped when it has escapes.
+    keys: Option<Vec<WrittenKey>>,
+    fault: Option<String>,
+}
+
+impl<'de> Recorder<'de> {
+    /// Reads a key borrowed from the text: which key it is, and where it ends.
+    fn key<E: de::Error>(&mut self, raw: &'de RawValue) -> Result<(Key, usize), E> {
+        let written = raw.get();
+        // `written` is a slice of `text`: its offset is where it is written.
+        let start = written.as_ptr() as usize - self.text.as_ptr() as usize;
+        let span = start..start + written.len();
+        let inner = &written[1..written.len() - 1];
+        let unescaped = if inner.contains('\\') {
+            match serde_json::from_str::<String>(written) {
+                Ok(k) => Some(k.into_boxed_str()),
+                Err(e) => {
+                    // A lone surrogate (reading it raw checked the rest): reported where it
+                    // is in the text, as reading the key in place would have (a key is on one
+                    // line: its columns add up).
+                    let (line, column) = position(self.text, start);
+                    let own = format!(" at line {} column {}", e.line(), e.column());
+                    let message = e.to_string();
+                    let what = message.strip_suffix(&own).unwrap_or(&message);
+                    let column = column + e.column();
+                    self.fault
+                        .get_or_insert_with(|| format!("{what} at line {line} column {column}"));
+                    return Err(de::Error::custom("unreadable key"));
+                }
+            }
+        } else {
+            None
+        };
+        let key = Key::of(unescaped.as_deref().unwrap_or(inner));
+        let end = span.end;
+        if let Some(keys) = &mut self.keys {
+            keys.push((span, unescaped));
+        }
+        Ok((key, end))
+    }
+
+    /// Notes a known key written twice (the key ending at `key_end`), where serde_json reports
+    /// it: just before the colon.
+    fn repeated(&mut self, name: &str, key_end: usize) {
+        if self.fault.is_none() {
+            let gap = &self.text.as_bytes()[key_end..];
+            let ws = gap.iter().take_while(|b| is_whitespace(**b)).count();
+            let (line, column) = position(self.text, key_end + ws);
+            self.fault = Some(format!(
+                "duplicate field `{name}` at line {line} column {column}"
+            ));
+        }
+    }
+}
+/// The line and column of byte `i` of `text`, counted as serde_json counts them in its
+/// messages (the column is how many bytes of the line come before `i`).
+fn position(text: &str, i: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..i];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |n| n + 1);
+    let line = 1 + before[..line_start].iter().filter(|&&b| b == b'\n').count();
+    (line, i - line_start)
+}
+
+/// The layout of a JSON object whose keys are written at `keys`: each value starts after its
+/// key's colon and ends before the comma that precedes the next key (the last one before the
+/// closing brace, the last byte that is not whitespace). `None` if the text is not shaped so,
+/// which a text serde_json has read whole never is.
+fn layout_of(text: &str, keys: Vec<WrittenKey>) -> Option<JobLayout> {
+    let b = text.as_bytes();
+    let skip = |mut i: usize| {
+        while b.get(i).copied().is_some_and(is_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let skip_back = |mut i: usize| {
+        while i > 0 && is_whitespace(b[i - 1]) {
+            i -= 1;
+        }
+        i
+    };
+    let close = skip_back(b.len()).checked_sub(1)?;
+    let ends: Vec<usize> = keys
+        .iter()
+        .skip(1)
+        .map(|(next, _)| skip_back(next.start))
+        .collect();
+    let mut members = Vec::with_capacity(keys.len());
+    for (i, (key, unescaped)) in keys.into_iter().enumerate() {
+        let colon = skip(key.end);
+        if b.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = skip(colon + 1);
+        let end = match ends.get(i) {
+            Some(&comma) if comma > 0 && b[comma - 1] == b',' => skip_back(comma - 1),
+            Some(_) => return None,
+            None if b[close] == b'}' => skip_back(close),
+            None => return None,
+        };
+        if end <= start {
+            return None;
+        }
+        members.push(Member {
+            key,
+            value: start..end,
+            unescaped,
         });
     }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let fields = FieldsSeed { max_boxes }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(fields)
+    Some(JobLayout {
+        len: text.len(),
+        members,
+    })
 }
 
 /// A JSON value, typed only as far as the contract needs (arrays and objects are skipped).
@@ -202,45 +363,37 @@ enum Key {
     Other,
 }
 
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
-                Ok(match s {
-                    "v" => Key::V,
-                    "job_id" => Key::JobId,
-                    "video_id" => Key::VideoId,
-                    "frame_number" => Key::FrameNumber,
-                    "image_base64" => Key::ImageBase64,
-                    "boxes" => Key::Boxes,
-                    "reply_to" => Key::ReplyTo,
-                    "include" => Key::Include,
-                    _ => Key::Other,
-                })
-            }
+impl Key {
+    /// Which key `name` (unescaped) is.
+    fn of(name: &str) -> Key {
+        match name {
+            "v" => Key::V,
+            "job_id" => Key::JobId,
+            "video_id" => Key::VideoId,
+            "frame_number" => Key::FrameNumber,
+            "image_base64" => Key::ImageBase64,
+            "boxes" => Key::Boxes,
+            "reply_to" => Key::ReplyTo,
+            "include" => Key::Include,
+            _ => Key::Other,
         }
-        d.deserialize_identifier(KeyVisitor)
     }
 }
 
-/// Reads the job object into [`Fields`].
-struct FieldsSeed {
+/// Reads the job object into [`Fields`], noting its keys in `rec`.
+struct FieldsSeed<'r, 'de> {
     max_boxes: usize,
+    rec: &'r mut Recorder<'de>,
 }
 
-impl<'de> DeserializeSeed<'de> for FieldsSeed {
+impl<'de> DeserializeSeed<'de> for FieldsSeed<'_, 'de> {
     type Value = Fields<'de>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Fields<'de>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for FieldsSeed {
+impl<'de> Visitor<'de> for FieldsSeed<'_, 'de> {
     type Value = Fields<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -248,38 +401,43 @@ impl<'de> Visitor<'de> for FieldsSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-        /// Stores a known key's value; a second occurrence of the key is a JSON error.
+        /// Stores a known key's value. A second occurrence of the key is a JSON error, noted
+        /// and reported once the object is read: its layout is still wanted (a rejected job's
+        /// dead letter is rewritten from it).
         macro_rules! once {
-            ($slot:expr, $name:literal, $seed:expr) => {{
+            ($slot:expr, $name:literal, $end:expr, $seed:expr) => {{
                 if $slot.is_some() {
-                    return Err(de::Error::duplicate_field($name));
+                    self.rec.repeated($name, $end);
+                    map.next_value::<Skip>()?;
+                } else {
+                    $slot = Some(map.next_value_seed($seed)?);
                 }
-                $slot = Some(map.next_value_seed($seed)?);
             }};
         }
         let mut f = Fields::default();
         // Strings whose content the contract never reads are not copied even when escaped.
         let text = ScalarSeed { keep_str: true };
         let kind = ScalarSeed { keep_str: false };
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(raw) = map.next_key::<&'de RawValue>()? {
+            let (key, end) = self.rec.key::<A::Error>(raw)?;
             match key {
-                Key::V => once!(f.v, "v", kind),
-                Key::JobId => once!(f.job_id, "job_id", text),
-                Key::VideoId => once!(f.video_id, "video_id", text),
+                Key::V => once!(f.v, "v", end, kind),
+                Key::JobId => once!(f.job_id, "job_id", end, text),
+                Key::VideoId => once!(f.video_id, "video_id", end, text),
                 Key::FrameNumber => {
-                    once!(f.frame_number, "frame_number", kind)
+                    once!(f.frame_number, "frame_number", end, kind)
                 }
                 Key::ImageBase64 => {
-                    once!(f.image_base64, "image_base64", text)
+                    once!(f.image_base64, "image_base64", end, text)
                 }
-                Key::ReplyTo => once!(f.reply_to, "reply_to", text),
+                Key::ReplyTo => once!(f.reply_to, "reply_to", end, text),
                 Key::Boxes => {
                     let seed = BoxesSeed {
                         max: self.max_boxes,
                     };
-                    once!(f.boxes, "boxes", seed)
+                    once!(f.boxes, "boxes", end, seed)
                 }
-                Key::Include => once!(f.include, "include", IncludeSeed),
+                Key::Include => once!(f.include, "include", end, IncludeSeed),
                 Key::Other => {
                     map.next_value::<Skip>()?;
                 }
@@ -677,7 +835,7 @@ impl<'de> Visitor<'de> for IncludeSeed {
 mod tests {
     use super::*;
     use crate::error::ErrorCode;
-    use crate::job::Limits;
+    use crate::job::{Limits, ParseError};
 
     fn limits() -> Limits {
         Limits::default()
@@ -1008,5 +1166,141 @@ mod tests {
         )
         .unwrap();
         assert_eq!(job, Job::new("a").image_base64("A"));
+    }
+
+    // The layout read in the same pass.
+
+    /// Each member of `raw`'s layout: its key unescaped, and its value as written.
+    fn members(raw: &str) -> Vec<(String, String)> {
+        let (_, layout) = Job::parse_with_layout(raw.as_bytes(), false, &limits());
+        let layout = layout.expect("a JSON object has a layout");
+        assert_eq!(layout.len, raw.len());
+        layout
+            .members
+            .iter()
+            .map(|m| {
+                assert_eq!(&raw[m.key.start..m.key.start + 1], "\"");
+                let name = m.name(raw.as_bytes()).to_string();
+                (name, raw[m.value.clone()].to_string())
+            })
+            .collect()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_layout_says_where_each_member_is_written() {
+        assert_eq!(
+            members(r#"{"job_id":"a","image_base64":"AAAA","boxes":[[1,2,3,4]]}"#),
+            pairs(&[
+                ("job_id", r#""a""#),
+                ("image_base64", r#""AAAA""#),
+                ("boxes", "[[1,2,3,4]]"),
+            ])
+        );
+        // Whitespace anywhere, escaped keys and strings, nested values with commas and braces
+        // in them, a repeated unknown key.
+        let raw = " \n{ \"v\" :\t1 ,\r\n \"tr\\u0061ce\": {\"a\": [1, \"},\\\"\"], \"b\": {}} ,\"x\":\"\\\"}\",\"x\":-1.5e3,\"job_id\":\"a\\/b\"\n,\"n\":null}\n ";
+        assert_eq!(
+            members(raw),
+            pairs(&[
+                ("v", "1"),
+                ("trace", r#"{"a": [1, "},\""], "b": {}}"#),
+                ("x", r#""\"}""#),
+                ("x", "-1.5e3"),
+                ("job_id", r#""a\/b""#),
+                ("n", "null"),
+            ])
+        );
+        assert_eq!(members("{}"), pairs(&[]));
+        assert_eq!(members(r#"{"":""}"#), pairs(&[("", r#""""#)]));
+        // Reading the layout changes nothing of what the parse says.
+        for raw in [
+            r#"{"job_id":"a","image_base64":"A","boxes":[[0,0,1,1]],"extra":{"k":[true]}}"#,
+            r#"{"image_base64":"A"}"#,
+            r#"{"job_id":"a","image_base64":"A","job_id":"b"}"#,
+            "[1]",
+        ] {
+            let (job, _) = Job::parse_with_layout(raw.as_bytes(), false, &limits());
+            assert_eq!(job, Job::parse(raw.as_bytes(), false, &limits()), "{raw}");
+        }
+    }
+
+    #[test]
+    fn rejected_objects_have_a_layout_and_other_texts_none() {
+        fn with<'a>(raw: &'a [u8], l: &Limits) -> (Result<Job<'a>, ParseError>, Option<JobLayout>) {
+            Job::parse_with_layout(raw, false, l)
+        }
+        // Valid JSON objects that are not valid jobs: rejected, with their layout.
+        for raw in [
+            &br#"{"image_base64":"A","note":1}"#[..],
+            br#"{"job_id":"a","v":2}"#,
+            br#"{"job_id":"a","image_base64":"A","job_id":"b"}"#,
+        ] {
+            let (job, layout) = with(raw, &limits());
+            assert!(job.is_err());
+            assert!(layout.is_some_and(|l| !l.members.is_empty()), "{raw:?}");
+        }
+        // Over max_job_bytes: refused for its size, and still laid out.
+        let mut small = limits();
+        small.max_job_bytes = 10;
+        let (job, layout) = with(br#"{"job_id":"abcdef","image_base64":"A"}"#, &small);
+        assert_eq!(job.unwrap_err().error.code(), ErrorCode::InvalidJob);
+        assert_eq!(layout.unwrap().members.len(), 2);
+        let (job, layout) = with(b"\xff{\"job_id\":\"abcdef\"}", &small);
+        assert_eq!(job.unwrap_err().error.code(), ErrorCode::InvalidJob);
+        assert_eq!(layout, None);
+        // Not a JSON object: no layout.
+        for raw in [
+            &b"[1]"[..],
+            b"\"job\"",
+            b"{\"job_id\":",
+            b"{\"job_id\":\"a\"} x",
+            b"{\"job_id\":\"\xff\"}",
+            b"{\"a\":1e400}",
+        ] {
+            let (job, layout) = with(raw, &limits());
+            assert_eq!(job.unwrap_err().error.code(), ErrorCode::InvalidJson);
+            assert_eq!(layout, None, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn faults_read_past_are_worded_as_serde_json_words_them() {
+        /// What serde_json says of `raw` read as a struct with a `job_id` field (which stops
+        /// at a repeated `job_id`, where this parser reads on).
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct JobId {
+            job_id: de::IgnoredAny,
+        }
+        for raw in [
+            r#"{"job_id":"a","job_id":"b"}"#,
+            "{\"job_id\":\"a\",\n  \"job_id\"  \n\t: 1, \"x\": [}",
+            "{\"job_id\":\"a\",\"job_\\u0069d\" :2}",
+            "{\"job_id\":\"a\",\"job_id\"",
+        ] {
+            let serde = serde_json::from_str::<JobId>(raw)
+                .err()
+                .unwrap()
+                .to_string();
+            assert_eq!(error(raw), InputError::InvalidJson(serde), "{raw}");
+        }
+        // Lone surrogates in a key: a key read raw is checked for them on its own.
+        for raw in [
+            "{\"job_id\":\"a\",\n \"x\\ud800\":1}",
+            "{\"x\\udc00y\":1}",
+            "{\"ab\\ud800\\u0041\":1}",
+        ] {
+            let serde = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw)
+                .err()
+                .unwrap()
+                .to_string();
+            assert_eq!(error(raw), InputError::InvalidJson(serde), "{raw}");
+        }
     }
 }
