@@ -75,26 +75,20 @@ fn decode_entries(list: Value) -> Vec<Entry> {
         .collect()
 }
 
-/// The entries of an `XREADGROUP` reply (`nil`, or one `[stream, entries]` per stream; a map in
-/// RESP3).
+/// The entries of an `XREADGROUP` reply (`nil`, or one `[stream, entries]` per stream; a map
+/// of stream to entries in RESP3).
 fn decode_read_reply(v: Value) -> Vec<Entry> {
-    let Some(streams) = items(v) else {
-        return Vec::new();
+    let lists: Vec<Value> = match v {
+        // Its values are the lists of entries (flattening its pairs as `items` does would
+        // take each list apart).
+        Value::Map(streams) => streams.into_iter().map(|(_name, list)| list).collect(),
+        v => items(v)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pair| items(pair)?.into_iter().nth(1))
+            .collect(),
     };
-    // RESP2: [[name, entries], ...]; RESP3 maps were flattened to name, entries, ...
-    let mut out = Vec::new();
-    let mut flat = Vec::new();
-    for s in streams {
-        match s {
-            Value::Array(pair) => flat.extend(pair),
-            other => flat.push(other),
-        }
-    }
-    let mut it = flat.into_iter();
-    while let (Some(_name), Some(entries)) = (it.next(), it.next()) {
-        out.extend(decode_entries(entries));
-    }
-    out
+    lists.into_iter().flat_map(decode_entries).collect()
 }
 
 /// The entries an `XREADGROUP` delivered (shard 0 until the caller says which).
@@ -210,6 +204,14 @@ mod tests {
         assert_eq!(ids, ["1-0", "2-0", "3-0"]);
         assert!(got[1].fields.is_empty());
         assert_eq!(got[2].field("image"), Some(&b"x"[..]));
+        // RESP3: the streams come as a map.
+        let map = Value::Map(vec![(
+            bulk("p:jobs"),
+            Value::Array(vec![entry("4-0", &["job", "{}"]), entry("5-0", &[])]),
+        )]);
+        let ReadReply(got) = ReadReply::from_redis_value(map).unwrap();
+        let ids: Vec<_> = got.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["4-0", "5-0"]);
         assert!(ReadReply::from_redis_value(Value::Nil)
             .unwrap()
             .0
