@@ -25,6 +25,20 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// A stable snake_case name of the variant, for a metric label and a log field: it never
+    /// changes with the message, and a renamed or new variant gets a new code, never an old
+    /// one's.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ModelError::Load { .. } => "model_load",
+            ModelError::Contract(_) => "model_contract",
+            ModelError::Device(..) => "device_unusable",
+            ModelError::OutOfMemory(_) => "out_of_memory",
+            ModelError::Forward(_) => "forward_failed",
+            ModelError::Stopped => "inference_stopped",
+        }
+    }
+
     /// Classify a libtorch error message: CUDA's caching allocator raises
     /// "CUDA out of memory. Tried to allocate ..." (and "out of memory" from other backends).
     pub fn from_torch(message: String) -> Self {
@@ -90,6 +104,15 @@ const TRANSIENT_CODES: &[&str] = &[
 ];
 
 impl QueueError {
+    /// A stable snake_case name of the variant, for a metric label and a log field (see
+    /// [`ModelError::code`]); whether it is permanent is [`QueueError::is_permanent`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueueError::Redis(_) => "redis",
+            QueueError::Pool(_) => "redis_pool",
+        }
+    }
+
     /// True when retrying the same command cannot help: an error reply from Redis about the
     /// command itself (NOPERM, WRONGTYPE, CROSSSLOT, MOVED, a script error, an `ERR` such as an
     /// XADD id below the stream's top), or a reply this worker cannot read. Connection
@@ -178,6 +201,36 @@ mod tests {
             redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not a stream"))
                 .into();
         assert!(unreadable.is_permanent());
+    }
+
+    #[test]
+    fn error_codes_are_distinct_and_snake_case() {
+        let redis = redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "r"));
+        let codes = [
+            ModelError::Load {
+                path: "m.pt".into(),
+                message: "missing".into(),
+            }
+            .code(),
+            ModelError::Contract("c".into()).code(),
+            ModelError::Device("cuda:0".into(), "busy".into()).code(),
+            ModelError::OutOfMemory("o".into()).code(),
+            ModelError::Forward("f".into()).code(),
+            ModelError::Stopped.code(),
+            QueueError::Redis(redis).code(),
+            QueueError::Pool("p".into()).code(),
+        ];
+        let distinct: std::collections::HashSet<_> = codes.iter().collect();
+        assert_eq!(distinct.len(), codes.len(), "{codes:?}");
+        for c in codes {
+            let snake = !c.is_empty()
+                && c.starts_with(|ch: char| ch.is_ascii_lowercase())
+                && !c.ends_with('_')
+                && !c.contains("__")
+                && c.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+            assert!(snake, "{c:?} is not snake_case");
+        }
     }
 
     #[test]

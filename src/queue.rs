@@ -4,12 +4,15 @@
 //! Delivery is at-least-once: a job is acknowledged only in the same atomic step that publishes
 //! its result (`publish.lua`) or its dead letter (`dead_letter.lua`); both refuse to write when
 //! the entry is no longer pending, so a job finished by another worker is not answered twice.
+//!
+//! Here: [`Queue`] and its connections (`conn`). Beside it: `entry` ([`Entry`], and what an
+//! entry keeps of itself once decoded or dead-lettered) and `reply` (decoding each command's
+//! reply, behind `FromRedisValue` types).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use redis::streams::StreamInfoGroupsReply;
-use redis::{AsyncCommands, Script, Value};
+use redis::{AsyncCommands, Script};
 
 use crate::config::Config;
 use crate::error::QueueError;
@@ -21,250 +24,16 @@ pub fn install_tls_provider() {
 }
 
 mod conn;
+mod entry;
+mod reply;
 
 pub use conn::Conn;
 use conn::{Pool, Target};
+pub use entry::{Entry, DEAD_LETTER_FIELDS, KEPT_FIELD_BYTES};
 /// Every key and name the worker uses, from the prefix (defined by the wire contract).
 pub use hmr2_client::{Keys, Layout};
-
-/// One delivered job entry.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// Stream entry id (`<ms>-<seq>`).
-    pub id: String,
-    /// The shard it was read from (0 when the queue is not sharded).
-    pub shard: usize,
-    /// Every field of the entry, names and values as Redis holds them (binary-safe: a field
-    /// name that is not UTF-8 spoils nothing but its own entry), for the dead-letter stream.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
-    /// How many times the group delivered it (1 for a fresh read).
-    pub deliveries: u64,
-    /// Whether it was reclaimed from another (presumably dead) consumer.
-    pub reclaimed: bool,
-}
-
-/// Most field pairs of an entry copied to its dead letter (Lua's `unpack` has a limit, and a
-/// dead letter is for reading, not for keeping a hostile entry whole).
-pub const DEAD_LETTER_FIELDS: usize = 64;
-
-/// The most bytes an entry keeps of one field once its frame is dropped (an unreadable `job`
-/// is cut to this, any other field longer than this is replaced by a note).
-pub const KEPT_FIELD_BYTES: usize = 64 * 1024;
-
-/// Values of unknown `job` keys longer than this (as JSON) are replaced by a note.
-const KEPT_UNKNOWN_VALUE_BYTES: usize = 1024;
-
-/// The `job` keys of the wire contract (DESIGN §3), kept whole.
-const JOB_KEYS: &[&str] = &[
-    "v",
-    "job_id",
-    "video_id",
-    "frame_number",
-    "boxes",
-    "reply_to",
-    "include",
-];
-
-impl Entry {
-    /// The value of field `name`.
-    pub fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// Drops the frame and anything else large: the `image` field, `image_base64` from the
-    /// `job` JSON, values of unknown `job` keys over 1 KiB, and any other field over
-    /// [`KEPT_FIELD_BYTES`] (both replaced by a note of their size); an unreadable `job` is cut
-    /// to [`KEPT_FIELD_BYTES`]. What stays is what a dead letter needs to explain the job, at
-    /// most tens of kilobytes: called once the frame is decoded, so an in-flight job holds its
-    /// crops, not what its entry carried.
-    pub fn strip_frame(&mut self) {
-        self.fields = std::mem::take(&mut self.fields)
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let replaced = match kept(&k, &v)? {
-                    Cow::Borrowed(_) => None,
-                    Cow::Owned(n) => Some(n),
-                };
-                Some((k, replaced.unwrap_or(v)))
-            })
-            .collect();
-    }
-
-    /// The field pairs a dead letter carries: without the frame (as [`Entry::strip_frame`]
-    /// leaves them) unless `keep_image`, at most [`DEAD_LETTER_FIELDS`], plus `fields_dropped`
-    /// when there were more. Borrowed where nothing is dropped.
-    pub fn dead_letter_fields(&self, keep_image: bool) -> Vec<(&[u8], Cow<'_, [u8]>)> {
-        let mut all = self.fields.iter().filter_map(|(k, v)| {
-            let v = if keep_image {
-                Cow::Borrowed(v.as_slice())
-            } else {
-                kept(k, v)?
-            };
-            Some((k.as_slice(), v))
-        });
-        let mut out: Vec<_> = all.by_ref().take(DEAD_LETTER_FIELDS).collect();
-        let dropped = all.count();
-        if dropped > 0 {
-            out.push((
-                &b"fields_dropped"[..],
-                dropped.to_string().into_bytes().into(),
-            ));
-        }
-        out
-    }
-
-    /// Milliseconds since the epoch at which the entry was added (from its id).
-    pub fn enqueued_ms(&self) -> Option<u64> {
-        self.id.split('-').next()?.parse().ok()
-    }
-}
-
-/// What an entry keeps of field `k` once its frame is dropped (see [`Entry::strip_frame`]):
-/// `None` drops the field, a borrowed value is kept as it is.
-fn kept<'a>(k: &[u8], v: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-    match k {
-        b"image" => None,
-        b"job" => Some(slim_job(v).map_or(Cow::Borrowed(v), Cow::Owned)),
-        _ if v.len() > KEPT_FIELD_BYTES => Some(Cow::Owned(
-            format!("<{} bytes dropped>", v.len()).into_bytes(),
-        )),
-        _ => Some(Cow::Borrowed(v)),
-    }
-}
-
-/// The `job` JSON without its frame and without large unknown values (see
-/// [`Entry::strip_frame`]); when still over [`KEPT_FIELD_BYTES`], its contract keys only plus
-/// `dropped_keys`. `None` when there is nothing to drop.
-fn slim_job(job: &[u8]) -> Option<Vec<u8>> {
-    use serde_json::{Map, Value};
-    let Ok(mut map) = serde_json::from_slice::<Map<String, Value>>(job) else {
-        return (job.len() > KEPT_FIELD_BYTES).then(|| job[..KEPT_FIELD_BYTES].to_vec());
-    };
-    let mut changed = map.remove("image_base64").is_some();
-    for (k, v) in map.iter_mut() {
-        if JOB_KEYS.contains(&k.as_str()) {
-            continue;
-        }
-        let n = serde_json::to_vec(v).map_or(0, |s| s.len());
-        if n > KEPT_UNKNOWN_VALUE_BYTES {
-            *v = Value::String(format!("<{n} bytes dropped>"));
-            changed = true;
-        }
-    }
-    let mut out = serde_json::to_vec(&map).ok()?;
-    if out.len() > KEPT_FIELD_BYTES {
-        let before = map.len();
-        map.retain(|k, _| JOB_KEYS.contains(&k.as_str()));
-        let dropped = before - map.len();
-        map.insert("dropped_keys".into(), Value::from(dropped));
-        out = serde_json::to_vec(&map).ok()?;
-        changed = true;
-    }
-    changed.then_some(out)
-}
-
-/// A value of a reply as bytes (bulk, simple or verbatim string).
-fn bytes_of(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
-        _ => None,
-    }
-}
-
-/// The items of an array-like reply (RESP2 array, RESP3 set or push); a map's pairs are
-/// flattened. `Nil` is empty.
-fn items(v: Value) -> Option<Vec<Value>> {
-    match v {
-        Value::Array(a) | Value::Set(a) => Some(a),
-        Value::Map(m) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
-        Value::Nil => Some(Vec::new()),
-        _ => None,
-    }
-}
-
-/// One stream entry (`[id, [field, value, ...]]`) of a reply, decoded on its own: nothing in
-/// one entry can spoil its neighbours. An entry that is not shaped like one is an error, with
-/// its id when it has one.
-fn decode_entry(v: Value, reclaimed: bool) -> Result<Entry, Option<String>> {
-    let mut parts = items(v).ok_or(None)?.into_iter();
-    let id = parts.next().and_then(bytes_of).ok_or(None)?;
-    let id = String::from_utf8(id).map_err(|_| None)?;
-    let flat = parts
-        .next()
-        .and_then(items)
-        .ok_or_else(|| Some(id.clone()))?;
-    let mut fields = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        match (bytes_of(k), bytes_of(v)) {
-            (Some(k), Some(v)) => fields.push((k, v)),
-            _ => return Err(Some(id)),
-        }
-    }
-    Ok(Entry {
-        id,
-        shard: 0,
-        fields,
-        deliveries: 1,
-        reclaimed,
-    })
-}
-
-/// The entries of a list of entries, each decoded on its own. One whose fields cannot be
-/// decoded is kept with no fields (it is then dead-lettered as `invalid_job`, not stranded);
-/// one without even an id is logged and left out.
-fn decode_entries(list: Value, reclaimed: bool) -> Vec<Entry> {
-    let Some(list) = items(list) else {
-        tracing::warn!("a stream reply without a list of entries; ignored");
-        return Vec::new();
-    };
-    list.into_iter()
-        .filter_map(|v| match decode_entry(v, reclaimed) {
-            Ok(e) => Some(e),
-            Err(Some(id)) => {
-                tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
-                Some(Entry {
-                    id,
-                    shard: 0,
-                    fields: Vec::new(),
-                    deliveries: 1,
-                    reclaimed,
-                })
-            }
-            Err(None) => {
-                tracing::warn!("a stream entry without an id in a reply; skipped");
-                None
-            }
-        })
-        .collect()
-}
-
-/// The entries of an `XREADGROUP` reply (`nil`, or one `[stream, entries]` per stream; a map in
-/// RESP3).
-fn decode_read_reply(v: Value) -> Vec<Entry> {
-    let Some(streams) = items(v) else {
-        return Vec::new();
-    };
-    // RESP2: [[name, entries], ...]; RESP3 maps were flattened to name, entries, ...
-    let mut out = Vec::new();
-    let mut flat = Vec::new();
-    for s in streams {
-        match s {
-            Value::Array(pair) => flat.extend(pair),
-            other => flat.push(other),
-        }
-    }
-    let mut it = flat.into_iter();
-    while let (Some(_name), Some(entries)) = (it.next(), it.next()) {
-        out.extend(decode_entries(entries, false));
-    }
-    out
-}
+pub use reply::Written;
+use reply::{Claimed, Gone, OldestPending, ReadReply};
 
 /// Queue gauges: backlog, in-flight, and not-yet-delivered entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -272,27 +41,6 @@ pub struct QueueStats {
     pub length: u64,
     pub pending: u64,
     pub lag: Option<u64>,
-}
-
-/// What an atomic publish step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    /// Result published, job acknowledged and deleted.
-    Done,
-    /// The job was no longer pending (another worker finished it): nothing written.
-    NotPending,
-    /// The reply key holds something other than a stream: nothing written.
-    ReplyNotAStream,
-}
-
-impl Written {
-    fn from_script(n: i64) -> Self {
-        match n {
-            1 => Written::Done,
-            -1 => Written::ReplyNotAStream,
-            _ => Written::NotPending,
-        }
-    }
 }
 
 /// A dead letter to write.
@@ -306,7 +54,7 @@ pub struct DeadLetter<'a> {
     pub worker: &'a str,
 }
 
-/// What releasing this worker's entries leaves behind (see [`Queue::release`]).
+/// What releasing this worker's entries leaves behind (see [`Shard::release`]).
 pub const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// A connection of its own to the configured Redis (one node, or the cluster of `redis.url`'s
@@ -334,7 +82,7 @@ pub fn response_timeout(config: &Config) -> Duration {
 
 /// The worker's handle on Redis (one node or a cluster): a pool for short commands, and a
 /// factory for the dedicated connections that block in XREADGROUP, one per shard. Every
-/// command names the shard it is for; each touches that shard's slot only.
+/// per-shard command goes through [`Queue::shard`]; each touches that shard's slot only.
 #[derive(Clone)]
 pub struct Queue {
     target: Target,
@@ -399,9 +147,9 @@ impl Queue {
         &self.layout
     }
 
-    /// The keys of shard `k`.
-    pub fn keys(&self, k: usize) -> &Keys {
-        self.layout.shard(k)
+    /// Shard `k` (below [`Queue::shards`]), the handle of every per-shard command.
+    pub fn shard(&self, k: usize) -> Shard<'_> {
+        Shard { queue: self, k }
     }
 
     /// How many shards the queue has.
@@ -437,215 +185,9 @@ impl Queue {
     /// Creates every shard's consumer group (and stream) when missing.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         for k in 0..self.shards() {
-            self.ensure_group(k).await?;
+            self.shard(k).ensure_group().await?;
         }
         Ok(())
-    }
-
-    /// Creates shard `k`'s consumer group (and the stream) when missing; an existing group is
-    /// fine. The group starts at `0` so jobs enqueued before any worker existed are processed.
-    pub async fn ensure_group(&self, k: usize) -> Result<(), QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        // Look first: creating needs a write, which Redis refuses when it is out of memory.
-        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
-        if let Ok(g) = groups {
-            if g.groups.iter().any(|g| g.name == keys.group) {
-                return Ok(());
-            }
-        }
-        let r: Result<String, _> = c.xgroup_create_mkstream(&keys.jobs, &keys.group, "0").await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Reads up to `count` new entries of shard `k`, waiting up to `block_ms` for the first
-    /// one when `block` (else answering at once). Entries are decoded one by one: a malformed
-    /// one cannot hide its neighbours.
-    pub async fn read_new(
-        &self,
-        conn: &mut Conn,
-        k: usize,
-        count: usize,
-        block: bool,
-    ) -> Result<Vec<Entry>, QueueError> {
-        let keys = self.keys(k);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if block {
-            cmd.arg("BLOCK").arg(self.block_ms);
-        }
-        cmd.arg("STREAMS").arg(&keys.jobs).arg(">");
-        let reply: Result<Value, _> = cmd.query_async(conn).await;
-        match reply {
-            Ok(v) => Ok(on_shard(decode_read_reply(v), k)),
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // Redis lost the group (restart without persistence): recreate and read again.
-                self.ensure_group(k).await?;
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The oldest entry of shard `k` idle longer than `claim_idle_ms` (its consumer
-    /// presumably died), if any: its id and how often it was delivered. Claims nothing.
-    pub async fn find_orphan(&self, k: usize) -> Result<Option<(String, u64)>, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&keys.jobs)
-            .arg(&keys.group)
-            .arg("IDLE")
-            .arg(self.claim_idle_ms)
-            .arg("-")
-            .arg("+")
-            .arg(1);
-        let reply: Value = match cmd.query_async(&mut c).await {
-            Ok(r) => r,
-            Err(e) if e.code() == Some("NOGROUP") => {
-                self.ensure_group(k).await?;
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // [[id, consumer, idle ms, deliveries]]
-        let first = items(reply)
-            .and_then(|v| v.into_iter().next())
-            .and_then(items);
-        let Some(mut f) = first.map(Vec::into_iter) else {
-            return Ok(None);
-        };
-        let id = f
-            .next()
-            .and_then(bytes_of)
-            .and_then(|b| String::from_utf8(b).ok());
-        let deliveries = f.nth(2).and_then(|v| match v {
-            Value::Int(n) => Some(n.max(0) as u64),
-            _ => None,
-        });
-        Ok(id.map(|id| (id, deliveries.unwrap_or(1))))
-    }
-
-    /// Claims one orphan of shard `k` found by [`Queue::find_orphan`] (only if it is still
-    /// idle longer than `claim_idle_ms`: another worker may have taken it meanwhile). `None`
-    /// when it was taken, or when it is gone from the stream (trimmed or deleted: then it is
-    /// acknowledged).
-    pub async fn claim_orphan(
-        &self,
-        k: usize,
-        id: &str,
-        delivered: u64,
-    ) -> Result<Option<Entry>, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&keys.jobs)
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg(self.claim_idle_ms)
-            .arg(id);
-        let reply: Value = cmd.query_async(&mut c).await?;
-        if let Some(mut e) = on_shard(decode_entries(reply, true), k).into_iter().next() {
-            e.deliveries = delivered + 1;
-            return Ok(Some(e));
-        }
-        let exists: Value = redis::cmd("XRANGE")
-            .arg(&keys.jobs)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut c)
-            .await?;
-        if items(exists).is_some_and(|v| v.is_empty()) {
-            let _: u64 = c.xack(&keys.jobs, &keys.group, &[id]).await?;
-        }
-        Ok(None)
-    }
-
-    /// Renews this worker's leases on shard `k`: resets the idle time of the entries it still
-    /// holds, so no other worker reclaims jobs merely waiting in this worker's pipeline. An
-    /// entry another worker has reclaimed meanwhile stays with it. Returns the ids no longer
-    /// this worker's.
-    pub async fn extend_lease(&self, k: usize, ids: &[String]) -> Result<Vec<String>, QueueError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let lost: Vec<String> = self
-            .renew
-            .key(&keys.jobs)
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg(ids)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(lost)
-    }
-
-    /// Releases entries of shard `k` this worker will not run: any live worker's next claim
-    /// takes them at once (they look idle for a year), and their delivery count is not
-    /// raised. No ids = every entry pending on this consumer. Returns how many were released.
-    pub async fn release(&self, k: usize, ids: &[String]) -> Result<u64, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let n: u64 = self
-            .release
-            .key(&keys.jobs)
-            .arg(&keys.group)
-            .arg(&self.consumer)
-            .arg(RELEASED_IDLE_MS)
-            .arg(ids)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n)
-    }
-
-    /// Removes `consumer` from shard `k`'s group when it holds no pending entry there; true
-    /// when removed.
-    pub async fn forget_consumer(&self, k: usize, consumer: &str) -> Result<bool, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let n: i64 = self
-            .forget_consumer
-            .key(&keys.jobs)
-            .arg(&keys.group)
-            .arg(consumer)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Removes shard `k`'s consumers that hold nothing and have been idle longer than
-    /// `max_idle` (workers long gone); returns their names.
-    pub async fn prune_consumers(
-        &self,
-        k: usize,
-        max_idle: Duration,
-    ) -> Result<Vec<String>, QueueError> {
-        let keys = self.keys(k);
-        let consumers: redis::streams::StreamInfoConsumersReply = {
-            let mut c = self.conn().await?;
-            c.xinfo_consumers(&keys.jobs, &keys.group).await?
-        };
-        let mut removed = Vec::new();
-        for c in consumers.consumers {
-            if c.pending == 0
-                && c.idle as u128 > max_idle.as_millis()
-                && c.name != self.consumer
-                && self.forget_consumer(k, &c.name).await?
-            {
-                removed.push(c.name);
-            }
-        }
-        Ok(removed)
     }
 
     /// The reply stream's expiry for a result going to `reply_to`: `queue.reply_ttl_s` for a
@@ -658,38 +200,11 @@ impl Queue {
         }
     }
 
-    /// Publishes a result and acknowledges (and deletes) its job on shard `k` in one atomic
-    /// step. `reply_to` is in the shard's slot ([`Keys::accepts_reply_to`]).
-    pub async fn publish(
-        &self,
-        k: usize,
-        entry_id: &str,
-        reply_to: &str,
-        job_id: &str,
-        result_json: &str,
-    ) -> Result<Written, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
-        let n: i64 = self
-            .publish
-            .key(&keys.jobs)
-            .key(reply_to)
-            .arg(&keys.group)
-            .arg(entry_id)
-            .arg(self.results_maxlen)
-            .arg(job_id)
-            .arg(result_json)
-            .arg(self.reply_ttl(keys, reply_to))
-            .invoke_async(&mut c)
-            .await?;
-        Ok(Written::from_script(n))
-    }
-
     /// Error result + dead-letter entry + acknowledgement, in one atomic step on the entry's
     /// shard. The dead letter carries the entry's fields (at most [`DEAD_LETTER_FIELDS`])
     /// without the frame, unless `queue.dead_keep_image`.
     pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<Written, QueueError> {
-        let keys = self.keys(d.entry.shard);
+        let keys = self.shard(d.entry.shard).keys();
         let mut c = self.conn().await?;
         let mut inv = self.dead_letter.prepare_invoke();
         inv.key(&keys.jobs)
@@ -709,26 +224,255 @@ impl Queue {
         for (k, v) in d.entry.dead_letter_fields(self.dead_keep_image) {
             inv.arg(k).arg(v.as_ref());
         }
-        let n: i64 = inv.invoke_async(&mut c).await?;
-        Ok(Written::from_script(n))
+        Ok(inv.invoke_async(&mut c).await?)
     }
 
     /// Replaces the model hash (`{prefix}:model`) with `fields` in one atomic step.
     pub async fn publish_model_info(&self, fields: &[(&str, String)]) -> Result<(), QueueError> {
         let mut c = self.conn().await?;
         let mut inv = self.model_info.prepare_invoke();
-        inv.key(&self.keys(0).model);
+        inv.key(&self.shard(0).keys().model);
         for (k, v) in fields {
             inv.arg(*k).arg(v.as_str());
         }
         let () = inv.invoke_async(&mut c).await?;
         Ok(())
     }
+}
 
-    /// Length, pending count and lag of shard `k`'s job stream.
-    pub async fn stats(&self, k: usize) -> Result<QueueStats, QueueError> {
-        let keys = self.keys(k);
-        let mut c = self.conn().await?;
+/// One shard of the queue: every command for one shard's keys goes through it (and touches
+/// that shard's slot only). Cheap to make and to copy: a reference and an index.
+#[derive(Clone, Copy)]
+pub struct Shard<'q> {
+    queue: &'q Queue,
+    k: usize,
+}
+
+impl<'q> Shard<'q> {
+    /// Which shard this is.
+    pub fn index(self) -> usize {
+        self.k
+    }
+
+    /// The shard's keys.
+    pub fn keys(self) -> &'q Keys {
+        self.queue.layout.shard(self.k)
+    }
+
+    /// Creates the shard's consumer group (and the stream) when missing; an existing group is
+    /// fine. The group starts at `0` so jobs enqueued before any worker existed are processed.
+    pub async fn ensure_group(self) -> Result<(), QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        // Look first: creating needs a write, which Redis refuses when it is out of memory.
+        let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
+        if let Ok(g) = groups {
+            if g.groups.iter().any(|g| g.name == keys.group) {
+                return Ok(());
+            }
+        }
+        let r: Result<String, _> = c.xgroup_create_mkstream(&keys.jobs, &keys.group, "0").await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads up to `count` new entries of the shard, waiting up to `block_ms` for the first
+    /// one when `block` (else answering at once). Entries are decoded one by one: a malformed
+    /// one cannot hide its neighbours.
+    pub async fn read_new(
+        self,
+        conn: &mut Conn,
+        count: usize,
+        block: bool,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let keys = self.keys();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if block {
+            cmd.arg("BLOCK").arg(self.queue.block_ms);
+        }
+        cmd.arg("STREAMS").arg(&keys.jobs).arg(">");
+        let reply: Result<ReadReply, _> = cmd.query_async(conn).await;
+        match reply {
+            Ok(ReadReply(entries)) => Ok(on_shard(entries, self.k)),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost the group (restart without persistence): recreate and read again.
+                self.ensure_group().await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The oldest entry of the shard idle longer than `claim_idle_ms` (its consumer
+    /// presumably died), if any: its id and how often it was delivered. Claims nothing.
+    pub async fn find_orphan(self) -> Result<Option<(String, u64)>, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&keys.jobs)
+            .arg(&keys.group)
+            .arg("IDLE")
+            .arg(self.queue.claim_idle_ms)
+            .arg("-")
+            .arg("+")
+            .arg(1);
+        match cmd.query_async(&mut c).await {
+            Ok(OldestPending(head)) => Ok(head),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_group().await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Claims one orphan of the shard found by [`Shard::find_orphan`] (only if it is still
+    /// idle longer than `claim_idle_ms`: another worker may have taken it meanwhile). `None`
+    /// when it was taken, or when it is gone from the stream (trimmed or deleted: then it is
+    /// acknowledged).
+    pub async fn claim_orphan(self, id: &str, delivered: u64) -> Result<Option<Entry>, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&keys.jobs)
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg(self.queue.claim_idle_ms)
+            .arg(id);
+        let Claimed(claimed) = cmd.query_async(&mut c).await?;
+        if let Some(mut e) = on_shard(claimed, self.k).into_iter().next() {
+            e.deliveries = delivered + 1;
+            return Ok(Some(e));
+        }
+        let Gone(gone) = redis::cmd("XRANGE")
+            .arg(&keys.jobs)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut c)
+            .await?;
+        if gone {
+            let _: u64 = c.xack(&keys.jobs, &keys.group, &[id]).await?;
+        }
+        Ok(None)
+    }
+
+    /// Renews this worker's leases on the shard: resets the idle time of the entries it still
+    /// holds, so no other worker reclaims jobs merely waiting in this worker's pipeline. An
+    /// entry another worker has reclaimed meanwhile stays with it. Returns the ids no longer
+    /// this worker's.
+    pub async fn extend_lease(self, ids: &[String]) -> Result<Vec<String>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let lost: Vec<String> = self
+            .queue
+            .renew
+            .key(&keys.jobs)
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg(ids)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(lost)
+    }
+
+    /// Releases entries of the shard this worker will not run: any live worker's next claim
+    /// takes them at once (they look idle for a year), and their delivery count is not
+    /// raised. No ids = every entry pending on this consumer. Returns how many were released.
+    pub async fn release(self, ids: &[String]) -> Result<u64, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let n: u64 = self
+            .queue
+            .release
+            .key(&keys.jobs)
+            .arg(&keys.group)
+            .arg(&self.queue.consumer)
+            .arg(RELEASED_IDLE_MS)
+            .arg(ids)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+
+    /// Removes `consumer` from the shard's group when it holds no pending entry there; true
+    /// when removed.
+    pub async fn forget_consumer(self, consumer: &str) -> Result<bool, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let n: i64 = self
+            .queue
+            .forget_consumer
+            .key(&keys.jobs)
+            .arg(&keys.group)
+            .arg(consumer)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Removes the shard's consumers that hold nothing and have been idle longer than
+    /// `max_idle` (workers long gone); returns their names.
+    pub async fn prune_consumers(self, max_idle: Duration) -> Result<Vec<String>, QueueError> {
+        let keys = self.keys();
+        let consumers: redis::streams::StreamInfoConsumersReply = {
+            let mut c = self.queue.conn().await?;
+            c.xinfo_consumers(&keys.jobs, &keys.group).await?
+        };
+        let mut removed = Vec::new();
+        for c in consumers.consumers {
+            if c.pending == 0
+                && c.idle as u128 > max_idle.as_millis()
+                && c.name != self.queue.consumer
+                && self.forget_consumer(&c.name).await?
+            {
+                removed.push(c.name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Publishes a result and acknowledges (and deletes) its job on the shard in one atomic
+    /// step. `reply_to` is in the shard's slot ([`Keys::accepts_reply_to`]).
+    pub async fn publish(
+        self,
+        entry_id: &str,
+        reply_to: &str,
+        job_id: &str,
+        result_json: &str,
+    ) -> Result<Written, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
+        let written = self
+            .queue
+            .publish
+            .key(&keys.jobs)
+            .key(reply_to)
+            .arg(&keys.group)
+            .arg(entry_id)
+            .arg(self.queue.results_maxlen)
+            .arg(job_id)
+            .arg(result_json)
+            .arg(self.queue.reply_ttl(keys, reply_to))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(written)
+    }
+
+    /// Length, pending count and lag of the shard's job stream.
+    pub async fn stats(self) -> Result<QueueStats, QueueError> {
+        let keys = self.keys();
+        let mut c = self.queue.conn().await?;
         let length: u64 = c.xlen(&keys.jobs).await?;
         let groups: Result<StreamInfoGroupsReply, _> = c.xinfo_groups(&keys.jobs).await;
         let mut stats = QueueStats {
@@ -754,101 +498,4 @@ fn on_shard(mut entries: Vec<Entry>, k: usize) -> Vec<Entry> {
         e.shard = k;
     }
     entries
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Bytes held by the entry's field names and values.
-    fn size(e: &Entry) -> usize {
-        e.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
-    }
-
-    fn job_of(e: &Entry) -> serde_json::Value {
-        serde_json::from_slice(e.field("job").unwrap()).unwrap()
-    }
-
-    #[test]
-    fn an_entry_keeps_tens_of_kilobytes_once_its_frame_is_dropped() {
-        let filler = "x".repeat(5 << 20);
-        let job = serde_json::json!({
-            "job_id": "j", "boxes": [[0, 0, 10, 10]], "reply_to": "p:results:v",
-            "image_base64": filler, "note": "small", "blob": filler,
-        });
-        let mut e = Entry {
-            id: "1-0".into(),
-            shard: 0,
-            fields: vec![
-                (b"job".to_vec(), job.to_string().into_bytes()),
-                (b"image".to_vec(), vec![0; 1 << 20]),
-                (b"pad".to_vec(), vec![b'p'; 1 << 20]),
-            ],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        assert!(size(&e) < 2 * KEPT_FIELD_BYTES, "{} bytes kept", size(&e));
-        assert_eq!(e.field("image"), None);
-        let j = job_of(&e);
-        assert_eq!(j["job_id"], "j");
-        assert_eq!(j["reply_to"], "p:results:v");
-        assert_eq!(j["note"], "small");
-        assert!(j.get("image_base64").is_none());
-        assert!(j["blob"].as_str().unwrap().contains("bytes dropped"));
-        assert!(String::from_utf8_lossy(e.field("pad").unwrap()).contains("bytes dropped"));
-
-        // Many small unknown keys: only the contract's keys stay.
-        let mut many = serde_json::Map::new();
-        many.insert("job_id".into(), "k".into());
-        for i in 0..20_000 {
-            many.insert(format!("k{i}"), "0123456789".into());
-        }
-        let mut e = Entry {
-            id: "2-0".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), serde_json::to_vec(&many).unwrap())],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        let j = job_of(&e);
-        assert_eq!(j["job_id"], "k");
-        assert_eq!(j["dropped_keys"], 20_000);
-
-        // Unreadable JSON is cut, small readable JSON is left as it is.
-        let mut e = Entry {
-            id: "3-0".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), vec![b'{'; 1 << 20])],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        assert_eq!(size(&e), 3 + KEPT_FIELD_BYTES);
-        let small = br#"{"job_id":"s"}"#.to_vec();
-        let mut e = Entry {
-            id: "4-0".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), small.clone())],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        e.strip_frame();
-        assert_eq!(e.field("job"), Some(&small[..]));
-    }
-
-    #[test]
-    fn entry_ids_carry_the_enqueue_time() {
-        let e = Entry {
-            id: "1700000000123-4".into(),
-            shard: 0,
-            fields: vec![(b"job".to_vec(), b"{}".to_vec())],
-            deliveries: 1,
-            reclaimed: false,
-        };
-        assert_eq!(e.enqueued_ms(), Some(1_700_000_000_123));
-        assert_eq!(e.field("job"), Some(&b"{}"[..]));
-        assert_eq!(e.field("image"), None);
-    }
 }

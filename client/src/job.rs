@@ -10,17 +10,24 @@
 //! The JSON is read in one pass, typed as it goes: no JSON tree is built, strings without
 //! escapes (the base64 image above all) are borrowed from the input, unknown keys are skipped
 //! without allocating, and `boxes` stops collecting at `max_boxes`. Nesting depth and number
-//! range are checked exactly as `serde_json` checks them when it builds a `Value`.
+//! range are checked exactly as `serde_json` checks them when it builds a `Value`. The parser
+//! lives in `parse`.
+//!
+//! The same pass can also say where each member of the job object is written
+//! ([`Job::parse_with_layout`], [`JobLayout`]), so the worker can drop a job's image from what
+//! it keeps of the entry by splicing the text instead of parsing it a second time.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use base64::Engine;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::InputError;
-use crate::{MAX_ID_BYTES, VERSION};
+use crate::VERSION;
+
+mod parse;
 
 /// The input limits parsing enforces (the worker's `[limits]` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +111,43 @@ impl std::error::Error for ParseError {
     }
 }
 
+/// Where the members of a job object are written in its text, as [`Job::parse_with_layout`]
+/// read them: enough to rewrite the job (drop its image, cut large values) by splicing slices
+/// of the text, without reading it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobLayout {
+    /// Length of the text it was read from, bytes: a layout fits that text only.
+    pub len: usize,
+    /// The object's members, in the order they are written (a repeated key as often as it is
+    /// written).
+    pub members: Vec<Member>,
+}
+
+/// One `"key": value` member of a job object, as byte ranges of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The key as written, its quotes (and any escapes) included.
+    pub key: Range<usize>,
+    /// The value as written, from its first byte to its last (no whitespace around it).
+    pub value: Range<usize>,
+    /// The key unescaped, for a key written with escapes (else it is the text between the
+    /// quotes, and nothing is copied).
+    unescaped: Option<Box<str>>,
+}
+
+impl Member {
+    /// The key, unescaped. `text` is the text the layout was read from.
+    pub fn name<'t>(&'t self, text: &'t [u8]) -> &'t str {
+        if let Some(k) = &self.unescaped {
+            return k;
+        }
+        let inner = self.key.start + 1..self.key.end.saturating_sub(1);
+        text.get(inner)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+}
+
 impl<'a> Job<'a> {
     /// Parses the `job` field. `has_raw_image` says whether the entry carries an `image` field.
     /// On failure the error comes with whatever could be echoed.
@@ -112,25 +156,62 @@ impl<'a> Job<'a> {
         has_raw_image: bool,
         limits: &Limits,
     ) -> Result<Job<'a>, ParseError> {
+        Self::read(raw, has_raw_image, limits, false).0
+    }
+
+    /// [`Job::parse`], and in the same pass where each member of the job object is written in
+    /// `raw` ([`JobLayout`]). The layout comes whenever `raw` is a JSON object, valid job or
+    /// not, even one over `max_job_bytes` (a rejected job is rewritten for its dead letter
+    /// too); it is `None` only when `raw` is not a JSON object.
+    pub fn parse_with_layout(
+        raw: &'a [u8],
+        has_raw_image: bool,
+        limits: &Limits,
+    ) -> (Result<Job<'a>, ParseError>, Option<JobLayout>) {
+        Self::read(raw, has_raw_image, limits, true)
+    }
+
+    fn read(
+        raw: &'a [u8],
+        has_raw_image: bool,
+        limits: &Limits,
+        layout: bool,
+    ) -> (Result<Job<'a>, ParseError>, Option<JobLayout>) {
         let unreadable = |error| ParseError {
             error,
             echo: Echo::default(),
         };
-        if raw.len() > limits.max_job_bytes {
-            return Err(unreadable(InputError::InvalidJob(format!(
+        let oversized = (raw.len() > limits.max_job_bytes).then(|| {
+            unreadable(InputError::InvalidJob(format!(
                 "job field is {} bytes, the limit is {}",
                 raw.len(),
                 limits.max_job_bytes
-            ))));
+            )))
+        });
+        if let (Some(e), false) = (&oversized, layout) {
+            return (Err(e.clone()), None);
         }
-        let text = std::str::from_utf8(raw)
-            .map_err(|e| unreadable(InputError::InvalidJson(e.to_string())))?;
-        let fields = read_fields(text, limits.max_boxes)
-            .map_err(|m| unreadable(InputError::InvalidJson(m)))?;
-        let echo = fields.echo();
-        fields
-            .validate(has_raw_image)
-            .map_err(|error| ParseError { error, echo })
+        let text = match std::str::from_utf8(raw) {
+            Ok(text) => text,
+            Err(e) => {
+                let invalid = || unreadable(InputError::InvalidJson(e.to_string()));
+                return (Err(oversized.unwrap_or_else(invalid)), None);
+            }
+        };
+        let (fields, layout) = parse::read_fields(text, limits.max_boxes, layout);
+        if let Some(e) = oversized {
+            return (Err(e), layout);
+        }
+        let job = match fields {
+            Ok(fields) => {
+                let echo = fields.echo();
+                fields
+                    .validate(has_raw_image)
+                    .map_err(|error| ParseError { error, echo })
+            }
+            Err(m) => Err(unreadable(InputError::InvalidJson(m))),
+        };
+        (job, layout)
     }
 
     /// What a result echoes of this job.
@@ -287,1002 +368,12 @@ impl Frame {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parsing: one typed pass with serde, no JSON tree.
-
-/// Reads the known keys of the job object; any JSON error (syntax, duplicate known key, too
-/// deep, number out of range, not an object) comes back as the message of `invalid_json`.
-fn read_fields(text: &str, max_boxes: usize) -> Result<Fields<'_>, String> {
-    if !text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
-        // Say what is wrong with it: bad JSON, or good JSON of the wrong kind.
-        return Err(match serde_json::from_str::<Skip>(text) {
-            Ok(_) => "the job must be a JSON object".into(),
-            Err(e) => e.to_string(),
-        });
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let fields = FieldsSeed { max_boxes }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(fields)
-}
-
-/// A JSON value, typed only as far as the contract needs (arrays and objects are skipped).
-#[derive(Debug)]
-enum Scalar<'de> {
-    Null,
-    Bool,
-    /// A non-negative integer.
-    UInt(u64),
-    /// A negative integer.
-    Int(i64),
-    Float,
-    Str(Cow<'de, str>),
-    Array,
-    Object,
-}
-
-impl Scalar<'_> {
-    fn kind(&self) -> &'static str {
-        match self {
-            Scalar::Null => "null",
-            Scalar::Bool => "a boolean",
-            Scalar::UInt(_) | Scalar::Int(_) | Scalar::Float => "a number",
-            Scalar::Str(_) => "a string",
-            Scalar::Array => "an array",
-            Scalar::Object => "an object",
-        }
-    }
-
-    fn as_i64(&self) -> Option<i64> {
-        match *self {
-            Scalar::UInt(n) => i64::try_from(n).ok(),
-            Scalar::Int(n) => Some(n),
-            _ => None,
-        }
-    }
-
-    fn as_u64(&self) -> Option<u64> {
-        match *self {
-            Scalar::UInt(n) => Some(n),
-            Scalar::Int(n) => u64::try_from(n).ok(),
-            _ => None,
-        }
-    }
-}
-
-/// The known keys of a job object.
-#[derive(Default)]
-struct Fields<'de> {
-    v: Option<Scalar<'de>>,
-    job_id: Option<Scalar<'de>>,
-    video_id: Option<Scalar<'de>>,
-    frame_number: Option<Scalar<'de>>,
-    image_base64: Option<Scalar<'de>>,
-    reply_to: Option<Scalar<'de>>,
-    boxes: Option<Result<Vec<[f64; 4]>, InputError>>,
-    include: Option<Result<Include, InputError>>,
-}
-
-impl<'de> Fields<'de> {
-    /// Best-effort echo fields: only well-typed, bounded values are echoed.
-    fn echo(&self) -> Echo {
-        let bounded = |s: &Option<Scalar<'_>>| match s {
-            Some(Scalar::Str(s)) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Some(s.to_string()),
-            _ => None,
-        };
-        Echo {
-            job_id: bounded(&self.job_id),
-            video_id: bounded(&self.video_id),
-            frame_number: self.frame_number.as_ref().and_then(Scalar::as_u64),
-            reply_to: bounded(&self.reply_to),
-        }
-    }
-
-    /// Checks every field, in the contract's order (the first fault wins).
-    fn validate(self, has_raw_image: bool) -> Result<Job<'de>, InputError> {
-        let invalid = |m: String| Err(InputError::InvalidJob(m));
-        if let Some(v) = &self.v {
-            match v.as_i64() {
-                Some(VERSION) => {}
-                Some(other) => return Err(InputError::UnsupportedVersion(other)),
-                None => return invalid(format!("`v` must be an integer, got {}", v.kind())),
-            }
-        }
-        let job_id = match self.job_id {
-            Some(Scalar::Str(s)) if s.is_empty() => return invalid("`job_id` is empty".into()),
-            Some(Scalar::Str(s)) if s.len() > MAX_ID_BYTES => {
-                return invalid(format!(
-                    "`job_id` is {} bytes, at most {MAX_ID_BYTES} allowed",
-                    s.len()
-                ))
-            }
-            Some(Scalar::Str(s)) => s,
-            Some(v) => return invalid(format!("`job_id` must be a string, got {}", v.kind())),
-            None => return invalid("`job_id` is required".into()),
-        };
-        let video_id = optional_id("video_id", self.video_id)?;
-        let reply_to = optional_id("reply_to", self.reply_to)?;
-        let frame_number = match self.frame_number {
-            None | Some(Scalar::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(n) => Some(n),
-                None => {
-                    return invalid(format!(
-                        "`frame_number` must be an integer >= 0, got {}",
-                        v.kind()
-                    ))
-                }
-            },
-        };
-        let image_base64 = match self.image_base64 {
-            None | Some(Scalar::Null) => None,
-            Some(Scalar::Str(s)) => Some(s),
-            Some(v) => {
-                return invalid(format!("`image_base64` must be a string, got {}", v.kind()))
-            }
-        };
-        if image_base64.is_none() && !has_raw_image {
-            return Err(InputError::MissingImage);
-        }
-        let boxes = self.boxes.unwrap_or(Ok(Vec::new()))?;
-        let include = self.include.unwrap_or(Ok(Include::default()))?;
-        Ok(Job {
-            job_id,
-            video_id,
-            frame_number,
-            image_base64: if has_raw_image { None } else { image_base64 },
-            boxes,
-            reply_to,
-            include,
-        })
-    }
-}
-
-/// `video_id` and `reply_to`: null, or a string of 1 to [`MAX_ID_BYTES`] bytes.
-fn optional_id<'de>(
-    key: &str,
-    v: Option<Scalar<'de>>,
-) -> Result<Option<Cow<'de, str>>, InputError> {
-    match v {
-        None | Some(Scalar::Null) => Ok(None),
-        Some(Scalar::Str(s)) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Ok(Some(s)),
-        Some(Scalar::Str(_)) => Err(InputError::InvalidJob(format!(
-            "`{key}` must be 1 to {MAX_ID_BYTES} bytes"
-        ))),
-        Some(v) => Err(InputError::InvalidJob(format!(
-            "`{key}` must be a string, got {}",
-            v.kind()
-        ))),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
-}
-
-/// A known key of the job object, or any other.
-enum Key {
-    V,
-    JobId,
-    VideoId,
-    FrameNumber,
-    ImageBase64,
-    Boxes,
-    ReplyTo,
-    Include,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
-                Ok(match s {
-                    "v" => Key::V,
-                    "job_id" => Key::JobId,
-                    "video_id" => Key::VideoId,
-                    "frame_number" => Key::FrameNumber,
-                    "image_base64" => Key::ImageBase64,
-                    "boxes" => Key::Boxes,
-                    "reply_to" => Key::ReplyTo,
-                    "include" => Key::Include,
-                    _ => Key::Other,
-                })
-            }
-        }
-        d.deserialize_identifier(KeyVisitor)
-    }
-}
-
-/// Reads the job object into [`Fields`].
-struct FieldsSeed {
-    max_boxes: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for FieldsSeed {
-    type Value = Fields<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Fields<'de>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldsSeed {
-    type Value = Fields<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a job object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-        /// Stores a known key's value; a second occurrence of the key is a JSON error.
-        macro_rules! once {
-            ($slot:expr, $name:literal, $seed:expr) => {{
-                if $slot.is_some() {
-                    return Err(de::Error::duplicate_field($name));
-                }
-                $slot = Some(map.next_value_seed($seed)?);
-            }};
-        }
-        let mut f = Fields::default();
-        // Strings whose content the contract never reads are not copied even when escaped.
-        let text = ScalarSeed { keep_str: true };
-        let kind = ScalarSeed { keep_str: false };
-        while let Some(key) = map.next_key::<Key>()? {
-            match key {
-                Key::V => once!(f.v, "v", kind),
-                Key::JobId => once!(f.job_id, "job_id", text),
-                Key::VideoId => once!(f.video_id, "video_id", text),
-                Key::FrameNumber => {
-                    once!(f.frame_number, "frame_number", kind)
-                }
-                Key::ImageBase64 => {
-                    once!(f.image_base64, "image_base64", text)
-                }
-                Key::ReplyTo => once!(f.reply_to, "reply_to", text),
-                Key::Boxes => {
-                    let seed = BoxesSeed {
-                        max: self.max_boxes,
-                    };
-                    once!(f.boxes, "boxes", seed)
-                }
-                Key::Include => once!(f.include, "include", IncludeSeed),
-                Key::Other => {
-                    map.next_value::<Skip>()?;
-                }
-            }
-        }
-        Ok(f)
-    }
-}
-
-/// Any JSON value, read and dropped. Unlike `IgnoredAny` it goes through `deserialize_any`, so
-/// serde_json applies its recursion limit and number range checks, as it does for a `Value`.
-struct Skip;
-
-impl<'de> Deserialize<'de> for Skip {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SkipVisitor;
-        impl<'de> Visitor<'de> for SkipVisitor {
-            type Value = Skip;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
-                Ok(Skip)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Skip, A::Error> {
-                drain_seq(seq).map(|_| Skip)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Skip, A::Error> {
-                drain_map(map).map(|_| Skip)
-            }
-        }
-        d.deserialize_any(SkipVisitor)
-    }
-}
-
-/// Reads the rest of a sequence; returns how many elements that was.
-fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<usize, A::Error> {
-    let mut n = 0;
-    while seq.next_element::<Skip>()?.is_some() {
-        n += 1;
-    }
-    Ok(n)
-}
-
-fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<Skip, Skip>()?.is_some() {}
-    Ok(())
-}
-
-/// Reads one value as a [`Scalar`]; strings without escapes are borrowed from the input.
-#[derive(Clone, Copy)]
-struct ScalarSeed {
-    /// Keep the text of strings with escapes (otherwise only their kind is kept).
-    keep_str: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Null)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Bool)
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::UInt(n))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Scalar<'de>, E> {
-        Ok(if n >= 0 {
-            Scalar::UInt(n as u64)
-        } else {
-            Scalar::Int(n)
-        })
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Float)
-    }
-    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(Cow::Borrowed(s)))
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(if self.keep_str {
-            Cow::Owned(s.to_owned())
-        } else {
-            Cow::Borrowed("")
-        }))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar<'de>, A::Error> {
-        drain_seq(seq)?;
-        Ok(Scalar::Array)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar<'de>, A::Error> {
-        drain_map(map)?;
-        Ok(Scalar::Object)
-    }
-}
-
-/// The `Visitor` methods of a seed that expects an array: every other kind of value is read
-/// and becomes `self.reject(kind)` (null is left to each seed).
-macro_rules! reject_non_arrays {
-    () => {
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(self.reject("a boolean"))
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(self.reject("a number"))
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(self.reject("a number"))
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(self.reject("a number"))
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(self.reject("a string"))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            drain_map(map)?;
-            Ok(self.reject("an object"))
-        }
-    };
-}
-
-/// Reads `boxes`: null or an array of `[x1, y1, x2, y2]`. Collects at most `max` boxes; past
-/// that the rest of the array is only counted (for the message), never stored.
-#[derive(Clone, Copy)]
-struct BoxesSeed {
-    max: usize,
-}
-
-impl BoxesSeed {
-    fn reject(self, kind: &str) -> Result<Vec<[f64; 4]>, InputError> {
-        Err(InputError::InvalidBox(format!(
-            "`boxes` must be an array of [x1, y1, x2, y2], got {kind}"
-        )))
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for BoxesSeed {
-    type Value = Result<Vec<[f64; 4]>, InputError>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for BoxesSeed {
-    type Value = Result<Vec<[f64; 4]>, InputError>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of boxes")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Ok(Vec::new()))
-    }
-
-    reject_non_arrays!();
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut boxes = Vec::new();
-        // The first bad box; a count over the limit is reported before it, as it is checked
-        // first.
-        let mut fault = None;
-        let mut n = 0;
-        loop {
-            if n == self.max {
-                if seq.next_element::<Skip>()?.is_none() {
-                    break;
-                }
-                let total = n + 1 + drain_seq(seq)?;
-                return Ok(Err(InputError::InvalidBox(format!(
-                    "{total} boxes, at most {} allowed",
-                    self.max
-                ))));
-            }
-            match seq.next_element_seed(BoxSeed)? {
-                None => break,
-                Some(Ok(b)) if fault.is_none() => boxes.push(b),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    fault.get_or_insert_with(|| InputError::InvalidBox(e.message(n)));
-                }
-            }
-            n += 1;
-        }
-        Ok(match fault {
-            Some(e) => Err(e),
-            None => Ok(boxes),
-        })
-    }
-}
-
-/// What is wrong with one box.
-#[derive(Clone, Copy)]
-enum BoxFault {
-    Shape,
-    NonNumeric,
-}
-
-impl BoxFault {
-    fn message(self, i: usize) -> String {
-        match self {
-            BoxFault::Shape => format!("box {i} is not an array of 4 numbers"),
-            BoxFault::NonNumeric => format!("box {i} has a non-numeric coordinate"),
-        }
-    }
-}
-
-/// Reads one box: an array of exactly 4 numbers.
-#[derive(Clone, Copy)]
-struct BoxSeed;
-
-impl BoxSeed {
-    fn reject(self, _kind: &str) -> Result<[f64; 4], BoxFault> {
-        Err(BoxFault::Shape)
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for BoxSeed {
-    type Value = Result<[f64; 4], BoxFault>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for BoxSeed {
-    type Value = Result<[f64; 4], BoxFault>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[x1, y1, x2, y2]")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(self.reject("null"))
-    }
-
-    reject_non_arrays!();
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = [0.0; 4];
-        let mut len = 0;
-        let mut numeric = true;
-        while len < 4 {
-            match seq.next_element::<Coord>()? {
-                None => break,
-                Some(Coord(c)) => {
-                    match c {
-                        Some(x) => out[len] = x,
-                        None => numeric = false,
-                    }
-                    len += 1;
-                }
-            }
-        }
-        if len < 4 || drain_seq(seq)? > 0 {
-            return Ok(Err(BoxFault::Shape));
-        }
-        Ok(if numeric {
-            Ok(out)
-        } else {
-            Err(BoxFault::NonNumeric)
-        })
-    }
-}
-
-/// One coordinate: `Some` for any JSON number, `None` for anything else.
-struct Coord(Option<f64>);
-
-impl<'de> Deserialize<'de> for Coord {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct CoordVisitor;
-        impl<'de> Visitor<'de> for CoordVisitor {
-            type Value = Coord;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Coord, E> {
-                Ok(Coord(Some(n as f64)))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Coord, E> {
-                Ok(Coord(Some(n as f64)))
-            }
-            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Coord, E> {
-                Ok(Coord(Some(x)))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Coord, E> {
-                Ok(Coord(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Coord, E> {
-                Ok(Coord(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Coord, E> {
-                Ok(Coord(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Coord, A::Error> {
-                drain_seq(seq)?;
-                Ok(Coord(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Coord, A::Error> {
-                drain_map(map)?;
-                Ok(Coord(None))
-            }
-        }
-        d.deserialize_any(CoordVisitor)
-    }
-}
-
-/// Reads `include`: null or an array of known output names.
-#[derive(Clone, Copy)]
-struct IncludeSeed;
-
-impl IncludeSeed {
-    fn reject(self, kind: &str) -> Result<Include, InputError> {
-        Err(InputError::InvalidJob(format!(
-            "`include` must be an array, got {kind}"
-        )))
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for IncludeSeed {
-    type Value = Result<Include, InputError>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for IncludeSeed {
-    type Value = Result<Include, InputError>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of output names")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Ok(Include::default()))
-    }
-
-    reject_non_arrays!();
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut include = Include::default();
-        let mut fault = None;
-        while let Some(item) = seq.next_element_seed(ScalarSeed { keep_str: true })? {
-            if fault.is_some() {
-                continue;
-            }
-            match item {
-                Scalar::Str(s) if s == "vertices" => include.vertices = true,
-                Scalar::Str(other) => {
-                    fault = Some(InputError::InvalidJob(format!(
-                        "unknown `include` item {:?} (known: \"vertices\")",
-                        truncate(&other, 40)
-                    )))
-                }
-                _ => {
-                    fault = Some(InputError::InvalidJob(
-                        "`include` items must be strings".into(),
-                    ))
-                }
-            }
-        }
-        Ok(match fault {
-            Some(e) => Err(e),
-            None => Ok(include),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorCode;
 
     fn limits() -> Limits {
         Limits::default()
-    }
-
-    fn parse<'a>(
-        raw: &'a [u8],
-        has_raw_image: bool,
-        limits: &Limits,
-    ) -> Result<Job<'a>, (InputError, Echo)> {
-        Job::parse(raw, has_raw_image, limits).map_err(|e| (e.error, e.echo))
-    }
-
-    fn code(raw: &str) -> String {
-        parse(raw.as_bytes(), false, &limits())
-            .unwrap_err()
-            .0
-            .code()
-            .to_string()
-    }
-
-    fn error(raw: &str) -> InputError {
-        parse(raw.as_bytes(), false, &limits()).unwrap_err().0
-    }
-
-    // The tests of the worker's former `job` module, unchanged in what they assert.
-
-    #[test]
-    fn a_full_job_parses() {
-        let job = parse(
-            br#"{"v":1,"job_id":"a","video_id":"v","frame_number":16,"image_base64":"AAAA",
-                "boxes":[[1,2,30,40.5]],"reply_to":"r","include":["vertices"],"extra":true}"#,
-            false,
-            &limits(),
-        )
-        .unwrap();
-        assert_eq!(job.echo().job_id.as_deref(), Some("a"));
-        assert_eq!(job.echo().frame_number, Some(16));
-        assert_eq!(job.boxes, vec![[1.0, 2.0, 30.0, 40.5]]);
-        assert!(job.include.vertices);
-        assert_eq!(job.image_base64.as_deref(), Some("AAAA"));
-    }
-
-    #[test]
-    fn the_raw_image_field_wins_over_base64() {
-        let job = parse(br#"{"job_id":"a","image_base64":"AAAA"}"#, true, &limits()).unwrap();
-        assert_eq!(job.image_base64, None);
-        assert!(parse(br#"{"job_id":"a"}"#, true, &limits()).is_ok());
-    }
-
-    #[test]
-    fn each_bad_job_gets_its_code() {
-        assert_eq!(code("{not json"), "invalid_json");
-        assert_eq!(code("[1,2]"), "invalid_json");
-        assert_eq!(
-            code(r#"{"v":2,"job_id":"a","image_base64":"A"}"#),
-            "unsupported_version"
-        );
-        assert_eq!(
-            code(r#"{"v":"1","job_id":"a","image_base64":"A"}"#),
-            "invalid_job"
-        );
-        assert_eq!(code(r#"{"image_base64":"A"}"#), "invalid_job");
-        assert_eq!(code(r#"{"job_id":7,"image_base64":"A"}"#), "invalid_job");
-        assert_eq!(code(r#"{"job_id":"a"}"#), "missing_image");
-        assert_eq!(
-            code(r#"{"job_id":"a","image_base64":"A","frame_number":-1}"#),
-            "invalid_job"
-        );
-        assert_eq!(
-            code(r#"{"job_id":"a","image_base64":"A","boxes":{}}"#),
-            "invalid_box"
-        );
-        assert_eq!(
-            code(r#"{"job_id":"a","image_base64":"A","boxes":[[1,2,3]]}"#),
-            "invalid_box"
-        );
-        assert_eq!(
-            code(r#"{"job_id":"a","image_base64":"A","boxes":[[1,2,3,"x"]]}"#),
-            "invalid_box"
-        );
-        assert_eq!(
-            code(r#"{"job_id":"a","image_base64":"A","include":["mesh"]}"#),
-            "invalid_job"
-        );
-        let long = format!(r#"{{"job_id":"{}","image_base64":"A"}}"#, "x".repeat(300));
-        assert_eq!(code(&long), "invalid_job");
-        let many = format!(
-            r#"{{"job_id":"a","image_base64":"A","boxes":[{}]}}"#,
-            vec!["[0,0,1,1]"; 33].join(",")
-        );
-        assert_eq!(code(&many), "invalid_box");
-        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(code(&deep), "invalid_json");
-    }
-
-    #[test]
-    fn rejected_jobs_still_echo_what_they_can() {
-        let (e, echo) = parse(
-            br#"{"job_id":"j1","video_id":"v","frame_number":3,"reply_to":"out","v":9}"#,
-            false,
-            &limits(),
-        )
-        .unwrap_err();
-        assert_eq!(e.code(), "unsupported_version");
-        assert_eq!(echo.job_id.as_deref(), Some("j1"));
-        assert_eq!(echo.reply_to.as_deref(), Some("out"));
-        assert_eq!(echo.frame_number, Some(3));
-    }
-
-    #[test]
-    fn oversized_jobs_are_refused_before_parsing() {
-        let mut l = limits();
-        l.max_job_bytes = 10;
-        let (e, _) = parse(br#"{"job_id":"abcdef","image_base64":"A"}"#, false, &l).unwrap_err();
-        assert_eq!(e.code(), "invalid_job");
-    }
-
-    // New with the typed parser.
-
-    #[test]
-    fn the_base64_image_is_borrowed_from_the_input() {
-        let raw = br#"{"job_id":"a","image_base64":"AAAA"}"#;
-        let job = Job::parse(raw, false, &limits()).unwrap();
-        assert!(matches!(job.image_base64, Some(Cow::Borrowed(_))));
-        assert!(matches!(job.job_id, Cow::Borrowed("a")));
-        // Escapes need a copy, and still read right.
-        let job = Job::parse(
-            br#"{"job_id":"a\u0062","image_base64":"A\/A="}"#,
-            false,
-            &limits(),
-        )
-        .unwrap();
-        assert_eq!(job.job_id, "ab");
-        assert_eq!(job.image_base64.as_deref(), Some("A/A="));
-        let owned: Job<'static> = job.clone().into_owned();
-        assert_eq!(owned, job);
-    }
-
-    #[test]
-    fn a_million_boxes_are_refused_without_collecting_them() {
-        let many = format!(
-            r#"{{"job_id":"a","image_base64":"A","boxes":[{}]}}"#,
-            vec!["[0,0,1,1]"; 1_000_000].join(",")
-        );
-        let e = Job::parse(many.as_bytes(), false, &limits()).unwrap_err();
-        assert_eq!(e.error.code(), ErrorCode::InvalidBox);
-        assert_eq!(
-            e.error,
-            InputError::InvalidBox("1000000 boxes, at most 32 allowed".into())
-        );
-        assert_eq!(e.echo.job_id.as_deref(), Some("a"));
-        // Exactly at the limit is fine.
-        let max = format!(
-            r#"{{"job_id":"a","image_base64":"A","boxes":[{}]}}"#,
-            vec!["[0,0,1,1]"; 32].join(",")
-        );
-        assert_eq!(
-            Job::parse(max.as_bytes(), false, &limits())
-                .unwrap()
-                .boxes
-                .len(),
-            32
-        );
-    }
-
-    #[test]
-    fn messages_say_what_is_wrong() {
-        let j = |extra: &str| format!(r#"{{"job_id":"a","image_base64":"A"{extra}}}"#);
-        assert_eq!(
-            error(&j(r#","v":1.0"#)),
-            InputError::InvalidJob("`v` must be an integer, got a number".into())
-        );
-        assert_eq!(error(&j(r#","v":null"#)).code(), ErrorCode::InvalidJob);
-        assert_eq!(
-            error(r#"{"v":-3,"job_id":"a","image_base64":"A"}"#),
-            InputError::UnsupportedVersion(-3)
-        );
-        assert_eq!(
-            error(r#"{"job_id":"","image_base64":"A"}"#),
-            InputError::InvalidJob("`job_id` is empty".into())
-        );
-        assert_eq!(
-            error(r#"{"job_id":null,"image_base64":"A"}"#),
-            InputError::InvalidJob("`job_id` must be a string, got null".into())
-        );
-        assert_eq!(
-            error(&j(r#","video_id":"""#)),
-            InputError::InvalidJob("`video_id` must be 1 to 256 bytes".into())
-        );
-        assert_eq!(
-            error(&j(r#","reply_to":["x"]"#)),
-            InputError::InvalidJob("`reply_to` must be a string, got an array".into())
-        );
-        assert_eq!(
-            error(&j(r#","frame_number":1.5"#)),
-            InputError::InvalidJob("`frame_number` must be an integer >= 0, got a number".into())
-        );
-        assert_eq!(
-            error(r#"{"job_id":"a","image_base64":{"x":1}}"#),
-            InputError::InvalidJob("`image_base64` must be a string, got an object".into())
-        );
-        assert_eq!(
-            error(&j(r#","boxes":"x""#)),
-            InputError::InvalidBox(
-                "`boxes` must be an array of [x1, y1, x2, y2], got a string".into()
-            )
-        );
-        assert_eq!(
-            error(&j(r#","boxes":[[0,0,1,1],[1,2,3,4,5]]"#)),
-            InputError::InvalidBox("box 1 is not an array of 4 numbers".into())
-        );
-        assert_eq!(
-            error(&j(r#","boxes":[[0,0,1,[1]]]"#)),
-            InputError::InvalidBox("box 0 has a non-numeric coordinate".into())
-        );
-        assert_eq!(
-            error(&j(r#","include":"vertices""#)),
-            InputError::InvalidJob("`include` must be an array, got a string".into())
-        );
-        assert_eq!(
-            error(&j(r#","include":["vertices",3]"#)),
-            InputError::InvalidJob("`include` items must be strings".into())
-        );
-        assert_eq!(
-            error(&j(r#","include":["mesh","x"]"#)),
-            InputError::InvalidJob("unknown `include` item \"mesh\" (known: \"vertices\")".into())
-        );
-        // Field order in the text does not change which fault is reported.
-        assert_eq!(
-            error(r#"{"boxes":7,"image_base64":"A","job_id":"a","v":2}"#),
-            InputError::UnsupportedVersion(2)
-        );
-        // A count over the limit is reported before a bad box, as it is checked first.
-        let many = j(&format!(
-            r#","boxes":[[1],{}]"#,
-            vec!["[0,0,1,1]"; 40].join(",")
-        ));
-        assert_eq!(
-            error(&many),
-            InputError::InvalidBox("41 boxes, at most 32 allowed".into())
-        );
-    }
-
-    #[test]
-    fn json_faults_are_invalid_json() {
-        let ok = r#"{"job_id":"a","image_base64":"A"}"#;
-        assert!(Job::parse(ok.as_bytes(), false, &limits()).is_ok());
-        for bad in [
-            "",
-            "  ",
-            "null",
-            r#""job""#,
-            r#"{"job_id":"a","image_base64":"A"} x"#,
-            r#"{"job_id":"a","image_base64":"A",}"#,
-            r#"{"job_id":"a","job_id":"b","image_base64":"A"}"#,
-            r#"{"job_id":"a","image_base64":"A","n":1e400}"#,
-            r#"{"job_id":"a","image_base64":"A","boxes":[[0,0,1,1e400]]}"#,
-        ] {
-            let e = Job::parse(bad.as_bytes(), false, &limits()).unwrap_err();
-            assert_eq!(e.error.code(), ErrorCode::InvalidJson, "{bad}: {}", e.error);
-            assert_eq!(e.echo, Echo::default(), "{bad}");
-        }
-        let e = Job::parse(b"[1,2]", false, &limits()).unwrap_err();
-        assert_eq!(
-            e.error,
-            InputError::InvalidJson("the job must be a JSON object".into())
-        );
-        let e = Job::parse(b"{\"job_id\":\"\xff\"}", false, &limits()).unwrap_err();
-        assert_eq!(e.error.code(), ErrorCode::InvalidJson);
-        // Unknown keys are skipped, but still within serde_json's recursion limit.
-        let nested = |depth: usize| {
-            format!(
-                r#"{{"job_id":"a","image_base64":"A","x":{}{}}}"#,
-                "[".repeat(depth),
-                "]".repeat(depth)
-            )
-        };
-        assert!(Job::parse(nested(100).as_bytes(), false, &limits()).is_ok());
-        let e = Job::parse(nested(10_000).as_bytes(), false, &limits()).unwrap_err();
-        assert_eq!(e.error.code(), ErrorCode::InvalidJson);
-        assert!(
-            e.error.to_string().contains("recursion limit"),
-            "{}",
-            e.error
-        );
-    }
-
-    #[test]
-    fn the_echo_does_not_depend_on_the_faulty_field() {
-        let e = Job::parse(
-            br#"{"boxes":[[1]],"job_id":"j","video_id":"v","frame_number":7,"reply_to":"r","image_base64":"A"}"#,
-            false,
-            &limits(),
-        )
-        .unwrap_err();
-        assert_eq!(e.error.code(), ErrorCode::InvalidBox);
-        assert_eq!(
-            e.echo,
-            Echo {
-                job_id: Some("j".into()),
-                video_id: Some("v".into()),
-                frame_number: Some(7),
-                reply_to: Some("r".into()),
-            }
-        );
-        // Ill-typed or oversized fields are not echoed; the others still are.
-        let long = "x".repeat(MAX_ID_BYTES + 1);
-        let raw = format!(
-            r#"{{"job_id":"j","video_id":"{long}","frame_number":-1,"reply_to":5,"image_base64":"A"}}"#
-        );
-        let e = Job::parse(raw.as_bytes(), false, &limits()).unwrap_err();
-        assert_eq!(
-            e.echo,
-            Echo {
-                job_id: Some("j".into()),
-                ..Default::default()
-            }
-        );
-    }
-
-    #[test]
-    fn unknown_keys_of_any_shape_are_ignored() {
-        let job = Job::parse(
-            br#"{"trace":{"a":[1,{"b":null}],"c":"\u00e9"},"job_id":"a","image_base64":"A","t":-1.5e3,"boxes":null,"include":null,"video_id":null}"#,
-            false,
-            &limits(),
-        )
-        .unwrap();
-        assert_eq!(job, Job::new("a").image_base64("A"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub(crate) async fn decode(
                 let (d, prepared) = tokio::task::spawn_blocking(move || {
                     let mut d = d;
                     let _in_job = d.span.clone().entered();
-                    let keys = ctx2.queue.keys(d.entry.shard);
+                    let keys = ctx2.queue.shard(d.entry.shard).keys();
                     let limits = &ctx2.config.limits;
                     let p = prepare::prepare(&d.entry, keys, limits, ctx2.detector_input);
                     d.record_job_id(match &p {

@@ -54,7 +54,7 @@ impl Fetch {
             failing[k] = error;
             failing.iter().flatten().next().cloned()
         };
-        let stream = &self.ctx.queue.keys(k).jobs;
+        let stream = &self.ctx.queue.shard(k).keys().jobs;
         self.ctx.health.set(
             Input::RedisRead,
             first.map_or(Ok(()), |e| Err(format!("reading {stream}: {e}"))),
@@ -161,7 +161,7 @@ async fn read_shard(f: Arc<Fetch>, k: usize) {
         let c = conn.as_mut().expect("connected above");
         let block = alone || !busy;
         // Not raced against shutdown: see `fetch`.
-        let entries = match f.ctx.queue.read_new(c, k, held.len(), block).await {
+        let entries = match f.ctx.queue.shard(k).read_new(c, held.len(), block).await {
             Ok(new) => new,
             Err(e) => {
                 conn = None;
@@ -215,7 +215,7 @@ async fn claim_orphans(f: Arc<Fetch>) {
         let mut failed = None;
         for j in 0..shards {
             let k = (start + j) % shards;
-            match f.ctx.queue.find_orphan(k).await {
+            match f.ctx.queue.shard(k).find_orphan().await {
                 Ok(None) => f.recovered(k, &mut backoff),
                 Ok(Some(o)) => {
                     f.recovered(k, &mut backoff);
@@ -246,7 +246,7 @@ async fn claim_orphans(f: Arc<Fetch>) {
             }
             _ = f.intake.cancelled() => return,
         };
-        let entry = match f.ctx.queue.claim_orphan(k, &id, delivered).await {
+        let entry = match f.ctx.queue.shard(k).claim_orphan(&id, delivered).await {
             Ok(Some(e)) => e,
             Ok(None) => continue,
             Err(e) => {
@@ -273,7 +273,7 @@ async fn claim_orphans(f: Arc<Fetch>) {
         }
         tracing::info!(
             entry = %delivery.entry.id,
-            stream = %f.ctx.queue.keys(k).jobs,
+            stream = %f.ctx.queue.shard(k).keys().jobs,
             deliveries = delivery.entry.deliveries,
             "reclaimed an orphaned entry; running it alone"
         );
@@ -296,7 +296,7 @@ pub(super) async fn release(ctx: &Ctx, k: usize, ids: Vec<String>) {
     if ids.is_empty() {
         return;
     }
-    match ctx.queue.release(k, &ids).await {
+    match ctx.queue.shard(k).release(&ids).await {
         Ok(n) => tracing::info!(entries = n, "released entries read while stopping"),
         Err(e) => {
             tracing::warn!(error = %e, entries = ids.len(), "could not release entries; they are reclaimed after claim_idle_ms")
@@ -321,10 +321,10 @@ pub(super) async fn renew_leases(ctx: Arc<Ctx>, leases: Leases) {
             continue;
         }
         for k in 0..ctx.queue.shards() {
-            match ctx.queue.extend_lease(k, &leases.ids(k)).await {
+            match ctx.queue.shard(k).extend_lease(&leases.ids(k)).await {
                 Ok(lost) if !lost.is_empty() => tracing::info!(
                     entries = lost.len(),
-                    stream = %ctx.queue.keys(k).jobs,
+                    stream = %ctx.queue.shard(k).keys().jobs,
                     "entries held here were reclaimed by another worker (or finished); their leases are not renewed"
                 ),
                 Ok(_) => {}
@@ -339,8 +339,8 @@ pub(super) async fn renew_leases(ctx: Arc<Ctx>, leases: Leases) {
 /// consumer itself is removed when it holds nothing. Best effort: Redis may be away.
 pub(super) async fn retire(ctx: &Ctx) {
     for k in 0..ctx.queue.shards() {
-        let stream = &ctx.queue.keys(k).jobs;
-        match ctx.queue.release(k, &[]).await {
+        let stream = &ctx.queue.shard(k).keys().jobs;
+        match ctx.queue.shard(k).release(&[]).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 entries = n,
@@ -351,7 +351,7 @@ pub(super) async fn retire(ctx: &Ctx) {
                 tracing::warn!(error = %e, %stream, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
             }
         }
-        match ctx.queue.forget_consumer(k, ctx.queue.consumer()).await {
+        match ctx.queue.shard(k).forget_consumer(ctx.queue.consumer()).await {
             Ok(true) => {
                 tracing::debug!(consumer = %ctx.queue.consumer(), %stream, "consumer removed from the group")
             }

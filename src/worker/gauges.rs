@@ -24,8 +24,8 @@ pub(crate) async fn sample(ctx: Arc<Ctx>, gpu: Option<Arc<GpuSampler>>) {
             prune(&ctx, prune_after).await;
         }
         for k in 0..ctx.queue.shards() {
-            let stream = ctx.queue.keys(k).jobs.clone();
-            match ctx.queue.stats(k).await {
+            let stream = ctx.queue.shard(k).keys().jobs.clone();
+            match ctx.queue.shard(k).stats().await {
                 Ok(s) => {
                     gauge!(m::QUEUE_LENGTH, "stream" => stream.clone()).set(s.length as f64);
                     gauge!(m::QUEUE_PENDING, "stream" => stream.clone()).set(s.pending as f64);
@@ -49,10 +49,10 @@ pub(crate) async fn sample(ctx: Arc<Ctx>, gpu: Option<Arc<GpuSampler>>) {
 /// Removes consumers of every shard that have been idle and empty for `after`.
 async fn prune(ctx: &Ctx, after: Duration) {
     for k in 0..ctx.queue.shards() {
-        match ctx.queue.prune_consumers(k, after).await {
+        match ctx.queue.shard(k).prune_consumers(after).await {
             Ok(gone) if !gone.is_empty() => tracing::info!(
                 consumers = ?gone,
-                stream = %ctx.queue.keys(k).jobs,
+                stream = %ctx.queue.shard(k).keys().jobs,
                 "removed consumers idle and empty for too long"
             ),
             Ok(_) => {}

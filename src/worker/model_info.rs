@@ -44,7 +44,7 @@ pub(crate) async fn publish(ctx: &Ctx, loaded: &Loaded) {
     let fields = fields(&ctx.config, loaded);
     match ctx.queue.publish_model_info(&fields).await {
         Ok(()) => tracing::info!(
-            key = %ctx.queue.keys(0).model,
+            key = %ctx.queue.shard(0).keys().model,
             fields = fields.len(),
             "model information published"
         ),

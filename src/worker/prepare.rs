@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use metrics::histogram;
 
-use hmr2_client::{BoxSource, Echo, Include, Job, Keys};
+use hmr2_client::{BoxSource, Echo, Include, Keys};
 
 use crate::config::{DetectorConfig, LimitsConfig, OnEmpty};
 use crate::detector::{self, Detection};
@@ -113,7 +113,8 @@ pub fn plan(
     })
 }
 
-/// Parses the entry's `job` field (a `reply_to` outside `keys.results*` is `invalid_job`),
+/// Parses the entry's `job` field (a `reply_to` outside `keys.results*` is `invalid_job`; the
+/// entry keeps where the job's members are written, for [`Entry::strip_frame`]),
 /// decodes its image and crops every person. With a detector
 /// (`detector_input`: its square side) and no boxes in the job, letterboxes the frame instead
 /// and keeps it for [`crop_detected`].
@@ -132,15 +133,14 @@ pub fn prepare(
         })
     };
     let raw_image = entry.field("image").filter(|b| !b.is_empty());
-    let Some(raw_job) = entry.field("job") else {
+    let Some(parsed) = entry.parse_job(raw_image.is_some(), &limits.job()) else {
         return Err(reject(
             InputError::InvalidJob("the stream entry has no `job` field".into()),
             &Echo::default(),
             None,
         ));
     };
-    let job = Job::parse(raw_job, raw_image.is_some(), &limits.job())
-        .map_err(|e| reject(e.error, &e.echo, None))?;
+    let job = parsed.map_err(|e| reject(e.error, &e.echo, None))?;
     let echo = &job.echo();
     if let Some(r) = job.reply_to.as_deref() {
         if !keys.accepts_reply_to(r) {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hmr2_client::{Echo, ErrorCode, Job, JobResult, Timings};
+use hmr2_client::{Echo, ErrorCode, JobResult, Timings};
 use metrics::histogram;
 use tracing::Instrument;
 
@@ -60,14 +60,14 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         let json = r.to_json();
         histogram!(m::STAGE_DURATION, "stage" => m::stage::POSTPROCESS).record(t.elapsed().as_secs_f64());
         let shard = delivery.entry.shard;
-        let reply = ctx.queue.keys(shard).reply_stream(echo.reply_to.as_deref()).to_string();
+        let reply = ctx.queue.shard(shard).keys().reply_stream(echo.reply_to.as_deref()).to_string();
         let job_id = echo.job_id.clone().unwrap_or_default();
         let t = Instant::now();
         // Each attempt counts as work in progress for the stall watch; waiting out an outage
         // between attempts does not.
         let published = retry(&ctx.health, &ctx.stops.hard, || async {
             let _busy = ctx.health.busy("publish");
-            ctx.queue.publish(shard, &delivery.entry.id, &reply, &job_id, &json).await
+            ctx.queue.shard(shard).publish(&delivery.entry.id, &reply, &job_id, &json).await
         })
         .await;
         histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());
@@ -122,13 +122,11 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
 async fn too_many_in_span(ctx: Arc<Ctx>, d: Delivery) {
     let echo = d
         .entry
-        .field("job")
-        .map(
-            |raw| match Job::parse(raw, true, &ctx.config.limits.job()) {
-                Ok(j) => j.echo(),
-                Err(e) => e.echo,
-            },
-        )
+        .parse_job(true, &ctx.config.limits.job())
+        .map(|parsed| match parsed {
+            Ok(j) => j.echo(),
+            Err(e) => e.echo,
+        })
         .unwrap_or_default();
     d.record_job_id(echo.job_id.as_deref());
     let message = format!(
@@ -184,7 +182,7 @@ async fn dead_letter(
     let json = result.to_json();
     let code = result.error.as_ref().map_or("", |e| e.code.as_str());
     let job_id = echo.job_id.clone().unwrap_or_default();
-    let keys = ctx.queue.keys(d.entry.shard);
+    let keys = ctx.queue.shard(d.entry.shard).keys();
     let default = keys.results.clone();
     let mut reply = keys.reply_stream(echo.reply_to.as_deref()).to_string();
     loop {

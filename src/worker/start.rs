@@ -119,7 +119,7 @@ where
     };
     tracing::info!(
         redis = %crate::config::redact_url(&config.redis.url),
-        stream = %queue.keys(0).jobs,
+        stream = %queue.shard(0).keys().jobs,
         shards = queue.shards(),
         cluster = queue.is_cluster(),
         consumer = %queue.consumer(),

@@ -34,13 +34,7 @@ fn entry(job: &[u8], image: Option<Vec<u8>>) -> Entry {
     if let Some(i) = image {
         fields.push((b"image".to_vec(), i));
     }
-    Entry {
-        id: "1-0".into(),
-        shard: 0,
-        fields,
-        deliveries: 1,
-        reclaimed: false,
-    }
+    Entry::new("1-0", fields)
 }
 
 /// Arbitrary JSON values, a few levels deep, biased towards the contract's keys.

@@ -372,9 +372,9 @@ async fn renewing_a_lease_never_takes_back_an_entry_reclaimed_elsewhere() {
     let mut cfg = config(&url, &p);
     cfg.queue.consumer = "first".into();
     let first = Queue::new(&cfg).unwrap();
-    first.ensure_group(0).await.unwrap();
+    first.shard(0).ensure_group().await.unwrap();
     let mut conn = first.blocking_connection().await.unwrap();
-    let got = first.read_new(&mut conn, 0, 1, true).await.unwrap();
+    let got = first.shard(0).read_new(&mut conn, 1, true).await.unwrap();
     assert_eq!(got.len(), 1);
     let id = got[0].id.clone();
     // After a long outage, another worker reclaims the entry.
@@ -389,7 +389,8 @@ async fn renewing_a_lease_never_takes_back_an_entry_reclaimed_elsewhere() {
         .await
         .unwrap();
     let lost = first
-        .extend_lease(0, std::slice::from_ref(&id))
+        .shard(0)
+        .extend_lease(std::slice::from_ref(&id))
         .await
         .unwrap();
     assert_eq!(
@@ -427,7 +428,7 @@ async fn lag_counts_undelivered_entries_even_when_redis_cannot() {
     let _: u64 = c.xack(&keys.jobs, &keys.group, &[&ids[5]]).await.unwrap();
     let _: u64 = c.xdel(&keys.jobs, &[&ids[5]]).await.unwrap();
     let q = Queue::new(&config(&url, &p)).unwrap();
-    let s = q.stats(0).await.unwrap();
+    let s = q.shard(0).stats().await.unwrap();
     assert_eq!((s.length, s.pending), (9, 5));
     assert_eq!(s.lag, Some(4), "four entries were never delivered");
 }

@@ -256,13 +256,13 @@ async fn a_pooled_connection_broken_by_a_restart_is_replaced() {
     let p = prefix("pool");
     let cfg = config(&redis.url(), &p);
     let q = hmr2_worker::queue::Queue::new(&cfg).unwrap();
-    q.ensure_group(0).await.unwrap();
-    q.stats(0).await.expect("a first command");
+    q.shard(0).ensure_group().await.unwrap();
+    q.shard(0).stats().await.expect("a first command");
     redis.shutdown();
     redis.restart().unwrap();
     let mut failures = 0;
     for _ in 0..5 {
-        if q.stats(0).await.is_err() {
+        if q.shard(0).stats().await.is_err() {
             failures += 1;
         }
     }
@@ -297,7 +297,7 @@ async fn the_pool_pings_only_connections_that_sat_idle() {
         let mut cfg = config(&redis.url(), &p);
         cfg.redis.pool_idle_check_ms = idle_check_ms;
         let q = hmr2_worker::queue::Queue::new(&cfg).unwrap();
-        q.ensure_group(0).await.unwrap();
+        q.shard(0).ensure_group().await.unwrap();
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query_async(&mut admin)
@@ -307,7 +307,7 @@ async fn the_pool_pings_only_connections_that_sat_idle() {
             if let Some(ms) = pause {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            q.stats(0).await.unwrap();
+            q.shard(0).stats().await.unwrap();
         }
         pings_for.push(pings(&mut admin).await);
     }
