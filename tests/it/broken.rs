@@ -6,13 +6,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmr2_client::{Frame, Keys};
 use hmr2_worker::detector::TorchDetector;
-use hmr2_worker::error::ModelError;
-use hmr2_worker::model::{BatchOutput, Model, ModelMeta};
+use hmr2_worker::test_support::StandIn;
 use hmr2_worker::Models;
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -176,44 +174,6 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
     assert_eq!(dead, 0, "no job was dead-lettered");
 }
 
-/// Stands in for a device that hangs: no real device can be made to hang on demand here, so
-/// this Rust model blocks in `forward` on a crop whose first byte is 255 (an all-white crop)
-/// until the test releases it (or 60 s pass), and otherwise answers like a model.
-struct Hangs {
-    meta: ModelMeta,
-    release: Arc<Mutex<std_mpsc::Receiver<()>>>,
-}
-
-impl Model for Hangs {
-    fn forward(&mut self, crops: &[u8], n: usize, _: bool) -> Result<BatchOutput, ModelError> {
-        if crops.chunks_exact(crops.len() / n).any(|c| c[0] == 255) {
-            let _ = self
-                .release
-                .lock()
-                .unwrap()
-                .recv_timeout(Duration::from_secs(60));
-        }
-        Ok(BatchOutput {
-            n,
-            pred_cam: [1.0, 0.0, 0.0].repeat(n),
-            global_orient: vec![0.0; n * 9],
-            body_pose: vec![0.0; n * 23 * 9],
-            betas: vec![0.0; n * 10],
-            keypoints_3d: vec![0.0; n * 44 * 3],
-            vertices: None,
-        })
-    }
-    fn meta(&self) -> &ModelMeta {
-        &self.meta
-    }
-    fn device_label(&self) -> String {
-        "stand-in".into()
-    }
-    fn cuda_index(&self) -> Option<usize> {
-        None
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_pass_that_hangs_past_the_stall_timeout_makes_the_worker_not_live() {
     let redis = shared_redis();
@@ -223,20 +183,18 @@ async fn a_forward_pass_that_hangs_past_the_stall_timeout_makes_the_worker_not_l
     let mut c = config(&url, &p);
     c.gpu.stall_timeout_s = 1;
     let http = format!("http://{}", c.http.listen);
+    // No real device can be made to hang on demand here: the stand-in blocks in `forward` on a
+    // batch holding an all-white crop (first byte 255) until the test releases it, and
+    // otherwise answers like a model.
     let (release, hung) = std_mpsc::channel();
-    let meta = ModelMeta::parse(
-        r#"{"name":"stand-in","input_size":[256,256],"outputs":{"pred_cam":[],
-        "global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#,
-    )
-    .unwrap();
-    let hung = Arc::new(Mutex::new(hung));
+    let model = StandIn::new().hang_when(
+        |crops, n| StandIn::crops(crops, n).any(|c| c[0] == 255),
+        hung,
+    );
     let token = CancellationToken::new();
     let worker = tokio::spawn(hmr2_worker::run_with(c, token.clone(), move |_| {
         Ok(Models {
-            hmr: Hangs {
-                meta,
-                release: hung,
-            },
+            hmr: model,
             detector: None::<TorchDetector>,
         })
     }));

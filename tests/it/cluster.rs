@@ -5,16 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmr2_client::{producer, Frame, Job, Layout};
 use hmr2_tools::redis_server::{ClusterTls, RedisCluster};
 use hmr2_worker::config::Config;
 use hmr2_worker::detector::TorchDetector;
-use hmr2_worker::error::ModelError;
-use hmr2_worker::model::{BatchOutput, Model, ModelMeta, TorchModel};
+use hmr2_worker::model::TorchModel;
+use hmr2_worker::test_support::{Batches, StandIn};
 use hmr2_worker::Models;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
@@ -548,28 +546,6 @@ async fn tls_and_a_least_privilege_acl_user_serve_a_sharded_queue_on_the_cluster
     .await;
 }
 
-/// The tiny TorchScript model, noting the largest forward pass it was given.
-struct Largest {
-    inner: TorchModel,
-    largest: Arc<AtomicUsize>,
-}
-
-impl Model for Largest {
-    fn forward(&mut self, crops: &[u8], n: usize, v: bool) -> Result<BatchOutput, ModelError> {
-        self.largest.fetch_max(n, Ordering::Relaxed);
-        self.inner.forward(crops, n, v)
-    }
-    fn meta(&self) -> &ModelMeta {
-        self.inner.meta()
-    }
-    fn device_label(&self) -> String {
-        self.inner.device_label()
-    }
-    fn cuda_index(&self) -> Option<usize> {
-        self.inner.cuda_index()
-    }
-}
-
 /// One node, four shards with a backlog each: the worker never holds more than
 /// `max_batch × (queue_depth + 2)` entries over all shards together, and never runs a forward
 /// pass of more than `max_batch` crops.
@@ -591,19 +567,17 @@ async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
     producer::add_all_sharded(&mut c, &layout, &frames, true, |_| {})
         .await
         .unwrap();
-    let largest = Arc::new(AtomicUsize::new(0));
-    let seen_largest = largest.clone();
+    let batches = Batches::default();
+    let noted = batches.clone();
     let path = cfg.model.path.clone();
     let token = CancellationToken::new();
     let worker = tokio::spawn(hmr2_worker::run_with(
         cfg.clone(),
         token.clone(),
         move |device| {
+            // The tiny TorchScript model, noting the size of every forward pass.
             Ok(Models {
-                hmr: Largest {
-                    inner: TorchModel::load(&path, device)?,
-                    largest: seen_largest,
-                },
+                hmr: StandIn::around(TorchModel::load(&path, device)?).batches(&noted),
                 detector: None::<TorchDetector>,
             })
         },
@@ -639,7 +613,7 @@ async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
         most <= inflight,
         "{most} entries held at once, over the bound of {inflight}"
     );
-    let largest = largest.load(Ordering::Relaxed);
+    let largest = batches.largest();
     assert!(
         (1..=2).contains(&largest),
         "the largest forward pass had {largest} crops; max_batch is 2"
