@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmr2_client::{Frame, Keys};
 use hmr2_worker::detector::TorchDetector;
@@ -38,41 +38,25 @@ fn good(job_id: &str, seed: u32) -> Frame {
     frame(job_id, image(320, 240, seed, seed % 2 == 0))
 }
 
-/// Polls `/healthz` every few milliseconds until it answers 503 with a `broken` reason, or
-/// `deadline`; returns that body.
-async fn wait_broken(http: &str, worker: &mut WorkerProcess, deadline: Instant) -> Value {
-    loop {
-        if let Some((status, body)) = http_get(&format!("{http}/healthz")).await {
-            let report: Value = serde_json::from_str(&body).expect("/healthz answers JSON");
-            if report["broken"].is_string() {
-                assert_eq!(status, 503, "a broken worker is not live: {body}");
-                return report;
-            }
-        }
+/// Polls `/healthz` until it answers 503 with a `broken` reason, or `within` passes; returns
+/// that body.
+async fn wait_broken(http: &str, worker: &mut WorkerProcess, within: Duration) -> Value {
+    wait_for("worker A to report itself broken", within, || {
         if let Ok(Some(status)) = worker.try_wait() {
             panic!("worker A exited ({status}) before /healthz was seen reporting it broken");
         }
-        assert!(
-            Instant::now() < deadline,
-            "worker A never reported itself broken"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits for `child` to exit, within `timeout`.
-async fn wait_exit(child: &mut WorkerProcess, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
+        async move {
+            let (status, body) = http_get(&format!("{http}/healthz")).await?;
+            let report: Value = serde_json::from_str(&body).expect("/healthz answers JSON");
+            if report["broken"].is_string() {
+                assert_eq!(status, 503, "a broken worker is not live: {body}");
+                Some(report)
+            } else {
+                None
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not exit within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,30 +80,28 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
     // A works on good frames.
     let first: Vec<Frame> = (0..10).map(|i| good(&format!("g{i}"), i)).collect();
     enqueue_frames(&url, &p, &first, true).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let got = results(&url, &keys.results).await;
-        if got.len() == 10 {
-            assert!(got.iter().all(|(_, r)| r["status"] == "ok"), "{got:?}");
-            break;
-        }
+    wait_for("A to answer 10 jobs", Duration::from_secs(120), || {
         if let Ok(Some(status)) = a.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             panic!("worker A exited ({status}) on good frames:\n{log}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "A answered {} of 10 jobs",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        async {
+            let got = results(&url, &keys.results).await;
+            if got.len() == 10 {
+                assert!(got.iter().all(|(_, r)| r["status"] == "ok"), "{got:?}");
+                Ok(())
+            } else {
+                Err(format!("{} of 10 answered", got.len()))
+            }
+        }
+    })
+    .await;
 
     // Then a marked frame arrives with more good ones: A's device "fails" on it.
     let mut second = vec![marked("marked")];
     second.extend((10..20).map(|i| good(&format!("g{i}"), i)));
     enqueue_frames(&url, &p, &second, true).await;
-    let report = wait_broken(&a_http, &mut a, Instant::now() + Duration::from_secs(60)).await;
+    let report = wait_broken(&a_http, &mut a, Duration::from_secs(60)).await;
     let reason = report["broken"].as_str().unwrap();
     assert!(reason.contains("illegal memory access"), "{report}");
     assert_eq!(report["alive"], false, "{report}");
@@ -140,11 +122,13 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
     b_cfg.queue.claim_idle_ms = 1500;
     let mut b = spawn_worker_process_with(&b_cfg, &[("HMR2_QUEUE__CLAIM_INTERVAL_MS", "200")]);
     let got = wait_results(&url, &keys.results, 21, Duration::from_secs(180)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pending(&url, &p).await > 0 {
-        assert!(Instant::now() < deadline, "entries still pending");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("nothing pending", Duration::from_secs(60), || async {
+        match pending(&url, &p).await {
+            0 => Ok(()),
+            n => Err(format!("{n} entries pending")),
+        }
+    })
+    .await;
     signal_term(&b);
     let b_status = wait_exit(&mut b, Duration::from_secs(60)).await;
     assert!(b_status.success(), "worker B stops cleanly: {b_status}");

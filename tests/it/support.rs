@@ -5,7 +5,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -315,6 +315,15 @@ pub async fn wait_status(url: &str, status: u16, within: Duration) {
             Some((s, body)) => Err(format!("{s} {}", body.trim_end())),
             None => Err("no answer".to_string()),
         }
+    })
+    .await
+}
+
+/// Waits until `child` exits; returns its status.
+pub async fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    wait_for(&format!("process {} to exit", child.id()), within, || {
+        let exited = child.try_wait().expect("try_wait");
+        async move { exited }
     })
     .await
 }
