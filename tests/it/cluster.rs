@@ -605,6 +605,7 @@ async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
             .sum();
         most = most.max(held);
         seen.poll(&mut c, &layout).await;
+        // The sampling interval: short, so that the largest number held at once is seen.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(most > 0, "the sampling saw the worker at work");

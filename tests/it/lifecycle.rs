@@ -205,7 +205,24 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
         pending(&url, &p).await > 0
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and has its writes refused again and again: as many refusals as two attempts per job.
+    wait_for(
+        "the worker's writes to be refused",
+        Duration::from_secs(60),
+        || async {
+            let refused = refused_writes(&mut connect(&url).await).await;
+            if refused >= 2 * n {
+                Ok(())
+            } else {
+                Err(format!("{refused} refused"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        pending(&redis.url(), &p).await > 0,
+        "the jobs are still held"
+    );
     assert_eq!(
         xlen(&redis.url(), &keys.results).await,
         0,
@@ -254,6 +271,18 @@ async fn a_pooled_connection_broken_by_a_restart_is_replaced() {
     );
 }
 
+/// Commands the server refused because of `maxmemory` (`-OOM` errors).
+async fn refused_writes(admin: &mut redis::aio::MultiplexedConnection) -> usize {
+    let info: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("errorstat_OOM:count="))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 /// PINGs the server has answered since its statistics were reset.
 async fn pings(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -287,6 +316,7 @@ async fn the_pool_pings_only_connections_that_sat_idle() {
             .unwrap();
         for _ in 0..20 {
             if let Some(ms) = pause {
+                // The stimulus: the connection sits idle longer than the idle check.
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             q.stats(0).await.unwrap();

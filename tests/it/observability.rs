@@ -58,11 +58,20 @@ async fn metrics_over_http_list_every_design_name() {
         Duration::from_secs(60),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // one queue-gauge sample
-    let (status, body) = http_get(&format!("{}/metrics", worker.http))
-        .await
-        .expect("GET /metrics");
-    assert_eq!(status, 200);
+    // The queue gauges are sampled every `queue.gauge_interval_ms`: wait for this queue's.
+    let queue_length = format!("hmr2_queue_length{{stream=\"{p}:jobs\"}}");
+    let body = wait_for(
+        "a queue-gauge sample of this queue",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = http_get(&format!("{}/metrics", worker.http))
+                .await
+                .expect("GET /metrics");
+            assert_eq!(status, 200);
+            body.contains(&queue_length).then_some(body)
+        },
+    )
+    .await;
     let gpu = tch::Cuda::is_available();
     for name in DESIGN_NAMES {
         let present =
@@ -80,7 +89,6 @@ async fn metrics_over_http_list_every_design_name() {
     assert!(value_of(&body, "hmr2_jobs_total{outcome=\"ok\"}").unwrap() >= 4.0);
     assert_eq!(value_of(&body, "hmr2_worker_ready"), Some(1.0));
     assert!(body.contains("hmr2_build_info{"), "{body}");
-    assert!(body.contains(&format!("hmr2_queue_length{{stream=\"{p}:jobs\"}}")));
     // Only GET on the three paths.
     let client = reqwest::Client::new();
     let post = client
