@@ -1,10 +1,15 @@
 //! What an operator sees: /metrics over real HTTP, health and readiness, OOM recovery, memory.
 
-use std::time::{Duration, Instant};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use hmr2_tools::redis_server::RedisServer;
+use hmr2_worker::detector::TorchDetector;
 use hmr2_worker::metrics as m;
 use hmr2_worker::queue::Keys;
+use hmr2_worker::test_support::StandIn;
+use hmr2_worker::Models;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -110,49 +115,43 @@ async fn metrics_over_http_list_every_design_name() {
 async fn readiness_needs_warm_up_and_redis() {
     let mut redis = RedisServer::start().unwrap();
     let p = prefix("ready");
-    let mut cfg = config(&redis.url(), &p);
-    cfg.queue.max_batch = 32; // a longer warm-up to look at
-    let worker = Worker::start(cfg);
-    // Until warm-up is over, /readyz says no (and says why).
-    wait_status(
-        &format!("{}/healthz", worker.http),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
-    let mut seen_not_ready = false;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (s, body) = http_get(&format!("{}/readyz", worker.http)).await.unwrap();
-        if s == 200 {
-            assert!(body.contains("\"warm\":true"));
-            break;
-        }
-        assert_eq!(s, 503);
-        seen_not_ready = true;
-        assert!(Instant::now() < deadline, "never ready: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = seen_not_ready; // the window may be too short to observe on a fast machine
+    let cfg = config(&redis.url(), &p);
+    let http = format!("http://{}", cfg.http.listen);
+    // The warm-up is the model's first forward pass: the stand-in holds it until released.
+    let (release, held) = std_mpsc::channel();
+    let mut first = true;
+    let model = StandIn::new().hang_when(move |_, _| std::mem::take(&mut first), held);
+    let token = CancellationToken::new();
+    let worker = tokio::spawn(hmr2_worker::run_with(cfg, token.clone(), move |_| {
+        Ok(Models {
+            hmr: model,
+            detector: None::<TorchDetector>,
+        })
+    }));
+    // Loaded, warming up: live, and not ready, saying why.
+    wait_status(&format!("{http}/healthz"), 200, Duration::from_secs(60)).await;
+    let (s, body) = http_get(&format!("{http}/readyz")).await.unwrap();
+    assert_eq!(s, 503, "ready before the warm-up finished: {body}");
+    assert!(body.contains("\"warm\":false"), "{body}");
+    release.send(()).unwrap();
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(60)).await;
+    let (_, body) = http_get(&format!("{http}/readyz")).await.unwrap();
+    assert!(body.contains("\"warm\":true"), "{body}");
+    // Redis away: not ready (and says why), still alive.
     redis.kill();
-    wait_status(
-        &format!("{}/readyz", worker.http),
-        503,
-        Duration::from_secs(10),
-    )
-    .await;
-    let (_, body) = http_get(&format!("{}/readyz", worker.http)).await.unwrap();
+    wait_status(&format!("{http}/readyz"), 503, Duration::from_secs(30)).await;
+    let (_, body) = http_get(&format!("{http}/readyz")).await.unwrap();
     assert!(body.contains("\"redis_ok\":false"), "{body}");
-    let (s, _) = http_get(&format!("{}/healthz", worker.http)).await.unwrap();
+    let (s, _) = http_get(&format!("{http}/healthz")).await.unwrap();
     assert_eq!(s, 200, "alive even while Redis is down");
     redis.restart().unwrap();
-    wait_status(
-        &format!("{}/readyz", worker.http),
-        200,
-        Duration::from_secs(20),
-    )
-    .await;
-    worker.stop().await;
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(30)).await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
