@@ -53,6 +53,8 @@ pub mod model;
 pub mod queue;
 pub mod signal;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod test_support;
 pub mod worker;
 
 pub use worker::{run, run_with, Models, RunError};

@@ -6,13 +6,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmr2_client::{Frame, Keys};
 use hmr2_worker::detector::TorchDetector;
-use hmr2_worker::error::ModelError;
-use hmr2_worker::model::{BatchOutput, Model, ModelMeta};
+use hmr2_worker::test_support::StandIn;
 use hmr2_worker::Models;
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -40,41 +38,25 @@ fn good(job_id: &str, seed: u32) -> Frame {
     frame(job_id, image(320, 240, seed, seed % 2 == 0))
 }
 
-/// Polls `/healthz` every few milliseconds until it answers 503 with a `broken` reason, or
-/// `deadline`; returns that body.
-async fn wait_broken(http: &str, worker: &mut WorkerProcess, deadline: Instant) -> Value {
-    loop {
-        if let Some((status, body)) = http_get(&format!("{http}/healthz")).await {
-            let report: Value = serde_json::from_str(&body).expect("/healthz answers JSON");
-            if report["broken"].is_string() {
-                assert_eq!(status, 503, "a broken worker is not live: {body}");
-                return report;
-            }
-        }
+/// Polls `/healthz` until it answers 503 with a `broken` reason, or `within` passes; returns
+/// that body.
+async fn wait_broken(http: &str, worker: &mut WorkerProcess, within: Duration) -> Value {
+    wait_for("worker A to report itself broken", within, || {
         if let Ok(Some(status)) = worker.try_wait() {
             panic!("worker A exited ({status}) before /healthz was seen reporting it broken");
         }
-        assert!(
-            Instant::now() < deadline,
-            "worker A never reported itself broken"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits for `child` to exit, within `timeout`.
-async fn wait_exit(child: &mut WorkerProcess, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
+        async move {
+            let (status, body) = http_get(&format!("{http}/healthz")).await?;
+            let report: Value = serde_json::from_str(&body).expect("/healthz answers JSON");
+            if report["broken"].is_string() {
+                assert_eq!(status, 503, "a broken worker is not live: {body}");
+                Some(report)
+            } else {
+                None
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not exit within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,30 +80,28 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
     // A works on good frames.
     let first: Vec<Frame> = (0..10).map(|i| good(&format!("g{i}"), i)).collect();
     enqueue_frames(&url, &p, &first, true).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let got = results(&url, &keys.results).await;
-        if got.len() == 10 {
-            assert!(got.iter().all(|(_, r)| r["status"] == "ok"), "{got:?}");
-            break;
-        }
+    wait_for("A to answer 10 jobs", Duration::from_secs(120), || {
         if let Ok(Some(status)) = a.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             panic!("worker A exited ({status}) on good frames:\n{log}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "A answered {} of 10 jobs",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        async {
+            let got = results(&url, &keys.results).await;
+            if got.len() == 10 {
+                assert!(got.iter().all(|(_, r)| r["status"] == "ok"), "{got:?}");
+                Ok(())
+            } else {
+                Err(format!("{} of 10 answered", got.len()))
+            }
+        }
+    })
+    .await;
 
     // Then a marked frame arrives with more good ones: A's device "fails" on it.
     let mut second = vec![marked("marked")];
     second.extend((10..20).map(|i| good(&format!("g{i}"), i)));
     enqueue_frames(&url, &p, &second, true).await;
-    let report = wait_broken(&a_http, &mut a, Instant::now() + Duration::from_secs(60)).await;
+    let report = wait_broken(&a_http, &mut a, Duration::from_secs(60)).await;
     let reason = report["broken"].as_str().unwrap();
     assert!(reason.contains("illegal memory access"), "{report}");
     assert_eq!(report["alive"], false, "{report}");
@@ -142,11 +122,13 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
     b_cfg.queue.claim_idle_ms = 1500;
     let mut b = spawn_worker_process_with(&b_cfg, &[("HMR2_QUEUE__CLAIM_INTERVAL_MS", "200")]);
     let got = wait_results(&url, &keys.results, 21, Duration::from_secs(180)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pending(&url, &p).await > 0 {
-        assert!(Instant::now() < deadline, "entries still pending");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("nothing pending", Duration::from_secs(60), || async {
+        match pending(&url, &p).await {
+            0 => Ok(()),
+            n => Err(format!("{n} entries pending")),
+        }
+    })
+    .await;
     signal_term(&b);
     let b_status = wait_exit(&mut b, Duration::from_secs(60)).await;
     assert!(b_status.success(), "worker B stops cleanly: {b_status}");
@@ -176,44 +158,6 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
     assert_eq!(dead, 0, "no job was dead-lettered");
 }
 
-/// Stands in for a device that hangs: no real device can be made to hang on demand here, so
-/// this Rust model blocks in `forward` on a crop whose first byte is 255 (an all-white crop)
-/// until the test releases it (or 60 s pass), and otherwise answers like a model.
-struct Hangs {
-    meta: ModelMeta,
-    release: Arc<Mutex<std_mpsc::Receiver<()>>>,
-}
-
-impl Model for Hangs {
-    fn forward(&mut self, crops: &[u8], n: usize, _: bool) -> Result<BatchOutput, ModelError> {
-        if crops.chunks_exact(crops.len() / n).any(|c| c[0] == 255) {
-            let _ = self
-                .release
-                .lock()
-                .unwrap()
-                .recv_timeout(Duration::from_secs(60));
-        }
-        Ok(BatchOutput {
-            n,
-            pred_cam: [1.0, 0.0, 0.0].repeat(n),
-            global_orient: vec![0.0; n * 9],
-            body_pose: vec![0.0; n * 23 * 9],
-            betas: vec![0.0; n * 10],
-            keypoints_3d: vec![0.0; n * 44 * 3],
-            vertices: None,
-        })
-    }
-    fn meta(&self) -> &ModelMeta {
-        &self.meta
-    }
-    fn device_label(&self) -> String {
-        "stand-in".into()
-    }
-    fn cuda_index(&self) -> Option<usize> {
-        None
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_pass_that_hangs_past_the_stall_timeout_makes_the_worker_not_live() {
     let redis = shared_redis();
@@ -223,20 +167,18 @@ async fn a_forward_pass_that_hangs_past_the_stall_timeout_makes_the_worker_not_l
     let mut c = config(&url, &p);
     c.gpu.stall_timeout_s = 1;
     let http = format!("http://{}", c.http.listen);
+    // No real device can be made to hang on demand here: the stand-in blocks in `forward` on a
+    // batch holding an all-white crop (first byte 255) until the test releases it, and
+    // otherwise answers like a model.
     let (release, hung) = std_mpsc::channel();
-    let meta = ModelMeta::parse(
-        r#"{"name":"stand-in","input_size":[256,256],"outputs":{"pred_cam":[],
-        "global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#,
-    )
-    .unwrap();
-    let hung = Arc::new(Mutex::new(hung));
+    let model = StandIn::new().hang_when(
+        |crops, n| StandIn::crops(crops, n).any(|c| c[0] == 255),
+        hung,
+    );
     let token = CancellationToken::new();
     let worker = tokio::spawn(hmr2_worker::run_with(c, token.clone(), move |_| {
         Ok(Models {
-            hmr: Hangs {
-                meta,
-                release: hung,
-            },
+            hmr: model,
             detector: None::<TorchDetector>,
         })
     }));

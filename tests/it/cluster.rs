@@ -5,16 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmr2_client::{producer, Frame, Job, Layout};
 use hmr2_tools::redis_server::{ClusterTls, RedisCluster};
 use hmr2_worker::config::Config;
 use hmr2_worker::detector::TorchDetector;
-use hmr2_worker::error::ModelError;
-use hmr2_worker::model::{BatchOutput, Model, ModelMeta, TorchModel};
+use hmr2_worker::model::TorchModel;
+use hmr2_worker::test_support::{Batches, StandIn};
 use hmr2_worker::Models;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
@@ -79,23 +77,18 @@ impl Collector {
         }
     }
 
-    /// Polls every 100 ms until results for `n` distinct jobs are in; fails the test after
-    /// `timeout`.
+    /// Polls until results for `n` distinct jobs are in; fails the test after `within`.
     async fn wait_for<C: ConnectionLike + Send + Sync>(
         &mut self,
         conn: &mut C,
         layout: &Layout,
         n: usize,
-        timeout: Duration,
+        within: Duration,
     ) {
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Deadline::new(&format!("results for {n} jobs"), within);
+        self.poll(conn, layout).await;
         while self.by_job.len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} results after {timeout:?}",
-                self.by_job.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            deadline.tick(self.by_job.len()).await;
             self.poll(conn, layout).await;
         }
     }
@@ -187,7 +180,7 @@ async fn every_job_is_answered_through_the_failover_of_a_master() {
 
         // Mid-run, the master of shard 0 dies; its replica takes over.
         let mut seen = Collector::new(&layout);
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut deadline = Deadline::new("every job answered", Duration::from_secs(300));
         seen.wait_for(&mut conn, &layout, JOBS / 4, Duration::from_secs(300))
             .await;
         let slot = {
@@ -218,19 +211,18 @@ async fn every_job_is_answered_through_the_failover_of_a_master() {
         );
 
         while seen.by_job.len() < JOBS {
-            if Instant::now() >= deadline {
-                let missing: Vec<_> = frames
-                    .iter()
-                    .map(|f| f.job.job_id.to_string())
-                    .filter(|id| !seen.by_job.contains_key(id))
-                    .take(10)
-                    .collect();
-                panic!(
-                    "{} of {JOBS} jobs answered; missing e.g. {missing:?}",
-                    seen.by_job.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let missing: Vec<_> = frames
+                .iter()
+                .map(|f| f.job.job_id.to_string())
+                .filter(|id| !seen.by_job.contains_key(id))
+                .take(10)
+                .collect();
+            let answered = seen.by_job.len();
+            deadline
+                .tick(format!(
+                    "{answered} of {JOBS} jobs answered; missing e.g. {missing:?}"
+                ))
+                .await;
             seen.poll(&mut conn, &layout).await;
         }
 
@@ -358,7 +350,6 @@ async fn a_reply_to_on_another_shard_is_an_invalid_job() {
             .unwrap();
 
         // The wrong one is answered on its own shard's default stream and dead-lettered there.
-        let deadline = Instant::now() + Duration::from_secs(60);
         let read = |stream: String| async move {
             let c = &mut cluster_conn(cfg).await;
             let r: redis::streams::StreamRangeReply = c.xrange_all(&stream).await.unwrap();
@@ -370,15 +361,20 @@ async fn a_reply_to_on_another_shard_is_an_invalid_job() {
                 })
                 .collect::<Vec<Value>>()
         };
-        let (errors, oks) = loop {
-            let errors = read(home.results.clone()).await;
-            let oks = read(format!("{}:mine", home.results)).await;
-            if !errors.is_empty() && !oks.is_empty() {
-                break (errors, oks);
-            }
-            assert!(Instant::now() < deadline, "no results: {errors:?} {oks:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let (errors, oks) = wait_for(
+            "results on the default and the named stream",
+            Duration::from_secs(60),
+            || async {
+                let errors = read(home.results.clone()).await;
+                let oks = read(format!("{}:mine", home.results)).await;
+                if !errors.is_empty() && !oks.is_empty() {
+                    Ok((errors, oks))
+                } else {
+                    Err(format!("{errors:?} {oks:?}"))
+                }
+            },
+        )
+        .await;
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0]["job_id"], "wrong");
         assert_eq!(errors[0]["error"]["code"], "invalid_job");
@@ -425,15 +421,16 @@ async fn a_hot_shard_does_not_starve_the_others() {
         .unwrap();
     let worker = Worker::start(cfg.clone());
     let mut seen = Collector::new(&layout);
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut deadline = Deadline::new("the small shards' jobs", Duration::from_secs(240));
     let small_done = |seen: &Collector| {
         frames[600..]
             .iter()
             .all(|f| seen.by_job.contains_key(f.job.job_id.as_ref()))
     };
     while !small_done(&seen) {
-        assert!(Instant::now() < deadline, "{} results", seen.by_job.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        deadline
+            .tick(format!("{} results", seen.by_job.len()))
+            .await;
         seen.poll(&mut c, &layout).await;
     }
     let hot_done = frames[..600]
@@ -548,28 +545,6 @@ async fn tls_and_a_least_privilege_acl_user_serve_a_sharded_queue_on_the_cluster
     .await;
 }
 
-/// The tiny TorchScript model, noting the largest forward pass it was given.
-struct Largest {
-    inner: TorchModel,
-    largest: Arc<AtomicUsize>,
-}
-
-impl Model for Largest {
-    fn forward(&mut self, crops: &[u8], n: usize, v: bool) -> Result<BatchOutput, ModelError> {
-        self.largest.fetch_max(n, Ordering::Relaxed);
-        self.inner.forward(crops, n, v)
-    }
-    fn meta(&self) -> &ModelMeta {
-        self.inner.meta()
-    }
-    fn device_label(&self) -> String {
-        self.inner.device_label()
-    }
-    fn cuda_index(&self) -> Option<usize> {
-        self.inner.cuda_index()
-    }
-}
-
 /// One node, four shards with a backlog each: the worker never holds more than
 /// `max_batch × (queue_depth + 2)` entries over all shards together, and never runs a forward
 /// pass of more than `max_batch` crops.
@@ -591,19 +566,17 @@ async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
     producer::add_all_sharded(&mut c, &layout, &frames, true, |_| {})
         .await
         .unwrap();
-    let largest = Arc::new(AtomicUsize::new(0));
-    let seen_largest = largest.clone();
+    let batches = Batches::default();
+    let noted = batches.clone();
     let path = cfg.model.path.clone();
     let token = CancellationToken::new();
     let worker = tokio::spawn(hmr2_worker::run_with(
         cfg.clone(),
         token.clone(),
         move |device| {
+            // The tiny TorchScript model, noting the size of every forward pass.
             Ok(Models {
-                hmr: Largest {
-                    inner: TorchModel::load(&path, device)?,
-                    largest: seen_largest,
-                },
+                hmr: StandIn::around(TorchModel::load(&path, device)?).batches(&noted),
                 detector: None::<TorchDetector>,
             })
         },
@@ -632,6 +605,7 @@ async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
             .sum();
         most = most.max(held);
         seen.poll(&mut c, &layout).await;
+        // The sampling interval: short, so that the largest number held at once is seen.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(most > 0, "the sampling saw the worker at work");
@@ -639,7 +613,7 @@ async fn max_batch_and_the_in_flight_bound_hold_across_shards() {
         most <= inflight,
         "{most} entries held at once, over the bound of {inflight}"
     );
-    let largest = largest.load(Ordering::Relaxed);
+    let largest = batches.largest();
     assert!(
         (1..=2).contains(&largest),
         "the largest forward pass had {largest} crops; max_batch is 2"

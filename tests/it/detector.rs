@@ -57,17 +57,7 @@ async fn the_worker_binary_refuses_a_broken_detector_file() {
     let file = artifact("detector-wrong_contract.pt");
     let mut child =
         spawn_worker_process_with(&c, &[("HMR2_DETECTOR__PATH", file.to_str().unwrap())]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(120)).await;
     assert!(!status.success());
     let log = std::fs::read_to_string(std::env::temp_dir().join(format!("{p}.log"))).unwrap();
     assert!(log.contains("person-detector/0"), "{log}");

@@ -3,7 +3,7 @@
 //! write, large entries of a dead worker, leases after an outage, the consumer group's upkeep.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmr2_client::{Frame, Job};
 use hmr2_worker::queue::{Keys, Queue};
@@ -81,16 +81,21 @@ fn text(m: &HashMap<String, Vec<u8>>, k: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn wait_drained(url: &str, p: &str, timeout: Duration) {
+async fn wait_drained(url: &str, p: &str, within: Duration) {
     let keys = Keys::new(p);
-    let deadline = Instant::now() + timeout;
-    while pending(url, p).await > 0 || xlen(url, &keys.jobs).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "jobs still pending or queued after {timeout:?}: a slot is wedged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "every job to be finished (else a slot is wedged)",
+        within,
+        || async {
+            let (held, queued) = (pending(url, p).await, xlen(url, &keys.jobs).await);
+            if held == 0 && queued == 0 {
+                Ok(())
+            } else {
+                Err(format!("{held} pending, {queued} queued"))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,19 +474,23 @@ async fn consumers_that_hold_nothing_are_removed_and_those_that_hold_entries_sta
     cfg.queue.claim_idle_ms = 600_000;
     cfg.queue.consumer = "live".into();
     let worker = Worker::start(cfg);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = names(&mut c).await;
-        if !n.contains(&"gone-empty".to_string()) {
-            assert!(n.contains(&"gone-holding".to_string()), "{n:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "idle empty consumer not removed: {n:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let n = wait_for(
+        "the idle empty consumer to be removed",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            async move {
+                let n = names(&mut c).await;
+                if n.contains(&"gone-empty".to_string()) {
+                    Err(format!("{n:?}"))
+                } else {
+                    Ok(n)
+                }
+            }
+        },
+    )
+    .await;
+    assert!(n.contains(&"gone-holding".to_string()), "{n:?}");
     worker.stop().await;
     let n = names(&mut c).await;
     assert_eq!(

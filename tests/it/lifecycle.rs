@@ -1,7 +1,7 @@
 //! Faults and lifecycle: a killed worker, SIGTERM, a Redis restart.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmr2_tools::redis_server::RedisServer;
 use hmr2_worker::queue::Keys;
@@ -13,18 +13,6 @@ fn frames(n: usize) -> Vec<hmr2_client::Frame> {
     (0..n)
         .map(|i| frame(&format!("f{i}"), image(480, 360, (i % 5) as u32, false)))
         .collect()
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn signal(child: &std::process::Child, sig: libc::c_int) {
@@ -45,7 +33,7 @@ async fn jobs_of_a_killed_worker_are_reclaimed_and_finished_by_another() {
     let mut first = spawn_worker_process(&cfg);
     // Kill it mid-run: once it has published some results and holds unacknowledged entries.
     let url = redis.url();
-    wait_until(
+    wait_for(
         "the first worker to be mid-run",
         Duration::from_secs(60),
         || async { xlen(&url, &keys.results).await >= 5 && pending(&url, &p).await > 0 },
@@ -91,22 +79,12 @@ async fn sigterm_finishes_in_flight_jobs_leaves_the_rest_and_exits_zero() {
     enqueue_frames(&redis.url(), &p, &frames(n), true).await;
     let mut child = spawn_worker_process(&config(&redis.url(), &p));
     let url = redis.url();
-    wait_until("first results", Duration::from_secs(60), || async {
+    wait_for("first results", Duration::from_secs(60), || async {
         xlen(&url, &keys.results).await >= 5
     })
     .await;
     signal(&child, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(60)).await;
     assert_eq!(status.code(), Some(0), "clean exit");
     let done = xlen(&redis.url(), &keys.results).await;
     let left = xlen(&redis.url(), &keys.jobs).await;
@@ -168,7 +146,7 @@ async fn the_worker_rides_out_a_redis_restart() {
     enqueue_frames(&redis.url(), &p, &frames(n), true).await;
     let worker = Worker::start(config(&redis.url(), &p));
     let url = redis.url();
-    wait_until("first results", Duration::from_secs(60), || async {
+    wait_for("first results", Duration::from_secs(60), || async {
         xlen(&url, &keys.results).await >= 10
     })
     .await;
@@ -183,11 +161,15 @@ async fn the_worker_rides_out_a_redis_restart() {
     redis.restart().unwrap();
     let got = wait_results(&redis.url(), &keys.results, n, Duration::from_secs(120)).await;
     assert_eq!(got.len(), n, "every job answered after the restart");
-    let mut waited = 0;
-    while pending(&redis.url(), &p).await > 0 && waited < 50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    // An entry delivered again around the restart may still be in flight once every job has a
+    // result: it is acknowledged soon after.
+    wait_for("nothing pending", Duration::from_secs(30), || async {
+        match pending(&url, &p).await {
+            0 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    })
+    .await;
     worker.stop().await;
     assert_eq!(pending(&redis.url(), &p).await, 0);
     assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
@@ -219,11 +201,28 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
     let worker = Worker::start(config(&redis.url(), &p));
     // The worker fetches and runs the jobs, but every publish is refused (OOM).
     let url = redis.url();
-    wait_until("jobs to be fetched", Duration::from_secs(60), || async {
+    wait_for("jobs to be fetched", Duration::from_secs(60), || async {
         pending(&url, &p).await > 0
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and has its writes refused again and again: as many refusals as two attempts per job.
+    wait_for(
+        "the worker's writes to be refused",
+        Duration::from_secs(60),
+        || async {
+            let refused = refused_writes(&mut connect(&url).await).await;
+            if refused >= 2 * n {
+                Ok(())
+            } else {
+                Err(format!("{refused} refused"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        pending(&redis.url(), &p).await > 0,
+        "the jobs are still held"
+    );
     assert_eq!(
         xlen(&redis.url(), &keys.results).await,
         0,
@@ -272,6 +271,18 @@ async fn a_pooled_connection_broken_by_a_restart_is_replaced() {
     );
 }
 
+/// Commands the server refused because of `maxmemory` (`-OOM` errors).
+async fn refused_writes(admin: &mut redis::aio::MultiplexedConnection) -> usize {
+    let info: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("errorstat_OOM:count="))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 /// PINGs the server has answered since its statistics were reset.
 async fn pings(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -305,6 +316,7 @@ async fn the_pool_pings_only_connections_that_sat_idle() {
             .unwrap();
         for _ in 0..20 {
             if let Some(ms) = pause {
+                // The stimulus: the connection sits idle longer than the idle check.
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             q.shard(0).stats().await.unwrap();

@@ -128,6 +128,7 @@ impl Sampler {
                 if let Some((now, _)) = rss(pid) {
                     p.fetch_max(now, Ordering::Relaxed);
                 }
+                // The sampling interval, short enough to catch a brief peak.
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
@@ -349,6 +350,7 @@ async fn flood(keep_frames: bool) -> Figures {
         } else if sent == total && queued == 0 {
             break;
         } else {
+            // No room in the backlog yet: look again shortly (the loop's deadline bounds it).
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -1,10 +1,15 @@
 //! What an operator sees: /metrics over real HTTP, health and readiness, OOM recovery, memory.
 
-use std::time::{Duration, Instant};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use hmr2_tools::redis_server::RedisServer;
+use hmr2_worker::detector::TorchDetector;
 use hmr2_worker::metrics as m;
 use hmr2_worker::queue::Keys;
+use hmr2_worker::test_support::StandIn;
+use hmr2_worker::Models;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -58,11 +63,20 @@ async fn metrics_over_http_list_every_design_name() {
         Duration::from_secs(60),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // one queue-gauge sample
-    let (status, body) = http_get(&format!("{}/metrics", worker.http))
-        .await
-        .expect("GET /metrics");
-    assert_eq!(status, 200);
+    // The queue gauges are sampled every `queue.gauge_interval_ms`: wait for this queue's.
+    let queue_length = format!("hmr2_queue_length{{stream=\"{p}:jobs\"}}");
+    let body = wait_for(
+        "a queue-gauge sample of this queue",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = http_get(&format!("{}/metrics", worker.http))
+                .await
+                .expect("GET /metrics");
+            assert_eq!(status, 200);
+            body.contains(&queue_length).then_some(body)
+        },
+    )
+    .await;
     let gpu = tch::Cuda::is_available();
     for name in DESIGN_NAMES {
         let present =
@@ -80,7 +94,6 @@ async fn metrics_over_http_list_every_design_name() {
     assert!(value_of(&body, "hmr2_jobs_total{outcome=\"ok\"}").unwrap() >= 4.0);
     assert_eq!(value_of(&body, "hmr2_worker_ready"), Some(1.0));
     assert!(body.contains("hmr2_build_info{"), "{body}");
-    assert!(body.contains(&format!("hmr2_queue_length{{stream=\"{p}:jobs\"}}")));
     // Only GET on the three paths.
     let client = reqwest::Client::new();
     let post = client
@@ -102,49 +115,43 @@ async fn metrics_over_http_list_every_design_name() {
 async fn readiness_needs_warm_up_and_redis() {
     let mut redis = RedisServer::start().unwrap();
     let p = prefix("ready");
-    let mut cfg = config(&redis.url(), &p);
-    cfg.queue.max_batch = 32; // a longer warm-up to look at
-    let worker = Worker::start(cfg);
-    // Until warm-up is over, /readyz says no (and says why).
-    wait_status(
-        &format!("{}/healthz", worker.http),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
-    let mut seen_not_ready = false;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (s, body) = http_get(&format!("{}/readyz", worker.http)).await.unwrap();
-        if s == 200 {
-            assert!(body.contains("\"warm\":true"));
-            break;
-        }
-        assert_eq!(s, 503);
-        seen_not_ready = true;
-        assert!(Instant::now() < deadline, "never ready: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = seen_not_ready; // the window may be too short to observe on a fast machine
+    let cfg = config(&redis.url(), &p);
+    let http = format!("http://{}", cfg.http.listen);
+    // The warm-up is the model's first forward pass: the stand-in holds it until released.
+    let (release, held) = std_mpsc::channel();
+    let mut first = true;
+    let model = StandIn::new().hang_when(move |_, _| std::mem::take(&mut first), held);
+    let token = CancellationToken::new();
+    let worker = tokio::spawn(hmr2_worker::run_with(cfg, token.clone(), move |_| {
+        Ok(Models {
+            hmr: model,
+            detector: None::<TorchDetector>,
+        })
+    }));
+    // Loaded, warming up: live, and not ready, saying why.
+    wait_status(&format!("{http}/healthz"), 200, Duration::from_secs(60)).await;
+    let (s, body) = http_get(&format!("{http}/readyz")).await.unwrap();
+    assert_eq!(s, 503, "ready before the warm-up finished: {body}");
+    assert!(body.contains("\"warm\":false"), "{body}");
+    release.send(()).unwrap();
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(60)).await;
+    let (_, body) = http_get(&format!("{http}/readyz")).await.unwrap();
+    assert!(body.contains("\"warm\":true"), "{body}");
+    // Redis away: not ready (and says why), still alive.
     redis.kill();
-    wait_status(
-        &format!("{}/readyz", worker.http),
-        503,
-        Duration::from_secs(10),
-    )
-    .await;
-    let (_, body) = http_get(&format!("{}/readyz", worker.http)).await.unwrap();
+    wait_status(&format!("{http}/readyz"), 503, Duration::from_secs(30)).await;
+    let (_, body) = http_get(&format!("{http}/readyz")).await.unwrap();
     assert!(body.contains("\"redis_ok\":false"), "{body}");
-    let (s, _) = http_get(&format!("{}/healthz", worker.http)).await.unwrap();
+    let (s, _) = http_get(&format!("{http}/healthz")).await.unwrap();
     assert_eq!(s, 200, "alive even while Redis is down");
     redis.restart().unwrap();
-    wait_status(
-        &format!("{}/readyz", worker.http),
-        200,
-        Duration::from_secs(20),
-    )
-    .await;
-    worker.stop().await;
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(30)).await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,21 +232,18 @@ async fn repeated_failures_make_the_worker_not_ready() {
     cfg.queue.max_deliveries = 1000;
     cfg.gpu.max_consecutive_failures = 3;
     let worker = Worker::start(cfg);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((s, body)) = http_get(&format!("{}/readyz", worker.http)).await {
-            if body.contains("\"failing\":true") {
-                assert_eq!(s, 503);
-                assert!(body.contains("\"inference_alive\":true"), "{body}");
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker never reported failing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (s, body) = wait_for(
+        "the worker to report failing",
+        Duration::from_secs(60),
+        || async {
+            http_get(&format!("{}/readyz", worker.http))
+                .await
+                .filter(|(_, body)| body.contains("\"failing\":true"))
+        },
+    )
+    .await;
+    assert_eq!(s, 503);
+    assert!(body.contains("\"inference_alive\":true"), "{body}");
     worker.stop().await;
     assert_eq!(
         xlen(&redis.url(), &Keys::new(&p).results).await,

@@ -3,62 +3,15 @@
 //! with figures the test controls. The stand-in is the only mock here: no device can be made to
 //! run out of memory on demand on this machine.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hmr2_client::{producer, Frame, Job, Keys};
 use hmr2_worker::detector::TorchDetector;
-use hmr2_worker::error::ModelError;
-use hmr2_worker::model::{BatchOutput, Model, ModelMeta};
+use hmr2_worker::test_support::{Batches, StandIn};
 use hmr2_worker::Models;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
-
-/// Fits at most `fits` crops per forward pass; every output's `pred_cam` is `(1, 0, 0)` and its
-/// betas hold the crop's mean byte, so each person's output can be traced to its crop.
-struct Stand {
-    fits: usize,
-    largest: Arc<AtomicUsize>,
-    meta: ModelMeta,
-}
-
-impl Model for Stand {
-    fn forward(&mut self, crops: &[u8], n: usize, _: bool) -> Result<BatchOutput, ModelError> {
-        self.largest.fetch_max(n, Ordering::Relaxed);
-        if n > self.fits {
-            return Err(ModelError::OutOfMemory(format!(
-                "{n} crops > {}",
-                self.fits
-            )));
-        }
-        let per = crops.len() / n;
-        let mut betas = Vec::new();
-        for c in crops.chunks_exact(per) {
-            let mean = c.iter().map(|&b| b as f32).sum::<f32>() / per as f32;
-            betas.extend([mean; 10]);
-        }
-        Ok(BatchOutput {
-            n,
-            pred_cam: [1.0, 0.0, 0.0].repeat(n),
-            global_orient: vec![0.0; n * 9],
-            body_pose: vec![0.0; n * 23 * 9],
-            betas,
-            keypoints_3d: vec![0.0; n * 44 * 3],
-            vertices: None,
-        })
-    }
-    fn meta(&self) -> &ModelMeta {
-        &self.meta
-    }
-    fn device_label(&self) -> String {
-        "stand-in".into()
-    }
-    fn cuda_index(&self) -> Option<usize> {
-        None
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_that_do_not_fit_are_split_and_every_job_is_answered() {
@@ -84,22 +37,24 @@ async fn batches_that_do_not_fit_are_split_and_every_job_is_answered() {
         .await
         .unwrap();
 
-    let largest = Arc::new(AtomicUsize::new(0));
-    let seen = largest.clone();
-    let meta = ModelMeta::parse(
-        r#"{"name":"stand-in","input_size":[256,256],"outputs":{"pred_cam":[],
-        "global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#,
-    )
-    .unwrap();
+    // Fits at most 3 crops per forward pass; every output's `pred_cam` is `(1, 0, 0)` and its
+    // betas hold the crop's mean byte, so each person's output can be traced to its crop.
+    let batches = Batches::default();
+    let model = StandIn::new()
+        .fits(3)
+        .batches(&batches)
+        .on_forward(|crops, n, _| {
+            let mut out = StandIn::output(n);
+            out.betas = StandIn::crops(crops, n)
+                .flat_map(|c| [c.iter().map(|&b| b as f32).sum::<f32>() / c.len() as f32; 10])
+                .collect();
+            Ok(out)
+        });
     let http = format!("http://{}", c.http.listen);
     let token = CancellationToken::new();
     let worker = tokio::spawn(hmr2_worker::run_with(c, token.clone(), move |_| {
         Ok(Models {
-            hmr: Stand {
-                fits: 3,
-                largest: seen,
-                meta,
-            },
+            hmr: model,
             detector: None::<TorchDetector>,
         })
     }));
@@ -124,7 +79,7 @@ async fn batches_that_do_not_fit_are_split_and_every_job_is_answered() {
         assert_eq!(people[0]["box"][0], 10.0);
     }
     // Warm-up at max_batch 8 and full batches did not fit: the ladder split them.
-    assert_eq!(largest.load(Ordering::Relaxed), 8);
+    assert_eq!(batches.largest(), 8);
     let ooms: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("hmr2_gpu_oom_total"))

@@ -194,17 +194,16 @@ async fn tls_with_a_least_privilege_acl_user_and_no_password_in_logs() {
         &cfg,
         &[("SSL_CERT_FILE", ca.as_str()), ("RUST_LOG", "debug")],
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("redis unavailable")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the failure is not logged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the failure to be logged",
+        Duration::from_secs(60),
+        || async {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("redis unavailable")
+        },
+    )
+    .await;
     let (status, body) = http_get(&format!("http://{}/readyz", cfg.http.listen))
         .await
         .expect("readyz");

@@ -1,9 +1,11 @@
 //! Shared helpers: Redis, workers (in-process and as child processes), frames, results.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -173,30 +175,20 @@ pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> Worke
 }
 
 /// A connection to `url`. Under load (a full test run on few cores) one attempt can time out:
-/// each try gets 10 s to connect, and failed tries are repeated with backoff for up to 60 s.
+/// each try gets 10 s to connect, and failed tries are repeated for up to 60 s.
 pub async fn connect(url: &str) -> MultiplexedConnection {
-    const TOTAL: Duration = Duration::from_secs(60);
     let client = redis::Client::open(url).expect("a valid redis URL");
     let config = AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(10)));
-    let deadline = Instant::now() + TOTAL;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(c) => return c,
-            Err(e) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                assert!(
-                    !left.is_zero(),
-                    "could not connect to {url} within {TOTAL:?}: {e}"
-                );
-                tokio::time::sleep(backoff.min(left)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+    wait_for(
+        &format!("a connection to {url}"),
+        Duration::from_secs(60),
+        || async {
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        },
+    )
+    .await
 }
 
 /// A textured test image (gradients + noise), encoded.
@@ -278,22 +270,17 @@ pub async fn wait_results(
     url: &str,
     stream: &str,
     n: usize,
-    timeout: Duration,
+    within: Duration,
 ) -> HashMap<String, Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let all = results(url, stream).await;
-        let by_id: HashMap<String, Value> = all.into_iter().collect();
+    wait_for(&format!("{n} results in {stream}"), within, || async {
+        let by_id: HashMap<String, Value> = results(url, stream).await.into_iter().collect();
         if by_id.len() >= n {
-            return by_id;
+            Ok(by_id)
+        } else {
+            Err(format!("{} of {n}", by_id.len()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} results in {stream} after {timeout:?}",
-            by_id.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 pub async fn xlen(url: &str, key: &str) -> usize {
@@ -321,24 +308,116 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
 }
 
 /// Waits until GET `url` answers `status`.
-pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some((s, _)) = http_get(url).await {
-            if s == status {
-                return;
-            }
+pub async fn wait_status(url: &str, status: u16, within: Duration) {
+    wait_for(&format!("{url} to answer {status}"), within, || async {
+        match http_get(url).await {
+            Some((s, _)) if s == status => Ok(()),
+            Some((s, body)) => Err(format!("{s} {}", body.trim_end())),
+            None => Err("no answer".to_string()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{url} did not answer {status} within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+}
+
+/// Waits until `child` exits; returns its status.
+pub async fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    wait_for(&format!("process {} to exit", child.id()), within, || {
+        let exited = child.try_wait().expect("try_wait");
+        async move { exited }
+    })
+    .await
 }
 
 /// Sends SIGTERM to a child worker.
 pub fn signal_term(child: &Child) {
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+}
+
+/// What a probe of [`wait_for`] answers: the value once the condition holds, or, until then,
+/// what it sees (for the message if the deadline passes).
+pub trait Probe<T> {
+    fn outcome(self) -> Result<T, Option<String>>;
+}
+
+impl Probe<()> for bool {
+    fn outcome(self) -> Result<(), Option<String>> {
+        if self {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+impl<T> Probe<T> for Option<T> {
+    fn outcome(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: Display> Probe<T> for Result<T, E> {
+    fn outcome(self) -> Result<T, Option<String>> {
+        self.map_err(|seen| Some(seen.to_string()))
+    }
+}
+
+/// Polls `probe` until it answers (`true`, `Some(value)` or `Ok(value)`): every 10 ms at
+/// first, then every 100 ms. Once `within` has passed it fails the test, naming `what`, how long
+/// it waited and what the probe saw last. The one way the tests wait for something to happen:
+/// never a fixed sleep, and deadlines generous enough for a loaded machine.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: Probe<T>,
+{
+    let mut deadline = Deadline::new(what, within);
+    loop {
+        match probe().await.outcome() {
+            Ok(value) => return value,
+            Err(seen) => deadline.tick(seen.as_deref().unwrap_or("")).await,
+        }
+    }
+}
+
+/// The deadline of [`wait_for`], for a loop that keeps state between looks (a cursor, the
+/// largest value sampled): `while !done { deadline.tick(seen).await; ... }`.
+pub struct Deadline {
+    what: String,
+    start: Instant,
+    within: Duration,
+    pause: Duration,
+}
+
+impl Deadline {
+    pub fn new(what: &str, within: Duration) -> Self {
+        Deadline {
+            what: what.to_string(),
+            start: Instant::now(),
+            within,
+            pause: Duration::from_millis(10),
+        }
+    }
+
+    /// Fails the test if the deadline has passed (with `seen`, what the last look found, in the
+    /// message); otherwise waits before the next look, at most until the deadline, so there is
+    /// always one last look at it.
+    pub async fn tick(&mut self, seen: impl Display) {
+        let waited = self.start.elapsed();
+        if waited >= self.within {
+            let seen = seen.to_string();
+            let seen = if seen.is_empty() {
+                String::new()
+            } else {
+                format!("; last seen: {seen}")
+            };
+            panic!(
+                "gave up waiting for {} after {waited:.1?} (deadline {:?}){seen}",
+                self.what, self.within
+            );
+        }
+        tokio::time::sleep(self.pause.min(self.within - waited)).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+    }
 }

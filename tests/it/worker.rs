@@ -244,27 +244,32 @@ async fn each_kind_of_bad_input_gets_its_code_and_a_dead_letter() {
     let mut cfg = config(&redis.url(), &p);
     cfg.limits.max_image_bytes = 1024 * 1024;
     let worker = Worker::start(cfg);
-    let all = loop {
-        let all = results(&redis.url(), &keys.results).await;
-        if all.len() >= cases.len() {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let all = wait_for(
+        "a result for every bad job",
+        Duration::from_secs(60),
+        || async {
+            let all = results(&redis.url(), &keys.results).await;
+            if all.len() >= cases.len() {
+                Ok(all)
+            } else {
+                Err(format!("{} of {}", all.len(), cases.len()))
+            }
+        },
+    )
+    .await;
     // The worker still serves good jobs afterwards.
     enqueue_frames(&redis.url(), &p, &[frame("good-after", jpeg.clone())], true).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !results(&redis.url(), &keys.results)
-        .await
-        .iter()
-        .any(|(id, _)| id == "good-after")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the good job after bad ones was not served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the good job after bad ones to be served",
+        Duration::from_secs(60),
+        || async {
+            results(&redis.url(), &keys.results)
+                .await
+                .iter()
+                .any(|(id, _)| id == "good-after")
+        },
+    )
+    .await;
     worker.stop().await;
 
     for (code, entry) in &ids {
