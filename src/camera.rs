@@ -11,10 +11,10 @@
 //! (which keeps `tz` finite when `s = 0`) is not lost to `f32` rounding.
 
 /// Focal length, in pixels, that HMR2.0 assumes for its 256 px crop (`EXTRA.FOCAL_LENGTH`).
-pub const FOCAL_LENGTH: f32 = 5000.0;
+pub(crate) const FOCAL_LENGTH: f32 = 5000.0;
 
 /// Side of the square image the model sees (`MODEL.IMAGE_SIZE`); the focal length is relative to it.
-pub const MODEL_IMAGE_SIZE: f32 = 256.0;
+pub(crate) const MODEL_IMAGE_SIZE: f32 = 256.0;
 
 /// The guard the original adds to `box_size · s` so a zero scale never divides by zero.
 const EPS: f64 = 1e-9;
@@ -22,7 +22,7 @@ const EPS: f64 = 1e-9;
 /// A person's camera in the full frame: what the result reports as `pred_cam_t_full` and
 /// `focal_length`, and what [`project`] needs to put keypoints on the frame's pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FullCam {
+pub(crate) struct FullCam {
     /// Translation `[tx, ty, tz]` of the body (model units, metres for real SMPL) in the camera
     /// frame of the full image.
     pub cam_t: [f32; 3],
@@ -41,7 +41,7 @@ fn focal_for_f64(width: u32, height: u32) -> f64 {
 /// full `width`×`height` frame.
 ///
 /// `bs = box_size·s + 1e-9`, `tz = 2F/bs`, `tx' = 2(cx − W/2)/bs + tx`, `ty' = 2(cy − H/2)/bs + ty`.
-pub fn cam_full(
+pub(crate) fn cam_full(
     pred_cam: [f32; 3],
     center: [f32; 2],
     box_size: f32,
@@ -70,7 +70,12 @@ pub fn cam_full(
 /// A point in the camera plane (`z = 0` after translation) has no image; its coordinates come
 /// out non-finite, as in the original. That needs a camera behind or inside the body, which the
 /// model does not predict for a visible person.
-pub fn project(points: &[[f32; 3]], cam: &FullCam, width: u32, height: u32) -> Vec<[f32; 2]> {
+pub(crate) fn project(
+    points: &[[f32; 3]],
+    cam: &FullCam,
+    width: u32,
+    height: u32,
+) -> Vec<[f32; 2]> {
     let f = cam.focal as f64;
     let [tx, ty, tz] = cam.cam_t.map(f64::from);
     let cx = width as f64 / 2.0;

@@ -81,7 +81,7 @@ pub enum QueueError {
 pub const MAX_LOGGED_CHARS: usize = 300;
 
 /// `s`, cut to [`MAX_LOGGED_CHARS`] characters with a note of how long it was.
-pub fn capped(s: &str) -> String {
+pub(crate) fn capped(s: &str) -> String {
     if s.chars().count() <= MAX_LOGGED_CHARS {
         return s.to_string();
     }

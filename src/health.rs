@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::WORKER_READY;
 
 /// The stall timeout of [`Health::default`].
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What readiness is computed from. Each input has one writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Input {
+pub(crate) enum Input {
     /// The warm-up forward pass is done (written once, at start-up).
     Warm,
     /// The job streams can be read: the consumer groups exist and the last read or claim
@@ -52,7 +52,7 @@ impl Input {
     ];
 
     /// The name `/readyz` gives it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Input::Warm => "warm",
             Input::RedisRead => "redis_read",
@@ -64,7 +64,7 @@ impl Input {
 
 /// Liveness and readiness, shared by the pipeline and the listener.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     /// The inference thread is running (false once it exits or panics).
     inference_alive: AtomicBool,
     /// Per [`Input`] (in `Input::ALL` order): `None` when up, else why it is down.
@@ -87,7 +87,7 @@ impl Default for Health {
 /// An operation in progress (see [`Health::busy`]); it ends when this is dropped.
 #[must_use = "the operation counts as in progress only while the guard lives"]
 #[derive(Debug)]
-pub struct Busy<'a> {
+pub(crate) struct Busy<'a> {
     health: &'a Health,
     id: u64,
 }
@@ -100,7 +100,7 @@ impl Drop for Busy<'_> {
 
 impl Health {
     /// Every flag down; an operation longer than `stall_timeout` makes the worker not live.
-    pub fn new(stall_timeout: Duration) -> Self {
+    pub(crate) fn new(stall_timeout: Duration) -> Self {
         Health {
             inference_alive: AtomicBool::new(false),
             inputs: Mutex::new([
@@ -119,7 +119,7 @@ impl Health {
 
     /// Marks the worker broken (once; logs the reason at error level once); cancels
     /// [`Health::broken_token`]; refreshes the ready gauge.
-    pub fn mark_broken(&self, reason: &str) {
+    pub(crate) fn mark_broken(&self, reason: &str) {
         if self.broken.set(reason.to_string()).is_ok() {
             tracing::error!(
                 reason,
@@ -131,30 +131,30 @@ impl Health {
     }
 
     /// True once [`Health::mark_broken`] was called.
-    pub fn is_broken(&self) -> bool {
+    pub(crate) fn is_broken(&self) -> bool {
         self.broken.get().is_some()
     }
 
     /// Why the worker is broken, once it is.
-    pub fn broken_reason(&self) -> Option<&str> {
+    pub(crate) fn broken_reason(&self) -> Option<&str> {
         self.broken.get().map(String::as_str)
     }
 
     /// Cancelled when the worker is broken: fetching and lease renewal stop at once.
-    pub fn broken_token(&self) -> CancellationToken {
+    pub(crate) fn broken_token(&self) -> CancellationToken {
         self.broken_token.clone()
     }
 
     /// RAII guard: while it lives, the named operation (a forward pass, a publish) is in
     /// progress; several may be held at once from several threads/tasks.
-    pub fn busy(&self, what: &'static str) -> Busy<'_> {
+    pub(crate) fn busy(&self, what: &'static str) -> Busy<'_> {
         let id = self.next_busy.fetch_add(1, Ordering::Relaxed);
         self.busy_ops().insert(id, (what, Instant::now()));
         Busy { health: self, id }
     }
 
     /// The oldest operation in progress longer than the stall timeout: (what, for how long).
-    pub fn stalled(&self) -> Option<(&'static str, Duration)> {
+    pub(crate) fn stalled(&self) -> Option<(&'static str, Duration)> {
         let ops = self.busy_ops();
         let (what, since) = ops.values().min_by_key(|(_, since)| *since)?;
         let running = since.elapsed();
@@ -163,7 +163,7 @@ impl Health {
 
     /// Alive = inference thread running && !broken && !stalled. `/healthz` answers 503 when
     /// not alive, and its JSON report names broken/stalled reasons.
-    pub fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         self.inference_alive.load(Ordering::Relaxed)
             && !self.is_broken()
             && self.stalled().is_none()
@@ -171,18 +171,18 @@ impl Health {
 
     /// Ready: alive and every [`Input`] up; what `/readyz` reports and `hmr2_worker_ready`
     /// shows.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.alive() && self.inputs().iter().all(Option::is_none)
     }
 
     /// Marks the inference thread running or stopped.
-    pub fn set_inference_alive(&self, alive: bool) {
+    pub(crate) fn set_inference_alive(&self, alive: bool) {
         self.inference_alive.store(alive, Ordering::Relaxed);
         self.refresh_gauge();
     }
 
     /// Sets `input` up (`Ok`) or down with its reason; logs a change of state once.
-    pub fn set(&self, input: Input, state: Result<(), String>) {
+    pub(crate) fn set(&self, input: Input, state: Result<(), String>) {
         let changed = {
             let mut inputs = self.inputs();
             let slot = &mut inputs[input as usize];
@@ -200,12 +200,12 @@ impl Health {
     }
 
     /// Whether `input` is up.
-    pub fn is_up(&self, input: Input) -> bool {
+    pub(crate) fn is_up(&self, input: Input) -> bool {
         self.inputs()[input as usize].is_none()
     }
 
     /// Why `input` is down, when it is.
-    pub fn reason(&self, input: Input) -> Option<String> {
+    pub(crate) fn reason(&self, input: Input) -> Option<String> {
         self.inputs()[input as usize].clone()
     }
 

@@ -24,7 +24,7 @@
 //!   - `publish`, `result`, `retry`: results, dead letters, Redis retries; `gauges`: queue and
 //!     GPU gauges, consumer pruning.
 //! - `http`: `/metrics`, `/healthz`, `/readyz`; `health`: the flags behind them.
-//! - [`queue`]: the Redis Streams protocol; atomic steps are Lua scripts beside it.
+//! - `queue`: the Redis Streams protocol; atomic steps are Lua scripts beside it.
 //! - [`model`]: the model trait, the TorchScript implementation, the libtorch version.
 //! - [`detector`]: the person detector (contract `person-detector/1`) and its box mapping.
 //! - `camera`: full-frame camera and 2D keypoints from the model's crop camera.
@@ -38,6 +38,8 @@
 //!
 //! Measured figures live in `BENCHMARKS.md` and `docs/reliability.md`, not here.
 
+#![warn(unreachable_pub)]
+
 mod camera;
 pub mod check;
 pub mod cli;
@@ -50,7 +52,7 @@ mod http;
 pub mod image;
 pub mod metrics;
 pub mod model;
-pub mod queue;
+mod queue;
 pub mod signal;
 pub mod telemetry;
 #[doc(hidden)]
@@ -58,3 +60,7 @@ pub mod test_support;
 pub mod worker;
 
 pub use worker::{run, run_with, Models, RunError};
+
+/// Connecting to the configured Redis (one node or a cluster, TLS and credentials as the worker
+/// uses them), for tools that talk to the worker's Redis. The queue protocol itself is internal.
+pub use queue::{connect, install_tls_provider, Conn};

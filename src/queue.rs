@@ -29,10 +29,10 @@ mod reply;
 
 pub use conn::Conn;
 use conn::{Pool, Target};
-pub use entry::{Entry, DEAD_LETTER_FIELDS, KEPT_FIELD_BYTES};
+pub use entry::Entry;
 /// Every key and name the worker uses, from the prefix (defined by the wire contract).
-pub use hmr2_client::{Keys, Layout};
-pub use reply::Written;
+pub(crate) use hmr2_client::{Keys, Layout};
+pub(crate) use reply::Written;
 use reply::{Claimed, Gone, OldestPending, ReadReply};
 
 /// Queue gauges: backlog, in-flight, and not-yet-delivered entries.
@@ -55,7 +55,7 @@ pub struct DeadLetter<'a> {
 }
 
 /// What releasing this worker's entries leaves behind (see [`Shard::release`]).
-pub const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
+pub(crate) const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// A connection of its own to the configured Redis (one node, or the cluster of `redis.url`'s
 /// seed nodes), for producers and tools: commands are routed by key on a cluster. Replies may
@@ -72,7 +72,7 @@ pub async fn connect(config: &Config) -> Result<Conn, QueueError> {
 
 /// How long a reply may take: long enough for `max_batch` entries of `max_job_bytes` at a
 /// slow 25 MB/s, plus 5 s; `redis.response_timeout_ms` overrides it.
-pub fn response_timeout(config: &Config) -> Duration {
+pub(crate) fn response_timeout(config: &Config) -> Duration {
     if config.redis.response_timeout_ms > 0 {
         return Duration::from_millis(config.redis.response_timeout_ms);
     }

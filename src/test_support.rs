@@ -1,5 +1,7 @@
 //! Test support, not part of the worker's API: a model stand-in for the model seam
-//! ([`crate::run_with`]), shared by the integration tests and the crate's own unit tests. It is
+//! ([`crate::run_with`]), shared by the integration tests and the crate's own unit tests, and
+//! the queue protocol's types ([`Queue`], [`Shard`], [`Entry`]) for tests that drive a step of
+//! the protocol against a real redis-server without a whole worker. It is
 //! public only so that `tests/` can reach it, hidden from the documentation, and nothing in the
 //! worker uses it.
 //!
@@ -11,6 +13,8 @@
 
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+
+pub use crate::queue::{Entry, Queue, Shard};
 
 use crate::error::ModelError;
 use crate::model::{BatchOutput, Model, ModelMeta, NUM_KEYPOINTS};

@@ -25,7 +25,7 @@ use crate::error::QueueError;
 
 /// Makes the pool's one-node connections: `deadpool-redis`'s manager, its check (`PING`) only
 /// for connections idle at least `idle_check`.
-pub struct NodeManager {
+pub(crate) struct NodeManager {
     inner: deadpool_redis::Manager,
     idle_check: Duration,
 }
@@ -51,7 +51,7 @@ impl managed::Manager for NodeManager {
 }
 
 /// Makes the pool's cluster connections (each one multiplexes a connection per master).
-pub struct ClusterManager {
+pub(crate) struct ClusterManager {
     client: ClusterClient,
     /// Connections idle at least this long are checked (`PING`) before they are handed out.
     idle_check: Duration,

@@ -31,11 +31,11 @@ pub struct Entry {
 
 /// Most field pairs of an entry copied to its dead letter (Lua's `unpack` has a limit, and a
 /// dead letter is for reading, not for keeping a hostile entry whole).
-pub const DEAD_LETTER_FIELDS: usize = 64;
+pub(crate) const DEAD_LETTER_FIELDS: usize = 64;
 
 /// The most bytes an entry keeps of one field once its frame is dropped (an unreadable `job`
 /// is cut to this, any other field longer than this is replaced by a note).
-pub const KEPT_FIELD_BYTES: usize = 64 * 1024;
+pub(crate) const KEPT_FIELD_BYTES: usize = 64 * 1024;
 
 /// Values of unknown `job` keys longer than this (as written) are replaced by a note.
 const KEPT_UNKNOWN_VALUE_BYTES: usize = 1024;

@@ -93,7 +93,7 @@ fn decode_read_reply(v: Value) -> Vec<Entry> {
 
 /// The entries an `XREADGROUP` delivered (shard 0 until the caller says which).
 #[derive(Debug, Default)]
-pub struct ReadReply(pub Vec<Entry>);
+pub(crate) struct ReadReply(pub Vec<Entry>);
 
 impl FromRedisValue for ReadReply {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
@@ -103,7 +103,7 @@ impl FromRedisValue for ReadReply {
 
 /// The entries an `XCLAIM` took from another consumer (shard 0 until the caller says which).
 #[derive(Debug, Default)]
-pub struct Claimed(pub Vec<Entry>);
+pub(crate) struct Claimed(pub Vec<Entry>);
 
 impl FromRedisValue for Claimed {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
@@ -114,7 +114,7 @@ impl FromRedisValue for Claimed {
 /// The head of an `XPENDING <key> <group> IDLE <ms> - + 1` reply: the oldest idle entry's id
 /// and how often it was delivered (`None`: nothing idle that long).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct OldestPending(pub Option<(String, u64)>);
+pub(crate) struct OldestPending(pub Option<(String, u64)>);
 
 impl FromRedisValue for OldestPending {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
@@ -137,7 +137,7 @@ impl FromRedisValue for OldestPending {
 
 /// Whether an `XRANGE` reply is an empty list (the entry asked for is gone).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Gone(pub bool);
+pub(crate) struct Gone(pub bool);
 
 impl FromRedisValue for Gone {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {

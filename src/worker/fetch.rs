@@ -351,7 +351,12 @@ pub(super) async fn retire(ctx: &Ctx) {
                 tracing::warn!(error = %e, %stream, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
             }
         }
-        match ctx.queue.shard(k).forget_consumer(ctx.queue.consumer()).await {
+        match ctx
+            .queue
+            .shard(k)
+            .forget_consumer(ctx.queue.consumer())
+            .await
+        {
             Ok(true) => {
                 tracing::debug!(consumer = %ctx.queue.consumer(), %stream, "consumer removed from the group")
             }

@@ -8,7 +8,7 @@ use crate::worker::prepare::PersonBox;
 
 /// Identity of the worker, echoed in every result.
 #[derive(Debug, Clone, Default)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub worker: String,
     pub device: String,
     pub model: String,
@@ -23,7 +23,12 @@ fn triples(v: &[f32]) -> Vec<[f32; 3]> {
 }
 
 /// One person's result: full-frame camera and 2D keypoints from the crop camera.
-pub fn person(p: &PersonBox, out: FrameOutput, image_size: [u32; 2], vertices: bool) -> Person {
+pub(crate) fn person(
+    p: &PersonBox,
+    out: FrameOutput,
+    image_size: [u32; 2],
+    vertices: bool,
+) -> Person {
     let [w, h] = image_size;
     let pred_cam = out.pred_cam();
     let cam = camera::cam_full(pred_cam, p.crop.center, p.crop.size, w, h);
@@ -53,7 +58,7 @@ pub fn person(p: &PersonBox, out: FrameOutput, image_size: [u32; 2], vertices: b
 }
 
 /// A successful result.
-pub fn ok_result(
+pub(crate) fn ok_result(
     entry_id: &str,
     echo: &Echo,
     image_size: [u32; 2],

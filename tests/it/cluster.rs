@@ -49,8 +49,8 @@ fn cluster_config(seeds: &[String], prefix: &str, shards: usize) -> Config {
 }
 
 /// A producer's connection to the cluster (the worker's own, cluster-aware).
-async fn cluster_conn(config: &Config) -> hmr2_worker::queue::Conn {
-    hmr2_worker::queue::connect(config)
+async fn cluster_conn(config: &Config) -> hmr2_worker::Conn {
+    hmr2_worker::connect(config)
         .await
         .expect("connect to the cluster")
 }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use hmr2_client::ErrorCode;
 use hmr2_worker::config::{Config, LimitsConfig};
-use hmr2_worker::queue::Entry;
+use hmr2_worker::test_support::Entry;
 use hmr2_worker::worker::prepare::prepare;
 use proptest::prelude::*;
 

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use hmr2_client::Keys;
 use hmr2_client::{Frame, Job};
-use hmr2_worker::queue::{Keys, Queue};
+use hmr2_worker::test_support::Queue;
 use redis::AsyncCommands;
 
 use crate::support::*;

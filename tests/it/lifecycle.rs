@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use hmr2_client::Keys;
 use hmr2_tools::redis_server::RedisServer;
-use hmr2_worker::queue::Keys;
 use redis::AsyncCommands;
 
 use crate::support::*;
@@ -254,7 +254,7 @@ async fn a_pooled_connection_broken_by_a_restart_is_replaced() {
     let mut redis = RedisServer::start().unwrap();
     let p = prefix("pool");
     let cfg = config(&redis.url(), &p);
-    let q = hmr2_worker::queue::Queue::new(&cfg).unwrap();
+    let q = hmr2_worker::test_support::Queue::new(&cfg).unwrap();
     q.shard(0).ensure_group().await.unwrap();
     q.shard(0).stats().await.expect("a first command");
     redis.shutdown();
@@ -307,7 +307,7 @@ async fn the_pool_pings_only_connections_that_sat_idle() {
     for (idle_check_ms, pause) in [(5000, None), (200, Some(300)), (0, None)] {
         let mut cfg = config(&redis.url(), &p);
         cfg.redis.pool_idle_check_ms = idle_check_ms;
-        let q = hmr2_worker::queue::Queue::new(&cfg).unwrap();
+        let q = hmr2_worker::test_support::Queue::new(&cfg).unwrap();
         q.shard(0).ensure_group().await.unwrap();
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")

@@ -3,10 +3,10 @@
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use hmr2_client::Keys;
 use hmr2_tools::redis_server::RedisServer;
 use hmr2_worker::detector::TorchDetector;
 use hmr2_worker::metrics as m;
-use hmr2_worker::queue::Keys;
 use hmr2_worker::test_support::StandIn;
 use hmr2_worker::Models;
 use tokio_util::sync::CancellationToken;
@@ -142,6 +142,14 @@ async fn readiness_needs_warm_up_and_redis() {
     wait_status(&format!("{http}/readyz"), 503, Duration::from_secs(30)).await;
     let (_, body) = http_get(&format!("{http}/readyz")).await.unwrap();
     assert!(body.contains("\"redis_ok\":false"), "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let why = report["not_ready"]["redis_read"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("reading ") && why.contains(":jobs"),
+        "/readyz names the stream it cannot read and why: {body}"
+    );
     let (s, _) = http_get(&format!("{http}/healthz")).await.unwrap();
     assert_eq!(s, 200, "alive even while Redis is down");
     redis.restart().unwrap();

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use hmr2_client::Keys;
 use hmr2_tools::redis_server::{free_port, RedisServer};
-use hmr2_worker::queue::Keys;
 
 use crate::support::*;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use hmr2_worker::queue::Keys;
+use hmr2_client::Keys;
 use serde_json::{json, Value};
 
 use crate::support::*;

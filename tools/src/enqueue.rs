@@ -141,7 +141,7 @@ fn frames_from_files(o: &EnqueueOptions) -> anyhow::Result<Vec<Frame>> {
 }
 
 async fn send(config: &Config, frames: Vec<Frame>, raw: bool) -> anyhow::Result<()> {
-    let mut conn = hmr2_worker::queue::connect(config)
+    let mut conn = hmr2_worker::connect(config)
         .await
         .with_context(|| format!("connecting to {}", redact_url(&config.redis.url)))?;
     let layout = config.layout();

@@ -17,7 +17,7 @@
 //!    row, `redis.pool_idle_check_ms = 0`: a `PING` at every pool checkout). The clock starts
 //!    when `/readyz` first answers 200 and stops when the last result is read: one reader per
 //!    shard (`XREAD BLOCK` on the shard's results stream, a connection of its own each, from
-//!    [`hmr2_worker::queue::connect`]).
+//!    [`hmr2_worker::connect`]).
 //! 4. **CPU per job**: CPU time of this process (the worker, and the result readers) and of the
 //!    redis-server processes (every child process of this one, from `/proc/<pid>/stat`), over
 //!    the timed window, divided by the jobs. **Latency**: each result's `timings_ms.total`
@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use hmr2_client::{producer, Frame, Job, JobResult, Status};
 use hmr2_worker::config::Config;
 use hmr2_worker::model;
-use hmr2_worker::queue::Conn;
+use hmr2_worker::Conn;
 
 use super::measure::{self, Percentiles};
 use super::report::Machine;
@@ -440,7 +440,7 @@ async fn run_one(
             _ => Ok(Vec::new()),
         })?;
 
-    let mut conn = hmr2_worker::queue::connect(&config)
+    let mut conn = hmr2_worker::connect(&config)
         .await
         .context("connecting to Redis")?;
     let mut jobs_per_shard = vec![0usize; layout.len()];
@@ -455,7 +455,7 @@ async fn run_one(
     // The readers' connections, made before the clock starts.
     let mut readers = Vec::with_capacity(layout.len());
     for keys in layout.shards() {
-        let c = hmr2_worker::queue::connect(&config).await?;
+        let c = hmr2_worker::connect(&config).await?;
         readers.push((c, keys.results.clone(), jobs_per_shard[keys.shard]));
     }
 

@@ -64,7 +64,7 @@ impl Session {
         let port = free_port()?;
         config.http.listen = format!("127.0.0.1:{port}");
         config.validate()?;
-        hmr2_worker::queue::install_tls_provider();
+        hmr2_worker::install_tls_provider();
         let client = redis::Client::open(config.redis.url.as_str())?;
         let conn = client
             .get_multiplexed_async_connection()
