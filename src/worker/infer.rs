@@ -385,80 +385,47 @@ fn serve<M: Model, D: Detector, A: Allocator>(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::model::BatchOutput;
-
-    /// A model that fits at most `fits` frames per forward pass (more is out of memory). The
-    /// first byte of a batch's first crop marks a fault: [`FAULT`] fails the pass with a
-    /// device error, [`PANIC`] panics (as tch does on a libtorch error outside its `f_` API),
-    /// [`NEVER_FITS`] is out of memory even alone, [`HANG`] blocks until `release` says.
-    /// Each output's `pred_cam[0]` is its crop's first byte, so order can be checked.
-    struct Fake {
-        fits: usize,
-        calls: Vec<usize>,
-        meta: ModelMeta,
-        release: Option<std::sync::mpsc::Receiver<()>>,
-    }
+    use crate::test_support::{Batches, StandIn};
 
     const FAULT: u8 = 0xFF;
     const PANIC: u8 = 0xFD;
     const NEVER_FITS: u8 = 0xFE;
     const HANG: u8 = 0xFC;
 
-    impl Fake {
-        fn new(fits: usize) -> Self {
-            let meta = ModelMeta::parse(
-                r#"{"name":"fake","input_size":[256,256],"outputs":{"pred_cam":[],
-                "global_orient":[],"body_pose":[],"betas":[],"keypoints_3d":[]}}"#,
-            )
-            .unwrap();
-            Fake {
-                fits,
-                calls: Vec::new(),
-                meta,
-                release: None,
-            }
+    /// A model that fits at most `fits` frames per forward pass (more is out of memory), and
+    /// the record of its passes. The first byte of a batch's first crop marks a fault:
+    /// [`FAULT`] fails the pass with a device error, [`PANIC`] panics (as tch does on a
+    /// libtorch error outside its `f_` API), [`NEVER_FITS`] is out of memory even alone,
+    /// [`HANG`] blocks until `release` says (when given). Each output's `pred_cam[0]` is its
+    /// crop's first byte, so order can be checked.
+    fn fake_hanging(
+        fits: usize,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> (StandIn, Batches) {
+        let calls = Batches::default();
+        let mut model = StandIn::new().named("fake").fits(fits).batches(&calls);
+        if let Some(release) = release {
+            model = model.hang_when(|c, _| c[0] == HANG, release);
         }
-    }
-
-    impl Model for Fake {
-        fn forward(&mut self, crops: &[u8], n: usize, _: bool) -> Result<BatchOutput, ModelError> {
+        let model = model.on_forward(|crops, n, _| {
             assert_eq!(crops.len(), n * CROP_BYTES);
-            self.calls.push(n);
-            if n > self.fits {
-                return Err(ModelError::OutOfMemory(format!("{n} frames do not fit")));
-            }
             match crops[0] {
                 FAULT => return Err(ModelError::Forward("device fault".into())),
                 PANIC => panic!("CUDA error: an illegal memory access was encountered"),
                 NEVER_FITS => return Err(ModelError::OutOfMemory("never fits".into())),
-                HANG => {
-                    let _ = self.release.as_ref().expect("a release channel").recv();
-                }
                 _ => {}
             }
-            let mut pred_cam = Vec::new();
-            for c in crops.chunks_exact(CROP_BYTES) {
-                pred_cam.extend([c[0] as f32, 1.0, 1.0]);
-            }
-            Ok(BatchOutput {
-                n,
-                pred_cam,
-                global_orient: vec![0.0; n * 9],
-                body_pose: vec![0.0; n * 23 * 9],
-                betas: vec![0.0; n * 10],
-                keypoints_3d: vec![0.0; n * 44 * 3],
-                vertices: None,
-            })
-        }
-        fn meta(&self) -> &ModelMeta {
-            &self.meta
-        }
-        fn device_label(&self) -> String {
-            "fake".into()
-        }
-        fn cuda_index(&self) -> Option<usize> {
-            None
-        }
+            let mut out = StandIn::output(n);
+            out.pred_cam = StandIn::crops(crops, n)
+                .flat_map(|c| [c[0] as f32, 1.0, 1.0])
+                .collect();
+            Ok(out)
+        });
+        (model, calls)
+    }
+
+    fn fake(fits: usize) -> (StandIn, Batches) {
+        fake_hanging(fits, None)
     }
 
     fn numbered(n: usize) -> Vec<u8> {
@@ -478,28 +445,28 @@ mod tests {
 
     #[test]
     fn out_of_memory_halves_the_batch_and_keeps_every_frame_in_order() {
-        let mut model = Fake::new(2);
+        let (mut model, calls) = fake(2);
         let mut ooms = 0;
         let frames = forward_ladder(&mut model, &numbered(8), 8, false, &mut || ooms += 1).unwrap();
         assert_eq!(order(&frames), (0..8).collect::<Vec<u8>>());
         // 8 → 4 + 4 → each 4 → 2 + 2.
-        assert_eq!(model.calls, [8, 4, 2, 2, 4, 2, 2]);
+        assert_eq!(calls.sizes(), [8, 4, 2, 2, 4, 2, 2]);
         assert_eq!(ooms, 3);
     }
 
     #[test]
     fn odd_batches_split_unevenly_down_to_single_frames() {
-        let mut model = Fake::new(1);
+        let (mut model, calls) = fake(1);
         let mut ooms = 0;
         let frames = forward_ladder(&mut model, &numbered(5), 5, false, &mut || ooms += 1).unwrap();
         assert_eq!(order(&frames), [0, 1, 2, 3, 4]);
-        assert_eq!(model.calls.iter().filter(|&&n| n == 1).count(), 5);
+        assert_eq!(calls.sizes().iter().filter(|&&n| n == 1).count(), 5);
         assert_eq!(ooms, 4, "5 → 2 + 3 → 1 + 1, 1 + 2 → 1 + 1");
     }
 
     #[test]
     fn a_frame_that_never_fits_fails_alone_and_no_frame_is_lost() {
-        let mut model = Fake::new(0);
+        let (mut model, _) = fake(0);
         let mut ooms = 0;
         let frames = forward_ladder(&mut model, &numbered(4), 4, false, &mut || ooms += 1).unwrap();
         assert_eq!(frames.len(), 4, "one outcome per frame");
@@ -511,23 +478,23 @@ mod tests {
 
     #[test]
     fn other_errors_are_returned_whole_without_splitting() {
-        let mut model = Fake::new(8);
+        let (mut model, calls) = fake(8);
         let mut crops = numbered(3);
         crops[0] = FAULT;
         let mut ooms = 0;
         let e = forward_ladder(&mut model, &crops, 3, false, &mut || ooms += 1).unwrap_err();
-        assert_eq!(model.calls, [3]);
+        assert_eq!(calls.sizes(), [3]);
         assert_eq!(ooms, 0);
         assert!(matches!(e, ModelError::Forward(m) if m == "device fault"));
     }
 
     #[test]
     fn an_error_after_a_split_is_returned_whole() {
-        let mut model = Fake::new(2);
+        let (mut model, calls) = fake(2);
         let mut crops = numbered(4);
         crops[2 * CROP_BYTES] = FAULT; // first crop of the second half
         let e = forward_ladder(&mut model, &crops, 4, false, &mut || {}).unwrap_err();
-        assert_eq!(model.calls, [4, 2, 2]);
+        assert_eq!(calls.sizes(), [4, 2, 2]);
         assert!(e.to_string().contains("device fault"), "{e}");
     }
 
@@ -590,9 +557,9 @@ mod tests {
         }
     }
 
-    fn models(fits: usize, det: Option<FakeDet>) -> Models<Fake, FakeDet> {
+    fn models(fits: usize, det: Option<FakeDet>) -> Models<StandIn, FakeDet> {
         Models {
-            hmr: Fake::new(fits),
+            hmr: fake(fits).0,
             detector: det,
         }
     }
@@ -693,7 +660,7 @@ mod tests {
         let (done, _rx) = mpsc::unbounded_channel();
         let (ready, ready_rx) = oneshot::channel();
         let thread = spawn(
-            || Err::<Models<Fake, FakeDet>, _>(ModelError::Contract("no meta()".into())),
+            || Err::<Models<StandIn, FakeDet>, _>(ModelError::Contract("no meta()".into())),
             2,
             Config::defaults().gpu,
             Arc::new(Health::default()),
@@ -745,7 +712,7 @@ mod tests {
     }
 
     /// Starts the thread on `models` with batches of up to 4, waits for the warm-up.
-    fn start(models: Models<Fake, FakeDet>, health: Health) -> Running {
+    fn start(models: Models<StandIn, FakeDet>, health: Health) -> Running {
         let (batches, batch_rx) = mpsc::channel(4);
         let (done_tx, done) = mpsc::unbounded_channel();
         let (ready, ready_rx) = oneshot::channel();
@@ -944,10 +911,8 @@ mod tests {
     #[test]
     fn a_hung_forward_shows_as_a_stall_while_it_lasts() {
         let (release, hung) = std::sync::mpsc::channel();
-        let mut model = Fake::new(8);
-        model.release = Some(hung);
         let m = Models {
-            hmr: model,
+            hmr: fake_hanging(8, Some(hung)).0,
             detector: None::<FakeDet>,
         };
         let mut t = start(m, Health::new(std::time::Duration::from_millis(100)));

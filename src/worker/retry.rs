@@ -16,7 +16,7 @@ pub(crate) struct Backoff {
 impl Backoff {
     pub(crate) fn failed(&mut self, e: &QueueError) {
         if self.failures == 0 {
-            tracing::warn!(error = %e, "redis unavailable; retrying with backoff");
+            tracing::warn!(error = %e, code = e.code(), "redis unavailable; retrying with backoff");
         }
         self.failures += 1;
     }
