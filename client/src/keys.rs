@@ -56,13 +56,17 @@ impl Keys {
         }
     }
 
-    /// Whether a job may name `reply_to`: it must start with this shard's results stream
-    /// (`{prefix}:results`, or `{<prefix>:<k>}:results` on shard k; DESIGN §3, §11), so an ACL
-    /// on the prefix covers it, no other stream (another tenant's job stream, say) can be
-    /// written or trimmed, and the result is written in the job's own cluster slot. Anything
-    /// else is `invalid_job`.
+    /// Whether a job may name `reply_to`: this shard's results stream (`{prefix}:results`, or
+    /// `{<prefix>:<k>}:results` on shard k; DESIGN §3, §11) or a stream under it
+    /// (`{prefix}:results:...`), so an ACL on the prefix covers it, no other stream can be
+    /// written or trimmed (another tenant's job stream, or that of a tenant whose prefix merely
+    /// starts with this one's results stream, such as `hmr2:results-b`), and the result is
+    /// written in the job's own cluster slot. Anything else is `invalid_job`. Reply streams
+    /// are not private within one prefix: any producer of the prefix may name any of them.
     pub fn accepts_reply_to(&self, reply_to: &str) -> bool {
-        reply_to.starts_with(&self.results)
+        reply_to
+            .strip_prefix(self.results.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
     }
 
     /// The stream a job's result goes to: its `reply_to` when [`Keys::accepts_reply_to`], else
@@ -165,6 +169,22 @@ mod tests {
         assert_eq!(k.reply_stream(Some("other:results")), "p:results");
         assert!(!k.accepts_reply_to("q:results"));
         assert!(k.accepts_reply_to("p:results"));
+    }
+
+    #[test]
+    fn a_stream_that_merely_starts_with_the_results_stream_is_not_a_reply_stream() {
+        let k = Keys::new("hmr2");
+        for other in ["hmr2:results-b:jobs", "hmr2:resultsX", "hmr2:results_", "hmr2:results{x}"] {
+            assert!(!k.accepts_reply_to(other), "{other}");
+            assert_eq!(k.reply_stream(Some(other)), "hmr2:results");
+        }
+        for mine in ["hmr2:results", "hmr2:results:", "hmr2:results:video-7"] {
+            assert!(k.accepts_reply_to(mine), "{mine}");
+        }
+        let l = Layout::new("hmr2", 4);
+        let s2 = l.shard(2);
+        assert!(s2.accepts_reply_to("{hmr2:2}:results:v"));
+        assert!(!s2.accepts_reply_to("{hmr2:2}:results2:v"));
     }
 
     #[test]

@@ -144,7 +144,10 @@ pub fn prepare(
     let echo = &job.echo();
     if let Some(r) = job.reply_to.as_deref() {
         if !keys.accepts_reply_to(r) {
-            let e = format!("reply_to must start with {:?}; got {r:?}", keys.results);
+            let e = format!(
+                "reply_to must start with \"{}:\" (or be {:?}); got {r:?}",
+                keys.results, keys.results
+            );
             return Err(reject(InputError::InvalidJob(e), echo, None));
         }
     }

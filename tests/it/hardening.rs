@@ -111,21 +111,28 @@ async fn reply_to_must_name_a_results_stream_of_the_prefix_and_expires() {
         .xadd(&victim, "*", &[("job", "theirs")])
         .await
         .unwrap();
+    // A tenant whose prefix happens to start with this one's results stream.
+    let neighbour = format!("{}-b:jobs", keys.results);
+    let _: String = admin
+        .xadd(&neighbour, "*", &[("job", "theirs")])
+        .await
+        .unwrap();
     let mine = format!("{}:video-7", keys.results);
     let frames = vec![
         framed("outside", Some(&victim)),
+        framed("neighbour", Some(&neighbour)),
         framed("jobs", Some(&keys.jobs)),
         framed("mine", Some(&mine)),
         framed("default", None),
     ];
     enqueue_frames(&url, &p, &frames, true).await;
     let worker = Worker::start(config(&url, &p));
-    let got = wait_results(&url, &keys.results, 3, Duration::from_secs(60)).await;
+    let got = wait_results(&url, &keys.results, 4, Duration::from_secs(60)).await;
     let on_mine = wait_results(&url, &mine, 1, Duration::from_secs(60)).await;
     wait_drained(&url, &p, Duration::from_secs(30)).await;
     worker.stop().await;
 
-    for id in ["outside", "jobs"] {
+    for id in ["outside", "neighbour", "jobs"] {
         let r = &got[id];
         assert_eq!(r["status"], "error", "{id}: {r}");
         assert_eq!(r["error"]["code"], "invalid_job", "{id}: {r}");
@@ -139,13 +146,11 @@ async fn reply_to_must_name_a_results_stream_of_the_prefix_and_expires() {
     }
     assert_eq!(got["default"]["status"], "ok");
     assert_eq!(on_mine["mine"]["status"], "ok");
-    assert_eq!(
-        xlen(&url, &victim).await,
-        1,
-        "another stream was not touched"
-    );
+    for other in [&victim, &neighbour] {
+        assert_eq!(xlen(&url, other).await, 1, "{other} was not touched");
+    }
     let dead = dead_letters(&url, &keys.dead).await;
-    assert_eq!(dead.len(), 2, "both bad reply_to jobs are dead-lettered");
+    assert_eq!(dead.len(), 3, "every bad reply_to job is dead-lettered");
     let ttl: i64 = admin.ttl(&mine).await.unwrap();
     assert!(
         ttl > 86_000 && ttl <= 86_400,
