@@ -174,14 +174,19 @@ mod tests {
     #[test]
     fn a_stream_that_merely_starts_with_the_results_stream_is_not_a_reply_stream() {
         let k = Keys::new("hmr2");
-        for other in ["hmr2:results-b:jobs", "hmr2:resultsX", "hmr2:results_", "hmr2:results{x}"] {
+        for other in [
+            "hmr2:results-b:jobs",
+            "hmr2:resultsX",
+            "hmr2:results_",
+            "hmr2:results{x}",
+        ] {
             assert!(!k.accepts_reply_to(other), "{other}");
             assert_eq!(k.reply_stream(Some(other)), "hmr2:results");
         }
         for mine in ["hmr2:results", "hmr2:results:", "hmr2:results:video-7"] {
             assert!(k.accepts_reply_to(mine), "{mine}");
         }
-        let l = Layout::new("hmr2", 4);
+        let l = Layout::new("hmr2", 4, false);
         let s2 = l.shard(2);
         assert!(s2.accepts_reply_to("{hmr2:2}:results:v"));
         assert!(!s2.accepts_reply_to("{hmr2:2}:results2:v"));
