@@ -48,7 +48,10 @@ fn main() -> ExitCode {
     telemetry::init(&config.log);
     let result = match cli.command {
         Command::Check => check::run(&config),
-        Command::Run => runtime().and_then(|rt| rt.block_on(run_worker(config))),
+        Command::Run => {
+            let result = runtime().and_then(|rt| rt.block_on(run_worker(config)));
+            leave(result)
+        }
         Command::Config => {
             print!("{}", config.to_redacted_toml());
             Ok(())
@@ -61,6 +64,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ends the process after `run`, through `_exit` as the second signal does. When the grace
+/// period ran out, the inference thread may still be inside libtorch (a forward pass that
+/// outlasted it); a normal exit would run libtorch's static destructors under its feet and
+/// end in SIGSEGV. What the worker held was released before `run` returned, and the log goes
+/// to stderr unbuffered, so nothing is lost by skipping the destructors.
+fn leave(result: anyhow::Result<()>) -> ! {
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hmr2-worker: {e:#}");
+            1
+        }
+    };
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(code) }
 }
 
 /// Runs the worker; SIGTERM or SIGINT starts a graceful shutdown, a second one exits at once.

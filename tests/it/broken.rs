@@ -97,10 +97,11 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
     })
     .await;
 
-    // Then a marked frame arrives with more good ones: A's device "fails" on it.
-    let mut second = vec![marked("marked")];
-    second.extend((10..20).map(|i| good(&format!("g{i}"), i)));
-    enqueue_frames(&url, &p, &second, true).await;
+    // Then a marked frame arrives alone: A's device "fails" on it. Alone, so that A's next
+    // read finds nothing and blocks (block_ms): the listener stays up that long after A
+    // breaks, for the probe to see (with more entries waiting, that read would return at once
+    // and A could be gone within milliseconds).
+    enqueue_frames(&url, &p, &[marked("marked")], true).await;
     let report = wait_broken(&a_http, &mut a, Duration::from_secs(60)).await;
     let reason = report["broken"].as_str().unwrap();
     assert!(reason.contains("illegal memory access"), "{report}");
@@ -116,8 +117,10 @@ async fn a_broken_device_stops_its_worker_and_its_jobs_go_to_a_healthy_one() {
         "the reason is logged:\n{a_log}"
     );
 
-    // Worker B runs the tiny model, which does not fail on the marked frame: it answers every
-    // job A left, without a dead letter.
+    // More good frames, then worker B, which runs the tiny model and does not fail on the
+    // marked frame: it answers every job A left, and the new ones, without a dead letter.
+    let third: Vec<Frame> = (10..20).map(|i| good(&format!("g{i}"), i)).collect();
+    enqueue_frames(&url, &p, &third, true).await;
     let mut b_cfg = config(&url, &p);
     b_cfg.queue.claim_idle_ms = 1500;
     let mut b = spawn_worker_process_with(&b_cfg, &[("HMR2_QUEUE__CLAIM_INTERVAL_MS", "200")]);

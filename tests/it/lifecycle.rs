@@ -129,6 +129,43 @@ async fn sigterm_finishes_in_flight_jobs_leaves_the_rest_and_exits_zero() {
     assert_eq!(pending(&redis.url(), &p).await, 0);
 }
 
+/// A shutdown that outlasts the grace period leaves jobs pending for other workers and still
+/// exits with status 0: the process must not run libtorch's static destructors while the
+/// inference thread is inside a forward pass (that ended in SIGSEGV).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_outlasts_the_grace_period_exits_zero() {
+    let redis = shared_redis();
+    let url = redis.url();
+    for round in 0..3 {
+        let p = prefix(&format!("grace{round}"));
+        let keys = Keys::new(&p);
+        enqueue_frames(&url, &p, &frames(300), true).await;
+        let mut cfg = config(&url, &p);
+        // No grace at all, and large batches: the forward pass under way when the signal
+        // comes is still running when the worker leaves.
+        cfg.shutdown.grace_seconds = 0;
+        cfg.queue.max_batch = 32;
+        let mut child = spawn_worker_process(&cfg);
+        wait_for("first results", Duration::from_secs(60), || async {
+            xlen(&url, &keys.results).await >= 40
+        })
+        .await;
+        signal(&child, libc::SIGTERM);
+        let status = wait_exit(&mut child, Duration::from_secs(60)).await;
+        let log = std::fs::read_to_string(std::env::temp_dir().join(format!("{p}.log")))
+            .unwrap_or_default();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {round}: a shutdown past the grace period exits cleanly, not {status}:\n{log}"
+        );
+        assert!(
+            log.contains("grace period over"),
+            "round {round}: the shutdown did outlast the grace period:\n{log}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_rides_out_a_redis_restart() {
     let mut redis = RedisServer::start_with(&[
