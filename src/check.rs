@@ -7,8 +7,9 @@ use crate::detector::{Detector, TorchDetector};
 use crate::gpu;
 use crate::model::{self, Model, TorchModel};
 
-/// Prints versions, device and memory figures; fails when the configured device or the model
-/// cannot be used.
+/// Prints versions, device and memory figures; fails (the command exits non-zero) when the
+/// configured device, the model or a configured detector cannot be used, missing files
+/// included.
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let mut out = String::new();
     let cuda = tch::Cuda::is_available();
@@ -44,14 +45,21 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             print_gpu_memory(n);
         }
     } else {
-        println!(
-            "model         {} not found (run `make setup` or export one)",
+        println!("model         {} not found", config.model.path.display());
+        anyhow::bail!(
+            "the model file {} does not exist (setting model.path, env HMR2_MODEL__PATH)",
             config.model.path.display()
         );
     }
     let path = &config.detector.path;
     if path.as_os_str().is_empty() {
         println!("detector      none (jobs without boxes get one whole-frame person)");
+    } else if !path.exists() {
+        println!("detector      {} not found", path.display());
+        anyhow::bail!(
+            "the detector file {} does not exist (setting detector.path, env HMR2_DETECTOR__PATH)",
+            path.display()
+        );
     } else {
         let mut d = TorchDetector::load(path, device)?;
         let meta = d.meta().clone();

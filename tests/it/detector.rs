@@ -63,6 +63,46 @@ async fn the_worker_binary_refuses_a_broken_detector_file() {
     assert!(log.contains("person-detector/0"), "{log}");
 }
 
+/// `hmr2-worker check` fails (non-zero) on a missing model or a missing configured detector,
+/// naming the file and the setting; with both present it passes.
+#[test]
+fn check_fails_on_a_missing_model_or_detector_and_names_the_setting() {
+    let check = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hmr2-worker"))
+            .arg("check")
+            .env("HMR2_MODEL__DEVICE", "cpu")
+            .envs(env.iter().copied())
+            .output()
+            .expect("hmr2-worker runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status, text)
+    };
+    let model = artifact("hmr2-tiny.pt");
+    let model = model.to_str().unwrap();
+    let (status, text) = check(&[("HMR2_MODEL__PATH", "/nonexistent/hmr2.pt")]);
+    assert!(!status.success(), "a missing model fails check: {text}");
+    assert!(
+        text.contains("/nonexistent/hmr2.pt") && text.contains("HMR2_MODEL__PATH"),
+        "{text}"
+    );
+    let (status, text) = check(&[
+        ("HMR2_MODEL__PATH", model),
+        ("HMR2_DETECTOR__PATH", "/nonexistent/detector.pt"),
+    ]);
+    assert!(!status.success(), "a missing detector fails check: {text}");
+    assert!(
+        text.contains("/nonexistent/detector.pt") && text.contains("HMR2_DETECTOR__PATH"),
+        "{text}"
+    );
+    let (status, text) = check(&[("HMR2_MODEL__PATH", model)]);
+    assert!(status.success(), "the tiny model passes check: {text}");
+    assert!(text.contains("forward       ok"), "{text}");
+}
+
 /// Intersection over union of two boxes.
 fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
