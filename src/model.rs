@@ -248,16 +248,12 @@ impl TorchModel {
         let _guard = tch::no_grad_guard();
         // Only the fallible (`f_`) API on the device path: the others panic on a libtorch
         // error, and an upload that runs out of memory must come back as an error.
-        if crops.len() != n * CROP * CROP * 3 {
-            return Err(tch::TchError::Kind(format!(
-                "{} bytes of crops for {n} frames",
-                crops.len()
-            )));
-        }
+        // `forward` answers a wrong length with an error before calling this.
+        assert_eq!(crops.len(), n * CROP * CROP * 3, "whole crops only");
         let c = CROP as i64;
         // The batch buffer itself, without a host copy: on the CPU the model reads it in place,
         // on a GPU it is uploaded from it.
-        // SAFETY: `crops` holds exactly n × CROP × CROP × 3 bytes (checked above), contiguous
+        // SAFETY: `crops` holds exactly n × CROP × CROP × 3 bytes (asserted above), contiguous
         // with these strides, and outlives `blob` and every tensor made from it: all of them
         // are dropped before this function returns (outputs are copied to host vectors first).
         let blob = unsafe {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 pub use crate::queue::{Entry, Queue, Shard};
 
 use crate::error::ModelError;
-use crate::model::{BatchOutput, Model, ModelMeta, NUM_KEYPOINTS};
+use crate::model::{BatchOutput, Model, ModelMeta};
 
 type Forward = Box<dyn FnMut(&[u8], usize, bool) -> Result<BatchOutput, ModelError> + Send>;
 type When = Box<dyn FnMut(&[u8], usize) -> bool + Send>;
@@ -134,13 +134,8 @@ impl StandIn {
     /// every other output zero, no vertices.
     pub fn output(n: usize) -> BatchOutput {
         BatchOutput {
-            n,
             pred_cam: [1.0, 0.0, 0.0].repeat(n),
-            global_orient: vec![0.0; n * 9],
-            body_pose: vec![0.0; n * 23 * 9],
-            betas: vec![0.0; n * 10],
-            keypoints_3d: vec![0.0; n * NUM_KEYPOINTS * 3],
-            vertices: None,
+            ..BatchOutput::zeros(n)
         }
     }
 

@@ -43,7 +43,10 @@ pub(crate) async fn coordinate(
                 Some((delivery, mut prepared)) => {
                     let input = match prepared.detect.as_mut() {
                         Some(w) => Input::Detect(std::mem::take(&mut w.letterbox.pixels)),
-                        None => crops_of(&mut prepared),
+                        None => {
+                            let (crops, vertices) = take_crops(&mut prepared);
+                            Input::Crops { crops, vertices }
+                        }
                     };
                     let held = Held { delivery, prepared, detect_ms: 0.0 };
                     sched.add(held, input).map(Next::Publish).into_iter().collect()
@@ -54,9 +57,7 @@ pub(crate) async fn coordinate(
                 }
             },
             Some(mut held) = cropped_rx.recv(), if sched.cropping() > 0 => {
-                let Input::Crops { crops, vertices } = crops_of(&mut held.prepared) else {
-                    unreachable!("crops_of gives crops")
-                };
+                let (crops, vertices) = take_crops(&mut held.prepared);
                 sched.cropped(held, crops, vertices).map(Next::Publish).into_iter().collect()
             }
             msg = done.recv() => match msg {
@@ -89,10 +90,7 @@ pub(crate) async fn coordinate(
     }
 }
 
-/// The job's crops, taken out of it for the scheduler.
-fn crops_of(p: &mut Prepared) -> Input {
-    Input::Crops {
-        crops: std::mem::take(&mut p.crops),
-        vertices: p.include.vertices,
-    }
+/// The job's crops, taken out of it for the scheduler, and whether it wants vertices.
+fn take_crops(p: &mut Prepared) -> (Vec<u8>, bool) {
+    (std::mem::take(&mut p.crops), p.include.vertices)
 }

@@ -62,14 +62,10 @@ impl<J> Scheduler<J> {
         match input {
             Input::Crops { crops, vertices } => self.hmr.add(job, crops, vertices),
             Input::Detect(letterbox) => {
-                // One letterbox is one item: never finished at once.
+                // One letterbox is one item: a frame is never finished before the detector.
                 let finished = self.det.add(job, letterbox, false);
                 debug_assert!(finished.is_none(), "a letterbox is one item");
-                finished.map(|f| Finished {
-                    job: f.job,
-                    outputs: Ok(Vec::new()),
-                    inference_ms: 0.0,
-                })
+                None
             }
         }
     }
