@@ -27,6 +27,9 @@ pub const QUEUE_LAG: &str = "hmr2_queue_lag";
 pub const WORKER_READY: &str = "hmr2_worker_ready";
 pub const BUILD_INFO: &str = "hmr2_build_info";
 pub const PEOPLE_PER_FRAME: &str = "hmr2_people_per_frame";
+pub const READY_INPUT: &str = "hmr2_worker_ready_input";
+pub const REDIS_ERRORS: &str = "hmr2_redis_errors_total";
+pub const UNREAD_SHARDS: &str = "hmr2_queue_unread_shards";
 
 /// Metrics only a GPU machine exports (absent on a CPU machine).
 pub const GPU_ONLY: &[&str] = &[
@@ -214,6 +217,18 @@ fn describe() {
     describe_gauge!(
         WORKER_READY,
         "1 once warm-up is done, Redis answers and the worker is not failing."
+    );
+    describe_gauge!(
+        READY_INPUT,
+        "1 when this input of readiness is up, 0 when down: warm, redis_read, redis_publish, batches."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis errors met, by operation (read, claim, renew, publish, dead_letter, ...) and the server's error code (OOM, NOPERM, NOGROUP, ERR, ...; io, timeout, pool, parse for client-side failures)."
+    );
+    describe_gauge!(
+        UNREAD_SHARDS,
+        "Job streams under the prefix for shard numbers at or past queue.shards that hold entries: producers shard wider than the workers read."
     );
     describe_gauge!(
         BUILD_INFO,
