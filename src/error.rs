@@ -1,5 +1,5 @@
 //! One error enum per boundary. Bad input is the wire contract's [`InputError`]; Redis errors
-//! know whether retrying can help ([`QueueError::is_permanent`]).
+//! are named by the server's code for metrics ([`QueueError::server_code`]).
 
 use thiserror::Error;
 
@@ -66,8 +66,10 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-/// A failure talking to Redis: transient (Redis away, loading, failing over, out of memory)
-/// or permanent (the command can never succeed as sent); see [`QueueError::is_permanent`].
+/// A failure talking to Redis. Every one is retried with backoff by the worker's steps: the
+/// cases that are a job's own fault (a `reply_to` that cannot take its result) are answers of
+/// the scripts, not errors, and the rest are faults of Redis or of its configuration that an
+/// operator can mend while the job waits. [`QueueError::server_code`] names it for a metric.
 #[derive(Debug, Error)]
 pub enum QueueError {
     #[error("redis: {}", capped(&.0.to_string()))]
@@ -89,23 +91,33 @@ pub(crate) fn capped(s: &str) -> String {
     format!("{head}… ({} bytes in all)", s.len())
 }
 
-/// Server error codes that say "not now": the same command can succeed later.
-const TRANSIENT_CODES: &[&str] = &[
+/// The server error codes a metric label names as they are; any other is `other`.
+const SERVER_CODES: &[&str] = &[
+    "ERR",
+    "OOM",
+    "NOPERM",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOGROUP",
+    "WRONGTYPE",
     "LOADING",
     "BUSY",
     "TRYAGAIN",
     "CLUSTERDOWN",
     "MASTERDOWN",
+    "CROSSSLOT",
+    "MOVED",
+    "ASK",
     "READONLY",
-    "OOM",
     "NOREPLICAS",
     "MISCONF",
     "NOSCRIPT",
+    "EXECABORT",
 ];
 
 impl QueueError {
     /// A stable snake_case name of the variant, for a metric label and a log field (see
-    /// [`ModelError::code`]); whether it is permanent is [`QueueError::is_permanent`].
+    /// [`ModelError::code`]); the server's own code is [`QueueError::server_code`].
     pub fn code(&self) -> &'static str {
         match self {
             QueueError::Redis(_) => "redis",
@@ -113,25 +125,55 @@ impl QueueError {
         }
     }
 
-    /// True when retrying the same command cannot help: an error reply from Redis about the
-    /// command itself (NOPERM, WRONGTYPE, CROSSSLOT, MOVED, a script error, an `ERR` such as an
-    /// XADD id below the stream's top), or a reply this worker cannot read. Connection
-    /// failures, timeouts and the "not now" replies (LOADING, BUSY, OOM, READONLY, ...) are
-    /// transient.
-    pub fn is_permanent(&self) -> bool {
+    /// What went wrong, as a closed set for the `code` label of `hmr2_redis_errors_total`: the
+    /// server's error code (`OOM`, `NOPERM`, `NOGROUP`, `ERR`, ...; `other` for one not in the
+    /// set), or `io`, `timeout`, `pool`, `parse` for failures on this side.
+    pub fn server_code(&self) -> &'static str {
         let QueueError::Redis(e) = self else {
-            return false;
+            return "pool";
         };
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-            return false;
+        if e.is_timeout() {
+            return "timeout";
         }
-        match e.code() {
-            Some("ERR") => !e.to_string().contains("max number of clients"),
-            Some(code) => !TRANSIENT_CODES.contains(&code),
-            None => matches!(
-                e.kind(),
-                redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
-            ),
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            return "io";
+        }
+        if let Some(code) = e.code() {
+            // A command an ACL denies inside a script comes back as a plain ERR.
+            if code == "ERR"
+                && e.to_string()
+                    .contains("user executing the script can't run")
+            {
+                return "NOPERM";
+            }
+            return SERVER_CODES
+                .iter()
+                .find(|c| **c == code)
+                .copied()
+                .unwrap_or("other");
+        }
+        match e.kind() {
+            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => "parse",
+            redis::ErrorKind::AuthenticationFailed => "WRONGPASS",
+            _ => "other",
+        }
+    }
+
+    /// What the error means for an operator, in a few words, for the log line that goes with
+    /// the server's own message.
+    pub fn meaning(&self) -> &'static str {
+        match self.server_code() {
+            "io" | "timeout" | "pool" => "redis unavailable",
+            "NOPERM" => {
+                "redis denies this worker's user a command or key (ACL): a permission problem"
+            }
+            "NOAUTH" | "WRONGPASS" => "redis refuses this worker's credentials",
+            "OOM" => "redis is out of memory (maxmemory)",
+            "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "MOVED" | "ASK"
+            | "READONLY" | "NOREPLICAS" | "MISCONF" => "redis cannot serve this now",
+            "NOGROUP" => "the consumer group is gone",
+            "parse" => "an unexpected reply from redis",
+            _ => "redis refused a command",
         }
     }
 }
@@ -170,37 +212,48 @@ mod tests {
     }
 
     #[test]
-    fn redis_errors_are_permanent_or_transient() {
-        for permanent in [
-            "-NOPERM User w has no permissions to run the 'xadd' command",
-            "-WRONGTYPE Operation against a key holding the wrong kind of value",
-            "-CROSSSLOT Keys in request don't hash to the same slot",
-            "-MOVED 3999 127.0.0.1:6381",
-            "-ERR The ID specified in XADD is equal or smaller than the target stream top item",
-            "-ERR user_script:1: Script attempted to access nonexistent global variable",
+    fn redis_errors_are_named_by_the_servers_code_and_explained() {
+        for (raw, code, meaning) in [
+            (
+                "-NOPERM User w has no permissions to run the 'xreadgroup' command",
+                "NOPERM",
+                "permission problem",
+            ),
+            (
+                "-OOM command not allowed when used memory > 'maxmemory'.",
+                "OOM",
+                "out of memory",
+            ),
+            ("-NOGROUP No such key 'k' or consumer group 'g'", "NOGROUP", "group is gone"),
+            (
+                "-WRONGTYPE Operation against a key holding the wrong kind of value",
+                "WRONGTYPE",
+                "refused a command",
+            ),
+            ("-ERR max number of clients reached", "ERR", "refused a command"),
+            (
+                "-ERR The user executing the script can't run this command or subcommand script: 8a8b, on @user_script:56.",
+                "NOPERM",
+                "permission problem",
+            ),
+            ("-LOADING Redis is loading the dataset in memory", "LOADING", "cannot serve this now"),
+            ("-MOVED 3999 127.0.0.1:6381", "MOVED", "cannot serve this now"),
+            ("-FUTURECODE something new", "other", "refused a command"),
         ] {
-            assert!(reply(permanent).is_permanent(), "{permanent}");
-        }
-        for transient in [
-            "-LOADING Redis is loading the dataset in memory",
-            "-OOM command not allowed when used memory > 'maxmemory'.",
-            "-READONLY You can't write against a read only replica.",
-            "-BUSY Redis is busy running a script.",
-            "-TRYAGAIN Multiple keys request during rehashing of slot",
-            "-CLUSTERDOWN The cluster is down",
-            "-ERR max number of clients reached",
-        ] {
-            assert!(!reply(transient).is_permanent(), "{transient}");
+            let e = reply(raw);
+            assert_eq!(e.server_code(), code, "{raw}");
+            assert!(e.meaning().contains(meaning), "{raw}: {}", e.meaning());
         }
         let io: QueueError =
             redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
                 .into();
-        assert!(!io.is_permanent());
-        assert!(!QueueError::Pool("timed out".into()).is_permanent());
+        assert_eq!(io.server_code(), "io");
+        assert_eq!(io.meaning(), "redis unavailable");
+        assert_eq!(QueueError::Pool("timed out".into()).server_code(), "pool");
         let unreadable: QueueError =
             redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not a stream"))
                 .into();
-        assert!(unreadable.is_permanent());
+        assert_eq!(unreadable.server_code(), "parse");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::WORKER_READY;
+use crate::metrics::{READY_INPUT, WORKER_READY};
 
 /// The stall timeout of [`Health::default`].
 pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -215,6 +215,11 @@ impl Health {
 
     fn refresh_gauge(&self) {
         metrics::gauge!(WORKER_READY).set(if self.ready() { 1.0 } else { 0.0 });
+        let inputs = self.inputs().clone();
+        for (input, state) in Input::ALL.iter().zip(inputs) {
+            let up = if state.is_none() { 1.0 } else { 0.0 };
+            metrics::gauge!(READY_INPUT, "input" => input.name()).set(up);
+        }
     }
 
     fn busy_ops(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (&'static str, Instant)>> {

@@ -31,6 +31,12 @@ pub const READY_INPUT: &str = "hmr2_worker_ready_input";
 pub const REDIS_ERRORS: &str = "hmr2_redis_errors_total";
 pub const UNREAD_SHARDS: &str = "hmr2_queue_unread_shards";
 
+/// Counts a Redis error of operation `op` (`read`, `claim`, `renew`, `publish`, ...) in
+/// [`REDIS_ERRORS`], labelled with the server's code.
+pub fn redis_error(op: &'static str, e: &crate::error::QueueError) {
+    metrics::counter!(REDIS_ERRORS, "op" => op, "code" => e.server_code()).increment(1);
+}
+
 /// Metrics only a GPU machine exports (absent on a CPU machine).
 pub const GPU_ONLY: &[&str] = &[
     GPU_MEMORY_USED,

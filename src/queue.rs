@@ -3,7 +3,9 @@
 //!
 //! Delivery is at-least-once: a job is acknowledged only in the same atomic step that publishes
 //! its result (`publish.lua`) or its dead letter (`dead_letter.lua`); both refuse to write when
-//! the entry is no longer pending, so a job finished by another worker is not answered twice.
+//! the entry is no longer pending, so a job finished by another worker is not answered twice,
+//! and both check every key they write before the first write, so neither stops half-way.
+//! Entries are read through `read.lua`, which sends the worker at most its limits of each.
 //!
 //! Here: [`Queue`] and its connections (`conn`). Beside it: `entry` ([`Entry`], and what an
 //! entry keeps of itself once decoded or dead-lettered) and `reply` (decoding each command's
@@ -33,7 +35,7 @@ pub use entry::Entry;
 /// Every key and name the worker uses, from the prefix (defined by the wire contract).
 pub(crate) use hmr2_client::{Keys, Layout};
 pub(crate) use reply::Written;
-use reply::{Claimed, Gone, OldestPending, ReadReply};
+use reply::{Bounded, OldestPending};
 
 /// Queue gauges: backlog, in-flight, and not-yet-delivered entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,6 +55,44 @@ pub struct DeadLetter<'a> {
     pub message: &'a str,
     pub worker: &'a str,
 }
+
+/// A script that writes and frees: Redis runs it while over `maxmemory` only when it frees at
+/// least what it adds (the entry it deletes against the result and letter it writes), so a
+/// Redis that producers filled up drains by itself, and a step that would grow it waits.
+#[derive(Clone)]
+struct OomAware {
+    /// `#!lua`: refused whole while Redis is out of memory.
+    plain: Script,
+    /// `#!lua flags=allow-oom`: runs while Redis is out of memory.
+    freeing: Script,
+}
+
+impl OomAware {
+    fn new(body: &str) -> Self {
+        OomAware {
+            plain: Script::new(&format!("#!lua\n{body}")),
+            freeing: Script::new(&format!("#!lua flags=allow-oom\n{body}")),
+        }
+    }
+
+    /// The script for a step that deletes an entry of `frees` bytes and writes `adds`.
+    fn for_sizes(&self, frees: u64, adds: u64) -> &Script {
+        // Each written entry costs some bookkeeping beyond its bytes.
+        const OVERHEAD: u64 = 256;
+        if adds + OVERHEAD <= frees {
+            &self.freeing
+        } else {
+            &self.plain
+        }
+    }
+}
+
+/// The first pause of a read that polls an empty shard ([`Shard::read_new`]).
+const FIRST_POLL: Duration = Duration::from_millis(2);
+
+/// The longest pause of a read that polls an empty shard: how late an idle worker may see a
+/// new job, and what an idle worker costs Redis (one script call per shard each pause).
+pub(crate) const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// What releasing this worker's entries leaves behind (see [`Shard::release`]).
 pub(crate) const RELEASED_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -81,7 +121,7 @@ pub(crate) fn response_timeout(config: &Config) -> Duration {
 }
 
 /// The worker's handle on Redis (one node or a cluster): a pool for short commands, and a
-/// factory for the dedicated connections that block in XREADGROUP, one per shard. Every
+/// factory for the dedicated connections of the readers, one per shard. Every
 /// per-shard command goes through [`Queue::shard`]; each touches that shard's slot only.
 #[derive(Clone)]
 pub struct Queue {
@@ -97,8 +137,12 @@ pub struct Queue {
     dead_maxlen: u64,
     reply_ttl_s: u64,
     dead_keep_image: bool,
-    publish: Script,
-    dead_letter: Script,
+    publish: OomAware,
+    dead_letter: OomAware,
+    read: Script,
+    /// `read.lua`'s bounds: the `job` and `image` limits.
+    max_job_bytes: usize,
+    max_image_bytes: usize,
     renew: Script,
     release: Script,
     forget_consumer: Script,
@@ -133,8 +177,11 @@ impl Queue {
             dead_maxlen: config.queue.dead_maxlen,
             reply_ttl_s: config.queue.reply_ttl_s,
             dead_keep_image: config.queue.dead_keep_image,
-            publish: Script::new(include_str!("queue/publish.lua")),
-            dead_letter: Script::new(include_str!("queue/dead_letter.lua")),
+            publish: OomAware::new(include_str!("queue/publish.lua")),
+            dead_letter: OomAware::new(include_str!("queue/dead_letter.lua")),
+            read: Script::new(include_str!("queue/read.lua")),
+            max_job_bytes: config.limits.max_job_bytes,
+            max_image_bytes: config.limits.max_image_bytes,
             renew: Script::new(include_str!("queue/renew.lua")),
             release: Script::new(include_str!("queue/release.lua")),
             forget_consumer: Script::new(include_str!("queue/forget_consumer.lua")),
@@ -171,8 +218,8 @@ impl Queue {
         self.pool.get().await
     }
 
-    /// A dedicated connection whose response timeout outlasts `XREADGROUP ... BLOCK` plus the
-    /// transfer of a full read (a blocked command holds its connection: one per shard).
+    /// A dedicated connection for one shard's reader, whose response timeout outlasts the
+    /// transfer of a full read.
     pub async fn blocking_connection(&self) -> Result<Conn, QueueError> {
         conn::dedicated(
             &self.target,
@@ -205,10 +252,18 @@ impl Queue {
     /// without the frame, unless `queue.dead_keep_image`.
     pub async fn dead_letter(&self, d: DeadLetter<'_>) -> Result<Written, QueueError> {
         let keys = self.shard(d.entry.shard).keys();
+        let fields = d.entry.dead_letter_fields(self.dead_keep_image);
+        let adds = [d.result_json, d.job_id, d.message, d.worker, &d.entry.id]
+            .iter()
+            .map(|s| s.len())
+            .chain(fields.iter().map(|(k, v)| k.len() + v.len()))
+            .sum::<usize>() as u64;
         let mut c = self.conn().await?;
-        let mut inv = self.dead_letter.prepare_invoke();
+        let mut inv = self
+            .dead_letter
+            .for_sizes(d.entry.size, adds)
+            .prepare_invoke();
         inv.key(&keys.jobs)
-            .key(d.reply_to)
             .key(&keys.dead)
             .arg(&keys.group)
             .arg(&d.entry.id)
@@ -220,8 +275,9 @@ impl Queue {
             .arg(d.message)
             .arg(d.entry.deliveries)
             .arg(d.worker)
-            .arg(self.reply_ttl(keys, d.reply_to));
-        for (k, v) in d.entry.dead_letter_fields(self.dead_keep_image) {
+            .arg(self.reply_ttl(keys, d.reply_to))
+            .arg(d.reply_to);
+        for (k, v) in fields {
             inv.arg(k).arg(v.as_ref());
         }
         Ok(inv.invoke_async(&mut c).await?)
@@ -279,36 +335,63 @@ impl<'q> Shard<'q> {
         }
     }
 
-    /// Reads up to `count` new entries of the shard, waiting up to `block_ms` for the first
-    /// one when `block` (else answering at once). Entries are decoded one by one: a malformed
-    /// one cannot hide its neighbours.
+    /// Reads up to `count` new entries of the shard, each bounded before it leaves Redis
+    /// (`read.lua`: what an entry may cost the worker is its limits, see [`Entry::bounded`]).
+    /// When `block` and the shard has nothing, polls for up to `block_ms` (a script cannot
+    /// block): every [`FIRST_POLL`], doubling to [`IDLE_POLL`] while it stays empty.
     pub async fn read_new(
         self,
         conn: &mut Conn,
         count: usize,
         block: bool,
     ) -> Result<Vec<Entry>, QueueError> {
-        let keys = self.keys();
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&keys.group)
-            .arg(&self.queue.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if block {
-            cmd.arg("BLOCK").arg(self.queue.block_ms);
-        }
-        cmd.arg("STREAMS").arg(&keys.jobs).arg(">");
-        let reply: Result<ReadReply, _> = cmd.query_async(conn).await;
-        match reply {
-            Ok(ReadReply(entries)) => Ok(on_shard(entries, self.k)),
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // Redis lost the group (restart without persistence): recreate and read again.
-                self.ensure_group().await?;
-                Ok(Vec::new())
+        let until = std::time::Instant::now() + Duration::from_millis(self.queue.block_ms);
+        let mut pause = FIRST_POLL;
+        loop {
+            let entries = match self.read(conn, "new", count, "").await {
+                Ok(Bounded::Entries(entries)) => entries,
+                Ok(Bounded::Gone) => Vec::new(),
+                Err(e) if e.server_code() == "NOGROUP" => {
+                    // Redis lost the group (restart without persistence): recreate and read again.
+                    self.ensure_group().await?;
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            let now = std::time::Instant::now();
+            if !entries.is_empty() || !block || now >= until {
+                return Ok(on_shard(entries, self.k));
             }
-            Err(e) => Err(e.into()),
+            tokio::time::sleep(pause.min(until - now)).await;
+            pause = (pause * 2).min(IDLE_POLL);
         }
+    }
+
+    /// One call of `read.lua` (see its header): `mode` `new` reads up to `n` entries, `claim`
+    /// claims entry `id` when idle longer than `n` ms.
+    async fn read(
+        self,
+        conn: &mut Conn,
+        mode: &str,
+        n: impl redis::ToRedisArgs,
+        id: &str,
+    ) -> Result<Bounded, QueueError> {
+        let keys = self.keys();
+        let q = self.queue;
+        Ok(q.read
+            .key(&keys.jobs)
+            .arg(&keys.group)
+            .arg(&q.consumer)
+            .arg(mode)
+            .arg(n)
+            .arg(id)
+            .arg(q.max_job_bytes)
+            .arg(q.max_image_bytes)
+            .arg(entry::KEPT_FIELD_BYTES)
+            .arg(entry::KEPT_NAME_BYTES)
+            .arg(entry::DEAD_LETTER_FIELDS)
+            .invoke_async(conn)
+            .await?)
     }
 
     /// The oldest entry of the shard idle longer than `claim_idle_ms` (its consumer
@@ -339,29 +422,19 @@ impl<'q> Shard<'q> {
     /// when it was taken, or when it is gone from the stream (trimmed or deleted: then it is
     /// acknowledged).
     pub async fn claim_orphan(self, id: &str, delivered: u64) -> Result<Option<Entry>, QueueError> {
-        let keys = self.keys();
         let mut c = self.queue.conn().await?;
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&keys.jobs)
-            .arg(&keys.group)
-            .arg(&self.queue.consumer)
-            .arg(self.queue.claim_idle_ms)
-            .arg(id);
-        let Claimed(claimed) = cmd.query_async(&mut c).await?;
-        if let Some(mut e) = on_shard(claimed, self.k).into_iter().next() {
-            e.deliveries = delivered + 1;
-            return Ok(Some(e));
+        match self
+            .read(&mut c, "claim", self.queue.claim_idle_ms, id)
+            .await?
+        {
+            Bounded::Entries(claimed) => {
+                Ok(on_shard(claimed, self.k).into_iter().next().map(|mut e| {
+                    e.deliveries = delivered + 1;
+                    e
+                }))
+            }
+            Bounded::Gone => Ok(None),
         }
-        let Gone(gone) = redis::cmd("XRANGE")
-            .arg(&keys.jobs)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut c)
-            .await?;
-        if gone {
-            let _: u64 = c.xack(&keys.jobs, &keys.group, &[id]).await?;
-        }
-        Ok(None)
     }
 
     /// Renews this worker's leases on the shard: resets the idle time of the entries it still
@@ -446,24 +519,26 @@ impl<'q> Shard<'q> {
     /// step. `reply_to` is in the shard's slot ([`Keys::accepts_reply_to`]).
     pub async fn publish(
         self,
-        entry_id: &str,
+        entry: &Entry,
         reply_to: &str,
         job_id: &str,
         result_json: &str,
     ) -> Result<Written, QueueError> {
         let keys = self.keys();
+        let adds = (result_json.len() + job_id.len()) as u64;
         let mut c = self.queue.conn().await?;
         let written = self
             .queue
             .publish
+            .for_sizes(entry.size, adds)
             .key(&keys.jobs)
-            .key(reply_to)
             .arg(&keys.group)
-            .arg(entry_id)
+            .arg(&entry.id)
             .arg(self.queue.results_maxlen)
             .arg(job_id)
             .arg(result_json)
             .arg(self.queue.reply_ttl(keys, reply_to))
+            .arg(reply_to)
             .invoke_async(&mut c)
             .await?;
         Ok(written)

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-use hmr2_client::{Job, JobLayout, Limits, Member, ParseError};
+use hmr2_client::{InputError, Job, JobLayout, Limits, Member, ParseError};
 
 /// One delivered job entry.
 #[derive(Debug, Clone)]
@@ -21,6 +21,18 @@ pub struct Entry {
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
     /// How many times the group delivered it (1 for a fresh read).
     pub deliveries: u64,
+    /// The bytes of its field names and values as Redis holds them (what deleting it frees),
+    /// whatever the worker was sent of them.
+    pub size: u64,
+    /// The length of the `job` field when it is over `limits.max_job_bytes`: then only its
+    /// first [`KEPT_FIELD_BYTES`] were sent (enough to read the `job_id` and `reply_to` of most
+    /// jobs, to answer them).
+    pub(crate) cut_job: Option<u64>,
+    /// The length of the `image` field when it is over `limits.max_image_bytes`: then it was
+    /// not sent (its value is a note of its size).
+    pub(crate) cut_image: Option<u64>,
+    /// Fields not sent at all (past [`DEAD_LETTER_FIELDS`] besides `job` and `image`).
+    pub(crate) unsent_fields: u64,
     /// Where the members of the (first) `job` field are written, once [`Entry::parse_job`]
     /// has read it: set through `&self` because the parsed job borrows the entry for as long
     /// as it is used.
@@ -35,7 +47,11 @@ pub(crate) const DEAD_LETTER_FIELDS: usize = 64;
 
 /// The most bytes an entry keeps of one field once its frame is dropped (an unreadable `job`
 /// is cut to this, any other field longer than this is replaced by a note).
-pub(crate) const KEPT_FIELD_BYTES: usize = 64 * 1024;
+pub(crate) const KEPT_FIELD_BYTES: usize = 16 * 1024;
+
+/// The most bytes of a field name the worker is sent (a longer one is cut, with a note of its
+/// length).
+pub(crate) const KEPT_NAME_BYTES: usize = 256;
 
 /// Values of unknown `job` keys longer than this (as written) are replaced by a note.
 const KEPT_UNKNOWN_VALUE_BYTES: usize = 1024;
@@ -54,14 +70,53 @@ const JOB_KEYS: &[&str] = &[
 impl Entry {
     /// A fresh entry (shard 0, delivered once) with these fields.
     pub fn new(id: impl Into<String>, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        let size = fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u64;
         Entry {
             id: id.into(),
             shard: 0,
             fields,
             deliveries: 1,
+            size,
+            cut_job: None,
+            cut_image: None,
+            unsent_fields: 0,
             job_layout: OnceLock::new(),
             job_slim: false,
         }
+    }
+
+    /// An entry as the bounded read (`read.lua`) sends it: `fields` as (name, value, length
+    /// of the value in Redis), where a value shorter than its length was cut; `size` the bytes
+    /// of the whole entry in Redis; `unsent` the fields not sent at all. A cut `job` keeps
+    /// its head; any other cut value becomes a note of its size.
+    pub(crate) fn bounded(
+        id: String,
+        size: u64,
+        unsent: u64,
+        sent: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, u64)>,
+    ) -> Self {
+        let mut e = Entry::new(id, Vec::new());
+        for (k, v, len) in sent {
+            let v = if (v.len() as u64) < len {
+                match k.as_slice() {
+                    b"job" if e.cut_job.is_none() => {
+                        e.cut_job = Some(len);
+                        v
+                    }
+                    b"image" if e.cut_image.is_none() => {
+                        e.cut_image = Some(len);
+                        format!("<{len} bytes dropped>").into_bytes()
+                    }
+                    _ => format!("<{len} bytes dropped>").into_bytes(),
+                }
+            } else {
+                v
+            };
+            e.fields.push((k, v));
+        }
+        e.size = size;
+        e.unsent_fields = unsent;
+        e
     }
 
     /// The value of field `name`.
@@ -83,6 +138,21 @@ impl Entry {
         limits: &Limits,
     ) -> Option<Result<Job<'_>, ParseError>> {
         let raw = self.field("job")?;
+        if let Some(len) = self.cut_job {
+            // Only its head was sent: read what its whole members say of the job, to answer
+            // it (on its own `reply_to` when that comes before the cut).
+            let head = whole_members(raw);
+            let (head, _) = Job::parse_with_layout(&head, has_raw_image, limits);
+            let echo = match head {
+                Ok(j) => j.echo(),
+                Err(e) => e.echo,
+            };
+            let error = InputError::InvalidJob(format!(
+                "the job field is {len} bytes, over limits.max_job_bytes ({})",
+                limits.max_job_bytes
+            ));
+            return Some(Err(ParseError { error, echo }));
+        }
         let (job, layout) = Job::parse_with_layout(raw, has_raw_image, limits);
         if let Some(layout) = layout {
             // Parsed before: the same text, the same layout.
@@ -128,7 +198,7 @@ impl Entry {
             Some((k.as_slice(), v))
         });
         let mut out: Vec<_> = all.by_ref().take(DEAD_LETTER_FIELDS).collect();
-        let dropped = all.count();
+        let dropped = all.count() as u64 + self.unsent_fields;
         if dropped > 0 {
             out.push((
                 &b"fields_dropped"[..],
@@ -250,6 +320,39 @@ fn last_of_each_key<'a>(job: &'a [u8], layout: &'a JobLayout) -> Vec<(&'a str, &
     members
 }
 
+/// The head of a JSON object cut anywhere, closed after its last whole top-level member
+/// (`{}` when there is none): what can be read of a `job` field sent cut.
+fn whole_members(head: &[u8]) -> Vec<u8> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut end = None;
+    for (i, &b) in head.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => end = Some(i),
+            _ => {}
+        }
+    }
+    match end {
+        Some(i) => {
+            let mut out = head[..i].to_vec();
+            out.push(b'}');
+            out
+        }
+        None => b"{}".to_vec(),
+    }
+}
+
 /// Appends `"key":value` to an object being written (a comma first unless it is the first).
 fn push_member(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     if out.len() > 1 {
@@ -278,6 +381,20 @@ mod tests {
         let e = Entry::new(id, fields);
         let _ = e.parse_job(true, &Limits::default());
         e
+    }
+
+    #[test]
+    fn a_cut_job_is_read_up_to_its_last_whole_member() {
+        let cut = br#"{"job_id":"a,b","boxes":[[1,2,3,4]],"reply_to":"p:results:x","pad":"zz"#;
+        assert_eq!(
+            whole_members(cut),
+            br#"{"job_id":"a,b","boxes":[[1,2,3,4]],"reply_to":"p:results:x"}"#
+        );
+        assert_eq!(whole_members(br#"{"job_id":"a"#), b"{}");
+        assert_eq!(
+            whole_members(br#"{"a":"x\",y","b":1,"c"#),
+            br#"{"a":"x\",y","b":1}"#
+        );
     }
 
     #[test]

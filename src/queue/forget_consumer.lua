@@ -1,6 +1,7 @@
-#!lua
+#!lua flags=allow-oom
 -- Remove a consumer from the group, only when it holds no pending entry (XGROUP DELCONSUMER
 -- would otherwise drop its entries from the pending list, and nobody would run them again).
+-- `allow-oom`: it only removes, so it works while Redis is out of memory.
 -- KEYS[1] job stream
 -- ARGV[1] group, ARGV[2] consumer
 -- Returns 1 when removed, 0 when it still holds entries.

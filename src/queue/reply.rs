@@ -1,9 +1,8 @@
 //! Decoding the replies of the commands and scripts [`super::Queue`] sends, each behind a
 //! [`FromRedisValue`] type so a call site reads `let r: ReadReply = cmd.query_async(..)`.
 //!
-//! Stream replies are decoded leniently, entry by entry: one malformed entry (a hostile
-//! producer's, or a RESP3 shape not foreseen) is logged or kept without its fields, and never
-//! hides its neighbours. A reply that is not what the command returns at all decodes as empty.
+//! Entries (`read.lua`'s answers) are decoded leniently, entry by entry: one malformed entry is
+//! logged and kept without its fields, and never hides its neighbours.
 
 use redis::{FromRedisValue, ParsingError, Value};
 
@@ -30,84 +29,64 @@ pub(super) fn items(v: Value) -> Option<Vec<Value>> {
     }
 }
 
-/// One stream entry (`[id, [field, value, ...]]`) of a reply, decoded on its own: nothing in
-/// one entry can spoil its neighbours. An entry that is not shaped like one is an error, with
-/// its id when it has one.
-fn decode_entry(v: Value) -> Result<Entry, Option<String>> {
-    let mut parts = items(v).ok_or(None)?.into_iter();
-    let id = parts.next().and_then(bytes_of).ok_or(None)?;
-    let id = String::from_utf8(id).map_err(|_| None)?;
-    let flat = parts
-        .next()
-        .and_then(items)
-        .ok_or_else(|| Some(id.clone()))?;
-    let mut fields = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        match (bytes_of(k), bytes_of(v)) {
-            (Some(k), Some(v)) => fields.push((k, v)),
-            _ => return Err(Some(id)),
+/// What `read.lua` answers: entries, each bounded before it left Redis (see
+/// [`Entry::bounded`]), or, for a claim, that the entry is gone from the stream (and was
+/// acknowledged).
+#[derive(Debug)]
+pub(crate) enum Bounded {
+    Entries(Vec<Entry>),
+    Gone,
+}
+
+/// One entry of a `read.lua` answer: `[id, size, unsent, [name, value, length, ...]]`. One
+/// that is not shaped like that is kept with no fields when it has an id (it is then
+/// dead-lettered as `invalid_job`, not stranded).
+fn decode_bounded(v: Value) -> Option<Entry> {
+    let mut parts = items(v)?.into_iter();
+    let id = String::from_utf8(parts.next().and_then(bytes_of)?).ok()?;
+    let int = |v: Option<Value>| match v {
+        Some(Value::Int(n)) => Some(n.max(0) as u64),
+        _ => None,
+    };
+    let mut rest = || {
+        let size = int(parts.next())?;
+        let unsent = int(parts.next())?;
+        let mut sent = Vec::new();
+        let mut flat = parts.next().and_then(items)?.into_iter();
+        while let Some(k) = flat.next() {
+            let (v, len) = (flat.next().and_then(bytes_of)?, int(flat.next())?);
+            sent.push((bytes_of(k)?, v, len));
         }
-    }
-    Ok(Entry::new(id, fields))
-}
-
-/// The entries of a list of entries, each decoded on its own. One whose fields cannot be
-/// decoded is kept with no fields (it is then dead-lettered as `invalid_job`, not stranded);
-/// one without even an id is logged and left out.
-fn decode_entries(list: Value) -> Vec<Entry> {
-    let Some(list) = items(list) else {
-        tracing::warn!("a stream reply without a list of entries; ignored");
-        return Vec::new();
+        Some((size, unsent, sent))
     };
-    list.into_iter()
-        .filter_map(|v| match decode_entry(v) {
-            Ok(e) => Some(e),
-            Err(Some(id)) => {
-                tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
-                Some(Entry::new(id, Vec::new()))
-            }
-            Err(None) => {
-                tracing::warn!("a stream entry without an id in a reply; skipped");
-                None
-            }
-        })
-        .collect()
+    Some(match rest() {
+        Some((size, unsent, sent)) => Entry::bounded(id, size, unsent, sent),
+        None => {
+            tracing::warn!(entry = %id, "a stream entry whose fields cannot be decoded");
+            Entry::new(id, Vec::new())
+        }
+    })
 }
 
-/// The entries of an `XREADGROUP` reply (`nil`, or one `[stream, entries]` per stream; a map
-/// of stream to entries in RESP3).
-fn decode_read_reply(v: Value) -> Vec<Entry> {
-    let lists: Vec<Value> = match v {
-        // Its values are the lists of entries (flattening its pairs as `items` does would
-        // take each list apart).
-        Value::Map(streams) => streams.into_iter().map(|(_name, list)| list).collect(),
-        v => items(v)
-            .unwrap_or_default()
+impl FromRedisValue for Bounded {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let v = match v {
+            Value::SimpleString(s) if s == "gone" => return Ok(Bounded::Gone),
+            Value::BulkString(b) if b == b"gone" => return Ok(Bounded::Gone),
+            v => v,
+        };
+        let list = items(v).ok_or_else(|| ParsingError::from("read.lua answered no list"))?;
+        let entries = list
             .into_iter()
-            .filter_map(|pair| items(pair)?.into_iter().nth(1))
-            .collect(),
-    };
-    lists.into_iter().flat_map(decode_entries).collect()
-}
-
-/// The entries an `XREADGROUP` delivered (shard 0 until the caller says which).
-#[derive(Debug, Default)]
-pub(crate) struct ReadReply(pub Vec<Entry>);
-
-impl FromRedisValue for ReadReply {
-    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        Ok(ReadReply(decode_read_reply(v)))
-    }
-}
-
-/// The entries an `XCLAIM` took from another consumer (shard 0 until the caller says which).
-#[derive(Debug, Default)]
-pub(crate) struct Claimed(pub Vec<Entry>);
-
-impl FromRedisValue for Claimed {
-    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        Ok(Claimed(decode_entries(v)))
+            .filter_map(|v| {
+                let e = decode_bounded(v);
+                if e.is_none() {
+                    tracing::warn!("an entry without an id in a bounded read; skipped");
+                }
+                e
+            })
+            .collect();
+        Ok(Bounded::Entries(entries))
     }
 }
 
@@ -135,36 +114,40 @@ impl FromRedisValue for OldestPending {
     }
 }
 
-/// Whether an `XRANGE` reply is an empty list (the entry asked for is gone).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Gone(pub bool);
-
-impl FromRedisValue for Gone {
-    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        Ok(Gone(items(v).is_some_and(|v| v.is_empty())))
-    }
-}
-
 /// What an atomic publish step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
     /// Result published, job acknowledged and deleted.
     Done,
     /// The job was no longer pending (another worker finished it): nothing written.
     NotPending,
-    /// The reply key holds something other than a stream: nothing written.
-    ReplyNotAStream,
+    /// The reply stream cannot take the result (a key of another type, denied by the ACL, its
+    /// ids exhausted), and why: nothing written.
+    ReplyUnusable(String),
 }
 
 impl FromRedisValue for Written {
-    /// `publish.lua` and `dead_letter.lua` answer 1 (written), -1 (the reply key is not a
-    /// stream) or 0 (the entry is no longer pending); anything but an integer is an error.
+    /// `publish.lua` and `dead_letter.lua` answer 1 (written), 0 (the entry is no longer
+    /// pending) or `[-1, why]` (the reply stream cannot take it); anything else is an error.
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        Ok(match i64::from_redis_value(v)? {
-            1 => Written::Done,
-            -1 => Written::ReplyNotAStream,
-            _ => Written::NotPending,
-        })
+        if let Value::Int(n) = v {
+            return match n {
+                1 => Ok(Written::Done),
+                0 => Ok(Written::NotPending),
+                n => Err(format!("a publish step answered {n}").into()),
+            };
+        }
+        let mut parts = items(v)
+            .ok_or_else(|| {
+                ParsingError::from("a publish step answered neither 0, 1 nor [-1, why]")
+            })?
+            .into_iter();
+        match (parts.next(), parts.next().and_then(bytes_of)) {
+            (Some(Value::Int(-1)), Some(why)) => Ok(Written::ReplyUnusable(
+                String::from_utf8_lossy(&why).into_owned(),
+            )),
+            _ => Err("a publish step answered neither 0, 1 nor [-1, why]".into()),
+        }
     }
 }
 
@@ -176,48 +159,83 @@ mod tests {
         Value::BulkString(s.as_bytes().to_vec())
     }
 
-    fn entry(id: &str, fields: &[&str]) -> Value {
+    /// A `read.lua` entry: `[id, size, unsent, [name, value, length, ...]]`.
+    fn entry(id: &str, size: i64, fields: &[(&str, &str, i64)]) -> Value {
+        let flat = fields
+            .iter()
+            .flat_map(|(k, v, n)| [bulk(k), bulk(v), Value::Int(*n)])
+            .collect();
         Value::Array(vec![
             bulk(id),
-            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+            Value::Int(size),
+            Value::Int(0),
+            Value::Array(flat),
         ])
     }
 
     #[test]
     fn a_malformed_entry_spoils_nothing_but_itself() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("p:jobs"),
+        let reply = Value::Array(vec![
+            entry("1-0", 9, &[("job", "{}", 2)]),
+            // Fields that are not strings: kept without them, to be dead-lettered.
             Value::Array(vec![
-                entry("1-0", &["job", "{}"]),
-                // Fields that are not strings: kept without them, to be dead-lettered.
-                Value::Array(vec![
-                    bulk("2-0"),
-                    Value::Array(vec![Value::Int(1), Value::Nil]),
-                ]),
-                // No id at all: left out.
-                Value::Int(7),
-                entry("3-0", &["job", "{}", "image", "x"]),
+                bulk("2-0"),
+                Value::Int(5),
+                Value::Int(0),
+                Value::Array(vec![Value::Int(1), Value::Nil, Value::Int(1)]),
             ]),
-        ])]);
-        let ReadReply(got) = ReadReply::from_redis_value(reply).unwrap();
+            // No id at all: left out.
+            Value::Int(7),
+            entry("3-0", 15, &[("job", "{}", 2), ("image", "x", 1)]),
+        ]);
+        let Bounded::Entries(got) = Bounded::from_redis_value(reply).unwrap() else {
+            panic!("entries")
+        };
         let ids: Vec<_> = got.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["1-0", "2-0", "3-0"]);
         assert!(got[1].fields.is_empty());
         assert_eq!(got[2].field("image"), Some(&b"x"[..]));
-        // RESP3: the streams come as a map.
-        let map = Value::Map(vec![(
-            bulk("p:jobs"),
-            Value::Array(vec![entry("4-0", &["job", "{}"]), entry("5-0", &[])]),
+        assert_eq!(got[2].size, 15);
+        assert!(matches!(
+            Bounded::from_redis_value(Value::Array(vec![])).unwrap(),
+            Bounded::Entries(e) if e.is_empty()
+        ));
+        assert!(matches!(
+            Bounded::from_redis_value(bulk("gone")).unwrap(),
+            Bounded::Gone
+        ));
+        assert!(Bounded::from_redis_value(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn values_longer_than_sent_are_cut_and_noted() {
+        let reply = Value::Array(vec![entry(
+            "1-0",
+            400_000_123,
+            &[
+                ("job", "{\"job_id\":\"a\",\"pad\":\"zz", 90_000_000),
+                ("image", "", 30_000_000),
+                ("side", "", 200_000_000),
+                ("small", "kept", 4),
+            ],
         )]);
-        let ReadReply(got) = ReadReply::from_redis_value(map).unwrap();
-        let ids: Vec<_> = got.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["4-0", "5-0"]);
-        assert!(ReadReply::from_redis_value(Value::Nil)
-            .unwrap()
-            .0
-            .is_empty());
-        let claimed = Claimed::from_redis_value(Value::Array(vec![entry("5-0", &["a", "b"])]));
-        assert_eq!(claimed.unwrap().0[0].field("a"), Some(&b"b"[..]));
+        let Bounded::Entries(got) = Bounded::from_redis_value(reply).unwrap() else {
+            panic!("entries")
+        };
+        let e = &got[0];
+        assert_eq!(e.size, 400_000_123);
+        assert_eq!(e.cut_job, Some(90_000_000));
+        assert_eq!(e.cut_image, Some(30_000_000));
+        assert_eq!(e.field("side"), Some(&b"<200000000 bytes dropped>"[..]));
+        assert_eq!(e.field("small"), Some(&b"kept"[..]));
+        let parsed = e.parse_job(false, &hmr2_client::Limits::default()).unwrap();
+        let err = parsed.unwrap_err();
+        assert_eq!(err.echo.job_id.as_deref(), Some("a"), "read from the head");
+        assert!(
+            err.error.to_string().contains("90000000 bytes"),
+            "{}",
+            err.error
+        );
     }
 
     #[test]
@@ -237,25 +255,19 @@ mod tests {
             OldestPending(None)
         );
         assert_eq!(
-            Gone::from_redis_value(Value::Array(vec![])).unwrap(),
-            Gone(true)
-        );
-        assert_eq!(
-            Gone::from_redis_value(Value::Array(vec![entry("1-0", &[])])).unwrap(),
-            Gone(false)
-        );
-        assert_eq!(
             Written::from_redis_value(Value::Int(1)).unwrap(),
             Written::Done
         );
         assert_eq!(
-            Written::from_redis_value(Value::Int(-1)).unwrap(),
-            Written::ReplyNotAStream
+            Written::from_redis_value(Value::Array(vec![Value::Int(-1), bulk("a hash")])).unwrap(),
+            Written::ReplyUnusable("a hash".into())
         );
         assert_eq!(
             Written::from_redis_value(Value::Int(0)).unwrap(),
             Written::NotPending
         );
         assert!(Written::from_redis_value(Value::Array(vec![])).is_err());
+        assert!(Written::from_redis_value(Value::Int(-1)).is_err());
+        assert!(Written::from_redis_value(Value::Int(7)).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Fetching: new entries (XREADGROUP, one reader per shard) and orphaned ones (XPENDING +
+//! Fetching: new entries (`read.lua`, one reader per shard) and orphaned ones (XPENDING +
 //! XCLAIM, one claimer for all shards), bounded by in-flight permits shared by all shards, with
 //! leases that keep this worker's own entries from looking orphaned.
 
@@ -73,7 +73,7 @@ impl Fetch {
     /// meanwhile.
     async fn wait_out(&self, k: usize, backoff: &mut Backoff, e: crate::error::QueueError) -> bool {
         backoff.failed(&e);
-        self.outcome(k, Some(e.to_string()));
+        self.outcome(k, Some(format!("{}: {e}", e.meaning())));
         tokio::select! {
             _ = tokio::time::sleep(backoff.delay()) => true,
             _ = self.intake.cancelled() => false,
@@ -83,16 +83,16 @@ impl Fetch {
 
 /// Reads new entries of every shard and reclaims orphaned ones, as many as there are free
 /// permits (`inflight` in all, across shards). Stops when the intake stops (shutdown, or the
-/// worker is broken); a blocking read under way is not cut off (its entries would be delivered to this
+/// worker is broken); a read under way (it polls an empty shard for up to `block_ms`) is not cut off (its entries would be delivered to this
 /// consumer and never seen): it ends within `block_ms`, and what it brought is released to
 /// other workers at once.
 ///
-/// Each shard has its own reader, because a blocking read holds its connection and Redis
-/// Cluster refuses one XREADGROUP over several slots (CROSSSLOT). The readers take turns at
+/// Each shard has its own reader, because a waiting read holds its connection and Redis
+/// Cluster refuses one read over several slots (CROSSSLOT). The readers take turns at
 /// the permits (the semaphore is first come, first served), and each read takes at most
 /// `max_batch` entries, so a hot shard cannot starve the others. With several shards, a
-/// reader whose shard looks empty waits for it holding a single permit (XREADGROUP COUNT 1
-/// BLOCK), and reads without waiting while it has work: idle shards never pin the permits
+/// reader whose shard looks empty waits for it holding a single permit (a read of one entry
+/// that polls), and reads without waiting while it has work: idle shards never pin the permits
 /// that busy shards need.
 ///
 /// A reclaimed entry was delivered before, to a worker that died holding it: it may be what
@@ -133,7 +133,7 @@ async fn read_shard(f: Arc<Fetch>, k: usize) {
     let alone = f.ctx.queue.shards() == 1;
     let mut busy = false;
     let mut conn = None;
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new("read");
     loop {
         let first = tokio::select! {
             p = f.permits.clone().acquire_owned() => p.expect("semaphore never closes"),
@@ -204,7 +204,7 @@ async fn claim_orphans(f: Arc<Fetch>) {
     let shards = f.ctx.queue.shards();
     let claim_every = Duration::from_millis(q.claim_interval_ms);
     let mut next_claim = Instant::now();
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new("claim");
     let mut start = 0;
     loop {
         tokio::select! {
@@ -299,7 +299,8 @@ pub(super) async fn release(ctx: &Ctx, k: usize, ids: Vec<String>) {
     match ctx.queue.shard(k).release(&ids).await {
         Ok(n) => tracing::info!(entries = n, "released entries read while stopping"),
         Err(e) => {
-            tracing::warn!(error = %e, entries = ids.len(), "could not release entries; they are reclaimed after claim_idle_ms")
+            m::redis_error("release", &e);
+            tracing::warn!(error = %e, entries = ids.len(), "could not release entries ({}); they are reclaimed after claim_idle_ms", e.meaning())
         }
     }
 }
@@ -328,7 +329,10 @@ pub(super) async fn renew_leases(ctx: Arc<Ctx>, leases: Leases) {
                     "entries held here were reclaimed by another worker (or finished); their leases are not renewed"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "could not renew leases"),
+                Err(e) => {
+                    m::redis_error("renew", &e);
+                    tracing::warn!(error = %e, "could not renew leases ({}); other workers may reclaim this worker's jobs", e.meaning())
+                }
             }
         }
     }
@@ -348,7 +352,8 @@ pub(super) async fn retire(ctx: &Ctx) {
                 "released unfinished entries to the other workers"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, %stream, "could not release unfinished entries; they are reclaimed after claim_idle_ms")
+                m::redis_error("release", &e);
+                tracing::warn!(error = %e, %stream, "could not release unfinished entries ({}); they are reclaimed after claim_idle_ms", e.meaning())
             }
         }
         match ctx

@@ -152,6 +152,11 @@ pub fn prepare(
         }
     }
 
+    if let Some(len) = entry.cut_image {
+        // Over the limit, so it was not even sent.
+        let e = format!("{len} bytes, limit {}", limits.max_image_bytes);
+        return Err(reject(InputError::ImageTooLarge(e), echo, None));
+    }
     let decoded_b64;
     let bytes: &[u8] = match (raw_image, &job.image_base64) {
         (Some(b), _) => b,

@@ -1,6 +1,7 @@
 //! Publishing: finished jobs → result + XACK in one atomic step; bad input and jobs delivered
-//! too often → error result + dead letter + XACK. Transient Redis errors are retried while
-//! Redis is away; a permanent one on the job's `reply_to` answers on the default stream.
+//! too often → error result + dead letter + XACK. Redis errors are retried with backoff (see
+//! [`retry`]); a `reply_to` that cannot take the result (the script says so, having written
+//! nothing) makes the job `invalid_job`, answered on the default stream.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +15,8 @@ use super::ctx::{Ctx, Held};
 use super::delivery::Delivery;
 use super::prepare::Rejected;
 use super::result::{self, Origin};
-use super::retry::{retry, GaveUp};
-use crate::error::{InputError, QueueError};
+use super::retry::retry;
+use crate::error::InputError;
 use crate::metrics::{self as m, Outcome};
 use crate::model::FrameOutput;
 use crate::queue::{DeadLetter, Written};
@@ -65,14 +66,20 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         let t = Instant::now();
         // Each attempt counts as work in progress for the stall watch; waiting out an outage
         // between attempts does not.
-        let published = retry(&ctx.health, &ctx.stops.hard, || async {
-            let _busy = ctx.health.busy("publish");
-            ctx.queue.shard(shard).publish(&delivery.entry.id, &reply, &job_id, &json).await
-        })
+        let published = retry(
+            &ctx.health,
+            &ctx.stops.hard,
+            "publish",
+            || async {
+                let _busy = ctx.health.busy("publish");
+                ctx.queue.shard(shard).publish(&delivery.entry, &reply, &job_id, &json).await
+            },
+            || ctx.queue.shard(shard).ensure_group(),
+        )
         .await;
         histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());
         let unusable = match published {
-            Ok(Written::Done) => {
+            Some(Written::Done) => {
                 tracing::debug!(reply = %reply, people = prepared.people.len(), "published");
                 Outcome::Ok.count();
                 histogram!(m::PEOPLE_PER_FRAME, "source" => prepared.source.as_str())
@@ -80,15 +87,14 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
                 histogram!(m::JOB_DURATION).record(delivery.fetched.elapsed().as_secs_f64());
                 return;
             }
-            Ok(Written::NotPending) => {
+            Some(Written::NotPending) => {
                 tracing::debug!("another worker finished this job first; result dropped");
                 return;
             }
-            Err(GaveUp::Stopped) => return,
-            Ok(Written::ReplyNotAStream) => "names a key that is not a stream".to_string(),
-            Err(GaveUp::Permanent(e)) => format!("cannot be written: {e}"),
+            None => return,
+            Some(Written::ReplyUnusable(why)) => why,
         };
-        let error = InputError::InvalidJob(format!("reply_to {reply:?} {unusable}"));
+        let error = InputError::InvalidJob(format!("reply_to {reply:?} cannot take the result: {unusable}"));
         let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size) };
         reject_in_span(ctx.clone(), delivery, Box::new(rejected)).await;
     }
@@ -197,21 +203,22 @@ async fn dead_letter(
                 worker: &ctx.origin.worker,
             })
         };
-        let unusable: Option<QueueError> = match retry(&ctx.health, &ctx.stops.hard, letter).await {
-            Ok(Written::Done) => return true,
-            Ok(Written::NotPending) | Err(GaveUp::Stopped) => return false,
-            Ok(Written::ReplyNotAStream) => None,
-            Err(GaveUp::Permanent(e)) => Some(e),
+        let regroup = || ctx.queue.shard(d.entry.shard).ensure_group();
+        let why = match retry(&ctx.health, &ctx.stops.hard, "dead_letter", letter, regroup).await {
+            Some(Written::Done) => return true,
+            Some(Written::NotPending) | None => return false,
+            Some(Written::ReplyUnusable(why)) => why,
         };
         if reply == default {
             tracing::error!(
                 entry = %d.entry.id,
-                error = ?unusable.map(|e| e.to_string()),
-                "the dead letter cannot be written; the job stays pending"
+                %why,
+                "the default results stream cannot take the dead letter's answer; the job stays pending"
             );
             return false;
         }
         // The job's reply_to is unusable: answer on the default stream instead.
+        tracing::info!(reply_to = %reply, %why, "reply_to cannot take the answer; answering on the default results stream");
         reply = default.clone();
     }
 }

@@ -180,7 +180,7 @@ fn export_start_metrics(loaded: &Loaded) {
 /// Creates the consumer groups (they must exist before the first read), waiting for Redis
 /// with backoff. False when `shutdown` came first.
 async fn create_groups(ctx: &Ctx, shutdown: &CancellationToken) -> bool {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new("create_group");
     loop {
         match ctx.queue.ensure_groups().await {
             Ok(()) => return true,
@@ -191,7 +191,8 @@ async fn create_groups(ctx: &Ctx, shutdown: &CancellationToken) -> bool {
                          (HMR2_REDIS__CLUSTER=true) or give several seed URLs"
                     );
                 }
-                ctx.health.set(Input::RedisRead, Err(e.to_string()));
+                ctx.health
+                    .set(Input::RedisRead, Err(format!("{}: {e}", e.meaning())));
                 backoff.failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.delay()) => {}

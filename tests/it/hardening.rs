@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hmr2_client::Keys;
 use hmr2_client::{Frame, Job};
+use hmr2_tools::redis_server::RedisServer;
 use hmr2_worker::test_support::Queue;
 use redis::AsyncCommands;
 
@@ -504,4 +505,301 @@ async fn consumers_that_hold_nothing_are_removed_and_those_that_hold_entries_sta
         ["gone-holding"],
         "a clean shutdown removes the worker's own empty consumer; one holding entries stays"
     );
+}
+
+/// Error replies with `code` Redis has sent since it started (INFO errorstats).
+async fn error_replies(url: &str, code: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query_async(&mut connect(url).await)
+        .await
+        .unwrap();
+    let prefix = format!("errorstat_{code}:count=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// How a key a script writes is made unwritable, and mended.
+enum Break {
+    /// The dead-letter stream's last id is the largest there is.
+    DeadExhausted,
+    /// The dead-letter stream's key holds a string.
+    DeadWrongType,
+    /// The worker's ACL user may read the dead-letter stream, not write it.
+    DeadReadOnly,
+    /// The worker's ACL user may not run this command (on the job stream).
+    Denied(&'static str),
+}
+
+/// Every key `publish.lua` and `dead_letter.lua` write, made unwritable in turn: the step is
+/// refused before its first write, again and again, with nothing written (no answer, the job
+/// still pending); once the key is mended, the job gets exactly one answer (and one dead letter
+/// when it is bad). `dead_letter.lua` used to write the error result before finding the
+/// dead-letter stream full: one answer per claim cycle, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_cannot_finish_writes_nothing_and_a_job_is_answered_once() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let mut admin = connect(&url).await;
+    for (i, (broken, bad)) in [
+        (Break::DeadExhausted, true),
+        (Break::DeadWrongType, true),
+        (Break::DeadReadOnly, true),
+        (Break::Denied("xdel"), false),
+        (Break::Denied("xack"), true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = prefix(&format!("halfway{i}"));
+        let keys = Keys::new(&p);
+        let user = format!("{p}-user");
+        let mut acl: Vec<String> = vec!["reset".into(), "on".into(), ">pw".into(), "+@all".into()];
+        acl.push(format!("~{p}:jobs"));
+        acl.push(format!("~{p}:results*"));
+        acl.push(format!("~{p}:model"));
+        match &broken {
+            Break::DeadExhausted => {
+                let _: String = redis::cmd("XADD")
+                    .arg(&keys.dead)
+                    .arg("18446744073709551615-18446744073709551615")
+                    .arg("x")
+                    .arg("1")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                acl.push(format!("~{}", keys.dead));
+            }
+            Break::DeadWrongType => {
+                let _: () = admin.set(&keys.dead, "not a stream").await.unwrap();
+                acl.push(format!("~{}", keys.dead));
+            }
+            Break::DeadReadOnly => acl.push(format!("%R~{}", keys.dead)),
+            Break::Denied(cmd) => {
+                acl.push(format!("~{}", keys.dead));
+                acl.push(format!("-{cmd}"));
+            }
+        }
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg(&acl)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if bad {
+            xadd_raw(&url, &p, &[("job", b"not json")]).await;
+        } else {
+            enqueue_frames(&url, &p, &[framed("good", None)], true).await;
+        }
+        let code = match broken {
+            Break::DeadExhausted => "ERR",
+            Break::DeadWrongType => "WRONGTYPE",
+            Break::DeadReadOnly | Break::Denied(_) => "NOPERM",
+        };
+        let before = error_replies(&url, code).await;
+        let cfg = config(
+            &format!("redis://{user}:pw@{}", url.trim_start_matches("redis://")),
+            &p,
+        );
+        let worker = Worker::start(cfg);
+        wait_for("the job to be read", Duration::from_secs(60), || async {
+            pending(&url, &p).await == 1
+        })
+        .await;
+        wait_for(
+            "three refused attempts",
+            Duration::from_secs(60),
+            || async {
+                let refused = error_replies(&url, code).await - before;
+                if refused >= 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{refused} refused"))
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            xlen(&url, &keys.results).await,
+            0,
+            "case {i}: no answer yet"
+        );
+        assert_eq!(
+            pending(&url, &p).await,
+            1,
+            "case {i}: the job is still held"
+        );
+        match broken {
+            Break::DeadExhausted | Break::DeadWrongType => {
+                let _: () = admin.del(&keys.dead).await.unwrap();
+            }
+            Break::DeadReadOnly => {
+                let _: () = redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(&user)
+                    .arg(format!("~{}", keys.dead))
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+            }
+            Break::Denied(cmd) => {
+                let _: () = redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(&user)
+                    .arg(format!("+{cmd}"))
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+            }
+        }
+        wait_drained(&url, &p, Duration::from_secs(60)).await;
+        worker.stop().await;
+        let answers = results(&url, &keys.results).await;
+        assert_eq!(answers.len(), 1, "case {i}: one answer: {answers:?}");
+        let expected = if bad { "error" } else { "ok" };
+        assert_eq!(answers[0].1["status"], expected, "case {i}");
+        let letters = dead_letters(&url, &keys.dead).await;
+        assert_eq!(letters.len(), usize::from(bad), "case {i}: dead letters");
+    }
+}
+
+/// An ACL user that may not run XREADGROUP: the worker is not ready for as long as it cannot
+/// read, and says why (a permission problem, in the server's words); it counts the refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_may_not_read_is_not_ready_and_says_why() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("noread");
+    let user = format!("{p}-user");
+    let mut admin = connect(&url).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("reset")
+        .arg("on")
+        .arg(">pw")
+        .arg(format!("~{p}:*"))
+        .arg("+@all")
+        .arg("-xreadgroup")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    enqueue_frames(&url, &p, &[framed("waiting", None)], true).await;
+    let cfg = config(
+        &format!("redis://{user}:pw@{}", url.trim_start_matches("redis://")),
+        &p,
+    );
+    let http = format!("http://{}", cfg.http.listen);
+    let worker = spawn_worker_process(&cfg);
+    wait_status(&format!("{http}/readyz"), 503, Duration::from_secs(60)).await;
+    // Not ready at every look, not only now and then.
+    wait_for("a refused read", Duration::from_secs(60), || async {
+        let (_, body) = http_get(&format!("{http}/readyz"))
+            .await
+            .unwrap_or_default();
+        body.contains("permission problem")
+    })
+    .await;
+    for _ in 0..20 {
+        let (status, body) = http_get(&format!("{http}/readyz")).await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let why = ready["not_ready"]["redis_read"]
+            .as_str()
+            .unwrap_or_default();
+        let why = why.to_lowercase();
+        assert!(
+            why.contains("permission") && why.contains("xreadgroup"),
+            "{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = http_get(&format!("{http}/metrics")).await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hmr2_redis_errors_total{")
+                && l.contains(r#"op="read""#)
+                && l.contains(r#"code="NOPERM""#)),
+        "no NOPERM read errors counted"
+    );
+    drop(worker);
+    assert_eq!(xlen(&url, &Keys::new(&p).results).await, 0);
+}
+
+/// What the worker is sent of an entry is bounded (`read.lua`): a `job` over
+/// `max_job_bytes` comes as its head, enough to answer the job on its own `reply_to`; an image
+/// over `max_image_bytes`, a side field over 16 KiB and fields past the 64th are not sent; a
+/// field name is cut to 256 bytes. Each is answered with the error it earns, and dead letters
+/// carry notes, not the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_over_the_limits_are_answered_from_what_the_worker_is_sent() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("bounded");
+    let keys = Keys::new(&p);
+    let mut cfg = config(&url, &p);
+    cfg.limits.max_image_bytes = 64 << 10;
+    cfg.limits.max_job_bytes = cfg.limits.base64_image_bytes() + 1024;
+    let mine = format!("{}:mine", keys.results);
+    let mut cut = format!(r#"{{"job_id":"cut","reply_to":"{mine}","filler":""#).into_bytes();
+    cut.resize(3 * cfg.limits.max_job_bytes, b'z');
+    cut.extend_from_slice(b"\"}");
+    xadd_raw(&url, &p, &[("job", &cut)]).await;
+    let long_name = "n".repeat(4 << 20);
+    let side = vec![b's'; 1_000_000];
+    xadd_raw(
+        &url,
+        &p,
+        &[
+            ("job", b"nope"),
+            (long_name.as_str(), b"v"),
+            ("side", &side),
+        ],
+    )
+    .await;
+    let big_image = vec![0xffu8; 2 * cfg.limits.max_image_bytes];
+    xadd_raw(
+        &url,
+        &p,
+        &[("job", br#"{"job_id":"img"}"#), ("image", &big_image)],
+    )
+    .await;
+    let worker = Worker::start(cfg);
+    let on_default = wait_results(&url, &keys.results, 2, Duration::from_secs(60)).await;
+    let on_mine = wait_results(&url, &mine, 1, Duration::from_secs(60)).await;
+    wait_drained(&url, &p, Duration::from_secs(30)).await;
+    worker.stop().await;
+
+    let r = &on_mine["cut"];
+    assert_eq!(r["error"]["code"], "invalid_job", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_job_bytes"), "{message}");
+    assert_eq!(on_default["img"]["error"]["code"], "image_too_large");
+    let bad_json = on_default
+        .values()
+        .find(|r| r["error"]["code"] == "invalid_json")
+        .expect("the entry with a long field name is answered");
+    assert_eq!(bad_json["status"], "error");
+
+    let letters = dead_letters(&url, &keys.dead).await;
+    assert_eq!(letters.len(), 3, "one dead letter each");
+    for letter in &letters {
+        for (name, value) in letter {
+            assert!(
+                name.len() <= 300,
+                "a dead letter carries a {} byte name",
+                name.len()
+            );
+            assert!(value.len() <= 20 << 10, "{name}: {} bytes", value.len());
+        }
+    }
+    let with_names = letters
+        .iter()
+        .find(|l| l.keys().any(|k| k.starts_with("nnnn")))
+        .expect("the long name, cut");
+    assert!(with_names.keys().any(|k| k.ends_with("...<4194304 bytes>")));
+    assert_eq!(text(with_names, "side"), "<1000000 bytes dropped>");
 }

@@ -212,13 +212,20 @@ async fn the_worker_rides_out_a_redis_restart() {
     assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
 }
 
+/// A publish that would grow a Redis over `maxmemory` (here each result is larger than the
+/// small frame it answers) is refused whole: nothing is acknowledged without its result, the
+/// worker says why on `/readyz` and in its metrics, and every job is answered once memory is
+/// allowed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_acknowledged_while_redis_refuses_writes() {
     let redis = RedisServer::start().unwrap();
     let p = prefix("maxmem");
     let keys = Keys::new(&p);
     let n = 40;
-    enqueue_frames(&redis.url(), &p, &frames(n), true).await;
+    let small: Vec<_> = (0..n)
+        .map(|i| frame(&format!("f{i}"), image(32, 24, (i % 5) as u32, false)))
+        .collect();
+    enqueue_frames(&redis.url(), &p, &small, true).await;
     let mut admin = connect(&redis.url()).await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -235,7 +242,9 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    let worker = Worker::start(config(&redis.url(), &p));
+    let cfg = config(&redis.url(), &p);
+    let http = format!("http://{}", cfg.http.listen);
+    let _worker = spawn_worker_process(&cfg);
     // The worker fetches and runs the jobs, but every publish is refused (OOM).
     let url = redis.url();
     wait_for("jobs to be fetched", Duration::from_secs(60), || async {
@@ -270,6 +279,33 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
         n,
         "nothing acknowledged or deleted"
     );
+    // Why, for an operator: readiness names the publish path and the server's words, and the
+    // metrics count the refusals.
+    let (status, body) = http_get(&format!("{http}/readyz")).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let why = ready["not_ready"]["redis_publish"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("out of memory") && why.contains("OOM"),
+        "{body}"
+    );
+    let (_, metrics) = http_get(&format!("{http}/metrics")).await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hmr2_redis_errors_total{")
+                && l.contains(r#"op="publish""#)
+                && l.contains(r#"code="OOM""#)),
+        "no OOM publish errors counted"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"hmr2_worker_ready_input{input="redis_publish"} 0"#),
+        "the redis_publish readiness input is not shown down"
+    );
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
@@ -278,10 +314,90 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
         .await
         .unwrap();
     let got = wait_results(&redis.url(), &keys.results, n, Duration::from_secs(120)).await;
-    worker.stop().await;
     assert!(got.values().all(|r| r["status"] == "ok"));
-    assert_eq!(pending(&redis.url(), &p).await, 0);
+    wait_for("nothing pending", Duration::from_secs(30), || async {
+        pending(&url, &p).await == 0
+    })
+    .await;
     assert_eq!(xlen(&redis.url(), &keys.jobs).await, 0);
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(30)).await;
+}
+
+/// Producers filled Redis past `maxmemory` (their own XADDs then fail with OOM, leaving it
+/// just over the limit): every publish frees the frame it acknowledges, more than its result
+/// adds, so the worker drains the backlog on its own (a `#!lua` script without `allow-oom` was
+/// refused whole: nothing was ever answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_maxmemory_drains_by_itself() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let p = prefix("full");
+    let keys = Keys::new(&p);
+    let n = 60;
+    let pad = vec![b'p'; 100_000];
+    for i in 0..n {
+        let job = format!(r#"{{"job_id":"f{i}"}}"#);
+        let img = image(64, 48, i as u32 % 5, false);
+        xadd_raw(
+            &url,
+            &p,
+            &[("job", job.as_bytes()), ("image", &img), ("pad", &pad)],
+        )
+        .await;
+    }
+    let mut admin = connect(&url).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.jobs)
+        .arg(&keys.group)
+        .arg("0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // Half the backlog over the limit: half the jobs must be answered while Redis is out of
+    // memory before it is under the limit again.
+    let used = used_memory(&mut admin).await;
+    let limit = used - (n as u64 / 2) * pad.len() as u64;
+    for (k, v) in [
+        ("maxmemory-policy", "noeviction".to_string()),
+        ("maxmemory", limit.to_string()),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    let refused: redis::RedisResult<String> = admin.xadd(&keys.jobs, "*", &[("job", "{}")]).await;
+    assert!(
+        refused.is_err_and(|e| e.code() == Some("OOM")),
+        "Redis is over maxmemory"
+    );
+    let worker = Worker::start(config(&url, &p));
+    let got = wait_results(&url, &keys.results, n, Duration::from_secs(120)).await;
+    worker.stop().await;
+    assert!(got.values().all(|r| r["status"] == "ok"), "{got:?}");
+    assert_eq!(pending(&url, &p).await, 0);
+    assert_eq!(xlen(&url, &keys.jobs).await, 0);
+    assert!(
+        used_memory(&mut admin).await < limit,
+        "the backlog's memory was freed"
+    );
+}
+
+/// Redis's `used_memory`.
+async fn used_memory(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap()
 }
 
 /// The pool hands out busy connections without a PING; one that a Redis restart broke fails

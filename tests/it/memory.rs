@@ -449,3 +449,163 @@ async fn keeping_every_frame_breaks_the_bound() {
         growth_bound() >> 20
     );
 }
+
+/// A flood of entries no client library would write, each costing Redis far more than the
+/// worker's limits: `job` fields of exactly `max_job_bytes` that are one long JSON array, `job`
+/// fields of twice `max_job_bytes`, 4 MiB field names, and 200 MB side fields. The worker is
+/// sent at most its limits of each entry (`read.lua`), so its RSS stays under the same bound as
+/// for maximum-size frames; every entry is answered, and no dead letter carries a long name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_hostile_entries_keeps_host_memory_bounded() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("hostile");
+    let keys = Keys::new(&p);
+    let job_bytes = max_job_bytes(MAX_IMAGE_BYTES);
+    let mut cfg = config(&url, &p);
+    cfg.queue.max_batch = MAX_BATCH;
+    let env = [
+        ("HMR2_LIMITS__MAX_IMAGE_BYTES", MAX_IMAGE_BYTES.to_string()),
+        ("HMR2_LIMITS__MAX_JOB_BYTES", job_bytes.to_string()),
+        ("HMR2_LIMITS__MAX_PIXELS", MAX_PIXELS.to_string()),
+        ("HMR2_LIMITS__MAX_BOXES", BOXES.to_string()),
+        ("HMR2_PIPELINE__QUEUE_DEPTH", QUEUE_DEPTH.to_string()),
+        ("HMR2_PIPELINE__DECODE_THREADS", DECODE_THREADS.to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker = spawn_worker_process_with(&cfg, &env);
+    let pid = worker.id();
+    let http = format!("http://{}", cfg.http.listen);
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(90)).await;
+    let warm: Vec<_> = (0..4)
+        .map(|i| frame(&format!("warm-{i}"), image(320, 240, i, false)))
+        .collect();
+    enqueue_frames(&url, &p, &warm, true).await;
+    wait_results(&url, &keys.results, warm.len(), Duration::from_secs(60)).await;
+    let (baseline, _) = rss(pid).expect("the worker's /proc status");
+
+    // `{"job_id":"…","pad":[0,0,…]}` of exactly max_job_bytes: parsed, never held as a tree.
+    let array = |i: usize| {
+        let mut job = format!("{{\"job_id\":\"array-{i}\",\"pad\":[0").into_bytes();
+        while job.len() < job_bytes - 2 {
+            job.extend_from_slice(b",0");
+        }
+        job.truncate(job_bytes - 2);
+        if job.ends_with(b",") {
+            job.pop();
+            job.extend_from_slice(b" ");
+        }
+        job.extend_from_slice(b"]}");
+        assert_eq!(job.len(), job_bytes);
+        job
+    };
+    let too_long = padded_job("\"job_id\":\"long\"", "filler", b'z', 2 * job_bytes);
+    let long_name = vec![b'n'; 4 * MIB];
+    let side = vec![b's'; 200_000_000];
+    let sampler = Sampler::start(pid);
+    let mut conn = connect(&url).await;
+    let (mut sent, started) = (0usize, Instant::now());
+    // Kinds in turn, keeping the stream one read ahead of the in-flight slots; a 200 MB side
+    // field only when the stream is empty (Redis holds one at a time).
+    let plan: Vec<u8> = (0..3 * in_flight())
+        .map(|i| match i % 12 {
+            0 if i % 48 == 0 => b'S',
+            0..=5 => b'A',
+            6..=8 => b'L',
+            _ => b'N',
+        })
+        .collect();
+    for kind in &plan {
+        loop {
+            let queued: usize = conn.xlen(&keys.jobs).await.expect("xlen");
+            let room = if *kind == b'S' {
+                0
+            } else {
+                in_flight() + MAX_BATCH
+            };
+            if queued <= room {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(200),
+                "the flood stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _: () = redis::cmd("XTRIM")
+            .arg(&keys.dead)
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .expect("xtrim");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&keys.jobs).arg("*");
+        match kind {
+            b'A' => cmd.arg("job").arg(array(sent)),
+            b'L' => cmd.arg("job").arg(&too_long),
+            b'N' => cmd
+                .arg("job")
+                .arg(format!("{{\"job_id\":\"name-{sent}\"}}"))
+                .arg(&long_name)
+                .arg("v"),
+            _ => cmd
+                .arg("job")
+                .arg(format!("{{\"job_id\":\"side-{sent}\"}}"))
+                .arg("side")
+                .arg(&side),
+        };
+        let _: String = cmd.query_async(&mut conn).await.expect("xadd");
+        sent += 1;
+    }
+    // Every entry answered (an error each: none carries an image).
+    let answered = wait_for(
+        "every hostile entry answered",
+        Duration::from_secs(120),
+        || async {
+            let n = xlen(&url, &keys.results).await;
+            if n >= warm.len() + plan.len() {
+                Ok(n)
+            } else {
+                Err(format!("{n} of {}", warm.len() + plan.len()))
+            }
+        },
+    )
+    .await;
+    let sampled = sampler.finish();
+    let (_, hwm) = rss(pid).expect("the worker's /proc status");
+    drop(worker);
+    let peak = hwm.max(sampled);
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "hostile flood: {} entries in {:.1?}, worker RSS baseline {} MiB, peak growth {} MiB, \
+         bound {} MiB",
+        plan.len(),
+        started.elapsed(),
+        baseline >> 20,
+        growth >> 20,
+        growth_bound() >> 20
+    );
+    assert_eq!(answered, warm.len() + plan.len());
+    let all = results(&url, &keys.results).await;
+    for (id, r) in &all {
+        if id.starts_with("warm-") {
+            continue;
+        }
+        let code = r["error"]["code"].as_str().unwrap_or_default();
+        let expected = if id == "long" {
+            "invalid_job"
+        } else {
+            "missing_image"
+        };
+        assert_eq!(code, expected, "{id}: {r}");
+    }
+    assert!(
+        growth <= growth_bound(),
+        "peak RSS {} MiB is {} MiB over the post-warm-up baseline; the bound is {} MiB",
+        peak >> 20,
+        growth >> 20,
+        growth_bound() >> 20
+    );
+}

@@ -14,7 +14,7 @@ use crate::support::*;
 pub(crate) fn worker_acl(prefix: &str, password: &str) -> String {
     format!(
         "user hmr2-worker on >{password} ~{prefix}:* resetchannels -@all +@connection \
-         +xreadgroup +xclaim +xrange +xack +xdel +xadd +xlen +xpending +xinfo|groups \
+         +xreadgroup +xclaim +xrange +xack +xdel +xadd +xlen +xpending +xinfo|groups +xinfo|stream \
          +xinfo|consumers +xgroup|create +xgroup|delconsumer +expire +evalsha +eval \
          +script|load +type +hset +del"
     )
