@@ -24,8 +24,9 @@ DEFAULT_TOML = ROOT / "config" / "default.toml"
 K8S_TOML = K8S / "base" / "worker.toml"
 IMAGE_TOML = DEPLOY / "worker.toml"
 
-# The metric contract (shared/DESIGN.md §5, plus the drift counter and baseline gauge the worker
-# adds): name -> type. Histograms are used through their _bucket/_sum/_count series.
+# The metric contract (shared/DESIGN.md §5, plus the drift counter and baseline gauge, the
+# readiness inputs, Redis errors and unread shard streams the worker adds; src/metrics.rs):
+# name -> type. Histograms are used through their _bucket/_sum/_count series.
 METRICS = {
     "hmr2_gpu_memory_used_bytes": "gauge",
     "hmr2_gpu_memory_total_bytes": "gauge",
@@ -48,6 +49,9 @@ METRICS = {
     "hmr2_worker_ready": "gauge",
     "hmr2_build_info": "gauge",
     "hmr2_people_per_frame": "histogram",
+    "hmr2_worker_ready_input": "gauge",
+    "hmr2_redis_errors_total": "counter",
+    "hmr2_queue_unread_shards": "gauge",
 }
 
 # Metrics a worker on a CPU does not export, with the reason. Anything else the dashboard or the
@@ -66,6 +70,11 @@ GPU_ONLY = {
         "hmr2_gpu_oom_total",
         "hmr2_gpu_memory_drift_total",
     )
+}
+# Worker metrics with no series until something goes wrong: a counter labelled by what went wrong
+# has nothing to count on a healthy worker, so a live scrape may lack it.
+ONLY_ON_ERROR = {
+    "hmr2_redis_errors_total": "one series per (op, code), born with the first Redis error of that kind",
 }
 NOT_FROM_WORKER = {
     "DCGM_FI_DEV_FB_USED": "exported by NVIDIA's DCGM exporter, not by the worker",
@@ -157,7 +166,7 @@ GRAFANA_SUBSTITUTIONS = [
     (re.compile(r"\$\{?__rate_interval\}?"), "1m"),
     (re.compile(r"\$\{?__interval\}?"), "15s"),
     (re.compile(r"\$\{?__range\}?"), "5m"),
-    (re.compile(r"\$\{?(instance|gpu|job)\}?"), ".*"),
+    (re.compile(r"\$\{?(namespace|job|instance|gpu)\}?"), ".*"),
 ]
 
 

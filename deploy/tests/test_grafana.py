@@ -1,4 +1,5 @@
-"""The Grafana dashboard: well-formed, templated by instance and GPU, built only on contract metrics,
+"""The Grafana dashboard: well-formed, templated by namespace, job, instance and GPU (one Prometheus
+may watch several fleets), with per-worker series named by pod, built only on contract metrics,
 and covering every one of them; its queue figures add up the shards of a sharded queue and can be
 split by shard. (Whether each query evaluates is checked against a real Prometheus in test_live.py.)"""
 
@@ -52,24 +53,58 @@ def test_dashboard_is_well_formed(dash):
                 assert t["datasource"]["uid"] == "${datasource}", f"{p['title']}: use the datasource variable"
 
 
-def test_templated_by_datasource_instance_and_gpu(dash):
+FLEET_FILTERS = ('namespace=~"$namespace"', 'job=~"$job"')
+# Every selector of a worker metric, with its label matchers (if any).
+WORKER_SELECTOR = re.compile(r"\b(hmr2_[a-z0-9_]+)(\{[^}]*\})?")
+
+
+def test_templated_by_datasource_namespace_job_instance_and_gpu(dash):
+    """namespace and job first (a fleet), then the workers of the chosen fleets, then their GPUs;
+    each variable from label_values of a worker metric, narrowed by the ones before it. All is
+    ".*", which also matches a label that is absent (compose has no namespace)."""
     variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert list(variables) == ["datasource", "namespace", "job", "instance", "gpu"]
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    for name in ("instance", "gpu"):
+    for name in ("namespace", "job", "instance", "gpu"):
         v = variables[name]
         assert v["multi"] and v["includeAll"] and v["allValue"] == ".*", name
     selectors = {name: (sel, label) for name, sel, label in dashboard_variable_selectors(dash)}
-    assert selectors["instance"][1] == "instance"
-    assert selectors["gpu"][1] == "gpu"
+    for name in ("namespace", "job", "instance", "gpu"):
+        sel, label = selectors[name]
+        assert label == name, f"variable {name} lists the label {label}"
+        assert metric_names(sel) <= set(METRICS) and metric_names(sel), f"variable {name}: {sel}"
+    assert 'namespace=~"$namespace"' in selectors["job"][0]
+    for name in ("instance", "gpu"):
+        assert all(f in selectors[name][0] for f in FLEET_FILTERS), f"variable {name}: {selectors[name][0]}"
 
 
 def test_every_query_filters_by_the_variables(dash):
+    """Each selector of a worker metric, not merely each query, carries the namespace, job and
+    instance filters (and gpu for GPU metrics): a ratio filtered on one side only would mix fleets."""
     for where, expr in dashboard_exprs(dash):
-        names = metric_names(expr) & set(METRICS)
-        if names:
-            assert 'instance=~"$instance"' in expr, f"{where}: not filtered by instance"
-        if names & GPU_LABELLED:
-            assert 'gpu=~"$gpu"' in expr, f"{where}: not filtered by gpu"
+        for m in WORKER_SELECTOR.finditer(expr):
+            name, matchers = m.group(1), m.group(2) or ""
+            for f in (*FLEET_FILTERS, 'instance=~"$instance"'):
+                assert f in matchers, f"{where}: {name} is not filtered by {f}"
+            if metric_names(name) & GPU_LABELLED:
+                assert 'gpu=~"$gpu"' in matchers, f"{where}: {name} is not filtered by gpu"
+
+
+def test_per_worker_series_are_named_by_pod(dash):
+    """A series per worker is named by its pod (`{{pod}}`), never by its scrape address; a query
+    that keeps one series per worker keeps namespace and pod (and instance, which is unique)."""
+    for p in all_panels(dash):
+        for t in p.get("targets", []):
+            where = f'panel "{p["title"]}" {t["refId"]}'
+            expr, legend = " ".join(t["expr"].split()), t.get("legendFormat", "")
+            assert "{{instance}}" not in legend, f"{where}: name workers by {{{{pod}}}}"
+            per_worker = [set(map(str.strip, g.split(","))) for g in re.findall(r"by \(([^)]*)\)", expr)]
+            per_worker = [g for g in per_worker if "instance" in g]
+            for g in per_worker:
+                assert {"namespace", "pod"} <= g, f"{where}: by ({', '.join(sorted(g))}) drops namespace or pod"
+            aggregated = re.search(r"\b(sum|max|min|avg|count)\b", expr)
+            if (per_worker or not aggregated) and p["type"] != "table":
+                assert "{{pod}}" in legend, f"{where}: a series per worker without {{{{pod}}}} in its legend"
 
 
 def test_queries_use_contract_metrics_and_cover_all_of_them(dash):
@@ -94,15 +129,19 @@ def test_has_the_panels_operators_need(dash):
     assert 'outcome="ok"' in exprs and "sum by (outcome)" in exprs
     titles = {p["title"] for p in all_panels(dash)}
     assert any("VRAM" in t for t in titles) and any("Batch size" in t for t in titles)
+    # Readiness inputs per pod; Redis errors by operation and code.
+    assert "by (namespace, pod, instance, input) (hmr2_worker_ready_input" in exprs
+    assert "sum by (op, code) (rate(hmr2_redis_errors_total" in exprs
 
 
 QUEUE_GAUGES = {"hmr2_queue_length", "hmr2_queue_lag", "hmr2_queue_pending"}
 # Every worker exports every job stream's gauges (one stream per shard on Redis Cluster, label
-# `stream`), so a query first takes one value per stream across the workers (max by (stream)) and
-# then, for the whole queue, adds the streams up. max() alone would show the busiest shard only,
-# and sum() alone would count each stream once per worker.
-QUEUE_TOTAL = re.compile(r"sum\(max by \(stream\) \((hmr2_queue_[a-z]+)\{[^}]*\}\)\)")
-QUEUE_BY_SHARD = re.compile(r"max by \(stream\) \((hmr2_queue_[a-z]+)\{[^}]*\}\)")
+# `stream`), so a query first takes one value per stream across the workers of a fleet
+# (max by (namespace, job, stream): two fleets may each have a stream "hmr2:jobs", in their own
+# Redis) and then, for the whole queue, adds the streams up. max() alone would show the busiest
+# shard only, and sum() alone would count each stream once per worker.
+QUEUE_TOTAL = re.compile(r"sum\(max by \(namespace, job, stream\) \((hmr2_queue_(?:length|lag|pending))\{[^}]*\}\)\)")
+QUEUE_BY_SHARD = re.compile(r"max by \(namespace, job, stream\) \((hmr2_queue_(?:length|lag|pending))\{[^}]*\}\)")
 
 
 def test_queue_panels_add_up_the_shards_and_split_by_shard(dash):
@@ -120,8 +159,8 @@ def test_queue_panels_add_up_the_shards_and_split_by_shard(dash):
                 by_shard.add(m.group(1))
             else:
                 raise AssertionError(
-                    f"{where}: queue gauges are read as sum(max by (stream) (...)) for the queue, "
-                    f"or max by (stream) (...) per shard: {expr}"
+                    f"{where}: queue gauges are read as sum(max by (namespace, job, stream) (...)) for "
+                    f"the queue, or max by (namespace, job, stream) (...) per shard: {expr}"
                 )
     assert totals == QUEUE_GAUGES, f"no total over the shards for {sorted(QUEUE_GAUGES - totals)}"
     assert by_shard == QUEUE_GAUGES, f"no by-shard view of {sorted(QUEUE_GAUGES - by_shard)}"

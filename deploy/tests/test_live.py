@@ -1,7 +1,8 @@
 """Live: a real worker (tiny model, CPU) on a throwaway password-protected Redis, scraped every second
 by a real Prometheus that loads the alert rules. Through Prometheus's HTTP API, every dashboard
 query and every alert expression must evaluate without error, and every metric they use must be in
-the worker's /metrics (GPU-only ones may be absent on a CPU: conftest.GPU_ONLY says why).
+the worker's /metrics (GPU-only ones may be absent on a CPU, and error counters on a healthy
+worker: conftest.GPU_ONLY and conftest.ONLY_ON_ERROR say why).
 
 The worker is started as Kubernetes starts it: `run --config deploy/k8s/base/worker.toml` with the
 Redis URL, password included, in HMR2_REDIS__URL; flags then point it at this machine.
@@ -31,6 +32,7 @@ from conftest import (
     GPU_ONLY,
     K8S_TOML,
     NOT_FROM_WORKER,
+    ONLY_ON_ERROR,
     ROOT,
     RULES,
     alert_rules,
@@ -280,7 +282,7 @@ def test_metrics_used_by_dashboard_and_alerts_exist(stack, exported):
     used = set().union(*(metric_names(e) for e in exprs))
     info = stack.query(f'hmr2_build_info{{job="{JOB}"}}')["data"]["result"]
     on_cpu = info and info[0]["metric"].get("device", "").startswith("cpu")
-    allowed_absent = dict(NOT_FROM_WORKER)
+    allowed_absent = dict(NOT_FROM_WORKER) | ONLY_ON_ERROR
     if on_cpu:
         allowed_absent.update(GPU_ONLY)
     missing = {n for n in used - set(allowed_absent) if n not in names}

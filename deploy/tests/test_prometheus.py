@@ -38,11 +38,16 @@ REQUIRED_ALERTS = {
     "oldest job too old": "HMR2JobsWaitingTooLong",
     "no ready workers": "HMR2NoReadyWorkers",
     "worker down": "HMR2WorkerDown",
+    "results cannot be published (Redis out of memory)": "HMR2ResultsCannotBePublished",
+    "jobs cannot be read (ACL without XREADGROUP)": "HMR2JobsCannotBeRead",
+    "Redis refuses commands (NOPERM)": "HMR2RedisPermissionDenied",
+    "producers shard wider than the workers read": "HMR2UnreadShards",
     # Alerts that still fire when no worker runs (zero replicas, pods Pending).
     "backlog while no worker is available": "HMR2BacklogWithoutWorkers",
     "worker pods unschedulable": "HMR2WorkerPodsUnschedulable",
     "worker pods stuck Pending": "HMR2WorkerPodsPending",
     "autoscaler (KEDA) errors": "HMR2AutoscalerErrors",
+    "KEDA blind while no worker runs (fallback does not lift zero)": "HMR2AutoscalerBlindAtZero",
 }
 
 # Alerts that must work with no worker running: they may read no hmr2_* series (every one of
@@ -52,7 +57,20 @@ NO_WORKER_ALERTS = {
     "HMR2WorkerPodsUnschedulable": {"kube_pod_status_unschedulable"},
     "HMR2WorkerPodsPending": {"kube_pod_status_phase"},
     "HMR2AutoscalerErrors": {"keda_scaler_detail_errors_total", "keda_scaled_object_errors_total"},
+    "HMR2AutoscalerBlindAtZero": {
+        "keda_scaler_detail_errors_total",
+        "keda_scaled_object_errors_total",
+        "kube_deployment_status_replicas_available",
+    },
 }
+
+# The runbook's path in the repository: the base of every runbook_url as shipped
+# (make-prometheusrule replaces it with the URL an operator gives).
+REPO_RUNBOOK = "docs/operations.md"
+# What a made-up runbook host looks like: example domains and placeholder organisations.
+PLACEHOLDER = re.compile(r"example\.(com|org|net)|\b(example|your|my)-?org\b|<org>|\bacme\b", re.IGNORECASE)
+# Queue gauges carry the job stream in `stream`.
+STREAM_METRICS = {"hmr2_queue_lag", "hmr2_queue_length", "hmr2_queue_pending"}
 
 
 def github_anchors(markdown: str) -> set[str]:
@@ -78,16 +96,19 @@ def runbook_urls(text: str) -> list[str]:
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
 def test_alert_is_labelled_annotated_and_has_a_runbook(rule):
-    """runbook_url is an absolute link (an alert leaves Prometheus: Alertmanager, a pager, a chat
-    message; a relative path means nothing there) to the alert's own section of
-    docs/operations.md."""
+    """runbook_url links the alert's own section of docs/operations.md: as shipped, by its path in
+    the repository; once make-prometheusrule has set an operator's base, by an absolute https URL
+    (an alert leaves Prometheus: Alertmanager, a pager, a chat message)."""
     assert rule["labels"]["severity"] in {"warning", "critical"}
     ann = rule["annotations"]
     for key in ("summary", "description", "runbook_url"):
         assert ann.get(key), f"{rule['alert']} lacks annotation {key}"
     url = urllib.parse.urlsplit(ann["runbook_url"])
-    assert url.scheme == "https" and url.netloc, f"{rule['alert']}: runbook_url is not absolute: {ann['runbook_url']}"
-    assert url.path.endswith("/docs/operations.md"), f"{rule['alert']}: runbook_url is not docs/operations.md"
+    if url.scheme:
+        assert url.scheme == "https" and url.netloc, f"{rule['alert']}: runbook_url: {ann['runbook_url']}"
+        assert url.path.endswith("/operations.md"), f"{rule['alert']}: runbook_url is not docs/operations.md"
+    else:
+        assert url.path == REPO_RUNBOOK, f"{rule['alert']}: runbook_url is neither absolute nor {REPO_RUNBOOK}"
     anchor = url.fragment
     assert anchor == rule["alert"].lower(), "runbook anchor must be the alert's own heading"
     assert anchor in github_anchors(OPERATIONS.read_text()), (
@@ -124,10 +145,27 @@ def test_alert_fires_with_no_worker_running(alert):
     assert 'scaledObject="hmr2-worker"' in rule["expr"] or "hmr2-worker" in rule["expr"]
 
 
+def test_shipped_rules_hold_no_placeholder_runbook_base():
+    """No made-up organisation or host in the rules, their tests or the Kubernetes copy, and no
+    default host in the renderer: each runbook_url is the runbook's path in the repository (as
+    shipped) or the absolute base an operator rendered."""
+    for path in [RULES, PROMETHEUSRULE, *RULE_TESTS]:
+        text = path.read_text()
+        found = [m.group(0) for m in PLACEHOLDER.finditer(text)]
+        assert not found, f"{path.name}: placeholder runbook host {found}"
+        for url in runbook_urls(text):
+            assert url.startswith((REPO_RUNBOOK + "#", "https://")), f"{path.name}: {url}"
+            assert not re.search(r"[<>]", url), f"{path.name}: placeholder in {url}"
+    script = (PROM / "make-prometheusrule").read_text()
+    code = "\n".join(l for l in script.splitlines() if not l.lstrip().startswith("#"))
+    assert not re.search(r"https?://[\w-]+\.", code), "make-prometheusrule has a default runbook host"
+
+
 def test_make_prometheusrule_sets_the_runbook_base_everywhere(tmp_path):
     """RUNBOOK_BASE_URL rewrites the rules, their unit tests and the Kubernetes copy together (the
-    promtool tests still pass), a later run without it keeps that base, and a base that is not an
-    absolute URL is refused."""
+    promtool tests still pass); it is required (no default host), a base that is neither an
+    absolute URL nor the repository path is refused, and the repository path gives back the
+    shipped files byte for byte."""
     copy = tmp_path / "deploy"
     shutil.copytree(PROM, copy / "prometheus")
     shutil.copytree(PROMETHEUSRULE.parent, copy / "k8s" / "components" / "prometheus-operator")
@@ -139,20 +177,47 @@ def test_make_prometheusrule_sets_the_runbook_base_everywhere(tmp_path):
     def run(**env):
         return subprocess.run([str(script)], capture_output=True, text=True, env={**os.environ, **env})
 
-    for env in ({"RUNBOOK_BASE_URL": base + "/"}, {}):
-        out = run(**env)
-        assert out.returncode == 0, out.stderr
-        for f in files:
-            urls = runbook_urls(f.read_text())
-            assert urls and all(u.startswith(base + "#") for u in urls), f"{f.name}: {urls[:3]}"
+    shipped = {f: f.read_bytes() for f in files}
+    env = {k: v for k, v in os.environ.items() if k != "RUNBOOK_BASE_URL"}
+    unset = subprocess.run([str(script)], capture_output=True, text=True, env=env)
+    assert unset.returncode != 0 and "RUNBOOK_BASE_URL" in unset.stderr, unset.stderr
+    assert {f: f.read_bytes() for f in files} == shipped, "a refused run changed files"
+
+    out = run(RUNBOOK_BASE_URL=base + "/")
+    assert out.returncode == 0, out.stderr
+    for f in files:
+        urls = runbook_urls(f.read_text())
+        assert urls and all(u.startswith(base + "#") for u in urls), f"{f.name}: {urls[:3]}"
     assert len(runbook_urls(files[0].read_text())) == len(alert_rules())
     promtool = shutil.which("promtool")
     if promtool:
         tests = [str(f) for f in files[2:]]
         out = subprocess.run([promtool, "test", "rules", *tests], capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr
-    for bad in ("docs/operations.md", "https://x.example/a b", 'https://x.example/"'):
+    for bad in ("operations.md", "/docs/operations.md", "ftp://x.example/o.md", "https://x.example/a b", 'https://x.example/"'):
         assert run(RUNBOOK_BASE_URL=bad).returncode != 0, bad
+    out = run(RUNBOOK_BASE_URL=REPO_RUNBOOK)
+    assert out.returncode == 0, out.stderr
+    assert {f: f.read_bytes() for f in files} == shipped, "rendering with the repository path changed files"
+
+
+AGGREGATION = re.compile(r"\b(by|on)\s*\(([^)]*)\)")
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_every_aggregation_keeps_namespace(rule):
+    """One Prometheus may watch several fleets (namespaces): every `by (...)` and `on (...)` keeps
+    `namespace`, so two fleets alert separately; over worker series it keeps `job` too, and `stream`
+    over the queue gauges. Rules without aggregation keep every label anyway."""
+    names = metric_names(rule["expr"])
+    for m in AGGREGATION.finditer(rule["expr"]):
+        labels = {l.strip() for l in m.group(2).split(",") if l.strip()}
+        where = f"{rule['alert']}: {m.group(0)}"
+        assert "namespace" in labels, f"{where} drops namespace"
+        if names & set(METRICS) and m.group(1) == "by":
+            assert "job" in labels, f"{where} drops job"
+            if names & STREAM_METRICS:
+                assert "stream" in labels, f"{where} drops stream"
 
 
 def test_every_alert_is_unit_tested_firing_and_not_firing():
@@ -176,7 +241,7 @@ def test_prometheusrule_for_kubernetes_matches_the_rules_file():
     (doc,) = load_yaml_docs(path)
     assert doc["kind"] == "PrometheusRule"
     assert doc["spec"] == load_yaml(RULES), (
-        f"{path} is stale: run deploy/prometheus/make-prometheusrule"
+        f"{path} is stale: run RUNBOOK_BASE_URL=docs/operations.md deploy/prometheus/make-prometheusrule"
     )
 
 
