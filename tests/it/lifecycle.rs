@@ -489,3 +489,44 @@ async fn the_pool_pings_only_connections_that_sat_idle() {
         "{every} PINGs for 20 checkouts with pool_idle_check_ms = 0"
     );
 }
+
+/// The consumer group destroyed mid-run (as a Redis restarted without its data loses it):
+/// reads and publishes meet NOGROUP, the worker creates the group again, and every job is
+/// answered `ok`. A publish that met NOGROUP used to count as a permanent error of the job's
+/// `reply_to`: a good result was thrown away and the job dead-lettered `invalid_job`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_consumer_group_is_created_again_and_no_job_is_blamed() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("nogroup");
+    let keys = Keys::new(&p);
+    let n = 200;
+    enqueue_frames(&url, &p, &frames(n), true).await;
+    let worker = Worker::start(config(&url, &p));
+    wait_for("first results", Duration::from_secs(60), || async {
+        xlen(&url, &keys.results).await >= 10
+    })
+    .await;
+    let mut admin = connect(&url).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&keys.jobs)
+        .arg(&keys.group)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let got = wait_results(&url, &keys.results, n, Duration::from_secs(120)).await;
+    wait_for("nothing pending", Duration::from_secs(30), || async {
+        pending(&url, &p).await == 0
+    })
+    .await;
+    worker.stop().await;
+    let errors: Vec<_> = results(&url, &keys.results)
+        .await
+        .into_iter()
+        .filter(|(_, r)| r["status"] != "ok")
+        .collect();
+    assert!(errors.is_empty(), "error results: {errors:?}");
+    assert_eq!(got.len(), n);
+    assert_eq!(xlen(&url, &keys.dead).await, 0, "no job dead-lettered");
+}

@@ -504,7 +504,15 @@ async fn a_flood_of_hostile_entries_keeps_host_memory_bounded() {
     let long_name = vec![b'n'; 4 * MIB];
     let side = vec![b's'; 200_000_000];
     let sampler = Sampler::start(pid);
-    let mut conn = connect(&url).await;
+    // Sending a 200 MB field takes longer than a connection's default response timeout.
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("a valid redis URL")
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(60))),
+        )
+        .await
+        .expect("a connection");
     let (mut sent, started) = (0usize, Instant::now());
     // Kinds in turn, keeping the stream one read ahead of the in-flight slots; a 200 MB side
     // field only when the stream is empty (Redis holds one at a time).
