@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::detector::{Detector, TorchDetector};
 use crate::error::ModelError;
-use crate::model::{Model, TorchModel};
+use crate::model::{naming_the_file, Model, TorchModel};
 use delivery::{Delivery, Leases};
 pub use infer::Models;
 use prepare::Prepared;
@@ -63,7 +63,7 @@ pub use start::RunError;
 
 /// Runs one worker with the TorchScript model of `config.model` (and the detector of
 /// `config.detector`, when set) until `shutdown` is cancelled, then drains within the grace
-/// period. See [`run_with`].
+/// period. See [`run_with`]. A file that cannot be loaded is named with its setting.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let path = config.model.path.clone();
     let detector = config.detector.path.clone();
@@ -71,12 +71,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         let detector = if detector.as_os_str().is_empty() {
             None
         } else {
-            Some(TorchDetector::load(&detector, device)?)
+            Some(TorchDetector::load(&detector, device).map_err(|e| {
+                naming_the_file(e, "detector", "detector.path", "HMR2_DETECTOR__PATH")
+            })?)
         };
-        Ok(Models {
-            hmr: TorchModel::load(&path, device)?,
-            detector,
-        })
+        let hmr = TorchModel::load(&path, device)
+            .map_err(|e| naming_the_file(e, "model", "model.path", "HMR2_MODEL__PATH"))?;
+        Ok(Models { hmr, detector })
     })
     .await
 }
