@@ -7,7 +7,9 @@
 //!   `max_batch × (queue_depth + 2)` jobs, whatever the backlog in Redis. Each entry travels
 //!   as a `delivery`: its permit, its lease (renewed while held) and its tracing span.
 //! - `decode`: blocking threads (`pipeline.decode_threads` at once) parse, decode and crop
-//!   ([`prepare`]); bad input is rejected there.
+//!   ([`prepare`]); bad input is rejected there. Every decoded frame is charged to the
+//!   decoded-pixel budget of `delivery` (`limits.max_decoded_bytes_in_flight`) until its crops
+//!   are cut, detector frames included; the fetcher reads nothing while it is spent.
 //! - `coordinator`: a thin loop around the `scheduler` (the I/O-free dispatch policy over the
 //!   `batcher`s: detector batches first, a batch when full or when the device is idle, the
 //!   detect → crop hand-off).

@@ -1,6 +1,7 @@
 //! Host memory under a flood of maximum-size jobs (docs/memory.md): the worker holds at most
 //! `max_batch × (queue_depth + 2)` entries and drops an entry's frame once it is decoded, so
-//! its RSS stays under a bound computed from its settings.
+//! its RSS stays under a bound computed from its settings. With a detector, the frames waiting
+//! for it count against `limits.max_decoded_bytes_in_flight`, and the bound holds too.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -610,7 +611,7 @@ async fn detector_flood(budget: Option<u64>) -> (Figures, u64) {
          {:.1} MiB; bound with a budget of {DECODED_BUDGET} B: baseline + {:.1} MiB (with this \
          run's budget: + {:.1} MiB)",
         jpeg.len(),
-        3 * MAX_PIXELS >> 20,
+        (3 * MAX_PIXELS) >> 20,
         in_flight(),
         mib(baseline),
         mib(peak),
