@@ -31,7 +31,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         print_gpu_memory(n);
     }
     if config.model.path.exists() {
-        let mut m = TorchModel::load(&config.model.path, device)?;
+        let mut m = TorchModel::load(&config.model.path, device)
+            .map_err(|e| model::naming_the_file(e, "model", "model.path", "HMR2_MODEL__PATH"))?;
         println!(
             "model         {} ({})",
             config.model.path.display(),
@@ -61,7 +62,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             path.display()
         );
     } else {
-        let mut d = TorchDetector::load(path, device)?;
+        let mut d = TorchDetector::load(path, device).map_err(|e| {
+            model::naming_the_file(e, "detector", "detector.path", "HMR2_DETECTOR__PATH")
+        })?;
         let meta = d.meta().clone();
         println!(
             "detector      {} ({}, input {}x{}, on {})",

@@ -175,6 +175,11 @@ pub struct LimitsConfig {
     /// ([`LimitsConfig::base64_image_bytes`], checked at start-up) plus a margin for the rest of
     /// the JSON (the default: 1 MiB).
     pub max_job_bytes: usize,
+    /// Decoded pixels the worker may hold at once, bytes (3 per pixel): frames being decoded
+    /// and frames waiting for the detector; decoding and fetching wait while it is spent.
+    /// 0 = eight of the largest frames (8 × 3 × `max_pixels`); else at least one
+    /// (3 × `max_pixels`, checked at start-up).
+    pub max_decoded_bytes_in_flight: u64,
 }
 
 impl LimitsConfig {
@@ -182,6 +187,20 @@ impl LimitsConfig {
     /// least `max_job_bytes` can be).
     pub fn base64_image_bytes(&self) -> usize {
         self.max_image_bytes.div_ceil(3).saturating_mul(4)
+    }
+
+    /// Bytes of the largest decoded frame: 3 × `max_pixels` (RGB).
+    pub fn largest_frame_bytes(&self) -> u64 {
+        self.max_pixels.saturating_mul(3)
+    }
+
+    /// The budget of decoded pixels in flight, bytes: `max_decoded_bytes_in_flight`, or
+    /// eight of the largest frames when it is 0.
+    pub fn decoded_bytes_in_flight(&self) -> u64 {
+        match self.max_decoded_bytes_in_flight {
+            0 => self.largest_frame_bytes().saturating_mul(8),
+            n => n,
+        }
     }
 
     /// The limits the wire contract's job parser enforces.
@@ -323,6 +342,21 @@ impl Config {
                 message: message.into(),
             })
         }
+        let schemes: std::collections::BTreeSet<&str> = self
+            .redis
+            .urls()
+            .filter_map(|u| u.split_once("://").map(|(scheme, _)| scheme))
+            .collect();
+        if schemes.contains("redis") && schemes.contains("rediss") {
+            return bad(
+                "redis.url",
+                format!(
+                    "the seed list mixes redis:// and rediss:// ({}): every node of a cluster \
+                     speaks TLS or none does; use one scheme for all",
+                    redact_url(&self.redis.url)
+                ),
+            );
+        }
         for one in self.redis.urls() {
             match url::Url::parse(one) {
                 Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
@@ -423,6 +457,18 @@ impl Config {
                      least that plus a margin for the rest of the JSON (the default: 1 MiB)",
                     self.limits.max_job_bytes,
                     self.limits.base64_image_bytes()
+                ),
+            );
+        }
+        let decoded = self.limits.max_decoded_bytes_in_flight;
+        if decoded != 0 && decoded < self.limits.largest_frame_bytes() {
+            return bad(
+                "limits.max_decoded_bytes_in_flight",
+                format!(
+                    "{decoded} cannot hold one frame of limits.max_pixels (3 × {} = {} bytes); \
+                     use at least that, or 0 for eight such frames",
+                    self.limits.max_pixels,
+                    self.limits.largest_frame_bytes()
                 ),
             );
         }
@@ -658,6 +704,10 @@ mod tests {
             ),
             ("[queue]\nshards = 200\nmax_batch = 4", "queue.shards"),
             ("[redis]\nurl = \"redis://a:1,http://b:2\"", "redis.url"),
+            (
+                "[limits]\nmax_pixels = 1000\nmax_decoded_bytes_in_flight = 2999",
+                "limits.max_decoded_bytes_in_flight",
+            ),
             ("[model]\ndevice = \"tpu:0\"", "unknown device"),
             ("[gpu]\nrelease = \"sometimes\"", "release"),
             (
@@ -679,6 +729,28 @@ mod tests {
             false,
         );
         assert!(missing.unwrap_err().to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn a_seed_list_mixing_tls_and_plain_urls_is_refused() {
+        let msg = invalid("[redis]\nurl = \"redis://u:hunter2@a:1, rediss://u:hunter2@b:2\"");
+        assert!(msg.contains("redis.url"), "{msg}");
+        assert!(msg.contains("mixes redis:// and rediss://"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let mut c = Config::defaults();
+        c.redis.url = "rediss://a:1,rediss://b:2".into();
+        c.validate().expect("one scheme for every seed");
+    }
+
+    #[test]
+    fn the_decoded_pixel_budget_holds_at_least_one_largest_frame() {
+        let mut c = Config::defaults();
+        assert_eq!(c.limits.max_decoded_bytes_in_flight, 0);
+        assert_eq!(c.limits.decoded_bytes_in_flight(), 8 * 3 * 40_000_000);
+        c.limits.max_pixels = 1000;
+        c.limits.max_decoded_bytes_in_flight = 3000;
+        c.validate().expect("exactly one frame is enough");
+        assert_eq!(c.limits.decoded_bytes_in_flight(), 3000);
     }
 
     #[test]

@@ -172,6 +172,30 @@ pub(crate) fn load_scripted(
     }
 }
 
+/// What to do about a missing model file, for a worker running in `dir`: `make setup` only
+/// inside the source tree (its `Cargo.toml` and `scripts/setup` there), where it works.
+fn how_to_get_a_model(dir: &Path) -> &'static str {
+    if dir.join("Cargo.toml").is_file() && dir.join("scripts/setup").is_file() {
+        "run `make setup` for the tiny model, or `python -m models.export`"
+    } else {
+        "export one with `python -m models.export` in the source tree, and mount it there"
+    }
+}
+
+/// `e`, saying which file it is about: its `role` (`model`, `detector`) and the setting that
+/// names the file (`key`, and `env` in the environment). Load and contract errors only.
+pub fn naming_the_file(e: ModelError, role: &str, key: &str, env: &str) -> ModelError {
+    let note = format!("the {role} file: setting {key}, env {env}");
+    match e {
+        ModelError::Load { path, message } => ModelError::Load {
+            path,
+            message: format!("{message} ({note})"),
+        },
+        ModelError::Contract(m) => ModelError::Contract(format!("{m} ({note})")),
+        other => other,
+    }
+}
+
 /// A TorchScript file made by `python -m models.export`, run through libtorch.
 pub struct TorchModel {
     module: CModule,
@@ -225,12 +249,8 @@ impl TorchModel {
         if let Device::Cuda(_) = device {
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let (module, raw) = load_scripted(
-            path,
-            device,
-            "model",
-            "run `make setup` for the tiny model, or `python -m models.export`",
-        )?;
+        let (module, raw) =
+            load_scripted(path, device, "model", how_to_get_a_model(Path::new(".")))?;
         let meta = ModelMeta::parse(&raw)?;
         Ok(TorchModel {
             module,
@@ -491,6 +511,36 @@ mod tests {
             .expect("no file")
             .to_string();
         assert!(e.contains("make setup"), "{e}");
+    }
+
+    #[test]
+    fn make_setup_is_suggested_only_inside_the_source_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!how_to_get_a_model(dir.path()).contains("make setup"));
+        std::fs::write(dir.path().join("Cargo.toml"), "").unwrap();
+        assert!(
+            !how_to_get_a_model(dir.path()).contains("make setup"),
+            "a Cargo.toml alone is not this source tree"
+        );
+        std::fs::create_dir(dir.path().join("scripts")).unwrap();
+        std::fs::write(dir.path().join("scripts/setup"), "").unwrap();
+        assert!(how_to_get_a_model(dir.path()).contains("make setup"));
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_its_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let corrupt = dir.path().join("corrupt.pt");
+        std::fs::write(&corrupt, b"not a TorchScript archive").unwrap();
+        let e = TorchModel::load(&corrupt, Device::Cpu)
+            .err()
+            .expect("corrupt");
+        let e = naming_the_file(e, "model", "model.path", "HMR2_MODEL__PATH").to_string();
+        assert!(e.contains("corrupt.pt"), "{e}");
+        assert!(
+            e.contains("the model file: setting model.path, env HMR2_MODEL__PATH"),
+            "{e}"
+        );
     }
 
     /// A test model exported by `make setup`.

@@ -7,7 +7,9 @@
 //!   `max_batch × (queue_depth + 2)` jobs, whatever the backlog in Redis. Each entry travels
 //!   as a `delivery`: its permit, its lease (renewed while held) and its tracing span.
 //! - `decode`: blocking threads (`pipeline.decode_threads` at once) parse, decode and crop
-//!   ([`prepare`]); bad input is rejected there.
+//!   ([`prepare`]); bad input is rejected there. Every decoded frame is charged to the
+//!   decoded-pixel budget of `delivery` (`limits.max_decoded_bytes_in_flight`) until its crops
+//!   are cut, detector frames included; the fetcher reads nothing while it is spent.
 //! - `coordinator`: a thin loop around the `scheduler` (the I/O-free dispatch policy over the
 //!   `batcher`s: detector batches first, a batch when full or when the device is idle, the
 //!   detect → crop hand-off).
@@ -55,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::detector::{Detector, TorchDetector};
 use crate::error::ModelError;
-use crate::model::{Model, TorchModel};
+use crate::model::{naming_the_file, Model, TorchModel};
 use delivery::{Delivery, Leases};
 pub use infer::Models;
 use prepare::Prepared;
@@ -63,7 +65,7 @@ pub use start::RunError;
 
 /// Runs one worker with the TorchScript model of `config.model` (and the detector of
 /// `config.detector`, when set) until `shutdown` is cancelled, then drains within the grace
-/// period. See [`run_with`].
+/// period. See [`run_with`]. A file that cannot be loaded is named with its setting.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let path = config.model.path.clone();
     let detector = config.detector.path.clone();
@@ -71,12 +73,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         let detector = if detector.as_os_str().is_empty() {
             None
         } else {
-            Some(TorchDetector::load(&detector, device)?)
+            Some(TorchDetector::load(&detector, device).map_err(|e| {
+                naming_the_file(e, "detector", "detector.path", "HMR2_DETECTOR__PATH")
+            })?)
         };
-        Ok(Models {
-            hmr: TorchModel::load(&path, device)?,
-            detector,
-        })
+        let hmr = TorchModel::load(&path, device)
+            .map_err(|e| naming_the_file(e, "model", "model.path", "HMR2_MODEL__PATH"))?;
+        Ok(Models { hmr, detector })
     })
     .await
 }

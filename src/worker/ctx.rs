@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, PixelBudget};
 use super::prepare::Prepared;
 use super::result::Origin;
 use crate::config::Config;
@@ -25,6 +25,9 @@ pub(crate) struct Ctx {
     pub(crate) jobs: TaskTracker,
     /// The detector's input side, when a detector is loaded.
     pub(crate) detector_input: Option<u32>,
+    /// Decoded pixels in flight (`limits.max_decoded_bytes_in_flight`): charged by the
+    /// decoders, waited for by the fetcher.
+    pub(crate) pixels: PixelBudget,
 }
 
 /// The cancellation tree of one worker: cancelling a token cancels every token below it.

@@ -1,5 +1,6 @@
 //! The decode stage: parse, decode and crop each delivery on a blocking thread,
-//! `pipeline.decode_threads` at a time; bad input is rejected (error result + dead letter) here.
+//! `pipeline.decode_threads` at a time, each frame's pixels charged to the decoded-pixel
+//! budget first; bad input is rejected (error result + dead letter) here.
 
 use std::sync::Arc;
 
@@ -32,7 +33,13 @@ pub(crate) async fn decode(
                     let _in_job = d.span.clone().entered();
                     let keys = ctx2.queue.shard(d.entry.shard).keys();
                     let limits = &ctx2.config.limits;
-                    let p = prepare::prepare(&d.entry, keys, limits, ctx2.detector_input);
+                    let p = prepare::prepare_within(
+                        &d.entry,
+                        keys,
+                        limits,
+                        ctx2.detector_input,
+                        Some(&ctx2.pixels),
+                    );
                     d.record_job_id(match &p {
                         Ok(p) => p.echo.job_id.as_deref(),
                         Err(r) => r.echo.job_id.as_deref(),

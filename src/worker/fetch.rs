@@ -135,6 +135,11 @@ async fn read_shard(f: Arc<Fetch>, k: usize) {
     let mut conn = None;
     let mut backoff = Backoff::new("read");
     loop {
+        // No read while the decoded pixels in flight leave no room for a frame.
+        tokio::select! {
+            _ = f.ctx.pixels.room() => {}
+            _ = f.intake.cancelled() => return,
+        }
         let first = tokio::select! {
             p = f.permits.clone().acquire_owned() => p.expect("semaphore never closes"),
             _ = f.intake.cancelled() => return,

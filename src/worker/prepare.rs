@@ -15,6 +15,8 @@ use crate::image::{self, CropBox, Letterboxed, Limits, Pixels, CROP_BYTES};
 use crate::metrics as m;
 use crate::queue::Entry;
 
+use super::delivery::{PixelBudget, PixelCharge};
+
 /// A person to run: the box (the job's, the detector's or the whole frame) and its crop
 /// geometry.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,11 +40,13 @@ impl PersonBox {
 }
 
 /// A frame waiting for the detector: the decoded frame (its crops are cut once the boxes are
-/// known) and its letterbox.
+/// known) and its letterbox. The frame's share of the decoded-pixel budget is given back with
+/// it.
 #[derive(Debug)]
 pub struct AwaitingDetection {
     pub frame: Pixels,
     pub letterbox: Letterboxed,
+    charge: Option<PixelCharge>,
 }
 
 /// A job ready for the device: its crops, one per person, back to back. The job's image (and
@@ -124,6 +128,19 @@ pub fn prepare(
     limits: &LimitsConfig,
     detector_input: Option<u32>,
 ) -> Result<Prepared, Box<Rejected>> {
+    prepare_within(entry, keys, limits, detector_input, None)
+}
+
+/// [`prepare`], charging the frame's decoded pixels to `budget` before decoding it (waiting
+/// until they fit) for as long as the frame is kept: until its crops are cut, here or in
+/// [`crop_detected`].
+pub(crate) fn prepare_within(
+    entry: &Entry,
+    keys: &Keys,
+    limits: &LimitsConfig,
+    detector_input: Option<u32>,
+    budget: Option<&PixelBudget>,
+) -> Result<Prepared, Box<Rejected>> {
     let t = Instant::now();
     let reject = |error: InputError, echo: &Echo, image_size: Option<[u32; 2]>| {
         Box::new(Rejected {
@@ -180,8 +197,14 @@ pub fn prepare(
     let detect = detector_input.filter(|_| job.boxes.is_empty());
     // Detected people can be small: their frame is decoded at full size.
     let scale = if detect.is_some() { 1 } else { scale };
+    // Charged at full size (an upper bound at any scale): 3 bytes per pixel. Time spent
+    // waiting for the budget is not the job's CPU time.
+    let waiting = Instant::now();
+    let pixels = 3 * u64::from(info.width) * u64::from(info.height);
+    let charge = budget.map(|b| b.charge_blocking(pixels));
+    let waited = waiting.elapsed();
     let frame = image::decode(bytes, &info, scale).map_err(|e| reject(e, echo, Some(size)))?;
-    let decoded = t.elapsed().as_secs_f64();
+    let decoded = t.elapsed().saturating_sub(waited).as_secs_f64();
     histogram!(m::STAGE_DURATION, "stage" => m::stage::DECODE).record(decoded);
     if let Some(side) = detect {
         let t2 = Instant::now();
@@ -195,7 +218,11 @@ pub fn prepare(
             people: Vec::new(),
             crops: Vec::new(),
             source: BoxSource::Detector,
-            detect: Some(AwaitingDetection { frame, letterbox }),
+            detect: Some(AwaitingDetection {
+                frame,
+                letterbox,
+                charge,
+            }),
             cpu_ms: (decoded + boxed) * 1e3,
         });
     }
@@ -211,6 +238,7 @@ pub fn prepare(
         image::crop_into(&frame, &p.crop, slot);
     }
     drop(frame);
+    drop(charge);
     let cropped = t2.elapsed().as_secs_f64();
     histogram!(m::STAGE_DURATION, "stage" => m::stage::PREPROCESS).record(cropped);
     Ok(Prepared {
@@ -228,7 +256,12 @@ pub fn prepare(
 /// Turns a frame's detections into people (see [`detector::select_people`]; nobody found:
 /// per `on_empty`) and cuts their crops from the kept frame, which is then dropped.
 pub fn crop_detected(p: &mut Prepared, dets: &[Detection], cfg: &DetectorConfig, max_boxes: usize) {
-    let Some(AwaitingDetection { frame, letterbox }) = p.detect.take() else {
+    let Some(AwaitingDetection {
+        frame,
+        letterbox,
+        charge,
+    }) = p.detect.take()
+    else {
         return;
     };
     let t = Instant::now();
@@ -248,6 +281,7 @@ pub fn crop_detected(p: &mut Prepared, dets: &[Detection], cfg: &DetectorConfig,
         image::crop_into(&frame, &person.crop, slot);
     }
     drop(frame);
+    drop(charge);
     p.people = people;
     p.crops = crops;
     let cropped = t.elapsed().as_secs_f64();

@@ -1,7 +1,8 @@
 //! Start-up of one worker, in order: the HTTP listener (so probes answer while the model
-//! loads), the inference thread (load + warm-up before anything is fetched), the metrics that
-//! must exist from the start, the queue, the consumer groups (waiting for Redis), the model
-//! hash.
+//! loads), a first look at Redis (credentials Redis refuses end start-up at once; a Redis not
+//! there yet is said at once, and waited for below), the inference thread (load + warm-up
+//! before anything is fetched), the metrics that must exist from the start, the consumer groups
+//! (waiting for Redis), the model hash.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ctx::{Ctx, Stops};
+use super::delivery::PixelBudget;
 use super::infer::{self, Done, Loaded, Models, Work};
 use super::model_info;
 use super::result::Origin;
@@ -38,6 +40,9 @@ pub enum RunError {
     Queue(#[from] QueueError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    /// Redis refused the credentials of `redis.url`: no retry fixes that.
+    #[error("Redis at {seed} refused the credentials of redis.url (env HMR2_REDIS__URL): {reply}")]
+    RedisRefused { seed: String, reply: String },
     /// The device or the model failed in a way no retry fixes; what this worker held was
     /// released to the other workers.
     #[error("worker broken: {0}")]
@@ -81,6 +86,13 @@ where
         stops.all.clone(),
     ));
 
+    // Redis first: a refused password ends start-up now, not after the model has loaded.
+    let queue = Queue::new(&config)?;
+    if let Err(e) = check_redis(&config).await {
+        stops.all.cancel();
+        return Err(e);
+    }
+
     let (work, batch_rx) = mpsc::channel::<Work>(config.pipeline.queue_depth);
     let (done_tx, done) = mpsc::unbounded_channel::<Done>();
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -111,7 +123,6 @@ where
     export_start_metrics(&loaded);
     health.set(Input::Warm, Ok(()));
 
-    let queue = Queue::new(&config)?;
     let origin = Origin {
         worker: worker_id(),
         device: loaded.device.clone(),
@@ -129,6 +140,10 @@ where
         max_batch = config.queue.max_batch,
         "worker started"
     );
+    let pixels = PixelBudget::new(
+        config.limits.decoded_bytes_in_flight(),
+        config.limits.largest_frame_bytes(),
+    );
     let ctx = Arc::new(Ctx {
         config,
         queue,
@@ -137,6 +152,7 @@ where
         stops,
         jobs: TaskTracker::new(),
         detector_input: loaded.detector.as_ref().map(|d| d.input_size),
+        pixels,
     });
     if !create_groups(&ctx, shutdown).await {
         drop(work);
@@ -155,6 +171,131 @@ where
         done,
         http,
     }))
+}
+
+/// Looks at every seed of `redis.url` at once (within `redis.connect_timeout_ms`): connects,
+/// sends the URL's credentials, pings. A reply that refuses them (WRONGPASS, NOAUTH, or any
+/// error to AUTH) is [`RunError::RedisRefused`]; a seed that cannot be reached is logged as an
+/// error naming the setting, and start-up goes on (the consumer groups wait for Redis).
+async fn check_redis(config: &Config) -> Result<(), RunError> {
+    let timeout = Duration::from_millis(config.redis.connect_timeout_ms);
+    let mut seeds = tokio::task::JoinSet::new();
+    for url in config.redis.urls() {
+        let url = url.to_string();
+        seeds.spawn(async move {
+            let seen = look_at_redis(&url, timeout).await;
+            (crate::config::redact_url(&url), seen)
+        });
+    }
+    let mut refused = None;
+    while let Some(joined) = seeds.join_next().await {
+        let Ok((seed, seen)) = joined else { continue };
+        match seen {
+            Seen::Fine => {}
+            Seen::Refused(reply) => refused = Some(RunError::RedisRefused { seed, reply }),
+            Seen::Unreachable(error) => tracing::error!(
+                redis = %seed,
+                %error,
+                "Redis is not reachable (setting redis.url, env HMR2_REDIS__URL): the model \
+                 loads meanwhile, and the worker waits for Redis, not ready"
+            ),
+        }
+    }
+    refused.map_or(Ok(()), Err)
+}
+
+/// What one look at a Redis node saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Fine,
+    /// The node refused the credentials: its reply.
+    Refused(String),
+    /// Not reachable, or not answering (yet): why.
+    Unreachable(String),
+}
+
+/// Connects to `url` without its credentials, then sends them with `AUTH` (so the node's own
+/// reply, such as WRONGPASS, is what the operator reads) and pings.
+async fn look_at_redis(url: &str, timeout: Duration) -> Seen {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return Seen::Unreachable("cannot parse the URL".into());
+    };
+    let user = percent_decoded(u.username());
+    let password = u.password().map(percent_decoded);
+    // The bare node: no credentials, no database (SELECT needs them), RESP2 (HELLO 3 does).
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_path("");
+    let query: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != "protocol")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    u.set_query(None);
+    if !query.is_empty() {
+        u.query_pairs_mut().extend_pairs(query);
+    }
+    let server_reply = |e: &redis::RedisError| {
+        e.code().map(|code| match e.detail() {
+            Some(detail) => format!("{code} {detail}"),
+            None => code.to_string(),
+        })
+    };
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let conn = match redis::Client::open(u.as_str()) {
+        Ok(client) => {
+            client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => return Seen::Unreachable(crate::error::QueueError::from(e).to_string()),
+    };
+    if let Some(password) = password {
+        let mut auth = redis::cmd("AUTH");
+        if !user.is_empty() {
+            auth.arg(&user);
+        }
+        auth.arg(&password);
+        if let Err(e) = auth.query_async::<()>(&mut conn).await {
+            return match server_reply(&e) {
+                Some(reply) => Seen::Refused(reply),
+                None => Seen::Unreachable(crate::error::QueueError::from(e).to_string()),
+            };
+        }
+    }
+    match redis::cmd("PING").query_async::<String>(&mut conn).await {
+        Ok(_) => Seen::Fine,
+        Err(e) => match server_reply(&e) {
+            Some(reply) if e.code() == Some("NOAUTH") => Seen::Refused(reply),
+            _ => Seen::Unreachable(crate::error::QueueError::from(e).to_string()),
+        },
+    }
+}
+
+/// `s` with its `%XX` escapes decoded (URL user names and passwords).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Build information, and every counter at zero, so `rate()` and alerts see a zero, not a gap.
@@ -200,5 +341,18 @@ async fn create_groups(ctx: &Ctx, shutdown: &CancellationToken) -> bool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_credentials_are_percent_decoded() {
+        assert_eq!(percent_decoded("p%40ss%3Aw0rd"), "p@ss:w0rd");
+        assert_eq!(percent_decoded("plain"), "plain");
+        assert_eq!(percent_decoded("50%"), "50%");
+        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
     }
 }

@@ -103,6 +103,42 @@ fn check_fails_on_a_missing_model_or_detector_and_names_the_setting() {
     assert!(text.contains("forward       ok"), "{text}");
 }
 
+/// A model or detector file libtorch cannot read stops `run` with an error naming the file, its
+/// role and its setting (the worker does not guess which of the two it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_model_or_detector_file_stops_start_up_naming_its_setting() {
+    let redis = shared_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.pt");
+    std::fs::write(&corrupt, b"PK\x03\x04 not a TorchScript archive").unwrap();
+    for (model, detector, says) in [
+        (
+            corrupt.clone(),
+            PathBuf::new(),
+            "the model file: setting model.path, env HMR2_MODEL__PATH",
+        ),
+        (
+            tiny_model(),
+            corrupt.clone(),
+            "the detector file: setting detector.path, env HMR2_DETECTOR__PATH",
+        ),
+    ] {
+        let p = prefix("corrupt");
+        let mut c = config(&redis.url(), &p);
+        c.model.path = model;
+        c.detector.path = detector;
+        let e = tokio::time::timeout(
+            Duration::from_secs(120),
+            hmr2_worker::run(c, Default::default()),
+        )
+        .await
+        .expect("start-up ends")
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("corrupt.pt") && e.contains(says), "{e}");
+    }
+}
+
 /// Intersection over union of two boxes.
 fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);

@@ -183,7 +183,7 @@ async fn tls_with_a_least_privilege_acl_user_and_no_password_in_logs() {
         "the URL is shown redacted"
     );
 
-    // A wrong password: the worker keeps retrying, logs the failure, never the secret.
+    // A wrong password: start-up ends at once naming the setting; the log never shows the secret.
     let wrong = "wrong-b81d5-secret";
     let mut cfg = config(
         &format!("rediss://hmr2-worker:{wrong}@localhost:{tls_port}"),
@@ -194,27 +194,120 @@ async fn tls_with_a_least_privilege_acl_user_and_no_password_in_logs() {
         &cfg,
         &[("SSL_CERT_FILE", ca.as_str()), ("RUST_LOG", "debug")],
     );
-    wait_for(
-        "the failure to be logged",
-        Duration::from_secs(60),
-        || async {
-            std::fs::read_to_string(&log_path)
-                .unwrap_or_default()
-                .contains("redis unavailable")
-        },
-    )
-    .await;
-    let (status, body) = http_get(&format!("http://{}/readyz", cfg.http.listen))
-        .await
-        .expect("readyz");
-    assert_eq!(status, 503, "not ready without Redis: {body}");
-    signal_term(&bad);
-    bad.wait().unwrap();
+    let status = wait_exit(&mut bad, Duration::from_secs(60)).await;
     let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!status.success(), "a refused password ends start-up: {log}");
+    assert!(
+        log.contains("WRONGPASS") && log.contains("redis.url"),
+        "{log}"
+    );
     assert!(
         !log.contains(wrong),
         "the wrong password appeared in the log"
     );
+}
+
+/// Credentials Redis refuses (a server with `requirepass`) end start-up before the model loads:
+/// a non-zero exit whose message names `redis.url` and Redis's own reply (WRONGPASS for a wrong
+/// password, NOAUTH for none), with no model warm-up in the log. The right password, percent-
+/// encoded in the URL, starts a worker that serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_redis_refuses_stop_start_up_before_the_model_loads() {
+    let redis = RedisServer::start().unwrap();
+    let password = "right:9c1f@pass";
+    let mut admin = connect(&redis.url()).await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(password)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let port = redis.port();
+    let run = |url: String| start_worker(url);
+
+    let wrong = "wrong-77d0e-secret";
+    for (url, reply) in [
+        (format!("redis://:{wrong}@127.0.0.1:{port}"), "WRONGPASS"),
+        (format!("redis://127.0.0.1:{port}"), "NOAUTH"),
+    ] {
+        let (_, exited, log_path, _worker) = run(url).await;
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        let status = exited.unwrap_or_else(|| panic!("the worker became ready: {log}"));
+        assert!(!status.success(), "{log}");
+        assert!(
+            log.contains(reply) && log.contains("redis.url") && log.contains("HMR2_REDIS__URL"),
+            "{log}"
+        );
+        assert!(
+            !log.contains("warm-up done"),
+            "the model was loaded before Redis was checked: {log}"
+        );
+        assert!(!log.contains(wrong), "the password appeared in the log");
+    }
+
+    // The right one (percent-encoded in the URL): the worker warms up and serves.
+    let url = format!("redis://:right%3A9c1f%40pass@127.0.0.1:{port}");
+    let (cfg, exited, log_path, worker) = run(url).await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(exited.is_none(), "the right password was refused: {log}");
+    assert!(log.contains("warm-up done"), "{log}");
+    let keys = Keys::new(&cfg.queue.prefix);
+    let authed = format!("redis://:right%3A9c1f%40pass@127.0.0.1:{port}");
+    enqueue_frames(
+        &authed,
+        &cfg.queue.prefix,
+        &[frame("a1", image(64, 48, 1, false))],
+        true,
+    )
+    .await;
+    let got = wait_results(&authed, &keys.results, 1, Duration::from_secs(60)).await;
+    assert_eq!(got["a1"]["status"], "ok");
+    drop(worker);
+}
+
+/// Starts a worker process on `url`: its configuration, its exit status if it exited before it
+/// was ready (`None` once ready), its log file, the process.
+async fn start_worker(
+    url: String,
+) -> (
+    hmr2_worker::config::Config,
+    Option<std::process::ExitStatus>,
+    std::path::PathBuf,
+    WorkerProcess,
+) {
+    let p = prefix("auth");
+    let cfg = config(&url, &p);
+    let mut worker = spawn_worker_process_with(&cfg, &[("RUST_LOG", "info")]);
+    let exited = worker_exit_or_ready(&mut worker, &cfg).await;
+    let log_path = std::env::temp_dir().join(format!("{p}.log"));
+    (cfg, exited, log_path, worker)
+}
+
+/// Waits until `worker` exits (its status) or reports ready (`None`).
+async fn worker_exit_or_ready(
+    worker: &mut WorkerProcess,
+    cfg: &hmr2_worker::config::Config,
+) -> Option<std::process::ExitStatus> {
+    let ready = format!("http://{}/readyz", cfg.http.listen);
+    wait_for(
+        "the worker to exit or be ready",
+        Duration::from_secs(120),
+        || {
+            let ready = ready.clone();
+            let exited = worker.try_wait().unwrap();
+            async move {
+                if let Some(status) = exited {
+                    return Ok(Some(status));
+                }
+                match http_get(&ready).await {
+                    Some((200, _)) => Ok(None),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// The rule these tests run is the README's, word for word.
