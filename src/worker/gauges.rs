@@ -80,8 +80,8 @@ enum Family {
 /// The look for job streams of this prefix that no worker of this configuration reads:
 /// those of shard numbers from `queue.shards` to `queue.shards + 63`, the sharded names of
 /// shards below it when the queue is not sharded (`{<prefix>:0}:jobs`, ...), and the unsharded
-/// `{prefix}:jobs` when it is. Producers that shard wider than the workers (or not at all, or
-/// at all) fill such streams, and their jobs wait for ever. Each stream is probed with its own
+/// `{prefix}:jobs` when it is. Producers with more shards than the workers, or sharding a queue
+/// the workers read unsharded (or the reverse), fill such streams, and their jobs wait for ever. Each stream is probed with its own
 /// `XLEN` on the exact key name (no `SCAN`/`KEYS`; on a cluster each key is routed to its own
 /// slot), over a connection opened for the look and closed after it.
 pub(crate) struct Unread {
