@@ -30,6 +30,7 @@ pub const PEOPLE_PER_FRAME: &str = "hmr2_people_per_frame";
 pub const READY_INPUT: &str = "hmr2_worker_ready_input";
 pub const REDIS_ERRORS: &str = "hmr2_redis_errors_total";
 pub const UNREAD_SHARDS: &str = "hmr2_queue_unread_shards";
+pub const PEOPLE_DROPPED: &str = "hmr2_people_dropped_total";
 
 /// Counts a Redis error of operation `op` (`read`, `claim`, `renew`, `publish`, ...) in
 /// [`REDIS_ERRORS`], labelled with the server's code.
@@ -101,6 +102,12 @@ pub mod stage {
     pub const DETECT: &str = "detect";
     /// Letterboxing alone, per frame (a part of `detect` spent on the decode threads).
     pub const LETTERBOX: &str = "letterbox";
+}
+
+/// `reason` label values of [`PEOPLE_DROPPED`].
+pub mod dropped {
+    /// A number of the person's outputs was NaN or ±∞.
+    pub const NON_FINITE: &str = "non_finite";
 }
 
 const SECONDS: &[f64] = &[
@@ -235,6 +242,10 @@ fn describe() {
     describe_gauge!(
         UNREAD_SHARDS,
         "Job streams under the prefix for shard numbers at or past queue.shards that hold entries: producers shard wider than the workers read."
+    );
+    describe_counter!(
+        PEOPLE_DROPPED,
+        "People left out of ok results, by reason: non_finite (an output held NaN or infinity; the result carries a non_finite_output warning)."
     );
     describe_gauge!(
         BUILD_INFO,

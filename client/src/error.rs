@@ -8,8 +8,12 @@ use thiserror::Error;
 /// A stable, documented error code (wire contract v1, the closed set of DESIGN §3): the
 /// result's `error.code`. A frame the model fails on is not answered with an error: it stays
 /// pending, is retried, and ends as `too_many_deliveries` if it never succeeds. Serialised in snake case (`invalid_json`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// The worker writes only the codes of [`ErrorCode::ALL`]. A reader may meet a code a newer
+/// worker added: it reads as [`ErrorCode::Other`] with the code as written, and serialises back
+/// to the same string, so an older reader neither fails on it nor loses it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum ErrorCode {
     /// The `job` field is not UTF-8 JSON, or not an object.
     InvalidJson,
@@ -29,6 +33,9 @@ pub enum ErrorCode {
     InvalidBox,
     /// The job was delivered more often than `queue.max_deliveries` and dead-lettered.
     TooManyDeliveries,
+    /// A code this version of the contract does not know, as written (never one of
+    /// [`ErrorCode::ALL`]'s names: [`ErrorCode::from_wire`] reads those as themselves).
+    Other(String),
 }
 
 impl ErrorCode {
@@ -46,7 +53,7 @@ impl ErrorCode {
     ];
 
     /// The code as it appears on the wire (`"invalid_json"`, ...).
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::UnsupportedVersion => "unsupported_version",
@@ -57,6 +64,30 @@ impl ErrorCode {
             ErrorCode::ImageTooLarge => "image_too_large",
             ErrorCode::InvalidBox => "invalid_box",
             ErrorCode::TooManyDeliveries => "too_many_deliveries",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The code whose wire name is `code`: one of [`ErrorCode::ALL`], else [`ErrorCode::Other`].
+    pub fn from_wire(code: &str) -> Self {
+        ErrorCode::from(code.to_string())
+    }
+}
+
+impl From<String> for ErrorCode {
+    fn from(code: String) -> Self {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == code)
+            .unwrap_or(ErrorCode::Other(code))
+    }
+}
+
+impl From<ErrorCode> for String {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::Other(code) => code,
+            known => known.as_str().to_string(),
         }
     }
 }
@@ -143,6 +174,18 @@ mod tests {
         let names: std::collections::HashSet<_> =
             ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn an_unknown_code_is_kept_as_written_and_written_back_the_same() {
+        let back: ErrorCode = serde_json::from_str("\"gpu_on_fire\"").unwrap();
+        assert_eq!(back, ErrorCode::Other("gpu_on_fire".into()));
+        assert_eq!(back, "gpu_on_fire");
+        assert_eq!(serde_json::to_string(&back).unwrap(), "\"gpu_on_fire\"");
+        assert_eq!(ErrorCode::from_wire("invalid_box"), ErrorCode::InvalidBox);
+        assert_eq!(ErrorCode::from_wire(""), ErrorCode::Other(String::new()));
+        assert!(!ErrorCode::ALL.contains(&back));
+        assert!(serde_json::from_str::<ErrorCode>("3").is_err());
     }
 
     #[test]

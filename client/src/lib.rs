@@ -52,9 +52,12 @@
 //!     .collect();
 //! let ids = producer::add_all(&mut conn, &keys, &frames, true, |done| println!("{done} sent")).await?;
 //! // ... later, once the workers are done:
-//! let results = producer::results_for_video(&mut conn, &keys.results, "video-7").await?;
-//! for r in &results {
+//! let video = producer::results_for_video(&mut conn, &keys.results, "video-7").await?;
+//! for r in &video.results {
 //!     println!("frame {:?}: {} people", r.frame_number, r.people.len());
+//! }
+//! for bad in &video.unreadable {
+//!     eprintln!("unreadable: {bad}");
 //! }
 //! # let _ = ids;
 //! # Ok(())
@@ -94,4 +97,4 @@ pub mod result;
 pub use error::{ErrorCode, InputError};
 pub use job::{Echo, Frame, Include, Job, JobLayout, Limits, Member, ParseError};
 pub use keys::{routing_key, shard_of, Keys, Layout};
-pub use result::{BoxSource, ErrorBody, JobResult, Person, Status, Timings};
+pub use result::{BoxSource, ErrorBody, JobResult, Person, Status, Timings, Warning, WarningCode};

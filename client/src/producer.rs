@@ -12,14 +12,23 @@
 //! let frame = Frame::new(Job::new("video-7:0").video("video-7", 0), std::fs::read("0.jpg").unwrap());
 //! let entry_id = producer::add(&mut conn, &keys, &frame, true).await?;
 //! let page = producer::read_results(&mut conn, &keys.results, "-", 100).await?;
-//! # let _ = (entry_id, page);
+//! for reply in &page {
+//!     match &reply.result {
+//!         Ok(result) => println!("{}: {:?}", reply.job_id, result.status),
+//!         Err(unreadable) => eprintln!("skipped {unreadable}"),
+//!     }
+//! }
+//! // The next page starts after the last entry, readable or not.
+//! let after = page.last().map_or("-", |r| r.entry_id.as_str());
+//! # let _ = (entry_id, after);
 //! # Ok(())
 //! # }
 //! ```
 
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamId, StreamRangeReply};
-use redis::{ErrorKind, RedisError, RedisResult};
+use redis::RedisResult;
+use thiserror::Error;
 
 use crate::job::Frame;
 use crate::keys::{Keys, Layout};
@@ -33,12 +42,25 @@ const PAGE: usize = 500;
 /// One entry of a reply stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
-    /// The result's own stream entry id (a cursor for [`read_results`]).
+    /// The result's own stream entry id (a cursor for [`read_results`]), readable or not.
     pub entry_id: String,
-    /// The entry's `job_id` field; empty when the job was unreadable.
+    /// The entry's `job_id` field; empty when the job was unreadable, or the field was.
     pub job_id: String,
-    /// The entry's `result` field.
-    pub result: JobResult,
+    /// The entry's `result` field, or why it cannot be read.
+    pub result: Result<JobResult, Unreadable>,
+}
+
+/// A reply-stream entry without a readable result: no `result` field, one that is not UTF-8,
+/// or one that is not a v1 result (not JSON, a field of the wrong type, an unknown `status`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{stream} entry {entry_id}: {reason}")]
+pub struct Unreadable {
+    /// The reply stream.
+    pub stream: String,
+    /// The entry's id.
+    pub entry_id: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 fn xadd(keys: &Keys, frame: &Frame, raw: bool) -> redis::Cmd {
@@ -125,8 +147,12 @@ pub async fn add_all_sharded<C: ConnectionLike>(
 
 /// Up to `count` entries of the reply stream `stream` that come after the entry id `after`
 /// (`XRANGE stream (after + COUNT count`); `after` = `"-"` (or `""`) starts at the beginning.
-/// Pass the last [`Reply::entry_id`] to read the next page. An entry without a readable
-/// `result` field is an error naming the stream and the entry.
+/// Pass the last [`Reply::entry_id`] to read the next page. Each entry comes back on its own:
+/// one without a readable `result` field is a [`Reply`] whose `result` is an [`Unreadable`]
+/// naming the stream and the entry, so one bad entry neither fails the page nor stops a reader
+/// whose cursor would otherwise never pass it. An error code or warning code this version does
+/// not know reads as `Other` (see [`crate::ErrorCode`]). An `Err` is Redis' own (connection,
+/// `WRONGTYPE`, ...).
 pub async fn read_results<C: ConnectionLike>(
     conn: &mut C,
     stream: &str,
@@ -146,18 +172,16 @@ pub async fn read_results<C: ConnectionLike>(
         .arg(count)
         .query_async(conn)
         .await?;
-    page.ids.into_iter().map(|e| reply(stream, e)).collect()
+    Ok(page.ids.into_iter().map(|e| reply(stream, e)).collect())
 }
 
-fn reply(stream: &str, e: StreamId) -> RedisResult<Reply> {
-    let unreadable = |why: String| {
-        RedisError::from((
-            ErrorKind::UnexpectedReturnType,
-            "unreadable result entry",
-            format!("{stream} entry {}: {why}", e.id),
-        ))
+fn reply(stream: &str, e: StreamId) -> Reply {
+    let unreadable = |reason: String| Unreadable {
+        stream: stream.to_string(),
+        entry_id: e.id.clone(),
+        reason,
     };
-    let text = |field: &str| -> RedisResult<Option<String>> {
+    let text = |field: &str| -> Result<Option<String>, Unreadable> {
         e.map
             .get(field)
             .map(|v| {
@@ -166,42 +190,65 @@ fn reply(stream: &str, e: StreamId) -> RedisResult<Reply> {
             })
             .transpose()
     };
-    let job_id = text("job_id")?.unwrap_or_default();
-    let json = text("result")?.ok_or_else(|| unreadable("no `result` field".into()))?;
-    let result = JobResult::from_json(&json)
-        .map_err(|err| unreadable(format!("`result` is not a result: {err}")))?;
-    Ok(Reply {
+    let (job_id, result) = match text("job_id") {
+        Ok(job_id) => {
+            let result = text("result").and_then(|json| {
+                let json = json.ok_or_else(|| unreadable("no `result` field".into()))?;
+                JobResult::from_json(&json)
+                    .map_err(|err| unreadable(format!("`result` is not a result: {err}")))
+            });
+            (job_id.unwrap_or_default(), result)
+        }
+        Err(e) => (String::new(), Err(e)),
+    };
+    Reply {
         entry_id: e.id.clone(),
         job_id,
         result,
-    })
+    }
 }
 
-/// Every result on `stream` for the video `video_id`, ordered by `frame_number` (results
-/// without one last; equal frame numbers in stream order). Reads the whole stream, page by
-/// page. Delivery is at-least-once, so a frame can have more than one result (same `job_id`,
-/// same people).
+/// The results of one video ([`results_for_video`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoResults {
+    /// The video's results, ordered by `frame_number` (results without one last; equal frame
+    /// numbers in stream order).
+    pub results: Vec<JobResult>,
+    /// Every entry of the stream that could not be read, in stream order. Which video such an
+    /// entry was for cannot be told, so these are the whole stream's.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Every result on `stream` for the video `video_id`, and every entry of `stream` that could
+/// not be read. Reads the whole stream, page by page. Delivery is at-least-once, so a frame can
+/// have more than one result (same `job_id`, same people).
 pub async fn results_for_video<C: ConnectionLike>(
     conn: &mut C,
     stream: &str,
     video_id: &str,
-) -> RedisResult<Vec<JobResult>> {
-    let mut out = Vec::new();
+) -> RedisResult<VideoResults> {
+    let mut out = VideoResults {
+        results: Vec::new(),
+        unreadable: Vec::new(),
+    };
     let mut after = "-".to_string();
     loop {
         let page = read_results(conn, stream, &after, PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.entry_id.clone();
         let full = page.len() == PAGE;
-        out.extend(
-            page.into_iter()
-                .map(|r| r.result)
-                .filter(|r| r.video_id.as_deref() == Some(video_id)),
-        );
+        for r in page {
+            match r.result {
+                Ok(r) if r.video_id.as_deref() == Some(video_id) => out.results.push(r),
+                Ok(_) => {}
+                Err(e) => out.unreadable.push(e),
+            }
+        }
         if !full {
             break;
         }
     }
-    out.sort_by_key(|r| (r.frame_number.is_none(), r.frame_number));
+    out.results
+        .sort_by_key(|r| (r.frame_number.is_none(), r.frame_number));
     Ok(out)
 }

@@ -33,6 +33,11 @@ pub struct JobResult {
     /// The people found, by detector score (highest first) or in the job's box order.
     #[serde(default)]
     pub people: Vec<Person>,
+    /// What an `ok` result leaves out, and why: a person whose outputs hold a non-finite
+    /// number (NaN, ±∞, which JSON cannot carry) is dropped from `people` with a
+    /// `non_finite_output` warning. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
     /// Where the time went.
     #[serde(default)]
     pub timings_ms: Timings,
@@ -60,10 +65,60 @@ pub enum Status {
 /// A stable code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// One of the contract's closed set of codes.
+    /// One of the contract's closed set of codes ([`ErrorCode::Other`] for one a newer worker
+    /// added).
     pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
+}
+
+/// Something an `ok` result leaves out: a code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// What kind of omission.
+    pub code: WarningCode,
+    /// What was left out and why, for people (`person 1 (box [..]) dropped: keypoints_2d
+    /// holds NaN`).
+    pub message: String,
+}
+
+/// The code of a [`Warning`]. Like [`ErrorCode`], a code a newer worker added reads as
+/// [`WarningCode::Other`] and serialises back to the same string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum WarningCode {
+    /// A person's outputs held NaN or ±∞; the person was dropped from `people`.
+    NonFiniteOutput,
+    /// A code this version of the contract does not know, as written.
+    Other(String),
+}
+
+impl WarningCode {
+    /// The code as it appears on the wire (`"non_finite_output"`, ...).
+    pub fn as_str(&self) -> &str {
+        match self {
+            WarningCode::NonFiniteOutput => "non_finite_output",
+            WarningCode::Other(code) => code,
+        }
+    }
+}
+
+impl From<String> for WarningCode {
+    fn from(code: String) -> Self {
+        match code.as_str() {
+            "non_finite_output" => WarningCode::NonFiniteOutput,
+            _ => WarningCode::Other(code),
+        }
+    }
+}
+
+impl From<WarningCode> for String {
+    fn from(code: WarningCode) -> Self {
+        match code {
+            WarningCode::Other(code) => code,
+            known => known.as_str().to_string(),
+        }
+    }
 }
 
 /// Where the time went, milliseconds.
@@ -153,6 +208,7 @@ impl JobResult {
             error: None,
             image_size: None,
             people: Vec::new(),
+            warnings: Vec::new(),
             timings_ms: Timings::default(),
             worker: String::new(),
             device: String::new(),
@@ -239,10 +295,39 @@ mod tests {
     }
 
     #[test]
-    fn unknown_codes_and_statuses_are_refused() {
-        let bad = r#"{"v":1,"job_id":null,"entry_id":"1-0","status":"error","error":{"code":"nope","message":""}}"#;
-        assert!(JobResult::from_json(bad).is_err());
+    fn unknown_codes_are_kept_and_unknown_statuses_refused() {
+        let newer = r#"{"v":1,"job_id":null,"entry_id":"1-0","status":"error","error":{"code":"nope","message":"m"}}"#;
+        let r = JobResult::from_json(newer).unwrap();
+        let error = r.error.clone().unwrap();
+        assert_eq!(error.code, ErrorCode::Other("nope".into()));
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["error"]["code"], "nope");
+        assert_eq!(JobResult::from_json(&r.to_json()).unwrap(), r);
+        let status = r#"{"v":1,"job_id":null,"entry_id":"1-0","status":"maybe"}"#;
+        assert!(JobResult::from_json(status).is_err());
         let minimal = r#"{"v":1,"job_id":null,"entry_id":"1-0","status":"ok"}"#;
-        assert_eq!(JobResult::from_json(minimal).unwrap().people, vec![]);
+        let minimal = JobResult::from_json(minimal).unwrap();
+        assert_eq!(minimal.people, vec![]);
+        assert_eq!(minimal.warnings, vec![]);
+    }
+
+    #[test]
+    fn warnings_round_trip_and_are_absent_when_empty() {
+        let mut r = JobResult::new("1-0", &Echo::default());
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert!(v.get("warnings").is_none(), "{v}");
+        r.warnings.push(Warning {
+            code: WarningCode::NonFiniteOutput,
+            message: "person 0 (box [0, 0, 1, 1]) dropped: betas holds NaN".into(),
+        });
+        r.warnings.push(Warning {
+            code: WarningCode::Other("later".into()),
+            message: String::new(),
+        });
+        let json = r.to_json();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["warnings"][0]["code"], "non_finite_output");
+        assert_eq!(v["warnings"][1]["code"], "later");
+        assert_eq!(JobResult::from_json(&json).unwrap(), r);
     }
 }

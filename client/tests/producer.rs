@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmr2_client::producer::{self, Reply};
-use hmr2_client::{Echo, ErrorCode, Frame, Job, JobResult, Keys, Limits, Status};
+use hmr2_client::{Echo, ErrorCode, Frame, Job, JobResult, Keys, Limits, Status, WarningCode};
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamRangeReply;
 
@@ -200,9 +200,11 @@ async fn jobs_go_in_and_results_come_back_in_frame_order() {
             .arg(unnumbered.to_json());
         let _: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
 
-        let results = producer::results_for_video(&mut conn, &keys.results, "v")
+        let video = producer::results_for_video(&mut conn, &keys.results, "v")
             .await
             .unwrap();
+        assert!(video.unreadable.is_empty());
+        let results = video.results;
         assert_eq!(results.len(), 4);
         for (n, r) in results.iter().take(3).enumerate() {
             assert_eq!(r.frame_number, Some(n as u64));
@@ -216,6 +218,7 @@ async fn jobs_go_in_and_results_come_back_in_frame_order() {
             producer::results_for_video(&mut conn, &keys.results, "none")
                 .await
                 .unwrap()
+                .results
                 .is_empty()
         );
 
@@ -226,7 +229,7 @@ async fn jobs_go_in_and_results_come_back_in_frame_order() {
         assert_eq!(first.len(), 2);
         assert_eq!(first[0].job_id, "w:0");
         assert_eq!(first[1].job_id, "v:2");
-        assert_eq!(first[1].result.entry_id, ids[2]);
+        assert_eq!(first[1].result.as_ref().unwrap().entry_id, ids[2]);
         let next = producer::read_results(&mut conn, &keys.results, &first[1].entry_id, 1)
             .await
             .unwrap();
@@ -264,43 +267,140 @@ async fn many_frames_go_in_chunks_with_progress() {
     .expect("test timed out");
 }
 
+/// XADDs `fields` to `stream`; returns the entry id.
+async fn xadd(conn: &mut MultiplexedConnection, stream: &str, fields: &[(&str, &[u8])]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query_async(conn).await.unwrap()
+}
+
 #[tokio::test]
-async fn an_unreadable_result_is_an_error_naming_its_entry() {
+async fn an_unreadable_entry_is_returned_on_its_own_and_the_cursor_moves_past_it() {
     let server = Server::start();
     tokio::time::timeout(TIMEOUT, async {
         let mut conn = server.connect().await;
         let stream = "t:results";
-        let id: String = redis::cmd("XADD")
-            .arg(stream)
-            .arg("*")
-            .arg("job_id")
-            .arg("x")
-            .arg("result")
-            .arg("{not json")
-            .query_async(&mut conn)
+        let ok = |n: u64| {
+            let echo = Echo {
+                job_id: Some(format!("v:{n}")),
+                video_id: Some("v".into()),
+                frame_number: Some(n),
+                reply_to: None,
+            };
+            JobResult::new(&format!("{n}-0"), &echo)
+        };
+        // A good result, an unreadable entry, an error code this version does not know, and
+        // another good result.
+        let first = ok(0);
+        let a = xadd(
+            &mut conn,
+            stream,
+            &[("job_id", b"v:0"), ("result", first.to_json().as_bytes())],
+        )
+        .await;
+        let b = xadd(
+            &mut conn,
+            stream,
+            &[("job_id", b"v:1"), ("result", b"{not json")],
+        )
+        .await;
+        let newer = r#"{"v":1,"job_id":"v:2","entry_id":"2-0","video_id":"v","frame_number":2,
+            "status":"error","error":{"code":"gpu_on_fire","message":"later"},
+            "warnings":[{"code":"also_new","message":"m"}]}"#;
+        let c = xadd(
+            &mut conn,
+            stream,
+            &[("job_id", b"v:2"), ("result", newer.as_bytes())],
+        )
+        .await;
+        let last = ok(3);
+        let d = xadd(
+            &mut conn,
+            stream,
+            &[("job_id", b"v:3"), ("result", last.to_json().as_bytes())],
+        )
+        .await;
+
+        let page = producer::read_results(&mut conn, stream, "-", 10)
+            .await
+            .expect("one unreadable entry does not fail the page");
+        let ids: Vec<&str> = page.iter().map(|r| r.entry_id.as_str()).collect();
+        assert_eq!(ids, [&a, &b, &c, &d]);
+        assert_eq!(page[0].result.as_ref().unwrap(), &first);
+        let bad = page[1].result.as_ref().unwrap_err();
+        assert_eq!(bad.entry_id, b);
+        assert_eq!(bad.stream, stream);
+        assert!(bad.to_string().contains(&b), "{bad}");
+        assert!(bad.reason.contains("not a result"), "{bad}");
+        assert_eq!(page[1].job_id, "v:1");
+        let unknown = page[2]
+            .result
+            .as_ref()
+            .expect("an unknown code is readable");
+        assert_eq!(
+            unknown.error.as_ref().unwrap().code,
+            ErrorCode::Other("gpu_on_fire".into())
+        );
+        assert_eq!(
+            unknown.warnings[0].code,
+            WarningCode::Other("also_new".into())
+        );
+        let again: serde_json::Value = serde_json::from_str(&unknown.to_json()).unwrap();
+        assert_eq!(again["error"]["code"], "gpu_on_fire");
+        assert_eq!(again["warnings"][0]["code"], "also_new");
+        assert_eq!(page[3].result.as_ref().unwrap(), &last);
+
+        // Paging one entry at a time: the cursor moves past the unreadable entry.
+        let mut after = "-".to_string();
+        let mut seen = Vec::new();
+        loop {
+            let page = producer::read_results(&mut conn, stream, &after, 1)
+                .await
+                .unwrap();
+            let Some(r) = page.into_iter().next() else {
+                break;
+            };
+            after = r.entry_id.clone();
+            seen.push((r.entry_id, r.result.is_ok()));
+        }
+        assert_eq!(seen, [(a, true), (b.clone(), false), (c, true), (d, true)]);
+
+        // A whole video: the readable results, and the unreadable entry beside them.
+        let video = producer::results_for_video(&mut conn, stream, "v")
             .await
             .unwrap();
-        let e = producer::read_results(&mut conn, stream, "-", 10)
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains(&id), "{e}");
-        let e = producer::results_for_video(&mut conn, stream, "v")
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains(&id), "{e}");
-        // A missing `result` field too.
-        let _: String = redis::cmd("XADD")
-            .arg("t:other")
-            .arg("*")
-            .arg("job_id")
-            .arg("x")
-            .query_async(&mut conn)
+        let frames: Vec<_> = video.results.iter().map(|r| r.frame_number).collect();
+        assert_eq!(frames, [Some(0), Some(2), Some(3)]);
+        assert_eq!(video.unreadable.len(), 1);
+        assert_eq!(video.unreadable[0].entry_id, b);
+
+        // A missing `result` field, and a `job_id` that is not UTF-8.
+        let e = xadd(&mut conn, "t:other", &[("job_id", b"x")]).await;
+        let f = xadd(
+            &mut conn,
+            "t:other",
+            &[
+                ("job_id", b"\xff\xfe"),
+                ("result", first.to_json().as_bytes()),
+            ],
+        )
+        .await;
+        let page = producer::read_results(&mut conn, "t:other", "-", 10)
             .await
             .unwrap();
-        let e = producer::read_results(&mut conn, "t:other", "-", 10)
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("no `result` field"), "{e}");
+        assert_eq!(page.len(), 2);
+        let missing = page[0].result.as_ref().unwrap_err();
+        assert_eq!(
+            (missing.entry_id.as_str(), page[0].job_id.as_str()),
+            (e.as_str(), "x")
+        );
+        assert!(missing.reason.contains("no `result` field"), "{missing}");
+        let binary = page[1].result.as_ref().unwrap_err();
+        assert_eq!(binary.entry_id, f);
+        assert!(binary.reason.contains("`job_id`"), "{binary}");
         // A stream that does not exist is simply empty.
         assert!(producer::read_results(&mut conn, "t:none", "-", 10)
             .await

@@ -1,7 +1,7 @@
 //! Helpers shared by the image submodules' unit tests.
 
 use super::Limits;
-use crate::error::InputError;
+use crate::error::{ErrorCode, InputError};
 use ::image::{codecs::jpeg::JpegEncoder, ImageFormat, RgbImage};
 use std::io::Cursor;
 
@@ -37,8 +37,8 @@ pub(super) fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
     out
 }
 
-pub(super) fn code(r: Result<impl std::fmt::Debug, InputError>) -> &'static str {
-    r.expect_err("expected an error").code().as_str()
+pub(super) fn code(r: Result<impl std::fmt::Debug, InputError>) -> ErrorCode {
+    r.expect_err("expected an error").code()
 }
 
 pub(super) fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {

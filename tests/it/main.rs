@@ -12,5 +12,6 @@ mod memory;
 mod observability;
 mod seam;
 mod security;
+mod shards;
 mod support;
 mod worker;
