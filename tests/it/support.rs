@@ -178,7 +178,10 @@ pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> Worke
 /// each try gets 10 s to connect, and failed tries are repeated for up to 60 s.
 pub async fn connect(url: &str) -> MultiplexedConnection {
     let client = redis::Client::open(url).expect("a valid redis URL");
-    let config = AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(10)));
+    // Replies may be slow while another test's large entry holds Redis's one thread.
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
     wait_for(
         &format!("a connection to {url}"),
         Duration::from_secs(60),
