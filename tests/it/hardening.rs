@@ -509,15 +509,8 @@ async fn consumers_that_hold_nothing_are_removed_and_those_that_hold_entries_sta
 
 /// Error replies with `code` Redis has sent since it started (INFO errorstats).
 async fn error_replies(url: &str, code: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("errorstats")
-        .query_async(&mut connect(url).await)
-        .await
-        .unwrap();
-    let prefix = format!("errorstat_{code}:count=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    let key = format!("errorstat_{code}:count=");
+    info_number(&mut connect(url).await, "errorstats", &key).await
 }
 
 /// How a key a script writes is made unwritable, and mended.

@@ -389,15 +389,7 @@ async fn a_backlog_past_maxmemory_drains_by_itself() {
 
 /// Redis's `used_memory`.
 async fn used_memory(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(admin)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .map(|n| n.trim().parse().unwrap())
-        .unwrap()
+    info_number(admin, "memory", "used_memory:").await
 }
 
 /// The pool hands out busy connections without a PING; one that a Redis restart broke fails
@@ -426,27 +418,12 @@ async fn a_pooled_connection_broken_by_a_restart_is_replaced() {
 
 /// Commands the server refused because of `maxmemory` (`-OOM` errors).
 async fn refused_writes(admin: &mut redis::aio::MultiplexedConnection) -> usize {
-    let info: String = redis::cmd("INFO")
-        .arg("errorstats")
-        .query_async(admin)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("errorstat_OOM:count="))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    info_number(admin, "errorstats", "errorstat_OOM:count=").await as usize
 }
 
 /// PINGs the server has answered since its statistics were reset.
 async fn pings(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(admin)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    info_number(admin, "commandstats", "cmdstat_ping:calls=").await
 }
 
 /// `redis.pool_idle_check_ms`: a connection in steady use goes out without a PING (one round

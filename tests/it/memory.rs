@@ -275,6 +275,55 @@ struct Figures {
     peak: u64,
 }
 
+/// A worker process for a flood: started with the flood's settings and `extra` variables, ready,
+/// warmed up through every stage with a few small frames (the model itself warmed up at
+/// `max_batch` before `/readyz`), and its RSS then: the baseline.
+struct Warmed {
+    worker: WorkerProcess,
+    pid: u32,
+    http: String,
+    /// Results of the warm-up frames.
+    warm: usize,
+    baseline: u64,
+}
+
+async fn warmed_worker(url: &str, p: &str, extra: &[(&str, String)]) -> Warmed {
+    let mut cfg = config(url, p);
+    cfg.queue.max_batch = MAX_BATCH;
+    let mut env = vec![
+        ("HMR2_LIMITS__MAX_IMAGE_BYTES", MAX_IMAGE_BYTES.to_string()),
+        (
+            "HMR2_LIMITS__MAX_JOB_BYTES",
+            max_job_bytes(MAX_IMAGE_BYTES).to_string(),
+        ),
+        ("HMR2_LIMITS__MAX_PIXELS", MAX_PIXELS.to_string()),
+        ("HMR2_LIMITS__MAX_BOXES", BOXES.to_string()),
+        ("HMR2_PIPELINE__QUEUE_DEPTH", QUEUE_DEPTH.to_string()),
+        ("HMR2_PIPELINE__DECODE_THREADS", DECODE_THREADS.to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker = spawn_worker_process_with(&cfg, &env);
+    let pid = worker.id();
+    let http = format!("http://{}", cfg.http.listen);
+    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(90)).await;
+    let warm: Vec<_> = (0..4)
+        .map(|i| frame(&format!("warm-{i}"), image(320, 240, i, false)))
+        .collect();
+    enqueue_frames(url, p, &warm, true).await;
+    let results = &Keys::new(p).results;
+    wait_results(url, results, warm.len(), Duration::from_secs(60)).await;
+    let (baseline, _) = rss(pid).expect("the worker's /proc status");
+    Warmed {
+        worker,
+        pid,
+        http,
+        warm: warm.len(),
+        baseline,
+    }
+}
+
 /// Starts a worker process with the flood's settings (`keep_frames`: dead letters keep the
 /// frame, so decoded entries keep it too), warms it up, records the baseline RSS, floods it
 /// with `ROUNDS × in_flight` maximum-size jobs while sampling its RSS, and waits until every
@@ -285,32 +334,14 @@ async fn flood(keep_frames: bool) -> Figures {
     let p = prefix("memory");
     let keys = Keys::new(&p);
     let job_bytes = max_job_bytes(MAX_IMAGE_BYTES);
-    let mut cfg = config(&url, &p);
-    cfg.queue.max_batch = MAX_BATCH;
-    let env = [
-        ("HMR2_LIMITS__MAX_IMAGE_BYTES", MAX_IMAGE_BYTES.to_string()),
-        ("HMR2_LIMITS__MAX_JOB_BYTES", job_bytes.to_string()),
-        ("HMR2_LIMITS__MAX_PIXELS", MAX_PIXELS.to_string()),
-        ("HMR2_LIMITS__MAX_BOXES", BOXES.to_string()),
-        ("HMR2_PIPELINE__QUEUE_DEPTH", QUEUE_DEPTH.to_string()),
-        ("HMR2_PIPELINE__DECODE_THREADS", DECODE_THREADS.to_string()),
-        ("HMR2_QUEUE__DEAD_KEEP_IMAGE", keep_frames.to_string()),
-        ("RUST_LOG", "warn".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let worker = spawn_worker_process_with(&cfg, &env);
-    let pid = worker.id();
-    let http = format!("http://{}", cfg.http.listen);
-    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(90)).await;
-
-    // Warm-up (the model itself warmed up at max_batch before /readyz): a few small frames
-    // through every stage, then the baseline.
-    let warm: Vec<_> = (0..4)
-        .map(|i| frame(&format!("warm-{i}"), image(320, 240, i, false)))
-        .collect();
-    enqueue_frames(&url, &p, &warm, true).await;
-    wait_results(&url, &keys.results, warm.len(), Duration::from_secs(60)).await;
-    let (baseline, _) = rss(pid).expect("the worker's /proc status");
+    let extra = [("HMR2_QUEUE__DEAD_KEEP_IMAGE", keep_frames.to_string())];
+    let Warmed {
+        worker,
+        pid,
+        http,
+        warm,
+        baseline,
+    } = warmed_worker(&url, &p, &extra).await;
 
     // The producer keeps the stream one read ahead of the in-flight slots (Redis holds at most
     // that many entries) and trims the rejected jobs' dead letters (which keep their filler).
@@ -383,13 +414,7 @@ async fn flood(keep_frames: bool) -> Figures {
     let mean_batch = metric("hmr2_batch_size_sum") / metric("hmr2_batch_size_count").max(1.0);
 
     // Every job was answered: the frames with their poses, the rest with an error.
-    let all = wait_results(
-        &url,
-        &keys.results,
-        warm.len() + total,
-        Duration::from_secs(30),
-    )
-    .await;
+    let all = wait_results(&url, &keys.results, warm + total, Duration::from_secs(30)).await;
     drop(worker);
 
     let peak = hwm.max(sampled);
@@ -675,28 +700,13 @@ async fn a_flood_of_hostile_entries_keeps_host_memory_bounded() {
     let p = prefix("hostile");
     let keys = Keys::new(&p);
     let job_bytes = max_job_bytes(MAX_IMAGE_BYTES);
-    let mut cfg = config(&url, &p);
-    cfg.queue.max_batch = MAX_BATCH;
-    let env = [
-        ("HMR2_LIMITS__MAX_IMAGE_BYTES", MAX_IMAGE_BYTES.to_string()),
-        ("HMR2_LIMITS__MAX_JOB_BYTES", job_bytes.to_string()),
-        ("HMR2_LIMITS__MAX_PIXELS", MAX_PIXELS.to_string()),
-        ("HMR2_LIMITS__MAX_BOXES", BOXES.to_string()),
-        ("HMR2_PIPELINE__QUEUE_DEPTH", QUEUE_DEPTH.to_string()),
-        ("HMR2_PIPELINE__DECODE_THREADS", DECODE_THREADS.to_string()),
-        ("RUST_LOG", "warn".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let worker = spawn_worker_process_with(&cfg, &env);
-    let pid = worker.id();
-    let http = format!("http://{}", cfg.http.listen);
-    wait_status(&format!("{http}/readyz"), 200, Duration::from_secs(90)).await;
-    let warm: Vec<_> = (0..4)
-        .map(|i| frame(&format!("warm-{i}"), image(320, 240, i, false)))
-        .collect();
-    enqueue_frames(&url, &p, &warm, true).await;
-    wait_results(&url, &keys.results, warm.len(), Duration::from_secs(60)).await;
-    let (baseline, _) = rss(pid).expect("the worker's /proc status");
+    let Warmed {
+        worker,
+        pid,
+        warm,
+        baseline,
+        ..
+    } = warmed_worker(&url, &p, &[]).await;
 
     // `{"job_id":"…","pad":[0,0,…]}` of exactly max_job_bytes: parsed, never held as a tree.
     let array = |i: usize| {
@@ -786,10 +796,10 @@ async fn a_flood_of_hostile_entries_keeps_host_memory_bounded() {
         Duration::from_secs(120),
         || async {
             let n = xlen(&url, &keys.results).await;
-            if n >= warm.len() + plan.len() {
+            if n >= warm + plan.len() {
                 Ok(n)
             } else {
-                Err(format!("{n} of {}", warm.len() + plan.len()))
+                Err(format!("{n} of {}", warm + plan.len()))
             }
         },
     )
@@ -808,7 +818,7 @@ async fn a_flood_of_hostile_entries_keeps_host_memory_bounded() {
         growth >> 20,
         growth_bound() >> 20
     );
-    assert_eq!(answered, warm.len() + plan.len());
+    assert_eq!(answered, warm + plan.len());
     let all = results(&url, &keys.results).await;
     for (id, r) in &all {
         if id.starts_with("warm-") {

@@ -194,6 +194,22 @@ pub async fn connect(url: &str) -> MultiplexedConnection {
     .await
 }
 
+/// The number right after `key` (such as `used_memory:` or `errorstat_OOM:count=`) in Redis's
+/// `INFO <section>`; 0 when the line is absent (a counter that has not moved yet).
+pub async fn info_number(admin: &mut MultiplexedConnection, section: &str, key: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map_or(0, |rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().unwrap()
+        })
+}
+
 /// A textured test image (gradients + noise), encoded.
 pub fn image(width: u32, height: u32, seed: u32, png: bool) -> Vec<u8> {
     let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
