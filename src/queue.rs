@@ -214,7 +214,8 @@ impl Queue {
         &self.consumer
     }
 
-    async fn conn(&self) -> Result<Conn, QueueError> {
+    /// A pooled connection (routed by key on a cluster), for short commands.
+    pub(crate) async fn conn(&self) -> Result<Conn, QueueError> {
         self.pool.get().await
     }
 

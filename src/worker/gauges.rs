@@ -13,9 +13,10 @@ use redis::aio::ConnectionLike;
 
 use super::ctx::Ctx;
 use crate::config::Config;
+use crate::error::QueueError;
 use crate::gpu::GpuSampler;
 use crate::metrics as m;
-use crate::queue;
+use crate::queue::Queue;
 
 /// How many shard numbers past `queue.shards` the look for unread job streams covers: a
 /// producer configured with up to `queue.shards + 64` shards is caught.
@@ -36,7 +37,7 @@ pub(crate) async fn sample(ctx: Arc<Ctx>, gpu: Option<Arc<GpuSampler>>) {
     loop {
         if samples % UNREAD_EVERY == 0 {
             tokio::select! {
-                _ = unread.check(&ctx.config) => {}
+                _ = unread.check(&ctx.queue, ctx.config.queue.shards) => {}
                 _ = stop.cancelled() => return,
             }
         }
@@ -83,7 +84,7 @@ enum Family {
 /// `{prefix}:jobs` when it is. Producers with more shards than the workers, or sharding a queue
 /// the workers read unsharded (or the reverse), fill such streams, and their jobs wait for ever. Each stream is probed with its own
 /// `XLEN` on the exact key name (no `SCAN`/`KEYS`; on a cluster each key is routed to its own
-/// slot), over a connection opened for the look and closed after it.
+/// slot), over one of the queue's pooled connections.
 pub(crate) struct Unread {
     /// The streams to probe, with their family.
     streams: Vec<(Family, String)>,
@@ -102,18 +103,16 @@ impl Unread {
         }
     }
 
-    /// Probes every stream, sets [`m::UNREAD_SHARDS`] and logs a change. A look cut short (Redis
-    /// unreachable) changes nothing.
-    async fn check(&mut self, config: &Config) {
-        let mut conn = match queue::connect(config).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "could not look for unread job streams");
-                return;
-            }
+    /// Probes every stream over one of the queue's pooled connections, sets
+    /// [`m::UNREAD_SHARDS`] and logs a change. A look cut short (Redis unreachable) changes
+    /// nothing.
+    async fn check(&mut self, queue: &Queue, shards: usize) {
+        let found = match queue.conn().await {
+            Ok(mut conn) => self.probe(&mut conn).await.map_err(QueueError::from),
+            Err(e) => Err(e),
         };
-        match self.probe(&mut conn).await {
-            Ok(found) => self.record(found, config.queue.shards),
+        match found {
+            Ok(found) => self.record(found, shards),
             Err(e) => tracing::debug!(error = %e, "could not look for unread job streams"),
         }
     }

@@ -207,10 +207,7 @@ async fn reply_streams_that_can_never_be_written_end_the_job_instead_of_wedging_
         framed("good", None),
     ];
     enqueue_frames(&url, &p, &frames, true).await;
-    let cfg = config(
-        &format!("redis://{user}:pw@{}", url.trim_start_matches("redis://")),
-        &p,
-    );
+    let cfg = config(&as_user(&url, &user), &p);
     let worker = Worker::start(cfg);
     let got = wait_results(&url, &keys.results, 4, Duration::from_secs(60)).await;
     wait_drained(&url, &p, Duration::from_secs(30)).await;
@@ -507,6 +504,11 @@ async fn consumers_that_hold_nothing_are_removed_and_those_that_hold_entries_sta
     );
 }
 
+/// `url` logged in as ACL user `user` (password `pw`).
+fn as_user(url: &str, user: &str) -> String {
+    format!("redis://{user}:pw@{}", url.trim_start_matches("redis://"))
+}
+
 /// Error replies with `code` Redis has sent since it started (INFO errorstats).
 async fn error_replies(url: &str, code: &str) -> u64 {
     let key = format!("errorstat_{code}:count=");
@@ -592,10 +594,7 @@ async fn a_step_that_cannot_finish_writes_nothing_and_a_job_is_answered_once() {
             Break::DeadReadOnly | Break::Denied(_) => "NOPERM",
         };
         let before = error_replies(&url, code).await;
-        let cfg = config(
-            &format!("redis://{user}:pw@{}", url.trim_start_matches("redis://")),
-            &p,
-        );
+        let cfg = config(&as_user(&url, &user), &p);
         let worker = Worker::start(cfg);
         wait_for("the job to be read", Duration::from_secs(60), || async {
             pending(&url, &p).await == 1
@@ -680,10 +679,7 @@ async fn a_worker_that_may_not_read_is_not_ready_and_says_why() {
         .await
         .unwrap();
     enqueue_frames(&url, &p, &[framed("waiting", None)], true).await;
-    let cfg = config(
-        &format!("redis://{user}:pw@{}", url.trim_start_matches("redis://")),
-        &p,
-    );
+    let cfg = config(&as_user(&url, &user), &p);
     let http = format!("http://{}", cfg.http.listen);
     let worker = spawn_worker_process(&cfg);
     wait_status(&format!("{http}/readyz"), 503, Duration::from_secs(60)).await;

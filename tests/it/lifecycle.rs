@@ -227,21 +227,8 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
         .collect();
     enqueue_frames(&redis.url(), &p, &small, true).await;
     let mut admin = connect(&redis.url()).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&keys.jobs)
-        .arg(&keys.group)
-        .arg("0")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    create_group(&mut admin, &keys).await;
+    config_set(&mut admin, "maxmemory", "1").await;
     let cfg = config(&redis.url(), &p);
     let http = format!("http://{}", cfg.http.listen);
     let _worker = spawn_worker_process(&cfg);
@@ -306,13 +293,7 @@ async fn nothing_is_acknowledged_while_redis_refuses_writes() {
             .any(|l| l == r#"hmr2_worker_ready_input{input="redis_publish"} 0"#),
         "the redis_publish readiness input is not shown down"
     );
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    config_set(&mut admin, "maxmemory", "0").await;
     let got = wait_results(&redis.url(), &keys.results, n, Duration::from_secs(120)).await;
     assert!(got.values().all(|r| r["status"] == "ok"));
     wait_for("nothing pending", Duration::from_secs(30), || async {
@@ -346,30 +327,13 @@ async fn a_backlog_past_maxmemory_drains_by_itself() {
         .await;
     }
     let mut admin = connect(&url).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&keys.jobs)
-        .arg(&keys.group)
-        .arg("0")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    create_group(&mut admin, &keys).await;
     // Half the backlog over the limit: half the jobs must be answered while Redis is out of
     // memory before it is under the limit again.
     let used = used_memory(&mut admin).await;
     let limit = used - (n as u64 / 2) * pad.len() as u64;
-    for (k, v) in [
-        ("maxmemory-policy", "noeviction".to_string()),
-        ("maxmemory", limit.to_string()),
-    ] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-    }
+    config_set(&mut admin, "maxmemory-policy", "noeviction").await;
+    config_set(&mut admin, "maxmemory", &limit.to_string()).await;
     let refused: redis::RedisResult<String> = admin.xadd(&keys.jobs, "*", &[("job", "{}")]).await;
     assert!(
         refused.is_err_and(|e| e.code() == Some("OOM")),
@@ -385,6 +349,29 @@ async fn a_backlog_past_maxmemory_drains_by_itself() {
         used_memory(&mut admin).await < limit,
         "the backlog's memory was freed"
     );
+}
+
+/// Creates the job stream's consumer group, as a worker would have before Redis filled up.
+async fn create_group(admin: &mut redis::aio::MultiplexedConnection, keys: &Keys) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.jobs)
+        .arg(&keys.group)
+        .arg("0")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+/// `CONFIG SET key value`.
+async fn config_set(admin: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(admin)
+        .await
+        .unwrap();
 }
 
 /// Redis's `used_memory`.
