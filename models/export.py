@@ -11,7 +11,11 @@ the eager model on a random batch unless ``--no-check``.
 
 Beside ``--out`` it writes the mesh topology, ``<out without its extension>.mesh.json``
 (``hmr2-tiny.pt`` -> ``hmr2-tiny.mesh.json``): faces, kinematic tree, joint and keypoint names
-(:mod:`models.mesh`), from the SMPL file or the synthetic stand-in, whichever the model holds.
+(:mod:`models.mesh`), from the SMPL file or the synthetic stand-in, whichever the model holds;
+and the model's SMPL layer on its own, ``<out without its extension>.smpl.pt``
+(:mod:`models.smpl_export`, contract ``smpl-layer/1``): TorchScript, fp32, on the CPU, whatever
+``--dtype`` and ``--device``, for the tracker to turn smoothed parameters into vertices. Unless
+``--no-check``, its vertices and keypoints are compared with the model's on the check batch.
 """
 
 import argparse
@@ -24,10 +28,16 @@ from typing import List, Optional
 
 import torch
 
-from . import mesh
+from . import mesh, smpl_export
 from .hmr2 import DTYPES, HMR2, PRESETS, build
 from .loaders import load_checkpoint_trunk, load_j19, load_mean_params, load_smpl
 from .smpl import SmplData, synthetic_smpl
+
+
+def smpl_path(model_path: "str | os.PathLike") -> Path:
+    """Where the SMPL layer of ``model_path`` is written: ``hmr2-tiny.pt`` -> ``hmr2-tiny.smpl.pt``
+    (:func:`models.smpl_export.smpl_path`)."""
+    return smpl_export.smpl_path(model_path)
 
 
 def log(msg: str) -> None:
@@ -97,6 +107,17 @@ def check(model: HMR2, scripted: torch.jit.ScriptModule, device: str) -> float:
     return max(float((eager[k] - script[k]).abs().max()) for k in eager)
 
 
+def check_smpl_layer(model: HMR2, layer: torch.jit.ScriptModule, device: str) -> float:
+    """Largest difference between the model's ``vertices``/``keypoints_3d`` and the SMPL layer's
+    for the model's own parameters, on a random batch of 2 (the layer runs on the CPU)."""
+    gen = torch.Generator().manual_seed(2)
+    crops = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8, generator=gen).to(device)
+    with torch.no_grad():
+        out = {k: v.cpu() for k, v in model(crops).items()}
+        vertices, keypoints = layer(out["betas"], out["global_orient"], out["body_pose"])
+    return max(float((out["vertices"] - vertices).abs().max()), float((out["keypoints_3d"] - keypoints).abs().max()))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     start = time.monotonic()
@@ -117,6 +138,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     os.replace(tmp, args.out)
     side = mesh.write(mesh.mesh_path(args.out), topo)
     log(f"wrote {side}: {topo['topology']} topology, {len(topo['faces'])} faces over {topo['num_vertices']} vertices")
+    layer_path = smpl_export.write(smpl_path(args.out), model.smpl, smpl_data.source)
+    log(f"wrote {layer_path}: SMPL layer ({smpl_export.CONTRACT}, {smpl_data.source}), fp32, cpu")
+    if not args.no_check:
+        diff = check_smpl_layer(model, torch.jit.load(str(layer_path)), args.device)
+        log(f"SMPL layer vs model on a random batch of 2: max abs difference {diff:.3g}")
     size = args.out.stat().st_size
     meta = json.loads(scripted.meta())
     print(
