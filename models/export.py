@@ -107,6 +107,11 @@ def check(model: HMR2, scripted: torch.jit.ScriptModule, device: str) -> float:
     return max(float((eager[k] - script[k]).abs().max()) for k in eager)
 
 
+#: Largest difference (metres) the export accepts between the SMPL layer's vertices or keypoints
+#: and the model's for the model's own parameters (same arrays, same fp32 code: 0 on the CPU).
+SMPL_LAYER_TOLERANCE = 1e-4
+
+
 def check_smpl_layer(model: HMR2, layer: torch.jit.ScriptModule, device: str) -> float:
     """Largest difference between the model's ``vertices``/``keypoints_3d`` and the SMPL layer's
     for the model's own parameters, on a random batch of 2 (the layer runs on the CPU)."""
@@ -143,6 +148,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not args.no_check:
         diff = check_smpl_layer(model, torch.jit.load(str(layer_path)), args.device)
         log(f"SMPL layer vs model on a random batch of 2: max abs difference {diff:.3g}")
+        if not diff <= SMPL_LAYER_TOLERANCE:
+            raise RuntimeError(
+                f"the SMPL layer {layer_path} differs from the model by {diff:.3g} m "
+                f"(more than {SMPL_LAYER_TOLERANCE:g}): it does not hold the model's SMPL"
+            )
     size = args.out.stat().st_size
     meta = json.loads(scripted.meta())
     print(

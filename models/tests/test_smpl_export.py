@@ -202,3 +202,14 @@ def test_standalone_cli_writes_the_same_layer(tmp_path, exported, capsys):
     assert again.meta() == layer.meta()
     args = random_params(2, seed=3)
     torch.testing.assert_close(again(*args), layer(*args), rtol=0, atol=0)
+
+
+def test_export_refuses_a_layer_that_is_not_the_models(tmp_path, monkeypatch, capsys):
+    """The exporter's check (without ``--no-check``) fails the export when the layer it wrote
+    does not give the model's vertices (here: a stand-in of another seed)."""
+    real_write = smpl_export.write
+    monkeypatch.setattr(smpl_export, "write", lambda path, smpl, source: real_write(path, SMPL(synthetic_smpl(seed=1)), source))
+    out = tmp_path / "hmr2-tiny.pt"
+    with pytest.raises(RuntimeError, match="does not hold the model's SMPL"):
+        export.main(["--preset", "tiny", "--dtype", "fp32", "--device", "cpu", "--out", str(out)])
+    assert "SMPL layer vs model" in capsys.readouterr().err
