@@ -18,6 +18,7 @@ from conftest import (
     NOT_FROM_WORKER,
     OPERATIONS,
     PROM,
+    QUEUE_WIDE,
     RULE_TESTS,
     RULES,
     alert_rules,
@@ -42,6 +43,10 @@ REQUIRED_ALERTS = {
     "jobs cannot be read (ACL without XREADGROUP)": "HMR2JobsCannotBeRead",
     "Redis refuses commands (NOPERM)": "HMR2RedisPermissionDenied",
     "producers shard wider than the workers read": "HMR2UnreadShards",
+    # Videos (DESIGN §13).
+    "videos expiring before their last frame": "HMR2VideosExpiring",
+    "complete videos with no tracker running": "HMR2VideosNotTracked",
+    "videos that cannot be tracked (dead-lettered)": "HMR2VideoDeadLettered",
     # Alerts that still fire when no worker runs (zero replicas, pods Pending).
     "backlog while no worker is available": "HMR2BacklogWithoutWorkers",
     "worker pods unschedulable": "HMR2WorkerPodsUnschedulable",
@@ -218,6 +223,20 @@ def test_every_aggregation_keeps_namespace(rule):
             assert "job" in labels, f"{where} drops job"
             if names & STREAM_METRICS:
                 assert "stream" in labels, f"{where} drops stream"
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_queue_wide_gauges_are_read_once_per_fleet(rule):
+    """Every worker reports the same queue-wide value (the queue gauges, the open and waiting
+    videos): an alert takes the max over a fleet's workers. A sum would grow with the number of
+    workers and fire (or quiet) for the wrong reason; a bare gauge would fire once per worker."""
+    expr = " ".join(rule["expr"].split())
+    for name in metric_names(expr) & QUEUE_WIDE:
+        uses = re.findall(rf"\b{name}\b", expr)
+        wrapped = re.findall(rf"\b(\w+) by \(([^)]*)\) \((?:deriv\()?{name}\b", expr)
+        assert len(wrapped) == len(uses), f"{rule['alert']}: {name} outside an aggregation by fleet: {expr}"
+        for op, labels in wrapped:
+            assert op == "max", f"{rule['alert']}: {op} by ({labels}) ({name}): every worker reports it, take max"
 
 
 def test_every_alert_is_unit_tested_firing_and_not_firing():
