@@ -291,7 +291,12 @@ def test_kubernetes_scrape_config(tmp_path):
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "hmr2-worker"]
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
     keeps = {tuple(r["source_labels"]): r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
-    assert keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)] == "hmr2-worker"
+    # The workers, and the trackers of components/tracker (one fleet, one job).
+    kept = re.compile(keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)])
+    assert kept.fullmatch("hmr2-worker") and kept.fullmatch("hmr2-tracker") and not kept.fullmatch("redis")
+    assert {"target_label": "component", "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]} in [
+        {k: r[k] for k in ("target_label", "source_labels") if k in r} for r in job["relabel_configs"]
+    ], "the pods' component (worker, tracker) is kept as `component`: the fleet alerts count workers only"
     assert keeps[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)] == "true"
     promtool = shutil.which("promtool")
     if not promtool:
