@@ -10,6 +10,7 @@ import pytest
 
 from conftest import (
     DASHBOARD,
+    ROOT,
     GPU_ONLY,
     METRICS,
     NOT_FROM_WORKER,
@@ -211,3 +212,20 @@ def test_videos_row_shows_what_an_operator_of_videos_needs(dash):
     assert any(e.startswith("histogram_quantile(0.95, ") for e in track), "no p95 of the track stage"
     video_metrics = {n for n in METRICS if n.startswith(("hmr2_video", "hmr2_tracks"))}
     assert video_metrics <= metric_names(joined), f"video metrics off the Videos row: {video_metrics - metric_names(joined)}"
+
+
+METRICS_RS = ROOT / "src" / "metrics.rs"
+
+
+def test_dashboard_and_alert_metrics_are_the_workers_own():
+    """Every worker metric the dashboard and the alerts are built on (conftest.METRICS) is named in
+    the worker's src/metrics.rs, and every stage the dashboard selects is one of its stage labels:
+    a panel on a name the worker does not export stays empty, and an alert on it never fires."""
+    source = METRICS_RS.read_text()
+    names = set(re.findall(r'pub const \w+: &str = "(hmr2_[a-z0-9_]+)";', source))
+    assert names, f"no metric names found in {METRICS_RS}"
+    assert set(METRICS) - names == set(), f"not in src/metrics.rs: {sorted(set(METRICS) - names)}"
+    stages = set(re.findall(r'pub const \w+: &str = "([a-z_]+)";', source.split("pub mod stage", 1)[1].split("}", 1)[0]))
+    dash = json.loads(DASHBOARD.read_text())
+    used = {s for _, e in dashboard_exprs(dash) for s in re.findall(r'stage="([a-z_]+)"', e)}
+    assert used - stages == set(), f"stages the worker does not label: {sorted(used - stages)}"
