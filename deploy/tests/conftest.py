@@ -25,7 +25,8 @@ K8S_TOML = K8S / "base" / "worker.toml"
 IMAGE_TOML = DEPLOY / "worker.toml"
 
 # The metric contract (shared/DESIGN.md §5, plus the drift counter and baseline gauge, the
-# readiness inputs, Redis errors and unread shard streams the worker adds; src/metrics.rs):
+# readiness inputs, Redis errors and unread shard streams the worker adds, and the videos of §13;
+# src/metrics.rs):
 # name -> type. Histograms are used through their _bucket/_sum/_count series.
 METRICS = {
     "hmr2_gpu_memory_used_bytes": "gauge",
@@ -52,7 +53,19 @@ METRICS = {
     "hmr2_worker_ready_input": "gauge",
     "hmr2_redis_errors_total": "counter",
     "hmr2_queue_unread_shards": "gauge",
+    # Videos (DESIGN §13): finished by status (ok, expired, dead_lettered), first frame recorded
+    # to output written, tracks per video, and the queue-wide open (frames still coming) and
+    # waiting (complete, not yet tracked) counts every worker reports alike.
+    "hmr2_videos_total": "counter",
+    "hmr2_video_duration_seconds": "histogram",
+    "hmr2_tracks_per_video": "histogram",
+    "hmr2_videos_open": "gauge",
+    "hmr2_videos_waiting": "gauge",
 }
+# Queue-wide gauges: every worker reports the same value, so a fleet's figure is the max over its
+# workers, never the sum.
+QUEUE_WIDE = {"hmr2_queue_length", "hmr2_queue_pending", "hmr2_queue_lag", "hmr2_queue_unread_shards",
+              "hmr2_videos_open", "hmr2_videos_waiting"}
 
 # Metrics a worker on a CPU does not export, with the reason. Anything else the dashboard or the
 # alerts use must be in the worker's /metrics.

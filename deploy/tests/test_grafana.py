@@ -10,6 +10,7 @@ import pytest
 
 from conftest import (
     DASHBOARD,
+    ROOT,
     GPU_ONLY,
     METRICS,
     NOT_FROM_WORKER,
@@ -167,3 +168,64 @@ def test_queue_panels_add_up_the_shards_and_split_by_shard(dash):
     # The fleet's queue-lag figure is the whole queue's.
     (lag,) = [p for p in all_panels(dash) if p["title"] == "Queue lag"]
     assert QUEUE_TOTAL.fullmatch(lag["targets"][0]["expr"])
+
+
+def row_panels(dash, title):
+    """The panels under the (expanded) row `title`: those after it up to the next row."""
+    out, inside = [], False
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            inside = p["title"] == title
+            out += p.get("panels", []) if inside else []
+            continue
+        if inside:
+            out.append(p)
+    return out
+
+
+# hmr2_videos_open / hmr2_videos_waiting cover every shard and every worker reports the same
+# value: the largest across a fleet's workers, then the fleets added up (one Prometheus may watch
+# several). A sum over workers would multiply them by the fleet size.
+VIDEO_GAUGE = re.compile(r"sum\(max by \(namespace, job\) \((hmr2_videos_(?:open|waiting))\{[^}]*\}\)\)")
+
+
+def test_videos_row_shows_what_an_operator_of_videos_needs(dash):
+    """A "Videos" row: videos finished per second by status, open and waiting videos read once per
+    fleet, video duration p50 and p95, tracks per video, and the track stage's p95; every video
+    metric is on it."""
+    panels = row_panels(dash, "Videos")
+    assert panels, 'no "Videos" row'
+    exprs = [" ".join(t["expr"].split()) for p in panels for t in p["targets"]]
+    joined = " ".join(exprs)
+    assert re.search(r"sum by \(status\) \(rate\(hmr2_videos_total\{[^}]*\}\[\$__rate_interval\]\)\)", joined)
+    gauges = set()
+    for e in exprs:
+        if metric_names(e) & {"hmr2_videos_open", "hmr2_videos_waiting"}:
+            m = VIDEO_GAUGE.fullmatch(e)
+            assert m, f"open/waiting videos are read as sum(max by (namespace, job) (...)): {e}"
+            gauges.add(m.group(1))
+    assert gauges == {"hmr2_videos_open", "hmr2_videos_waiting"}
+    for q in ("0.5", "0.95"):
+        assert f"histogram_quantile({q}, sum by (le) (rate(hmr2_video_duration_seconds_bucket" in joined
+    assert "hmr2_tracks_per_video_bucket" in joined
+    track = [e for e in exprs if 'stage="track"' in e]
+    assert any(e.startswith("histogram_quantile(0.95, ") for e in track), "no p95 of the track stage"
+    video_metrics = {n for n in METRICS if n.startswith(("hmr2_video", "hmr2_tracks"))}
+    assert video_metrics <= metric_names(joined), f"video metrics off the Videos row: {video_metrics - metric_names(joined)}"
+
+
+METRICS_RS = ROOT / "src" / "metrics.rs"
+
+
+def test_dashboard_and_alert_metrics_are_the_workers_own():
+    """Every worker metric the dashboard and the alerts are built on (conftest.METRICS) is named in
+    the worker's src/metrics.rs, and every stage the dashboard selects is one of its stage labels:
+    a panel on a name the worker does not export stays empty, and an alert on it never fires."""
+    source = METRICS_RS.read_text()
+    names = set(re.findall(r'pub const \w+: &str = "(hmr2_[a-z0-9_]+)";', source))
+    assert names, f"no metric names found in {METRICS_RS}"
+    assert set(METRICS) - names == set(), f"not in src/metrics.rs: {sorted(set(METRICS) - names)}"
+    stages = set(re.findall(r'pub const \w+: &str = "([a-z_]+)";', source.split("pub mod stage", 1)[1].split("}", 1)[0]))
+    dash = json.loads(DASHBOARD.read_text())
+    used = {s for _, e in dashboard_exprs(dash) for s in re.findall(r'stage="([a-z_]+)"', e)}
+    assert used - stages == set(), f"stages the worker does not label: {sorted(used - stages)}"

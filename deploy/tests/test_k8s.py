@@ -582,3 +582,154 @@ def test_overlay_adds_servicemonitor_and_the_alert_rules():
     assert rule["spec"] == load_yaml(RULES)
     if kustomize_tool():  # namespaces are set by kustomize itself
         assert all(d["metadata"].get("namespace") == "hmr2" for d in docs if d["kind"] != "Namespace")
+
+
+# --- standalone trackers (components/tracker) --------------------------------------------------
+
+
+def overlay_with_tracker(tmp_path: Path, overlay: str) -> list[dict]:
+    """The overlay as an operator turns trackers on: its commented `components/tracker` line
+    uncommented where it stands (in a copy of deploy/k8s), rendered by kustomize."""
+    kustomize_or_skip()
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    kfile = copy / "overlays" / overlay / "kustomization.yaml"
+    text = kfile.read_text()
+    line = re.search(r"^(\s*)# (- \.\./\.\./components/tracker)\b.*$", text, re.M)
+    assert line, f"overlays/{overlay} has no commented `- ../../components/tracker` line to turn on"
+    kfile.write_text(text.replace(line.group(0), line.group(1) + line.group(2)))
+    return build(kfile.parent)
+
+
+@pytest.fixture(params=["base", "overlay", "cluster"])
+def with_tracker(request, tmp_path):
+    if request.param == "base":
+        return build_with_components(tmp_path, "tracker")
+    return overlay_with_tracker(tmp_path, {"overlay": "example", "cluster": "redis-cluster"}[request.param])
+
+
+def tracker_container(docs):
+    dep = one(docs, "Deployment", "hmr2-tracker")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return dep, c
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions, or a plain map) selects `labels`."""
+    match = selector.get("matchLabels", selector if "matchExpressions" not in selector else {})
+    ok = all(labels.get(k) == v for k, v in match.items())
+    for e in selector.get("matchExpressions", []):
+        op, value = e["operator"], labels.get(e["key"])
+        ok &= {"In": value in e.get("values", []), "NotIn": value not in e.get("values", []),
+               "Exists": value is not None, "DoesNotExist": value is None}[op]
+    return ok
+
+
+def test_tracker_runs_track_with_the_workers_config_and_model_and_no_gpu(with_tracker):
+    """`hmr2-worker track` from the workers' image and ConfigMap, the model volume read-only (for
+    <model>.smpl.pt), about one core, no GPU asked for or tolerated, the device set to the CPU."""
+    wdep, w = worker_container(with_tracker)
+    dep, c = tracker_container(with_tracker)
+    pod, wpod = dep["spec"]["template"]["spec"], wdep["spec"]["template"]["spec"]
+    args = c["args"]
+    assert args[0] == "track" and args[args.index("--config") + 1] == w["args"][w["args"].index("--config") + 1]
+    assert c["image"] == w["image"], "the trackers run the workers' image"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    wvolumes = {v["name"]: v for v in wpod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    config = volumes[mounts[str(Path(args[args.index("--config") + 1]).parent)]["name"]]
+    assert config["configMap"]["name"] == wvolumes["config"]["configMap"]["name"], "not the workers' ConfigMap"
+    model = Path(load_toml(K8S_TOML)["model"]["path"])
+    m = mounts[str(model.parent)]
+    assert m.get("readOnly") is True
+    assert volumes[m["name"]]["persistentVolumeClaim"] == wvolumes["models"]["persistentVolumeClaim"]
+    res = c["resources"]
+    assert not any("gpu" in k for part in res.values() for k in part), f"a tracker asks for a GPU: {res}"
+    assert not any("gpu" in t.get("key", "") for t in pod.get("tolerations", [])), "a tracker tolerates GPU nodes"
+    assert not any("gpu" in k for k in pod.get("nodeSelector", {})), "a tracker is pinned to GPU nodes"
+    cpu = res["requests"]["cpu"]
+    cores = float(cpu[:-1]) / 1000 if str(cpu).endswith("m") else float(cpu)
+    assert 0.5 <= cores <= 2, f"a tracker tracks one video at a time, about one core: requests {cpu}"
+    assert env_value(c, "HMR2_MODEL__DEVICE") == "cpu"
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["terminationGracePeriodSeconds"] > setting(K8S_TOML, "shutdown", "grace_seconds")
+
+
+def test_tracker_probes_are_the_workers_endpoints_on_its_port(with_tracker):
+    _, c = tracker_container(with_tracker)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["metrics"] == listen_port(K8S_TOML)
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        get = c[probe]["httpGet"]
+        assert (get["path"], ports.get(get["port"], get["port"])) == (path, ports["metrics"]), probe
+
+
+def test_trackers_reach_the_workers_redis(with_tracker):
+    """Same Redis, user, password, TLS, cluster seeds and shards as the workers: every variable
+    and mount but the two that differ on purpose. A tracker listed after components/redis-tls, or
+    an overlay patch that reaches the workers only, breaks this."""
+    wdep, w = worker_container(with_tracker)
+    dep, c = tracker_container(with_tracker)
+    differ = {"HMR2_TRACK__IN_WORKER", "HMR2_MODEL__DEVICE"}
+    assert [e for e in c["env"] if e["name"] not in differ] == [e for e in w["env"] if e["name"] not in differ]
+    wmounts = {m["mountPath"]: m for m in w["volumeMounts"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    if env_value(w, "SSL_CERT_FILE"):
+        where = str(Path(env_value(w, "SSL_CERT_FILE")).parent)
+        assert mounts.get(where) == wmounts[where], "the trackers lack the workers' Redis CA"
+        wvol = {v["name"]: v for v in wdep["spec"]["template"]["spec"]["volumes"]}[wmounts[where]["name"]]
+        assert wvol in dep["spec"]["template"]["spec"]["volumes"]
+
+
+def test_workers_leave_tracking_to_the_trackers_only_with_the_component(with_tracker, rendered):
+    _, w = worker_container(with_tracker)
+    assert env_value(w, "HMR2_TRACK__IN_WORKER") == "false", "GPU workers still track videos beside the trackers"
+    # Without the component the workers track (track.in_worker, true by default) and no tracker runs.
+    _, w = worker_container(rendered)
+    assert env_value(w, "HMR2_TRACK__IN_WORKER") is None
+    assert not [d for d in rendered if d["metadata"]["name"] == "hmr2-tracker"]
+
+
+def test_trackers_are_scraped_as_part_of_the_fleet_and_kept_apart_from_the_workers(with_tracker):
+    """The tracker pods are scraped under job "hmr2-worker" with component="tracker" (the
+    ServiceMonitor through their Service, or the annotations), while the workers' Deployment,
+    Service and PodDisruptionBudget never select them, nor theirs a worker."""
+    wdep, w = worker_container(with_tracker)
+    dep, c = tracker_container(with_tracker)
+    tracker_pod = dep["spec"]["template"]["metadata"]["labels"]
+    worker_pod = wdep["spec"]["template"]["metadata"]["labels"]
+    assert tracker_pod["app.kubernetes.io/component"] == "tracker"
+    assert selects(dep["spec"]["selector"], tracker_pod) and not selects(dep["spec"]["selector"], worker_pod)
+    assert not selects(wdep["spec"]["selector"], tracker_pod), "the workers' Deployment selects tracker pods"
+    for kind in ("Service", "PodDisruptionBudget"):
+        wsel = one(with_tracker, kind, "hmr2-worker")["spec"]["selector"]
+        assert not selects(wsel, tracker_pod), f"the workers' {kind} selects tracker pods"
+        tsel = one(with_tracker, kind, "hmr2-tracker")["spec"]["selector"]
+        assert selects(tsel, tracker_pod) and not selects(tsel, worker_pod), kind
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+    assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == port
+    svc = one(with_tracker, "Service", "hmr2-tracker")
+    assert svc["spec"].get("publishNotReadyAddresses") is True
+    for sm in [d for d in with_tracker if d["kind"] == "ServiceMonitor"]:
+        assert selects(sm["spec"]["selector"], svc["metadata"]["labels"]), "the ServiceMonitor misses the trackers"
+        assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "hmr2-worker", "trackers would get another job label"
+        relabels = [r for e in sm["spec"]["endpoints"] for r in e.get("relabelings", [])]
+        assert {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "targetLabel": "component"} in relabels
+
+
+def test_worker_accepts_the_tracker_and_worker_settings_of_the_component(tmp_path):
+    """The worker's own loader takes the variables the component sets: the trackers' CPU device
+    and the workers' track.in_worker = false."""
+    binary = worker_bin_or_skip("track")
+    docs = build_with_components(tmp_path, "tracker")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HMR2_")}
+    for (_, c), key in ((tracker_container(docs), "HMR2_MODEL__DEVICE"), (worker_container(docs), "HMR2_TRACK__IN_WORKER")):
+        out = subprocess.run([str(binary), "--config", str(K8S_TOML), "config"], env={**env, key: env_value(c, key)},
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        settings = tomllib.loads(out.stdout)
+        if key == "HMR2_MODEL__DEVICE":
+            assert settings["model"]["device"] == "cpu"
+        else:
+            assert settings["track"]["in_worker"] is False

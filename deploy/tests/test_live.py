@@ -6,6 +6,9 @@ worker: conftest.GPU_ONLY and conftest.ONLY_ON_ERROR say why).
 
 The worker is started as Kubernetes starts it: `run --config deploy/k8s/base/worker.toml` with the
 Redis URL, password included, in HMR2_REDIS__URL; flags then point it at this machine.
+A binary with videos (a `track` subcommand) also gets a three-frame tracked video, tracked inside
+the worker (track.in_worker, the default): its output must come, counted, and every video metric
+the dashboard and the alerts use must then be exported like the others.
 Skipped, with the reason, when the worker binary is not built or has no `run` yet."""
 
 import base64
@@ -48,6 +51,11 @@ from conftest import (
 MODEL = ROOT / "models" / "artifacts" / "hmr2-tiny.pt"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 JOB = "hmr2-worker"  # the job name the alert rules select on
+VIDEO_ID = "live-video"
+VIDEO_FRAMES = 3
+# The metrics of videos (DESIGN §13), which a binary from before videos does not have.
+VIDEO_METRICS = {"hmr2_videos_total", "hmr2_video_duration_seconds", "hmr2_tracks_per_video",
+                 "hmr2_videos_open", "hmr2_videos_waiting"}
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -90,6 +98,8 @@ class Stack:
         self.password = secrets.token_hex(16)
         self.redis_port, self.worker_port, self.prom_port = free_port(), free_port(), free_port()
         self.worker_log = tmp / "worker.log"
+        # Whether this binary has videos (a `track` subcommand): set by the fixture.
+        self.videos = False
 
     def spawn(self, args, log: Path, **kw) -> subprocess.Popen:
         p = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT, **kw)
@@ -163,6 +173,12 @@ class Stack:
         image = base64.b64encode(buf.getvalue()).decode()
         jobs = [{"v": 1, "job_id": f"live-{i}", "frame_number": i, "image_base64": image} for i in range(3)]
         jobs.append({"v": 1, "job_id": "live-bad", "image_base64": "***not base64***"})
+        if self.videos:
+            jobs += [
+                {"v": 1, "job_id": f"{VIDEO_ID}-{i}", "video_id": VIDEO_ID, "frame_number": i, "image_base64": image,
+                 "video": {"frames": VIDEO_FRAMES, "fps": 30}}
+                for i in range(VIDEO_FRAMES)
+            ]
         for job in jobs:
             self.redis("-x", "XADD", f"{self.prefix}:jobs", "*", "job", stdin=json.dumps(job).encode())
         wait_for(
@@ -170,6 +186,17 @@ class Stack:
             lambda: int(self.redis("XLEN", f"{self.prefix}:results") or 0) >= len(jobs),
             120, [self.worker], [self.worker_log],
         )
+        if self.videos:
+            # Its frames answered, the video is tracked and written as one whole: frames, then done.
+            wait_for(
+                "the tracked video's output",
+                lambda: int(self.redis("XLEN", self.video_output()) or 0) >= VIDEO_FRAMES + 1,
+                120, [self.worker], [self.worker_log],
+            )
+
+    def video_output(self) -> str:
+        """The video's output stream by default: <results stream>:video:<video_id>."""
+        return f"{self.prefix}:results:video:{VIDEO_ID}"
 
     def worker_get(self, path: str) -> tuple[int, str]:
         return http_get(f"http://127.0.0.1:{self.worker_port}{path}")
@@ -213,6 +240,7 @@ def stack(tmp_path_factory):
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.skip("prometheus is not installed (scripts/setup-deploy)")
     s = Stack(tmp_path_factory.mktemp("live"), binary)
+    s.videos = subprocess.run([str(binary), "track", "--help"], capture_output=True).returncode == 0
     try:
         s.start()
         yield s
@@ -285,6 +313,8 @@ def test_metrics_used_by_dashboard_and_alerts_exist(stack, exported):
     allowed_absent = dict(NOT_FROM_WORKER) | ONLY_ON_ERROR
     if on_cpu:
         allowed_absent.update(GPU_ONLY)
+    if not stack.videos:
+        allowed_absent.update({n: "a binary from before videos (no `track` subcommand)" for n in VIDEO_METRICS})
     missing = {n for n in used - set(allowed_absent) if n not in names}
     assert not missing, f"used by the dashboard or the alerts but not exported by the worker: {sorted(missing)}"
     # And Prometheus has ingested them under the alerting job.
@@ -292,6 +322,27 @@ def test_metrics_used_by_dashboard_and_alerts_exist(stack, exported):
     ingested = set(json.loads(body)["data"])
     for n in used - set(allowed_absent):
         assert n in ingested or f"{n}_bucket" in ingested, f"{n} not in Prometheus"
+
+
+def test_a_video_is_tracked_inside_the_worker_and_counted(stack):
+    """The video's output is its frames in order, then `done` with status ok; Prometheus then sees
+    it finished ok, and nothing open or waiting: what the Videos row and HMR2VideosNotTracked read."""
+    if not stack.videos:
+        pytest.skip("the worker binary has no `track` subcommand: it predates videos")
+    lines = stack.redis("XRANGE", stack.video_output(), "-", "+").splitlines()
+    fields = [(lines[i], lines[i + 1]) for i in range(len(lines)) if lines[i] in ("frame", "done")]
+    assert [f for f, _ in fields] == ["frame"] * VIDEO_FRAMES + ["done"], fields
+    frames = [json.loads(v) for f, v in fields if f == "frame"]
+    assert [f["frame_number"] for f in frames] == list(range(VIDEO_FRAMES))
+    done = json.loads(fields[-1][1])
+    assert (done["video_id"], done["status"], done["frames"]) == (VIDEO_ID, "ok", VIDEO_FRAMES), done
+    wait_for(
+        "hmr2_videos_total{status=\"ok\"} in Prometheus",
+        lambda: stack.query_values(f'sum(hmr2_videos_total{{job="{JOB}", status="ok"}})') >= [1.0], 30,
+    )
+    for gauge in ("hmr2_videos_open", "hmr2_videos_waiting"):
+        wait_for(f"{gauge} back to 0", lambda: stack.query_values(f'max({gauge}{{job="{JOB}"}})') == [0.0], 30)
+    assert stack.query_values(f'sum(hmr2_stage_duration_seconds_count{{job="{JOB}", stage="track"}})') >= [1.0]
 
 
 def test_queue_wait_histogram_reaches_the_alert_threshold(exported):

@@ -18,6 +18,7 @@ from conftest import (
     NOT_FROM_WORKER,
     OPERATIONS,
     PROM,
+    QUEUE_WIDE,
     RULE_TESTS,
     RULES,
     alert_rules,
@@ -42,6 +43,10 @@ REQUIRED_ALERTS = {
     "jobs cannot be read (ACL without XREADGROUP)": "HMR2JobsCannotBeRead",
     "Redis refuses commands (NOPERM)": "HMR2RedisPermissionDenied",
     "producers shard wider than the workers read": "HMR2UnreadShards",
+    # Videos (DESIGN §13).
+    "videos expiring before their last frame": "HMR2VideosExpiring",
+    "complete videos with no tracker running": "HMR2VideosNotTracked",
+    "videos that cannot be tracked (dead-lettered)": "HMR2VideoDeadLettered",
     # Alerts that still fire when no worker runs (zero replicas, pods Pending).
     "backlog while no worker is available": "HMR2BacklogWithoutWorkers",
     "worker pods unschedulable": "HMR2WorkerPodsUnschedulable",
@@ -220,6 +225,20 @@ def test_every_aggregation_keeps_namespace(rule):
                 assert "stream" in labels, f"{where} drops stream"
 
 
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_queue_wide_gauges_are_read_once_per_fleet(rule):
+    """Every worker reports the same queue-wide value (the queue gauges, the open and waiting
+    videos): an alert takes the max over a fleet's workers. A sum would grow with the number of
+    workers and fire (or quiet) for the wrong reason; a bare gauge would fire once per worker."""
+    expr = " ".join(rule["expr"].split())
+    for name in metric_names(expr) & QUEUE_WIDE:
+        uses = re.findall(rf"\b{name}\b", expr)
+        wrapped = re.findall(rf"\b(\w+) by \(([^)]*)\) \((?:deriv\()?{name}\b", expr)
+        assert len(wrapped) == len(uses), f"{rule['alert']}: {name} outside an aggregation by fleet: {expr}"
+        for op, labels in wrapped:
+            assert op == "max", f"{rule['alert']}: {op} by ({labels}) ({name}): every worker reports it, take max"
+
+
 def test_every_alert_is_unit_tested_firing_and_not_firing():
     assert RULE_TESTS, "no promtool test files in deploy/prometheus/tests"
     firing, quiet = set(), set()
@@ -272,7 +291,12 @@ def test_kubernetes_scrape_config(tmp_path):
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "hmr2-worker"]
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
     keeps = {tuple(r["source_labels"]): r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
-    assert keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)] == "hmr2-worker"
+    # The workers, and the trackers of components/tracker (one fleet, one job).
+    kept = re.compile(keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)])
+    assert kept.fullmatch("hmr2-worker") and kept.fullmatch("hmr2-tracker") and not kept.fullmatch("redis")
+    assert {"target_label": "component", "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]} in [
+        {k: r[k] for k in ("target_label", "source_labels") if k in r} for r in job["relabel_configs"]
+    ], "the pods' component (worker, tracker) is kept as `component`: the fleet alerts count workers only"
     assert keeps[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)] == "true"
     promtool = shutil.which("promtool")
     if not promtool:
