@@ -95,6 +95,6 @@ pub mod producer;
 pub mod result;
 
 pub use error::{ErrorCode, InputError};
-pub use job::{Echo, Frame, Include, Job, JobLayout, Limits, Member, ParseError};
+pub use job::{Echo, Frame, Include, Job, JobLayout, Limits, Member, ParseError, Video};
 pub use keys::{routing_key, shard_of, Keys, Layout};
 pub use result::{BoxSource, ErrorBody, JobResult, Person, Status, Timings, Warning, WarningCode};
