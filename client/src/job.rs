@@ -4,8 +4,12 @@
 //! A job is one stream entry with a `job` field (UTF-8 JSON) and optionally an `image` field
 //! (raw JPEG/PNG bytes, which wins over `image_base64`). Parsing is strict about types and
 //! limits, and tolerant of unknown keys (so producers can add tracing fields). When a job is
-//! rejected, whatever could be read of it (`job_id`, `video_id`, `frame_number`, `reply_to`) is
-//! still echoed in the error result.
+//! rejected, whatever could be read of it (`job_id`, `video_id`, `frame_number`, `reply_to`, a
+//! well-formed `video`) is still echoed in the error result.
+//!
+//! A frame of a tracked video (DESIGN §13) carries a [`Video`] object: the video's length, its
+//! frame rate and where its tracked output goes. With it, `video_id` and `frame_number` are
+//! required and the frame number must lie within the video.
 //!
 //! The JSON is read in one pass, typed as it goes: no JSON tree is built, strings without
 //! escapes (the base64 image above all) are borrowed from the input, unknown keys are skipped
@@ -68,6 +72,52 @@ pub struct Echo {
     pub frame_number: Option<u64>,
     /// The job's `reply_to` stream.
     pub reply_to: Option<String>,
+    /// The job's `video` object, when it is well-formed (whatever else is wrong with the job),
+    /// so a rejected frame of a tracked video can still be counted for its video.
+    pub video: Option<Video<'static>>,
+}
+
+/// The `video` object of a frame of a tracked video (DESIGN §13): every frame of the video
+/// carries the same one. The worker records each answered frame for its video; once all
+/// `frames` are recorded, the video is tracked and smoothed and its output written to the
+/// video's output stream ([`crate::Keys::video_output`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Video<'a> {
+    /// How many frames the video has (at least 1); frame numbers run from 0 to `frames - 1`.
+    pub frames: u64,
+    /// Frames per second (finite, above 0).
+    pub fps: f64,
+    /// The stream for the video's tracked output; `None` for the default,
+    /// `<results stream>:video:<video_id>`. Same confinement rule as a job's `reply_to`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Cow<'a, str>>,
+}
+
+impl<'a> Video<'a> {
+    /// A video of `frames` frames at `fps` frames per second, output on the default stream.
+    pub fn new(frames: u64, fps: f64) -> Self {
+        Video {
+            frames,
+            fps,
+            reply_to: None,
+        }
+    }
+
+    /// Sends the video's tracked output to `stream` instead of the default
+    /// `<results stream>:video:<video_id>`.
+    pub fn reply_to(mut self, stream: impl Into<Cow<'a, str>>) -> Self {
+        self.reply_to = Some(stream.into());
+        self
+    }
+
+    /// The same video object, owning its strings.
+    pub fn into_owned(self) -> Video<'static> {
+        Video {
+            frames: self.frames,
+            fps: self.fps,
+            reply_to: self.reply_to.map(|r| Cow::Owned(r.into_owned())),
+        }
+    }
 }
 
 /// A job: parsed and validated (image still encoded), or being built by a producer.
@@ -88,6 +138,9 @@ pub struct Job<'a> {
     pub reply_to: Option<Cow<'a, str>>,
     /// Optional outputs asked for.
     pub include: Include,
+    /// Set on every frame of a tracked video (DESIGN §13); `video_id` and `frame_number` are
+    /// then set too.
+    pub video: Option<Video<'a>>,
 }
 
 /// A rejected job: why, and what of it can still be echoed in the error result.
@@ -221,6 +274,7 @@ impl<'a> Job<'a> {
             video_id: self.video_id.as_deref().map(str::to_string),
             frame_number: self.frame_number,
             reply_to: self.reply_to.as_deref().map(str::to_string),
+            video: self.video.clone().map(Video::into_owned),
         }
     }
 
@@ -237,6 +291,7 @@ impl<'a> Job<'a> {
             boxes: self.boxes,
             reply_to: self.reply_to.map(own),
             include: self.include,
+            video: self.video.map(Video::into_owned),
         }
     }
 
@@ -250,6 +305,7 @@ impl<'a> Job<'a> {
             boxes: Vec::new(),
             reply_to: None,
             include: Include::default(),
+            video: None,
         }
     }
 
@@ -257,6 +313,20 @@ impl<'a> Job<'a> {
     pub fn video(mut self, video_id: impl Into<Cow<'a, str>>, frame_number: u64) -> Self {
         self.video_id = Some(video_id.into());
         self.frame_number = Some(frame_number);
+        self
+    }
+
+    /// Makes this a frame of a tracked video of `frames` frames at `fps` frames per second
+    /// (DESIGN §13), its output on the default stream. Every frame of the video must say the
+    /// same; set the video and frame number with [`Job::video`] too.
+    pub fn tracked(self, frames: u64, fps: f64) -> Self {
+        self.tracked_with(Video::new(frames, fps))
+    }
+
+    /// Makes this a frame of the tracked video `video` (for one with its own output stream:
+    /// `Video::new(frames, fps).reply_to(stream)`).
+    pub fn tracked_with(mut self, video: Video<'a>) -> Self {
+        self.video = Some(video);
         self
     }
 
@@ -285,7 +355,7 @@ impl<'a> Job<'a> {
     }
 
     /// The `job` field: `{"v":1,"job_id":..}` plus every optional key that is set (an empty
-    /// `boxes` and a false `vertices` are left out).
+    /// `boxes` and a false `vertices` are left out), `video` last.
     pub fn to_json(&self) -> String {
         self.wire(self.image_base64.as_deref()).to_json()
     }
@@ -304,6 +374,7 @@ impl<'a> Job<'a> {
             } else {
                 &[]
             },
+            video: self.video.as_ref(),
         }
     }
 }
@@ -325,6 +396,8 @@ struct Wire<'b> {
     reply_to: Option<&'b str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     include: &'static [&'static str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    video: Option<&'b Video<'b>>,
 }
 
 impl Wire<'_> {
@@ -390,6 +463,36 @@ mod tests {
         assert_eq!(back, job);
         let bare = Job::new("a").to_json();
         assert_eq!(bare, r#"{"v":1,"job_id":"a"}"#);
+    }
+
+    #[test]
+    fn a_tracked_frame_writes_its_video_and_parses_back() {
+        let job = Job::new("clip-7:16")
+            .video("clip-7", 16)
+            .tracked(120, 29.97)
+            .image_base64("AQID");
+        assert_eq!(
+            job.to_json(),
+            r#"{"v":1,"job_id":"clip-7:16","video_id":"clip-7","frame_number":16,"image_base64":"AQID","video":{"frames":120,"fps":29.97}}"#
+        );
+        assert_eq!(
+            Job::parse(job.to_json().as_bytes(), false, &limits()).unwrap(),
+            job
+        );
+        let own = job.tracked_with(Video::new(2, 30.0).reply_to("hmr2:results:out"));
+        let json = own.to_json();
+        assert!(
+            json.ends_with(r#""video":{"frames":2,"fps":30.0,"reply_to":"hmr2:results:out"}}"#),
+            "{json}"
+        );
+        // Frame 16 of a video of 2 frames: built, but refused when read.
+        let e = Job::parse(json.as_bytes(), false, &limits()).unwrap_err();
+        assert_eq!(e.error.code(), crate::ErrorCode::InvalidJob);
+        let fine = own.video("clip-7", 1);
+        let text = fine.to_json();
+        let back = Job::parse(text.as_bytes(), false, &limits()).unwrap();
+        assert_eq!(back.clone().into_owned(), fine);
+        assert_eq!(back.echo().video, fine.video);
     }
 
     #[test]

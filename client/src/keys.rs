@@ -8,6 +8,20 @@
 //! masters: `{hmr2:0}:jobs`, `{hmr2:0}:results`, `{hmr2:0}:dead`, group `{hmr2:0}-workers`.
 //! With one shard and no cluster the keys are the unsharded `hmr2:jobs` etc.
 //!
+//! ## Videos
+//! Tracked videos (DESIGN §13) keep their state on the video's shard, beside its frames' jobs,
+//! under the same tag (`<tag>` is `{<prefix>:<k>}` on shard k, the prefix when unsharded):
+//! - `<tag>:videos`: the stream of tracking jobs (one per complete video), consumer group
+//!   `<tag>-trackers`;
+//! - `<tag>:videos:open`: a sorted set of the videos that have frames recorded and no output
+//!   yet (for their expiry);
+//! - `<tag>:video:<video_id>`: one video's recorded state ([`Keys::video_state`]);
+//! - `<tag>:video-frames:<video_id>`: its recorded frames ([`Keys::video_frames`]; another
+//!   word than `video`, so no video id can name another video's frames or state);
+//! - the video's output stream: the `video` object's `reply_to` under the same rule as a job's,
+//!   by default `<results>:video:<video_id>` ([`Keys::video_output`]).
+//!
+//! ## Routing
 //! A producer puts a job on shard [`shard_of`]`(video_id, N)` (or of `job_id` when the job has
 //! no `video_id`): CRC-32 (ISO-HDLC, as zlib's `crc32`) of the UTF-8 bytes, modulo N. All the
 //! frames of a video land on one shard, so a results reader for a video reads one stream. In
@@ -18,6 +32,9 @@
 pub struct Keys {
     /// Which shard these are the keys of (0 when the queue is not sharded).
     pub shard: usize,
+    /// What every key of the shard but `model` starts with: the prefix (`hmr2`), or the
+    /// shard's hash tag (`{hmr2:3}`).
+    pub tag: String,
     /// `{prefix}:jobs`: the job stream.
     pub jobs: String,
     /// `{prefix}:results`: the default reply stream.
@@ -30,6 +47,13 @@ pub struct Keys {
     /// the results: `meta`, `faces`, `parents`, `joint_names`, `keypoint_names`, `topology`
     /// (JSON strings), and `detector` when one is configured. One per queue, not per shard.
     pub model: String,
+    /// `{prefix}:videos`: the stream of tracking jobs, one per complete video (DESIGN §13).
+    pub videos: String,
+    /// `{prefix}-trackers`: the consumer group on the tracking-job stream.
+    pub trackers: String,
+    /// `{prefix}:videos:open`: a sorted set of the videos with frames recorded and no output
+    /// written yet.
+    pub videos_open: String,
 }
 
 impl Keys {
@@ -38,11 +62,15 @@ impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
             shard: 0,
+            tag: prefix.to_string(),
             jobs: format!("{prefix}:jobs"),
             results: format!("{prefix}:results"),
             dead: format!("{prefix}:dead"),
             group: format!("{prefix}-workers"),
             model: format!("{prefix}:model"),
+            videos: format!("{prefix}:videos"),
+            trackers: format!("{prefix}-trackers"),
+            videos_open: format!("{prefix}:videos:open"),
         }
     }
 
@@ -69,6 +97,29 @@ impl Keys {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
     }
 
+    /// `{prefix}:video:<video_id>`: the recorded state of the video `video_id` (its length,
+    /// frame rate and output stream, as its first frame said).
+    pub fn video_state(&self, video_id: &str) -> String {
+        format!("{}:video:{video_id}", self.tag)
+    }
+
+    /// `{prefix}:video-frames:<video_id>`: the frames recorded for the video `video_id`.
+    pub fn video_frames(&self, video_id: &str) -> String {
+        format!("{}:video-frames:{video_id}", self.tag)
+    }
+
+    /// The stream the video `video_id`'s tracked output goes to: `reply_to` (the `video`
+    /// object's) when [`Keys::accepts_reply_to`] accepts it, the default
+    /// `<results>:video:<video_id>` when there is none, and `None` when `reply_to` is refused
+    /// (the frames of such a video are `invalid_job`).
+    pub fn video_output(&self, video_id: &str, reply_to: Option<&str>) -> Option<String> {
+        match reply_to {
+            None => Some(format!("{}:video:{video_id}", self.results)),
+            Some(r) if self.accepts_reply_to(r) => Some(r.to_string()),
+            Some(_) => None,
+        }
+    }
+
     /// The stream a job's result goes to: its `reply_to` when [`Keys::accepts_reply_to`], else
     /// the default results stream (where the `invalid_job` answer to a bad one goes).
     pub fn reply_stream<'a>(&'a self, reply_to: Option<&'a str>) -> &'a str {
@@ -92,6 +143,25 @@ pub fn shard_of(key: &str, shards: usize) -> usize {
 /// The routing key of a job: its `video_id` when it has one, else its `job_id`.
 pub fn routing_key<'a>(video_id: Option<&'a str>, job_id: &'a str) -> &'a str {
     video_id.unwrap_or(job_id)
+}
+
+/// Where a video's keys are: given one shard's [`Keys`], those; given a whole [`Layout`], the
+/// video's shard's ([`shard_of`] its `video_id`). The producer's video calls take either.
+pub trait VideoShard {
+    /// The keys of the shard that the video `video_id` lives on.
+    fn video_keys(&self, video_id: &str) -> &Keys;
+}
+
+impl VideoShard for Keys {
+    fn video_keys(&self, _video_id: &str) -> &Keys {
+        self
+    }
+}
+
+impl VideoShard for Layout {
+    fn video_keys(&self, video_id: &str) -> &Keys {
+        self.keys_for(Some(video_id), video_id)
+    }
 }
 
 /// The queue's keys: one [`Keys`] per shard.
@@ -218,6 +288,103 @@ mod tests {
         assert!(!k.accepts_reply_to("hmr2:results"));
         assert_eq!(l.shard_of_reply_to("{hmr2:3}:results:x").unwrap().shard, 3);
         assert_eq!(l.shard_of_reply_to("{hmr2:12}:results"), None);
+    }
+
+    #[test]
+    fn video_keys_live_under_the_shard_tag() {
+        let k = Keys::new("hmr2");
+        assert_eq!(k.tag, "hmr2");
+        assert_eq!(k.videos, "hmr2:videos");
+        assert_eq!(k.trackers, "hmr2-trackers");
+        assert_eq!(k.videos_open, "hmr2:videos:open");
+        assert_eq!(k.video_state("clip-7"), "hmr2:video:clip-7");
+        assert_eq!(k.video_frames("clip-7"), "hmr2:video-frames:clip-7");
+        assert_eq!(
+            k.video_output("clip-7", None).as_deref(),
+            Some("hmr2:results:video:clip-7")
+        );
+        let l = Layout::new("hmr2", 4, true);
+        let s3 = l.shard(3);
+        assert_eq!(s3.tag, "{hmr2:3}");
+        assert_eq!(s3.videos, "{hmr2:3}:videos");
+        assert_eq!(s3.trackers, "{hmr2:3}-trackers");
+        assert_eq!(s3.videos_open, "{hmr2:3}:videos:open");
+        assert_eq!(s3.video_state("clip-7"), "{hmr2:3}:video:clip-7");
+        assert_eq!(s3.video_frames("clip-7"), "{hmr2:3}:video-frames:clip-7");
+        assert_eq!(
+            s3.video_output("clip-7", None).as_deref(),
+            Some("{hmr2:3}:results:video:clip-7")
+        );
+        // Every key of a shard but `model` shares its tag (one cluster slot).
+        for key in [
+            &s3.jobs,
+            &s3.results,
+            &s3.dead,
+            &s3.group,
+            &s3.videos,
+            &s3.trackers,
+            &s3.videos_open,
+        ] {
+            assert!(key.starts_with(&s3.tag), "{key}");
+        }
+        // A whole layout picks the video's shard; one shard's keys are taken as they are.
+        let shard = shard_of("clip-7", 4);
+        assert_eq!(l.video_keys("clip-7").shard, shard);
+        assert_eq!(
+            l.video_keys("clip-7"),
+            l.keys_for(Some("clip-7"), "clip-7:0")
+        );
+        assert_eq!(s3.video_keys("clip-7"), s3);
+    }
+
+    #[test]
+    fn a_video_output_follows_the_reply_to_rule() {
+        let k = Keys::new("hmr2");
+        assert_eq!(
+            k.video_output("v", Some("hmr2:results:mine")).as_deref(),
+            Some("hmr2:results:mine")
+        );
+        assert_eq!(
+            k.video_output("v", Some("hmr2:results")).as_deref(),
+            Some("hmr2:results")
+        );
+        for refused in [
+            "hmr2:jobs",
+            "hmr2:videos",
+            "hmr2:results-b",
+            "other:results:v",
+            "",
+        ] {
+            assert_eq!(k.video_output("v", Some(refused)), None, "{refused}");
+        }
+        let s1 = Layout::new("hmr2", 4, false).shard(1).clone();
+        assert_eq!(s1.video_output("v", Some("{hmr2:2}:results:v")), None);
+        assert_eq!(
+            s1.video_output("v", Some("{hmr2:1}:results:v")).as_deref(),
+            Some("{hmr2:1}:results:v")
+        );
+    }
+
+    #[test]
+    fn no_video_id_makes_one_video_key_equal_another() {
+        // The state and frames of two videos never share a key, whatever their ids hold.
+        let k = Keys::new("hmr2");
+        let ids = [
+            "a",
+            "a:b",
+            "frames:a",
+            "-frames:a",
+            "",
+            ":",
+            "video-frames:a",
+            "s:a",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for id in ids {
+            assert!(seen.insert(k.video_state(id)), "{id}");
+            assert!(seen.insert(k.video_frames(id)), "{id}");
+        }
+        assert!(!seen.contains(&k.videos) && !seen.contains(&k.videos_open));
     }
 
     #[test]

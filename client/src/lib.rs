@@ -93,8 +93,10 @@ pub mod keys;
 #[cfg(feature = "redis")]
 pub mod producer;
 pub mod result;
+pub mod video;
 
 pub use error::{ErrorCode, InputError};
-pub use job::{Echo, Frame, Include, Job, JobLayout, Limits, Member, ParseError};
-pub use keys::{routing_key, shard_of, Keys, Layout};
+pub use job::{Echo, Frame, Include, Job, JobLayout, Limits, Member, ParseError, Video};
+pub use keys::{routing_key, shard_of, Keys, Layout, VideoShard};
 pub use result::{BoxSource, ErrorBody, JobResult, Person, Status, Timings, Warning, WarningCode};
+pub use video::{TrackInfo, TrackedPerson, VideoDone, VideoFrame, VideoStatus, VideoTimings};

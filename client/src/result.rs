@@ -264,6 +264,7 @@ mod tests {
             video_id: Some("v".into()),
             frame_number: Some(3),
             reply_to: None,
+            video: None,
         };
         let mut r = JobResult::new("5-1", &echo);
         r.image_size = Some([640, 480]);

@@ -158,6 +158,7 @@ async fn jobs_go_in_and_results_come_back_in_frame_order() {
                 video_id: Some("w".into()),
                 frame_number: Some(n),
                 reply_to: None,
+                video: None,
             };
             let r = JobResult::new(&format!("{n}-0"), &other);
             pipe.cmd("XADD")
@@ -289,6 +290,7 @@ async fn an_unreadable_entry_is_returned_on_its_own_and_the_cursor_moves_past_it
                 video_id: Some("v".into()),
                 frame_number: Some(n),
                 reply_to: None,
+                video: None,
             };
             JobResult::new(&format!("{n}-0"), &echo)
         };

@@ -1,8 +1,9 @@
 //! Parsing the `job` JSON: one typed pass with serde, no JSON tree (see the parent module).
 //!
 //! [`read_fields`] reads the known keys into [`Fields`] (each value typed only as far as the
-//! contract needs, unknown ones skipped through [`Skip`]); [`Fields::validate`] then checks
-//! them in the contract's order and builds the [`Job`].
+//! contract needs, unknown ones skipped through [`Skip`]; the `video` object read the same way
+//! by [`VideoSeed`]); [`Fields::validate`] then checks them in the contract's order and builds
+//! the [`Job`].
 //!
 //! The same pass can record the object's [`JobLayout`]: each key is read as a `RawValue`
 //! borrowed from the text, which gives where it is written; each value lies between its key's
@@ -17,7 +18,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Echo, Include, Job, JobLayout, Member};
+use super::{Echo, Include, Job, JobLayout, Member, Video};
 use crate::error::InputError;
 use crate::{MAX_ID_BYTES, VERSION};
 
@@ -84,8 +85,29 @@ struct Recorder<'de> {
 }
 
 impl<'de> Recorder<'de> {
-    /// Reads a key borrowed from the text: which key it is, and where it ends.
+    /// Reads a key of the job object borrowed from the text: which key it is, and where it
+    /// ends. The key goes into the layout.
     fn key<E: de::Error>(&mut self, raw: &'de RawValue) -> Result<(Key, usize), E> {
+        let (span, unescaped) = self.read_key(raw)?;
+        let key = Key::of(unescaped.as_deref().unwrap_or(inner(self.text, &span)));
+        let end = span.end;
+        if let Some(keys) = &mut self.keys {
+            keys.push((span, unescaped));
+        }
+        Ok((key, end))
+    }
+
+    /// Reads a key of an object inside the job (`video`): which key it is, and where it ends.
+    /// Only the job object's own members make up the layout.
+    fn inner_key<E: de::Error>(&mut self, raw: &'de RawValue) -> Result<(VideoKey, usize), E> {
+        let (span, unescaped) = self.read_key(raw)?;
+        let key = VideoKey::of(unescaped.as_deref().unwrap_or(inner(self.text, &span)));
+        Ok((key, span.end))
+    }
+
+    /// Where a key borrowed from the text is written, and the key unescaped when it has
+    /// escapes.
+    fn read_key<E: de::Error>(&mut self, raw: &'de RawValue) -> Result<WrittenKey, E> {
         let written = raw.get();
         // `written` is a slice of `text`: its offset is where it is written.
         let start = written.as_ptr() as usize - self.text.as_ptr() as usize;
@@ -111,16 +133,12 @@ impl<'de> Recorder<'de> {
         } else {
             None
         };
-        let key = Key::of(unescaped.as_deref().unwrap_or(inner));
-        let end = span.end;
-        if let Some(keys) = &mut self.keys {
-            keys.push((span, unescaped));
-        }
-        Ok((key, end))
+        Ok((span, unescaped))
     }
 
     /// Notes a known key written twice (the key ending at `key_end`), where serde_json reports
-    /// it: just before the colon.
+    /// it: just before the colon (a known key of `video` is named as serde_json names a field:
+    /// `frames`, not `video.frames`).
     fn repeated(&mut self, name: &str, key_end: usize) {
         if self.fault.is_none() {
             let gap = &self.text.as_bytes()[key_end..];
@@ -132,6 +150,12 @@ impl<'de> Recorder<'de> {
         }
     }
 }
+
+/// The text between the quotes of the key written at `span`.
+fn inner<'t>(text: &'t str, span: &Range<usize>) -> &'t str {
+    &text[span.start + 1..span.end - 1]
+}
+
 /// The line and column of byte `i` of `text`, counted as serde_json counts them in its
 /// messages (the column is how many bytes of the line come before `i`).
 fn position(text: &str, i: usize) -> (usize, usize) {
@@ -205,7 +229,7 @@ enum Scalar<'de> {
     UInt(u64),
     /// A negative integer.
     Int(i64),
-    Float,
+    Float(f64),
     Str(Cow<'de, str>),
     Array,
     Object,
@@ -216,7 +240,7 @@ impl Scalar<'_> {
         match self {
             Scalar::Null => "null",
             Scalar::Bool => "a boolean",
-            Scalar::UInt(_) | Scalar::Int(_) | Scalar::Float => "a number",
+            Scalar::UInt(_) | Scalar::Int(_) | Scalar::Float(_) => "a number",
             Scalar::Str(_) => "a string",
             Scalar::Array => "an array",
             Scalar::Object => "an object",
@@ -238,6 +262,25 @@ impl Scalar<'_> {
             _ => None,
         }
     }
+
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Scalar::UInt(n) => Some(n as f64),
+            Scalar::Int(n) => Some(n as f64),
+            Scalar::Float(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// A number as written (roughly: as a float is printed), anything else by its kind.
+    fn describe(&self) -> String {
+        match *self {
+            Scalar::UInt(n) => n.to_string(),
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(x) => x.to_string(),
+            _ => self.kind().to_string(),
+        }
+    }
 }
 
 /// The known keys of a job object.
@@ -251,6 +294,8 @@ pub(super) struct Fields<'de> {
     reply_to: Option<Scalar<'de>>,
     boxes: Option<Result<Vec<[f64; 4]>, InputError>>,
     include: Option<Result<Include, InputError>>,
+    /// `Ok(None)` when written as null.
+    video: Option<Result<Option<Video<'de>>, InputError>>,
 }
 
 impl<'de> Fields<'de> {
@@ -265,6 +310,10 @@ impl<'de> Fields<'de> {
             video_id: bounded(&self.video_id),
             frame_number: self.frame_number.as_ref().and_then(Scalar::as_u64),
             reply_to: bounded(&self.reply_to),
+            video: match &self.video {
+                Some(Ok(Some(v))) => Some(v.clone().into_owned()),
+                _ => None,
+            },
         }
     }
 
@@ -316,6 +365,21 @@ impl<'de> Fields<'de> {
         }
         let boxes = self.boxes.unwrap_or(Ok(Vec::new()))?;
         let include = self.include.unwrap_or(Ok(Include::default()))?;
+        let video = self.video.unwrap_or(Ok(None))?;
+        if let Some(v) = &video {
+            let Some(n) = frame_number else {
+                return invalid("`frame_number` is required when `video` is present".into());
+            };
+            if video_id.is_none() {
+                return invalid("`video_id` is required when `video` is present".into());
+            }
+            if n >= v.frames {
+                return invalid(format!(
+                    "`frame_number` must be below `video.frames` ({}), got {n}",
+                    v.frames
+                ));
+            }
+        }
         Ok(Job {
             job_id,
             video_id,
@@ -324,6 +388,7 @@ impl<'de> Fields<'de> {
             boxes,
             reply_to,
             include,
+            video,
         })
     }
 }
@@ -360,6 +425,7 @@ enum Key {
     Boxes,
     ReplyTo,
     Include,
+    Video,
     Other,
 }
 
@@ -375,6 +441,7 @@ impl Key {
             "boxes" => Key::Boxes,
             "reply_to" => Key::ReplyTo,
             "include" => Key::Include,
+            "video" => Key::Video,
             _ => Key::Other,
         }
     }
@@ -438,6 +505,16 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, 'de> {
                     once!(f.boxes, "boxes", end, seed)
                 }
                 Key::Include => once!(f.include, "include", end, IncludeSeed),
+                Key::Video => {
+                    once!(
+                        f.video,
+                        "video",
+                        end,
+                        VideoSeed {
+                            rec: &mut *self.rec
+                        }
+                    )
+                }
                 Key::Other => {
                     map.next_value::<Skip>()?;
                 }
@@ -537,8 +614,8 @@ impl<'de> Visitor<'de> for ScalarSeed {
             Scalar::Int(n)
         })
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Float)
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Float(x))
     }
     fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Scalar<'de>, E> {
         Ok(Scalar::Str(Cow::Borrowed(s)))
@@ -829,6 +906,143 @@ impl<'de> Visitor<'de> for IncludeSeed {
             None => Ok(include),
         })
     }
+}
+
+/// A known key of the `video` object, or any other.
+enum VideoKey {
+    Frames,
+    Fps,
+    ReplyTo,
+    Other,
+}
+
+impl VideoKey {
+    /// Which key `name` (unescaped) is.
+    fn of(name: &str) -> VideoKey {
+        match name {
+            "frames" => VideoKey::Frames,
+            "fps" => VideoKey::Fps,
+            "reply_to" => VideoKey::ReplyTo,
+            _ => VideoKey::Other,
+        }
+    }
+}
+
+/// Reads `video`: null, or an object with `frames` (an integer >= 1), `fps` (a number > 0)
+/// and an optional `reply_to` (a string of 1 to [`MAX_ID_BYTES`] bytes); its unknown keys are
+/// skipped, a repeated known key is a JSON fault as in the job object. Its fields are checked
+/// in that order, whatever the order they are written in.
+struct VideoSeed<'r, 'de> {
+    rec: &'r mut Recorder<'de>,
+}
+
+impl VideoSeed<'_, '_> {
+    fn reject<'de>(&self, kind: &str) -> Result<Option<Video<'de>>, InputError> {
+        Err(InputError::InvalidJob(format!(
+            "`video` must be an object, got {kind}"
+        )))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for VideoSeed<'_, 'de> {
+    type Value = Result<Option<Video<'de>>, InputError>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for VideoSeed<'_, 'de> {
+    type Value = Result<Option<Video<'de>>, InputError>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a video object")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Ok(None))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(self.reject("a boolean"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(self.reject("a number"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(self.reject("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(self.reject("a number"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(self.reject("a string"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        drain_seq(seq)?;
+        Ok(self.reject("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut frames, mut fps, mut reply_to) = (None, None, None);
+        let kind = ScalarSeed { keep_str: false };
+        while let Some(raw) = map.next_key::<&'de RawValue>()? {
+            let (key, end) = self.rec.inner_key::<A::Error>(raw)?;
+            let (slot, name, seed) = match key {
+                VideoKey::Frames => (&mut frames, "frames", kind),
+                VideoKey::Fps => (&mut fps, "fps", kind),
+                VideoKey::ReplyTo => (&mut reply_to, "reply_to", ScalarSeed { keep_str: true }),
+                VideoKey::Other => {
+                    map.next_value::<Skip>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                self.rec.repeated(name, end);
+                map.next_value::<Skip>()?;
+            } else {
+                *slot = Some(map.next_value_seed(seed)?);
+            }
+        }
+        Ok(video(frames, fps, reply_to).map(Some))
+    }
+}
+
+/// Checks the fields of a `video` object, in the contract's order.
+fn video<'de>(
+    frames: Option<Scalar<'de>>,
+    fps: Option<Scalar<'de>>,
+    reply_to: Option<Scalar<'de>>,
+) -> Result<Video<'de>, InputError> {
+    let invalid = |m: String| Err(InputError::InvalidJob(m));
+    let frames = match frames {
+        None => return invalid("`video.frames` is required".into()),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => n,
+            _ => {
+                return invalid(format!(
+                    "`video.frames` must be an integer >= 1, got {}",
+                    v.describe()
+                ))
+            }
+        },
+    };
+    let fps = match fps {
+        None => return invalid("`video.fps` is required".into()),
+        Some(v) => match v.as_f64() {
+            Some(x) if x > 0.0 && x.is_finite() => x,
+            _ => {
+                return invalid(format!(
+                    "`video.fps` must be a number > 0, got {}",
+                    v.describe()
+                ))
+            }
+        },
+    };
+    let reply_to = optional_id("video.reply_to", reply_to)?;
+    Ok(Video {
+        frames,
+        fps,
+        reply_to,
+    })
 }
 
 #[cfg(test)]
@@ -1140,6 +1354,7 @@ mod tests {
                 video_id: Some("v".into()),
                 frame_number: Some(7),
                 reply_to: Some("r".into()),
+                video: None,
             }
         );
         // Ill-typed or oversized fields are not echoed; the others still are.
@@ -1301,6 +1516,285 @@ mod tests {
                 .unwrap()
                 .to_string();
             assert_eq!(error(raw), InputError::InvalidJson(serde), "{raw}");
+        }
+    }
+
+    // Tracked videos (DESIGN §13).
+
+    /// A job of the tracked video `v` (frame 3) with `video` written as `video`.
+    fn tracked(video: &str) -> String {
+        format!(
+            r#"{{"job_id":"v:3","video_id":"v","frame_number":3,"image_base64":"A","video":{video}}}"#
+        )
+    }
+
+    #[test]
+    fn a_tracked_frame_parses_with_its_video() {
+        let raw = tracked(r#"{"frames":120,"fps":29.97,"reply_to":"hmr2:results:mine"}"#);
+        let job = Job::parse(raw.as_bytes(), false, &limits()).unwrap();
+        assert_eq!(
+            job.video,
+            Some(Video::new(120, 29.97).reply_to("hmr2:results:mine"))
+        );
+        // An integer frame rate, no reply_to, keys in any order, unknown keys of any shape.
+        let raw = tracked(r#"{"note":{"a":[1,{"b":null}]},"fps":25,"x":-1e3,"frames":4}"#);
+        let job = Job::parse(raw.as_bytes(), false, &limits()).unwrap();
+        assert_eq!(job.video, Some(Video::new(4, 25.0)));
+        // The last frame of the video is within it; null is no video.
+        let last = r#"{"job_id":"v:9","video_id":"v","frame_number":9,"image_base64":"A","video":{"frames":10,"fps":1}}"#;
+        assert_eq!(
+            Job::parse(last.as_bytes(), false, &limits())
+                .unwrap()
+                .video
+                .map(|v| v.frames),
+            Some(10)
+        );
+        let raw = tracked("null");
+        let none = Job::parse(raw.as_bytes(), false, &limits()).unwrap();
+        assert_eq!(none.video, None);
+        assert_eq!(
+            none,
+            Job::new("v:3").video("v", 3).image_base64("A"),
+            "null is no video"
+        );
+        // A reply_to without escapes is borrowed, like the job's own.
+        let raw = tracked(r#"{"frames":5,"fps":2.5,"reply_to":"p:results:o"}"#);
+        let job = Job::parse(raw.as_bytes(), false, &limits()).unwrap();
+        let video = job.video.clone().unwrap();
+        assert!(matches!(video.reply_to, Some(Cow::Borrowed("p:results:o"))));
+        assert_eq!(job.clone().into_owned(), job);
+    }
+
+    #[test]
+    fn a_bad_video_is_an_invalid_job_that_names_its_field() {
+        let bad = |video: &str| error(&tracked(video));
+        let invalid = |m: &str| InputError::InvalidJob(m.into());
+        assert_eq!(bad("7"), invalid("`video` must be an object, got a number"));
+        assert_eq!(
+            bad("[1]"),
+            invalid("`video` must be an object, got an array")
+        );
+        assert_eq!(
+            bad(r#""x""#),
+            invalid("`video` must be an object, got a string")
+        );
+        assert_eq!(bad("{}"), invalid("`video.frames` is required"));
+        assert_eq!(bad(r#"{"frames":3}"#), invalid("`video.fps` is required"));
+        assert_eq!(
+            bad(r#"{"frames":0,"fps":30}"#),
+            invalid("`video.frames` must be an integer >= 1, got 0")
+        );
+        assert_eq!(
+            bad(r#"{"frames":-2,"fps":30}"#),
+            invalid("`video.frames` must be an integer >= 1, got -2")
+        );
+        assert_eq!(
+            bad(r#"{"frames":10.0,"fps":30}"#),
+            invalid("`video.frames` must be an integer >= 1, got 10")
+        );
+        assert_eq!(
+            bad(r#"{"frames":"10","fps":30}"#),
+            invalid("`video.frames` must be an integer >= 1, got a string")
+        );
+        assert_eq!(
+            bad(r#"{"frames":10,"fps":0}"#),
+            invalid("`video.fps` must be a number > 0, got 0")
+        );
+        assert_eq!(
+            bad(r#"{"frames":10,"fps":-0.5}"#),
+            invalid("`video.fps` must be a number > 0, got -0.5")
+        );
+        assert_eq!(
+            bad(r#"{"frames":10,"fps":null}"#),
+            invalid("`video.fps` must be a number > 0, got null")
+        );
+        assert_eq!(
+            bad(r#"{"frames":10,"fps":30,"reply_to":7}"#),
+            invalid("`video.reply_to` must be a string, got a number")
+        );
+        assert_eq!(
+            bad(r#"{"frames":10,"fps":30,"reply_to":""}"#),
+            invalid("`video.reply_to` must be 1 to 256 bytes")
+        );
+        let long = format!(
+            r#"{{"frames":10,"fps":30,"reply_to":"{}"}}"#,
+            "r".repeat(257)
+        );
+        assert_eq!(
+            bad(&long),
+            invalid("`video.reply_to` must be 1 to 256 bytes")
+        );
+        let at_limit = format!(
+            r#"{{"frames":10,"fps":30,"reply_to":"{}"}}"#,
+            "r".repeat(256)
+        );
+        assert!(Job::parse(tracked(&at_limit).as_bytes(), false, &limits()).is_ok());
+        // The fields are checked in the contract's order, whatever order they are written in.
+        assert_eq!(
+            bad(r#"{"reply_to":1,"fps":0,"frames":0}"#),
+            invalid("`video.frames` must be an integer >= 1, got 0")
+        );
+    }
+
+    #[test]
+    fn a_tracked_frame_needs_its_video_id_and_a_frame_number_within_the_video() {
+        let video = r#""video":{"frames":10,"fps":30}"#;
+        let invalid = |m: &str| InputError::InvalidJob(m.into());
+        assert_eq!(
+            error(&format!(
+                r#"{{"job_id":"v:3","frame_number":3,"image_base64":"A",{video}}}"#
+            )),
+            invalid("`video_id` is required when `video` is present")
+        );
+        assert_eq!(
+            error(&format!(
+                r#"{{"job_id":"v:3","video_id":"v","image_base64":"A",{video}}}"#
+            )),
+            invalid("`frame_number` is required when `video` is present")
+        );
+        assert_eq!(
+            error(&format!(
+                r#"{{"job_id":"v:3","video_id":null,"frame_number":null,"image_base64":"A",{video}}}"#
+            )),
+            invalid("`frame_number` is required when `video` is present")
+        );
+        assert_eq!(
+            error(&format!(
+                r#"{{"job_id":"v:10","video_id":"v","frame_number":10,"image_base64":"A",{video}}}"#
+            )),
+            invalid("`frame_number` must be below `video.frames` (10), got 10")
+        );
+        // A bad video object is reported before what it requires of the job.
+        assert_eq!(
+            error(r#"{"job_id":"v:3","image_base64":"A","video":{"frames":0,"fps":1}}"#),
+            invalid("`video.frames` must be an integer >= 1, got 0")
+        );
+        // Without a video, neither is required.
+        assert!(Job::parse(br#"{"job_id":"a","image_base64":"A"}"#, false, &limits()).is_ok());
+    }
+
+    #[test]
+    fn a_rejected_tracked_frame_still_echoes_its_video() {
+        // A frame that fails for another reason (here, no image) still says which video it
+        // belongs to, so it can be counted for that video.
+        let e = Job::parse(
+            br#"{"job_id":"v:3","video_id":"v","frame_number":3,"video":{"frames":10,"fps":30,"reply_to":"p:results:o"}}"#,
+            false,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(e.error, InputError::MissingImage);
+        assert_eq!(
+            e.echo,
+            Echo {
+                job_id: Some("v:3".into()),
+                video_id: Some("v".into()),
+                frame_number: Some(3),
+                reply_to: None,
+                video: Some(Video::new(10, 30.0).reply_to("p:results:o")),
+            }
+        );
+        // So does one whose frame number is out of the video.
+        let e = Job::parse(
+            tracked(r#"{"frames":2,"fps":30}"#).as_bytes(),
+            false,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(e.error.code(), ErrorCode::InvalidJob);
+        assert_eq!(e.echo.video, Some(Video::new(2, 30.0)));
+        assert_eq!(e.echo.frame_number, Some(3));
+        // A bad video is not echoed; the rest still is.
+        let e = Job::parse(
+            tracked(r#"{"frames":10,"fps":"x"}"#).as_bytes(),
+            false,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(e.echo.video, None);
+        assert_eq!(e.echo.job_id.as_deref(), Some("v:3"));
+        assert_eq!(e.echo.video_id.as_deref(), Some("v"));
+        // A parsed job echoes its video too.
+        let raw = tracked(r#"{"frames":10,"fps":30}"#);
+        let job = Job::parse(raw.as_bytes(), false, &limits()).unwrap();
+        assert_eq!(job.echo().video, Some(Video::new(10, 30.0)));
+    }
+
+    #[test]
+    fn json_faults_inside_the_video_are_invalid_json_as_serde_json_words_them() {
+        /// What serde_json says of `raw` read as a job whose `video` is a struct with the
+        /// video's fields (which stops at a repeated field, where this parser reads on).
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct Tracked {
+            video: VideoFields,
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct VideoFields {
+            frames: de::IgnoredAny,
+            fps: de::IgnoredAny,
+            reply_to: Option<de::IgnoredAny>,
+        }
+        for raw in [
+            r#"{"video":{"frames":1,"fps":2,"frames":3}}"#,
+            "{\"video\":{\"fps\":1,\n  \"frames\":2,\n \"f\\u0070s\"  : 3}}",
+            r#"{"video":{"frames":1,"fps":2,"reply_to":"a","reply_to":"b"}}"#,
+        ] {
+            let serde = serde_json::from_str::<Tracked>(raw)
+                .err()
+                .unwrap()
+                .to_string();
+            assert_eq!(error(raw), InputError::InvalidJson(serde), "{raw}");
+        }
+        // A repeated `video` is one too, as any repeated key of the job.
+        let twice = r#"{"job_id":"v:0","video_id":"v","frame_number":0,"image_base64":"A","video":{"frames":1,"fps":1},"video":null}"#;
+        assert_eq!(error(twice).code(), ErrorCode::InvalidJson);
+        // A lone surrogate in a key of the video, and a number out of range.
+        let raw = tracked(r#"{"frames":1,"fps":1,"x\ud800":1}"#);
+        let serde = serde_json::from_str::<serde_json::Value>(&raw)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(error(&raw), InputError::InvalidJson(serde));
+        let e = error(&tracked(r#"{"frames":1,"fps":1e400}"#));
+        assert_eq!(e.code(), ErrorCode::InvalidJson);
+        // Nesting inside the video counts towards serde_json's recursion limit.
+        let deep = format!(
+            r#"{{"frames":1,"fps":1,"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let e = error(&tracked(&deep));
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+    }
+
+    #[test]
+    fn the_video_is_one_member_of_the_layout() {
+        let raw = r#"{"job_id":"v:3","video":{ "frames":10, "fps":30,"frames_x":{"a":1} },"video_id":"v","frame_number":3}"#;
+        assert_eq!(
+            members(raw),
+            pairs(&[
+                ("job_id", r#""v:3""#),
+                ("video", r#"{ "frames":10, "fps":30,"frames_x":{"a":1} }"#),
+                ("video_id", r#""v""#),
+                ("frame_number", "3"),
+            ])
+        );
+        // A fault inside the video (a repeated key, a bad type) still leaves the layout.
+        for raw in [
+            r#"{"job_id":"a","video":{"frames":1,"frames":2},"x":1}"#,
+            r#"{"job_id":"a","video":{"frames":"1"},"x":1}"#,
+        ] {
+            let (job, layout) = Job::parse_with_layout(raw.as_bytes(), false, &limits());
+            assert!(job.is_err(), "{raw}");
+            let names: Vec<String> = layout
+                .expect("a JSON object has a layout")
+                .members
+                .iter()
+                .map(|m| m.name(raw.as_bytes()).to_string())
+                .collect();
+            assert_eq!(names, ["job_id", "video", "x"], "{raw}");
         }
     }
 }
