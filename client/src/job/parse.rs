@@ -1055,6 +1055,7 @@ mod tests {
         Limits::default()
     }
 
+    #[allow(clippy::result_large_err)]
     fn parse<'a>(
         raw: &'a [u8],
         has_raw_image: bool,
