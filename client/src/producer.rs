@@ -519,7 +519,7 @@ pub struct VideoOutput {
 
 /// Waits for the video `video_id`'s tracked output on `stream` (its output stream:
 /// [`AddedVideo::output`], or [`Keys::video_output`]) and returns it whole once its `done`
-/// entry is there, or `None` when none came within `timeout`. Reads the stream from its
+/// entry is there, or `None` when none came within `timeout` (`Duration::MAX`: no limit). Reads the stream from its
 /// beginning (so a video already done returns at once) with `XREAD BLOCK`, a slice of at most
 /// 300 ms at a time (under the `redis` crate's default response timeout); entries of other
 /// videos (a shared `reply_to`) are skipped. The connection is blocked while it waits: give
@@ -530,12 +530,13 @@ pub async fn wait_video<C: ConnectionLike>(
     video_id: &str,
     timeout: Duration,
 ) -> RedisResult<Option<VideoOutput>> {
-    let deadline = Instant::now() + timeout;
+    // A timeout too long to add to the clock is no timeout.
+    let deadline = Instant::now().checked_add(timeout);
     let mut after = "0-0".to_string();
     let mut frames = Vec::new();
     let mut unreadable = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(BLOCK_SLICE, |d| d.saturating_duration_since(Instant::now()));
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(PAGE);
         if !left.is_zero() {

@@ -784,7 +784,8 @@ async fn wait_video_returns_the_whole_output_once_the_video_is_done() {
             xadd(&mut writer, &stream, &[("done", last.to_json().as_bytes())]).await
         });
 
-        let video = producer::wait_video(&mut conn, &output, "clip-7", Duration::from_secs(30))
+        // No deadline of its own: the test's timeout bounds it.
+        let video = producer::wait_video(&mut conn, &output, "clip-7", Duration::MAX)
             .await
             .unwrap()
             .expect("the video is done");
