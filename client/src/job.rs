@@ -204,6 +204,9 @@ impl Member {
 impl<'a> Job<'a> {
     /// Parses the `job` field. `has_raw_image` says whether the entry carries an `image` field.
     /// On failure the error comes with whatever could be echoed.
+    // The error is as large as the echo makes it; a job is larger still, so boxing the error
+    // would not make the result any smaller.
+    #[allow(clippy::result_large_err)]
     pub fn parse(
         raw: &'a [u8],
         has_raw_image: bool,

@@ -1,7 +1,8 @@
 //! The hmr2-worker wire contract v1 (DESIGN §3), typed once for the worker, the tools and
 //! external producers: jobs ([`Job`], [`Frame`]), results ([`JobResult`], [`Person`]), the
-//! closed set of error codes ([`ErrorCode`]) and the Redis key names ([`Keys`]). With the
-//! `redis` feature, [`producer`] adds jobs to the queue and reads results back.
+//! closed set of error codes ([`ErrorCode`]), the Redis key names ([`Keys`]) and tracked videos
+//! (DESIGN §13: [`Video`], [`VideoFrame`], [`VideoDone`]). With the `redis` feature,
+//! [`producer`] adds jobs and whole videos to the queue and reads results back.
 //!
 //! A producer builds one [`Frame`] per video frame and adds its fields to `{prefix}:jobs`; the
 //! worker publishes one [`JobResult`] per job on the reply stream:
@@ -60,6 +61,64 @@
 //!     eprintln!("unreadable: {bad}");
 //! }
 //! # let _ = ids;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A tracked video (DESIGN §13): every frame carries the same `video` object (the number of
+//! frames and the frame rate); once all are answered, the video's people are tracked and
+//! smoothed, and the output stream gets one `frame` entry per frame, then a `done` entry:
+//!
+//! ```
+//! use hmr2_client::{Job, Keys, Limits, Video, VideoDone, VideoStatus};
+//!
+//! let keys = Keys::new("hmr2");
+//! let job = Job::new("clip-7:16").video("clip-7", 16).tracked(120, 29.97);
+//! let json = job.to_json();
+//! assert!(json.ends_with(r#""video":{"frames":120,"fps":29.97}}"#));
+//! assert_eq!(Job::parse(json.as_bytes(), true, &Limits::default())?.video, Some(Video::new(120, 29.97)));
+//! // Frame 120 of a video of 120 frames is refused (`invalid_job`).
+//! let past = Job::new("clip-7:120").video("clip-7", 120).tracked(120, 29.97);
+//! assert!(Job::parse(past.to_json().as_bytes(), true, &Limits::default()).is_err());
+//! // The output goes to the video's `reply_to`, by default:
+//! let output = keys.video_output("clip-7", None).unwrap();
+//! assert_eq!(output, "hmr2:results:video:clip-7");
+//! // Its last entry, as read from the `done` field:
+//! let done = VideoDone::from_json(
+//!     r#"{"v":1,"video_id":"clip-7","status":"ok","frames":120,"ok_frames":120,
+//!         "error_frames":0,"missing_frames":0,"fps":29.97,
+//!         "tracks":[{"track_id":1,"first_frame":0,"last_frame":119,"frames":120,
+//!                    "interpolated_frames":3}],
+//!         "timings_ms":{"tracking":85.5,"total":40210.0}}"#,
+//! ).unwrap();
+//! assert_eq!(done.status, VideoStatus::Ok);
+//! # Ok::<(), hmr2_client::ParseError>(())
+//! ```
+//!
+//! With the `redis` feature, `producer::add_video` adds a whole video to its shard and
+//! `producer::wait_video` waits for its output:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn run() -> redis::RedisResult<()> {
+//! use std::time::Duration;
+//! use hmr2_client::{producer, Layout};
+//!
+//! let client = redis::Client::open("redis://127.0.0.1:6379")?;
+//! let mut conn = client.get_multiplexed_async_connection().await?;
+//! let layout = Layout::new("hmr2", 1, false);
+//! let images = (0..120).map(|n| std::fs::read(format!("frames/{n:05}.jpg")).unwrap());
+//! let options = producer::VideoOptions { vertices: true, ..Default::default() };
+//! let added = producer::add_video(&mut conn, &layout, "clip-7", images, 29.97, &options).await?;
+//! if let Some(video) =
+//!     producer::wait_video(&mut conn, &added.output, "clip-7", Duration::from_secs(900)).await?
+//! {
+//!     for frame in &video.frames {
+//!         let ids: Vec<u32> = frame.people.iter().map(|p| p.track_id).collect();
+//!         println!("frame {}: tracks {ids:?}", frame.frame_number);
+//!     }
+//!     println!("{:?}, {} tracks", video.done.status, video.done.tracks.len());
+//! }
 //! # Ok(())
 //! # }
 //! ```

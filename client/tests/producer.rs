@@ -8,8 +8,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use hmr2_client::producer::{self, Reply};
-use hmr2_client::{Echo, ErrorCode, Frame, Job, JobResult, Keys, Limits, Status, WarningCode};
+use hmr2_client::producer::{self, Reply, VideoItem, VideoOptions};
+use hmr2_client::{
+    shard_of, BoxSource, Echo, ErrorBody, ErrorCode, Frame, Job, JobResult, Keys, Layout, Limits,
+    Status, TrackInfo, TrackedPerson, Video, VideoDone, VideoFrame, VideoShard, VideoStatus,
+    VideoTimings, WarningCode,
+};
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamRangeReply;
 
@@ -408,6 +412,488 @@ async fn an_unreadable_entry_is_returned_on_its_own_and_the_cursor_moves_past_it
             .await
             .unwrap()
             .is_empty());
+    })
+    .await
+    .expect("test timed out");
+}
+
+// Tracked videos (DESIGN §13). No worker runs in these tests: where a video's output is
+// needed, the test writes the `frame` and `done` entries itself, as the worker would.
+
+/// The image of frame `n`: distinct bytes per frame.
+fn image(n: u64) -> Vec<u8> {
+    let mut bytes = vec![0xff, 0xd8];
+    bytes.extend_from_slice(&n.to_le_bytes());
+    bytes
+}
+
+async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_video_goes_to_its_shard_with_its_video_object_on_every_frame() {
+    let server = Server::start();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut conn = server.connect().await;
+        let layout = Layout::new("t", 4, true);
+        let keys = layout.video_keys("clip-7");
+        assert_eq!(keys.shard, shard_of("clip-7", 4));
+        // 130 frames: three pipelined chunks.
+        let options = VideoOptions {
+            vertices: true,
+            ..VideoOptions::default()
+        };
+        let added = producer::add_video(
+            &mut conn,
+            &layout,
+            "clip-7",
+            (0..130usize).map(|n| image(n as u64)),
+            29.97,
+            &options,
+        )
+        .await
+        .unwrap();
+        assert_eq!(added.shard, keys.shard);
+        assert_eq!(
+            added.output,
+            format!("{{t:{}}}:results:video:clip-7", keys.shard)
+        );
+        assert_eq!(added.entry_ids.len(), 130);
+
+        // Every frame is on the video's shard, none on another.
+        for other in layout.shards().iter().filter(|k| k.shard != keys.shard) {
+            assert_eq!(xlen(&mut conn, &other.jobs).await, 0, "{}", other.jobs);
+        }
+        let stored = entries(&mut conn, &keys.jobs).await;
+        let ids: Vec<String> = stored.ids.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(ids, added.entry_ids);
+        for (n, e) in stored.ids.iter().enumerate() {
+            let n = n as u64;
+            let job = field(e, "job").unwrap();
+            let raw_image = field(e, "image");
+            assert_eq!(raw_image.as_deref(), Some(&image(n)[..]), "frame {n}");
+            let parsed = Job::parse(&job, true, &Limits::default()).unwrap();
+            assert_eq!(
+                parsed,
+                Job::new(format!("clip-7:{n}"))
+                    .video("clip-7", n)
+                    .tracked(130, 29.97)
+                    .vertices(true)
+            );
+            // The worker answers each frame in the shard's results stream.
+            assert_eq!(keys.reply_stream(parsed.reply_to.as_deref()), keys.results);
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_video_with_its_own_streams_and_base64_images_on_one_shard() {
+    let server = Server::start();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut conn = server.connect().await;
+        let keys = Keys::new("t");
+        let options = VideoOptions {
+            reply_to: Some("t:results:videos".into()),
+            frame_reply_to: Some("t:results:frames".into()),
+            raw: false,
+            ..VideoOptions::default()
+        };
+        let images = vec![image(0), image(1), image(2)];
+        let added = producer::add_video(&mut conn, &keys, "v", images, 25.0, &options)
+            .await
+            .unwrap();
+        assert_eq!(added.output, "t:results:videos");
+        assert_eq!(added.shard, 0);
+        let stored = entries(&mut conn, &keys.jobs).await;
+        assert_eq!(stored.ids.len(), 3);
+        for (n, e) in stored.ids.iter().enumerate() {
+            assert_eq!(field(e, "image"), None);
+            let job = field(e, "job").unwrap();
+            let parsed = Job::parse(&job, false, &Limits::default()).unwrap();
+            let b64 = parsed.image_base64.clone().unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&*b64)
+                .unwrap();
+            assert_eq!(bytes, image(n as u64));
+            assert_eq!(parsed.reply_to.as_deref(), Some("t:results:frames"));
+            assert_eq!(
+                parsed.video,
+                Some(Video::new(3, 25.0).reply_to("t:results:videos"))
+            );
+            assert_eq!(parsed.frame_number, Some(n as u64));
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_video_that_cannot_be_answered_is_refused_before_any_frame_is_added() {
+    let server = Server::start();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut conn = server.connect().await;
+        let layout = Layout::new("t", 4, true);
+        let keys = layout.video_keys("clip-7").clone();
+        let other = layout.shard(keys.shard + 1).results.clone();
+        let with = |reply_to: Option<String>, frame_reply_to: Option<String>| VideoOptions {
+            reply_to,
+            frame_reply_to,
+            ..VideoOptions::default()
+        };
+        /// A video id, its images, its fps, the options, and what the refusal names.
+        type Case = (&'static str, Vec<Vec<u8>>, f64, VideoOptions, &'static str);
+        let cases: Vec<Case> = vec![
+            ("clip-7", vec![], 30.0, VideoOptions::default(), "no frames"),
+            (
+                "clip-7",
+                vec![image(0)],
+                0.0,
+                VideoOptions::default(),
+                "fps",
+            ),
+            (
+                "clip-7",
+                vec![image(0)],
+                f64::NAN,
+                VideoOptions::default(),
+                "fps",
+            ),
+            (
+                "clip-7",
+                vec![image(0)],
+                f64::INFINITY,
+                VideoOptions::default(),
+                "fps",
+            ),
+            (
+                "",
+                vec![image(0)],
+                30.0,
+                VideoOptions::default(),
+                "video id",
+            ),
+            (
+                "clip-7",
+                vec![image(0)],
+                30.0,
+                with(Some(format!("{other}:v")), None),
+                "reply_to",
+            ),
+            (
+                "clip-7",
+                vec![image(0)],
+                30.0,
+                with(Some("t:jobs".into()), None),
+                "reply_to",
+            ),
+            (
+                "clip-7",
+                vec![image(0)],
+                30.0,
+                with(None, Some(other.clone())),
+                "frame_reply_to",
+            ),
+        ];
+        for (video_id, images, fps, options, says) in cases {
+            let e = producer::add_video(&mut conn, &layout, video_id, images, fps, &options)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), redis::ErrorKind::Client, "{e}");
+            assert!(e.to_string().contains(says), "{says}: {e}");
+        }
+        // A video id that leaves no room for the frame number in a job id.
+        // 251 bytes, ":" and up to 5 digits: 257 bytes for the last frame's job id.
+        let long = "x".repeat(251);
+        let e = producer::add_video(
+            &mut conn,
+            &layout,
+            &long,
+            (0..100_000).map(|_| Vec::new()),
+            30.0,
+            &VideoOptions::default(),
+        )
+        .await
+        .map(|added| added.entry_ids.len());
+        let e = e.expect_err("refused");
+        assert!(e.to_string().contains("job id"), "{e}");
+        for k in layout.shards() {
+            assert_eq!(xlen(&mut conn, &k.jobs).await, 0, "{}", k.jobs);
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// An image iterator that says it holds more images than it yields.
+struct Short {
+    said: usize,
+    left: Vec<Vec<u8>>,
+}
+
+impl Iterator for Short {
+    type Item = Vec<u8>;
+    fn next(&mut self) -> Option<Vec<u8>> {
+        self.left.pop()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.said, Some(self.said))
+    }
+}
+
+impl ExactSizeIterator for Short {}
+
+#[tokio::test]
+async fn images_that_run_out_early_end_in_an_error_and_more_are_not_read() {
+    let server = Server::start();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut conn = server.connect().await;
+        let keys = Keys::new("t");
+        let short = Short {
+            said: 5,
+            left: vec![image(1), image(0)],
+        };
+        let e = producer::add_video(&mut conn, &keys, "v", short, 30.0, &VideoOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("5 images were announced, 2 came"),
+            "{e}"
+        );
+        assert_eq!(xlen(&mut conn, &keys.jobs).await, 2);
+        // Told 2 by an iterator that holds 3: the video has 2 frames, frame 2 is never sent.
+        let long = Short {
+            said: 2,
+            left: vec![image(2), image(1), image(0)],
+        };
+        let added =
+            producer::add_video(&mut conn, &keys, "w", long, 30.0, &VideoOptions::default())
+                .await
+                .unwrap();
+        assert_eq!(added.entry_ids.len(), 2);
+        assert_eq!(xlen(&mut conn, &keys.jobs).await, 4);
+    })
+    .await
+    .expect("test timed out");
+}
+
+fn tracked_person(track_id: u32, x: f32) -> TrackedPerson {
+    let eye = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    TrackedPerson {
+        track_id,
+        bbox: [x, 10.0, x + 50.0, 200.0],
+        score: Some(0.9),
+        box_source: BoxSource::Detector,
+        global_orient: eye,
+        body_pose: vec![eye; 23],
+        betas: vec![0.25; 10],
+        pred_cam_t_full: [0.0, 0.1, 20.0],
+        focal_length: 5000.0,
+        keypoints_2d: vec![[x, 20.0]; 44],
+        keypoints_3d: vec![[0.1, 0.2, 0.3]; 44],
+        interpolated: false,
+        vertices: None,
+    }
+}
+
+fn video_frame(video_id: &str, n: u64) -> VideoFrame {
+    VideoFrame {
+        v: 1,
+        video_id: video_id.into(),
+        frame_number: n,
+        status: Status::Ok,
+        error: None,
+        people: vec![tracked_person(1, n as f32)],
+    }
+}
+
+fn video_done(video_id: &str, frames: u64) -> VideoDone {
+    VideoDone {
+        v: 1,
+        video_id: video_id.into(),
+        status: VideoStatus::Ok,
+        frames,
+        ok_frames: frames - 1,
+        error_frames: 1,
+        missing_frames: 0,
+        fps: 30.0,
+        tracks: vec![TrackInfo {
+            track_id: 1,
+            first_frame: 0,
+            last_frame: frames - 1,
+            frames: frames - 1,
+            interpolated_frames: 0,
+        }],
+        timings_ms: VideoTimings {
+            tracking: 3.5,
+            total: 900.0,
+        },
+    }
+}
+
+#[tokio::test]
+async fn wait_video_returns_the_whole_output_once_the_video_is_done() {
+    let server = Server::start();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut conn = server.connect().await;
+        let keys = Keys::new("t");
+        let output = keys.video_output("clip-7", None).unwrap();
+
+        // The frames come first, among an entry of another video (a shared stream) and one
+        // that cannot be read; the `done` entry comes later, from another connection, while
+        // wait_video waits.
+        let mut expected = Vec::new();
+        for n in 0..4 {
+            let mut f = video_frame("clip-7", n);
+            if n == 2 {
+                f.status = Status::Error;
+                f.error = Some(ErrorBody {
+                    code: ErrorCode::InvalidImage,
+                    message: "image cannot be decoded: empty".into(),
+                });
+                f.people.clear();
+            }
+            xadd(&mut conn, &output, &[("frame", f.to_json().as_bytes())]).await;
+            expected.push(f);
+            if n == 1 {
+                let other = video_frame("clip-8", 0);
+                xadd(&mut conn, &output, &[("frame", other.to_json().as_bytes())]).await;
+                let bad = xadd(&mut conn, &output, &[("frame", b"{\"v\":1")]).await;
+                let _ = bad;
+            }
+        }
+        let mut writer = server.connect().await;
+        let done = video_done("clip-7", 4);
+        let last = done.clone();
+        let stream = output.clone();
+        let write = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let other = video_done("clip-8", 1);
+            xadd(
+                &mut writer,
+                &stream,
+                &[("done", other.to_json().as_bytes())],
+            )
+            .await;
+            xadd(&mut writer, &stream, &[("done", last.to_json().as_bytes())]).await
+        });
+
+        // No deadline of its own: the test's timeout bounds it.
+        let video = producer::wait_video(&mut conn, &output, "clip-7", Duration::MAX)
+            .await
+            .unwrap()
+            .expect("the video is done");
+        let done_id = write.await.unwrap();
+        assert_eq!(video.done, done);
+        assert_eq!(video.frames, expected);
+        assert_eq!(video.unreadable.len(), 1);
+        assert!(
+            video.unreadable[0].reason.contains("`frame`"),
+            "{}",
+            video.unreadable[0]
+        );
+
+        // Once done, it comes back at once, however short the wait.
+        let again = producer::wait_video(&mut conn, &output, "clip-7", Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("already done");
+        assert_eq!(again, video);
+
+        // The same entries read page by page, in stream order, the unreadable one in place.
+        let mut after = "-".to_string();
+        let mut seen = Vec::new();
+        loop {
+            let page = producer::read_video(&mut conn, &output, &after, 2)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.entry_id.clone();
+            seen.extend(page);
+        }
+        assert_eq!(seen.len(), 8);
+        let kinds: Vec<&str> = seen
+            .iter()
+            .map(|e| match &e.item {
+                Ok(VideoItem::Frame(_)) => "frame",
+                Ok(VideoItem::Done(_)) => "done",
+                Err(_) => "unreadable",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "frame",
+                "frame",
+                "frame",
+                "unreadable",
+                "frame",
+                "frame",
+                "done",
+                "done"
+            ]
+        );
+        assert_eq!(seen[7].entry_id, done_id);
+        assert_eq!(seen[7].item, Ok(VideoItem::Done(done)));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn wait_video_gives_up_cleanly_when_the_video_is_not_done() {
+    let server = Server::start();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut conn = server.connect().await;
+        let keys = Keys::new("t");
+        let output = keys.video_output("clip-7", None).unwrap();
+        // No output at all yet: nothing, after the wait (longer than one XREAD slice).
+        let none = producer::wait_video(&mut conn, &output, "clip-7", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(none, None);
+        // Frames, and the end of another video, but not this one's end.
+        for n in 0..3 {
+            let f = video_frame("clip-7", n);
+            xadd(&mut conn, &output, &[("frame", f.to_json().as_bytes())]).await;
+        }
+        let other = video_done("clip-8", 2);
+        xadd(&mut conn, &output, &[("done", other.to_json().as_bytes())]).await;
+        let none = producer::wait_video(&mut conn, &output, "clip-7", Duration::from_millis(400))
+            .await
+            .unwrap();
+        assert_eq!(none, None);
+        // The connection is still good for other commands afterwards.
+        assert_eq!(xlen(&mut conn, &output).await, 4);
+        // An entry with neither field, and one whose `done` is not a video's end.
+        xadd(&mut conn, &output, &[("x", b"1")]).await;
+        xadd(
+            &mut conn,
+            &output,
+            &[("done", b"{\"v\":1,\"status\":\"ok\"}")],
+        )
+        .await;
+        let page = producer::read_video(&mut conn, &output, "-", 10)
+            .await
+            .unwrap();
+        let reasons: Vec<String> = page[4..]
+            .iter()
+            .map(|e| e.item.clone().unwrap_err().reason)
+            .collect();
+        assert!(
+            reasons[0].contains("neither a `frame` nor a `done` field"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("`done` is not a video's end"),
+            "{reasons:?}"
+        );
     })
     .await
     .expect("test timed out");

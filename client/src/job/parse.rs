@@ -367,12 +367,12 @@ impl<'de> Fields<'de> {
         let include = self.include.unwrap_or(Ok(Include::default()))?;
         let video = self.video.unwrap_or(Ok(None))?;
         if let Some(v) = &video {
-            let Some(n) = frame_number else {
-                return invalid("`frame_number` is required when `video` is present".into());
-            };
             if video_id.is_none() {
                 return invalid("`video_id` is required when `video` is present".into());
             }
+            let Some(n) = frame_number else {
+                return invalid("`frame_number` is required when `video` is present".into());
+            };
             if n >= v.frames {
                 return invalid(format!(
                     "`frame_number` must be below `video.frames` ({}), got {n}",
@@ -1055,6 +1055,7 @@ mod tests {
         Limits::default()
     }
 
+    #[allow(clippy::result_large_err)]
     fn parse<'a>(
         raw: &'a [u8],
         has_raw_image: bool,
@@ -1656,7 +1657,7 @@ mod tests {
             error(&format!(
                 r#"{{"job_id":"v:3","video_id":null,"frame_number":null,"image_base64":"A",{video}}}"#
             )),
-            invalid("`frame_number` is required when `video` is present")
+            invalid("`video_id` is required when `video` is present")
         );
         assert_eq!(
             error(&format!(
