@@ -37,6 +37,58 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Tracked videos: collecting their frames (DESIGN §13).
+    pub video: VideoConfig,
+    /// The tracker: association, gap bridging, smoothing (DESIGN §13).
+    pub track: TrackConfig,
+}
+
+/// Tracked videos (DESIGN §13).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VideoConfig {
+    /// A video whose frames stop coming expires this long after its last recorded frame, with
+    /// a `done` entry of status `expired` and the frames it got, seconds.
+    pub ttl_s: u64,
+    /// How often each worker looks for expired videos, milliseconds.
+    pub expire_interval_ms: u64,
+}
+
+/// Smoothing strength (`track.smoothing`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmoothingConfig {
+    /// Raw per-frame values; still tracked, gaps still filled.
+    None,
+    /// The default.
+    Default,
+    /// Stronger: slow motion, noisy input.
+    Strong,
+}
+
+impl From<SmoothingConfig> for hmr2_track::Smoothing {
+    fn from(s: SmoothingConfig) -> Self {
+        match s {
+            SmoothingConfig::None => hmr2_track::Smoothing::None,
+            SmoothingConfig::Default => hmr2_track::Smoothing::Default,
+            SmoothingConfig::Strong => hmr2_track::Smoothing::Strong,
+        }
+    }
+}
+
+/// The tracker (DESIGN §13).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrackConfig {
+    /// Longest gap (a person hidden or missed) bridged within one track, seconds.
+    pub max_gap_s: f64,
+    /// `none`, `default` or `strong`.
+    pub smoothing: SmoothingConfig,
+    /// Run the tracker inside this worker process (`hmr2-worker run`). False when CPU-only
+    /// pods run `hmr2-worker track` instead.
+    pub in_worker: bool,
+    /// Videos tracked at once by one process (each on one blocking thread).
+    pub concurrency: usize,
 }
 
 /// Where Redis is.
@@ -486,6 +538,18 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", format!("not a valid filter: {e}"));
+        }
+        if self.video.ttl_s == 0 || self.video.expire_interval_ms == 0 {
+            return bad(
+                "video.ttl_s",
+                "video.ttl_s and video.expire_interval_ms must be above 0",
+            );
+        }
+        if !(self.track.max_gap_s >= 0.0 && self.track.max_gap_s <= 60.0) {
+            return bad("track.max_gap_s", "must be between 0 and 60 seconds");
+        }
+        if self.track.concurrency == 0 {
+            return bad("track.concurrency", "must be at least 1");
         }
         Ok(())
     }

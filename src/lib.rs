@@ -57,6 +57,7 @@ pub mod signal;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod test_support;
+pub mod video;
 pub mod worker;
 
 pub use worker::{run, run_with, Models, RunError};

@@ -31,6 +31,11 @@ enum Command {
     Check,
     /// Prints the effective configuration (password redacted).
     Config,
+    /// Runs only the tracking stage (DESIGN §13) until SIGTERM/SIGINT: tracks complete videos
+    /// and expires stale ones on every shard. No GPU and no model needed (the SMPL layer
+    /// `<model>.smpl.pt` only for videos that ask for vertices). For CPU-only pods; set
+    /// `track.in_worker = false` on the GPU workers then.
+    Track,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,10 @@ fn main() -> ExitCode {
         Command::Check => check::run(&config),
         Command::Run => {
             let result = runtime().and_then(|rt| rt.block_on(run_worker(config)));
+            leave(result)
+        }
+        Command::Track => {
+            let result = runtime().and_then(|rt| rt.block_on(run_tracker(config)));
             leave(result)
         }
         Command::Config => {
@@ -91,6 +100,14 @@ async fn run_worker(config: Config) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     tokio::spawn(hmr2_worker::signal::stop_on_signal(token.clone(), || {}));
     hmr2_worker::run(config, token).await?;
+    Ok(())
+}
+
+/// Runs the tracking stage alone; signals as for the worker.
+async fn run_tracker(config: Config) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    tokio::spawn(hmr2_worker::signal::stop_on_signal(token.clone(), || {}));
+    hmr2_worker::video::run_standalone(config, token).await?;
     Ok(())
 }
 

@@ -31,6 +31,14 @@ pub const READY_INPUT: &str = "hmr2_worker_ready_input";
 pub const REDIS_ERRORS: &str = "hmr2_redis_errors_total";
 pub const UNREAD_SHARDS: &str = "hmr2_queue_unread_shards";
 pub const PEOPLE_DROPPED: &str = "hmr2_people_dropped_total";
+pub const VIDEOS: &str = "hmr2_videos_total";
+pub const VIDEO_DURATION: &str = "hmr2_video_duration_seconds";
+pub const TRACKS_PER_VIDEO: &str = "hmr2_tracks_per_video";
+pub const VIDEOS_OPEN: &str = "hmr2_videos_open";
+pub const VIDEOS_WAITING: &str = "hmr2_videos_waiting";
+
+/// `status` label values of [`VIDEOS`].
+pub const VIDEO_STATUSES: [&str; 3] = ["ok", "expired", "dead_lettered"];
 
 /// Counts a Redis error of operation `op` (`read`, `claim`, `renew`, `publish`, ...) in
 /// [`REDIS_ERRORS`], labelled with the server's code.
@@ -97,6 +105,8 @@ pub mod stage {
     pub const PREPROCESS: &str = "preprocess";
     pub const INFERENCE: &str = "inference";
     pub const POSTPROCESS: &str = "postprocess";
+    /// Tracking and smoothing one video (DESIGN §13), its output built.
+    pub const TRACK: &str = "track";
     pub const PUBLISH: &str = "publish";
     /// Person detection: letterbox + forward + post-processing, per batch.
     pub const DETECT: &str = "detect";
@@ -120,6 +130,7 @@ const WAIT_SECONDS: &[f64] = &[
 ];
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 const PEOPLE: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0];
+const TRACKS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0];
 
 /// Installs the process-wide Prometheus recorder once and describes every metric; later calls
 /// return the same handle (several workers in one test process share it).
@@ -140,6 +151,12 @@ pub fn install() -> PrometheusHandle {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(JOB_PEAK_ALLOCATED.into()), &bytes)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(VIDEO_DURATION.into()), WAIT_SECONDS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(TRACKS_PER_VIDEO.into()), TRACKS)
                 })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
@@ -196,6 +213,24 @@ fn describe() {
     describe_counter!(
         DRIFT,
         "Batches after which allocated bytes stayed above the post-warm-up baseline."
+    );
+    describe_counter!(
+        VIDEOS,
+        "Tracked videos finished, by status: ok, expired (frames stopped coming; written with the frames it got), dead_lettered (could not be tracked)."
+    );
+    describe_histogram!(
+        VIDEO_DURATION,
+        Unit::Seconds,
+        "Time from a video's first recorded frame to its output written."
+    );
+    describe_histogram!(TRACKS_PER_VIDEO, "Tracks (people) per written video.");
+    describe_gauge!(
+        VIDEOS_OPEN,
+        "Videos with frames recorded that are not complete yet (all shards; the same queue-wide value from every worker)."
+    );
+    describe_gauge!(
+        VIDEOS_WAITING,
+        "Complete or expired videos queued for tracking and not written yet (all shards)."
     );
     describe_counter!(JOBS, "Jobs finished, by outcome: ok, invalid_input, failed (left for retry), dead_lettered, reclaimed.");
     describe_histogram!(

@@ -28,6 +28,7 @@ pub fn install_tls_provider() {
 mod conn;
 mod entry;
 mod reply;
+mod videos;
 
 pub use conn::Conn;
 use conn::{Pool, Target};
@@ -36,6 +37,7 @@ pub use entry::Entry;
 pub(crate) use hmr2_client::{Keys, Layout};
 pub(crate) use reply::Written;
 use reply::{Bounded, OldestPending};
+pub(crate) use videos::{OutputWritten, RecordFrame, TrackJob, VideoOutput};
 
 /// Queue gauges: backlog, in-flight, and not-yet-delivered entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub struct DeadLetter<'a> {
     pub code: &'a str,
     pub message: &'a str,
     pub worker: &'a str,
+    /// The frame of a tracked video to record with the letter.
+    pub video: Option<RecordFrame<'a>>,
 }
 
 /// A script that writes and frees: Redis runs it while over `maxmemory` only when it frees at
@@ -69,9 +73,11 @@ struct OomAware {
 
 impl OomAware {
     fn new(body: &str) -> Self {
+        // Every step that answers a job may record a frame of a tracked video.
+        let video = include_str!("queue/video.lua");
         OomAware {
-            plain: Script::new(&format!("#!lua\n{body}")),
-            freeing: Script::new(&format!("#!lua flags=allow-oom\n{body}")),
+            plain: Script::new(&format!("#!lua\n{video}{body}")),
+            freeing: Script::new(&format!("#!lua flags=allow-oom\n{video}{body}")),
         }
     }
 
@@ -136,8 +142,10 @@ pub struct Queue {
     results_maxlen: u64,
     dead_maxlen: u64,
     reply_ttl_s: u64,
+    video_ttl_s: u64,
     dead_keep_image: bool,
     publish: OomAware,
+    videos: videos::VideoScripts,
     dead_letter: OomAware,
     read: Script,
     /// `read.lua`'s bounds: the `job` and `image` limits.
@@ -176,6 +184,8 @@ impl Queue {
             results_maxlen: config.queue.results_maxlen,
             dead_maxlen: config.queue.dead_maxlen,
             reply_ttl_s: config.queue.reply_ttl_s,
+            video_ttl_s: config.video.ttl_s,
+            videos: videos::VideoScripts::new(),
             dead_keep_image: config.queue.dead_keep_image,
             publish: OomAware::new(include_str!("queue/publish.lua")),
             dead_letter: OomAware::new(include_str!("queue/dead_letter.lua")),
@@ -258,7 +268,8 @@ impl Queue {
             .iter()
             .map(|s| s.len())
             .chain(fields.iter().map(|(k, v)| k.len() + v.len()))
-            .sum::<usize>() as u64;
+            .sum::<usize>() as u64
+            + d.video.as_ref().map_or(0, RecordFrame::adds);
         let mut c = self.conn().await?;
         let mut inv = self
             .dead_letter
@@ -278,6 +289,7 @@ impl Queue {
             .arg(d.worker)
             .arg(self.reply_ttl(keys, d.reply_to))
             .arg(d.reply_to);
+        videos::video_block(&mut inv, keys, d.video.as_ref(), self.video_ttl_s);
         for (k, v) in fields {
             inv.arg(k).arg(v.as_ref());
         }
@@ -524,25 +536,23 @@ impl<'q> Shard<'q> {
         reply_to: &str,
         job_id: &str,
         result_json: &str,
+        video: Option<&RecordFrame<'_>>,
     ) -> Result<Written, QueueError> {
         let keys = self.keys();
-        let adds = (result_json.len() + job_id.len()) as u64;
-        let mut c = self.queue.conn().await?;
-        let written = self
-            .queue
-            .publish
-            .for_sizes(entry.size, adds)
-            .key(&keys.jobs)
+        let q = self.queue;
+        let adds = (result_json.len() + job_id.len()) as u64 + video.map_or(0, RecordFrame::adds);
+        let mut c = q.conn().await?;
+        let mut inv = q.publish.for_sizes(entry.size, adds).prepare_invoke();
+        inv.key(&keys.jobs)
             .arg(&keys.group)
             .arg(&entry.id)
-            .arg(self.queue.results_maxlen)
+            .arg(q.results_maxlen)
             .arg(job_id)
             .arg(result_json)
-            .arg(self.queue.reply_ttl(keys, reply_to))
-            .arg(reply_to)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(written)
+            .arg(q.reply_ttl(keys, reply_to))
+            .arg(reply_to);
+        videos::video_block(&mut inv, keys, video, q.video_ttl_s);
+        Ok(inv.invoke_async(&mut c).await?)
     }
 
     /// Length, pending count and lag of the shard's job stream.

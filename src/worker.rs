@@ -58,9 +58,11 @@ use crate::config::Config;
 use crate::detector::{Detector, TorchDetector};
 use crate::error::ModelError;
 use crate::model::{naming_the_file, Model, TorchModel};
+use crate::video;
 use delivery::{Delivery, Leases};
 pub use infer::Models;
 use prepare::Prepared;
+pub(crate) use start::check_redis;
 pub use start::RunError;
 
 /// Runs one worker with the TorchScript model of `config.model` (and the detector of
@@ -110,6 +112,21 @@ where
     } = started;
     let stops = &ctx.stops;
     let gauges = tokio::spawn(gauges::sample(ctx.clone(), loaded.gpu.clone()));
+    // Videos: expiry everywhere; tracking here unless CPU-only pods do it (DESIGN §13).
+    let config = Arc::new(ctx.config.clone());
+    let sweeper = tokio::spawn(video::sweep_videos(
+        ctx.queue.clone(),
+        config.clone(),
+        stops.background.clone(),
+    ));
+    let tracker = config.track.in_worker.then(|| {
+        tokio::spawn(video::run_tracker(
+            ctx.queue.clone(),
+            config.clone(),
+            ctx.origin.worker.clone(),
+            stops.intake.clone(),
+        ))
+    });
 
     // The stages, each ending when its input closes; every one that holds jobs is tracked.
     let inflight = ctx.config.queue.max_batch * (ctx.config.pipeline.queue_depth + 2);
@@ -155,12 +172,17 @@ where
 
     // Drain: every job finished within the grace period, or left pending and released.
     let drained = tokio::time::timeout(grace, ctx.jobs.wait()).await.is_ok();
+    if let Some(tracker) = tracker {
+        // It gives its videos the grace period itself.
+        let _ = tracker.await;
+    }
     if !drained {
         tracing::warn!("grace period over: jobs still in flight stay pending for other workers");
         stops.hard.cancel();
     }
     stops.background.cancel();
     let _ = gauges.await;
+    let _ = sweeper.await;
     let _ = renewer.await;
     fetch::retire(&ctx).await;
     if drained {

@@ -6,15 +6,17 @@
 -- ARGV[5] job_id, ARGV[6] result JSON, ARGV[7] error code, ARGV[8] error message,
 -- ARGV[9] deliveries, ARGV[10] worker, ARGV[11] reply stream expiry in seconds (0 = none),
 -- ARGV[12] the reply stream (an argument: see publish.lua),
--- ARGV[13..] original field/value pairs (at most 64 pairs and the frame dropped, by the worker)
+-- ARGV[13..22] the video block of video.lua (ARGV[17] = '' when the job is no frame of a video),
+-- ARGV[23..] original field/value pairs (at most 64 pairs and the frame dropped, by the worker)
 -- Returns 1 when written, 0 when the entry was no longer pending, {-1, why} when the reply
--- stream cannot take the result; an error when the job stream cannot be acknowledged or the
+-- stream cannot take the result, {-2, video} when the frame's video object disagrees with the
+-- one its video was first recorded with; an error when the job stream cannot be acknowledged or the
 -- dead-letter stream cannot take the letter (ACL, a key of another type, ids exhausted): that
 -- is no fault of the job, and it stays pending until the operator mends it. In every case but
 -- 1, nothing is written.
 local reply = ARGV[12]
 local dead = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*'}
-for i = 13, #ARGV do
+for i = 23, #ARGV do
   dead[#dead + 1] = ARGV[i]
 end
 for _, v in ipairs({'error', ARGV[7], 'error_message', ARGV[8], 'deliveries', ARGV[9],
@@ -48,6 +50,10 @@ t = redis.call('TYPE', reply)['ok']
 if t ~= 'none' and t ~= 'stream' then
   return {-1, 'it holds a ' .. t .. ', not a stream'}
 end
+local video = video_check(13)
+if video then
+  return video
+end
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0
 end
@@ -68,4 +74,5 @@ if tonumber(ARGV[11]) > 0 then
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+video_record(13)
 return 1

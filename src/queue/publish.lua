@@ -6,10 +6,12 @@
 -- ARGV[1] group, ARGV[2] job entry id, ARGV[3] reply MAXLEN (approximate), ARGV[4] job_id,
 -- ARGV[5] result JSON, ARGV[6] reply stream expiry in seconds (0 = none: the default results
 -- stream, capped by MAXLEN instead), ARGV[7] the reply stream (in the job stream's slot; an
--- argument, not a key, so that an ACL denying it denies this reply, not the whole script).
+-- argument, not a key, so that an ACL denying it denies this reply, not the whole script),
+-- ARGV[8..17] the video block of video.lua (ARGV[12] = '' when the job is no frame of a video).
 -- Returns 1 when published; 0 when the entry was no longer pending (another worker finished
 -- it first); {-1, why} when the reply stream cannot take the result (a key of another type,
--- denied by the ACL, its ids exhausted). An error when the job stream cannot be acknowledged
+-- denied by the ACL, its ids exhausted); {-2, video} when the frame's video object disagrees
+-- with the one its video was first recorded with. An error when the job stream cannot be acknowledged
 -- (the ACL denies XACK or XDEL). In every case but 1, nothing is written: every check comes
 -- before the first write, and the first write is the only one that can fail.
 local reply = ARGV[7]
@@ -28,6 +30,10 @@ local t = redis.call('TYPE', reply)['ok']
 if t ~= 'none' and t ~= 'stream' then
   return {-1, 'it holds a ' .. t .. ', not a stream'}
 end
+local video = video_check(8)
+if video then
+  return video
+end
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0
 end
@@ -40,4 +46,5 @@ if tonumber(ARGV[6]) > 0 then
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+video_record(8)
 return 1

@@ -124,11 +124,15 @@ pub enum Written {
     /// The reply stream cannot take the result (a key of another type, denied by the ACL, its
     /// ids exhausted), and why: nothing written.
     ReplyUnusable(String),
+    /// The frame's `video` object disagrees with the one its video was first recorded with
+    /// (that one): nothing written.
+    VideoDisagrees(String),
 }
 
 impl FromRedisValue for Written {
     /// `publish.lua` and `dead_letter.lua` answer 1 (written), 0 (the entry is no longer
-    /// pending) or `[-1, why]` (the reply stream cannot take it); anything else is an error.
+    /// pending), `[-1, why]` (the reply stream cannot take it) or `[-2, video]` (the frame's
+    /// video object disagrees with its video's); anything else is an error.
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
         if let Value::Int(n) = v {
             return match n {
@@ -145,6 +149,9 @@ impl FromRedisValue for Written {
         match (parts.next(), parts.next().and_then(bytes_of)) {
             (Some(Value::Int(-1)), Some(why)) => Ok(Written::ReplyUnusable(
                 String::from_utf8_lossy(&why).into_owned(),
+            )),
+            (Some(Value::Int(-2)), Some(spec)) => Ok(Written::VideoDisagrees(
+                String::from_utf8_lossy(&spec).into_owned(),
             )),
             _ => Err("a publish step answered neither 0, 1 nor [-1, why]".into()),
         }

@@ -14,6 +14,7 @@ use crate::error::InputError;
 use crate::image::{self, CropBox, Letterboxed, Limits, Pixels, CROP_BYTES};
 use crate::metrics as m;
 use crate::queue::Entry;
+use crate::video::VideoTag;
 
 use super::delivery::{PixelBudget, PixelCharge};
 
@@ -65,6 +66,8 @@ pub struct Prepared {
     /// CPU time of the job on the decode threads: parse + decode + letterbox + crop,
     /// milliseconds (the result reports it as `timings_ms.decode`).
     pub cpu_ms: f64,
+    /// The frame of a tracked video this job is, if any.
+    pub video: Option<VideoTag>,
 }
 
 /// A job rejected for its input, with what can be echoed and the image size when known.
@@ -73,6 +76,8 @@ pub struct Rejected {
     pub error: InputError,
     pub echo: Echo,
     pub image_size: Option<[u32; 2]>,
+    /// The frame of a tracked video this job is, when it could be read.
+    pub video: Option<VideoTag>,
 }
 
 /// What the worker decides for a frame before decoding it: its size, the people to run (the
@@ -147,6 +152,7 @@ pub(crate) fn prepare_within(
             error,
             echo: echo.clone(),
             image_size,
+            video: None,
         })
     };
     let raw_image = entry.field("image").filter(|b| !b.is_empty());
@@ -168,6 +174,19 @@ pub(crate) fn prepare_within(
             return Err(reject(InputError::InvalidJob(e), echo, None));
         }
     }
+    let video = match VideoTag::of(&job, keys) {
+        Ok(v) => v,
+        Err(e) => return Err(reject(InputError::InvalidJob(e), echo, None)),
+    };
+    // From here on a rejected job is still a frame of its video (an error frame).
+    let reject = |error: InputError, echo: &Echo, image_size: Option<[u32; 2]>| {
+        Box::new(Rejected {
+            error,
+            echo: echo.clone(),
+            image_size,
+            video: video.clone(),
+        })
+    };
 
     if let Some(len) = entry.cut_image {
         // Over the limit, so it was not even sent.
@@ -224,6 +243,7 @@ pub(crate) fn prepare_within(
                 charge,
             }),
             cpu_ms: (decoded + boxed) * 1e3,
+            video,
         });
     }
     let source = if job.boxes.is_empty() {
@@ -250,6 +270,7 @@ pub(crate) fn prepare_within(
         source,
         detect: None,
         cpu_ms: (decoded + cropped) * 1e3,
+        video,
     })
 }
 

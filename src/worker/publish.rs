@@ -20,6 +20,7 @@ use crate::error::InputError;
 use crate::metrics::{self as m, Outcome};
 use crate::model::FrameOutput;
 use crate::queue::{DeadLetter, Written};
+use crate::video::{self, VideoTag};
 
 /// Publishes a finished job (or leaves a failed one pending for a retry).
 pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
@@ -59,6 +60,10 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         };
         let r = result::ok_result(&delivery.entry.id, echo, prepared.image_size, people, timings, &ctx.origin);
         let json = r.to_json();
+        let record = prepared
+            .video
+            .as_ref()
+            .map(|_| video::ok_record(&r.people, prepared.image_size, vertices).encode());
         histogram!(m::STAGE_DURATION, "stage" => m::stage::POSTPROCESS).record(t.elapsed().as_secs_f64());
         let shard = delivery.entry.shard;
         let reply = ctx.queue.shard(shard).keys().reply_stream(echo.reply_to.as_deref()).to_string();
@@ -72,7 +77,8 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
             "publish",
             || async {
                 let _busy = ctx.health.busy("publish");
-                ctx.queue.shard(shard).publish(&delivery.entry, &reply, &job_id, &json).await
+                let frame = prepared.video.as_ref().zip(record.as_deref()).map(|(v, r)| v.record_frame(r));
+                ctx.queue.shard(shard).publish(&delivery.entry, &reply, &job_id, &json, frame.as_ref()).await
             },
             || ctx.queue.shard(shard).ensure_group(),
         )
@@ -92,10 +98,17 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
                 return;
             }
             None => return,
-            Some(Written::ReplyUnusable(why)) => why,
+            Some(Written::ReplyUnusable(why)) => {
+                InputError::InvalidJob(format!("reply_to {reply:?} cannot take the result: {why}"))
+            }
+            Some(Written::VideoDisagrees(first)) => video_disagrees(&prepared.video, &first),
         };
-        let error = InputError::InvalidJob(format!("reply_to {reply:?} cannot take the result: {unusable}"));
-        let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size) };
+        // A frame whose video disagrees is no frame of that video: it is not recorded.
+        let video = match &unusable {
+            InputError::InvalidJob(m) if m.starts_with(DISAGREES) => None,
+            _ => prepared.video.clone(),
+        };
+        let rejected = Rejected { error: unusable, echo: echo.clone(), image_size: Some(prepared.image_size), video };
         reject_in_span(ctx.clone(), delivery, Box::new(rejected)).await;
     }
     .instrument(span)
@@ -114,9 +127,19 @@ async fn reject_in_span(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
     tracing::info!(entry = %d.entry.id, job_id = r.echo.job_id.as_deref().unwrap_or(""), code = %code, "rejected bad input");
     let mut result = error_result(&ctx, &d, &r.echo, code, message.clone());
     result.image_size = r.image_size;
-    if dead_letter(&ctx, &d, &r.echo, &result, &message).await {
+    if dead_letter(&ctx, &d, &r.echo, &result, &message, r.video.as_ref()).await {
         Outcome::InvalidInput.count();
     }
+}
+
+/// How an answer to a frame whose `video` object disagrees with its video's starts.
+const DISAGREES: &str = "the video object disagrees";
+
+fn video_disagrees(v: &Option<VideoTag>, first: &str) -> InputError {
+    let this = v.as_ref().map_or("", |v| v.spec.as_str());
+    InputError::InvalidJob(format!(
+        "{DISAGREES} with the one the video's first recorded frame carried: {this} vs {first}"
+    ))
 }
 
 /// Delivered too often: dead letter with `too_many_deliveries`.
@@ -126,12 +149,13 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
 }
 
 async fn too_many_in_span(ctx: Arc<Ctx>, d: Delivery) {
-    let echo = d
+    let keys = ctx.queue.shard(d.entry.shard).keys();
+    let (echo, video) = d
         .entry
         .parse_job(true, &ctx.config.limits.job())
         .map(|parsed| match parsed {
-            Ok(j) => j.echo(),
-            Err(e) => e.echo,
+            Ok(j) => (j.echo(), VideoTag::of(&j, keys).ok().flatten()),
+            Err(e) => (e.echo, None),
         })
         .unwrap_or_default();
     d.record_job_id(echo.job_id.as_deref());
@@ -147,7 +171,7 @@ async fn too_many_in_span(ctx: Arc<Ctx>, d: Delivery) {
         ErrorCode::TooManyDeliveries,
         message.clone(),
     );
-    if dead_letter(&ctx, &d, &echo, &result, &message).await {
+    if dead_letter(&ctx, &d, &echo, &result, &message, video.as_ref()).await {
         Outcome::DeadLettered.count();
     }
 }
@@ -177,16 +201,31 @@ fn error_result(
 }
 
 /// Writes the dead letter, answering on the job's `reply_to` or, when that stream cannot take
-/// it, on the default results stream. False when nothing was written.
+/// it, on the default results stream, and recording the frame for its video, if any (as an
+/// error frame). False when nothing was written.
 async fn dead_letter(
     ctx: &Ctx,
     d: &Delivery,
     echo: &Echo,
     result: &JobResult,
     message: &str,
+    video: Option<&VideoTag>,
 ) -> bool {
-    let json = result.to_json();
-    let code = result.error.as_ref().map_or("", |e| e.code.as_str());
+    let mut json = result.to_json();
+    let mut message = message.to_string();
+    let mut video = video;
+    let record = video.map(|_| {
+        video::error_record(
+            result.error.as_ref().map_or("", |e| e.code.as_str()),
+            &message,
+            result.image_size,
+        )
+        .encode()
+    });
+    let mut code = result
+        .error
+        .as_ref()
+        .map_or(String::new(), |e| e.code.as_str().to_string());
     let job_id = echo.job_id.clone().unwrap_or_default();
     let keys = ctx.queue.shard(d.entry.shard).keys();
     let default = keys.results.clone();
@@ -198,9 +237,10 @@ async fn dead_letter(
                 reply_to: &reply,
                 job_id: &job_id,
                 result_json: &json,
-                code,
-                message,
+                code: &code,
+                message: &message,
                 worker: &ctx.origin.worker,
+                video: video.zip(record.as_deref()).map(|(v, r)| v.record_frame(r)),
             })
         };
         let regroup = || ctx.queue.shard(d.entry.shard).ensure_group();
@@ -208,6 +248,20 @@ async fn dead_letter(
             Some(Written::Done) => return true,
             Some(Written::NotPending) | None => return false,
             Some(Written::ReplyUnusable(why)) => why,
+            Some(Written::VideoDisagrees(first)) => {
+                // Not a frame of that video after all: answered invalid_job, not recorded.
+                let error = video_disagrees(&video.cloned(), &first);
+                let mut r = result.clone();
+                r.error = Some(hmr2_client::ErrorBody {
+                    code: error.code(),
+                    message: error.to_string(),
+                });
+                json = r.to_json();
+                message = error.to_string();
+                code = error.code().as_str().to_string();
+                video = None;
+                continue;
+            }
         };
         if reply == default {
             tracing::error!(

@@ -177,7 +177,7 @@ where
 /// sends the URL's credentials, pings. A reply that refuses them (WRONGPASS, NOAUTH, or any
 /// error to AUTH) is [`RunError::RedisRefused`]; a seed that cannot be reached is logged as an
 /// error naming the setting, and start-up goes on (the consumer groups wait for Redis).
-async fn check_redis(config: &Config) -> Result<(), RunError> {
+pub(crate) async fn check_redis(config: &Config) -> Result<(), RunError> {
     let timeout = Duration::from_millis(config.redis.connect_timeout_ms);
     let mut seeds = tokio::task::JoinSet::new();
     for url in config.redis.urls() {

@@ -146,15 +146,18 @@ async fn every_job_is_answered_through_the_failover_of_a_master() {
         let layout = cfg.layout();
         let mut conn = cluster_conn(&cfg).await;
 
-        // 2,000 jobs of 40 videos: every shard gets some.
+        // 2,000 jobs of 40 tracked videos of 50 frames: every shard gets some.
         const JOBS: usize = 2000;
+        const VIDEOS: usize = 40;
         let frames: Vec<Frame> = (0..JOBS)
             .map(|i| {
-                video_frame(
-                    &format!("video-{}", i % 40),
-                    (i / 40) as u64,
+                let mut f = video_frame(
+                    &format!("video-{}", i % VIDEOS),
+                    (i / VIDEOS) as u64,
                     (i % 7) as u32,
-                )
+                );
+                f.job = f.job.tracked((JOBS / VIDEOS) as u64, 25.0);
+                f
             })
             .collect();
         let per_shard = frames.iter().fold(vec![0usize; 4], |mut n, f| {
@@ -261,6 +264,45 @@ async fn every_job_is_answered_through_the_failover_of_a_master() {
             assert_eq!(dead, 0, "{}", keys.dead);
             let left: usize = conn.xlen(&keys.jobs).await.unwrap();
             assert_eq!(left, 0, "{}", keys.jobs);
+        }
+        // Every video, frames recorded through the failover, is written exactly once.
+        for v in 0..VIDEOS {
+            let video = format!("video-{v}");
+            let keys = producer::shard_keys(&layout, &frames[v]);
+            let out = keys.video_output(&video, None).unwrap();
+            let entries: redis::streams::StreamRangeReply = wait_for(
+                &format!("the output of {video}"),
+                Duration::from_secs(120),
+                || async {
+                    let mut conn = cluster_conn(&cfg).await;
+                    let r: redis::streams::StreamRangeReply =
+                        conn.xrange_all(&out).await.unwrap_or_default();
+                    if r.ids.iter().any(|e| e.map.contains_key("done")) {
+                        Ok(r)
+                    } else {
+                        Err(format!("{} entries", r.ids.len()))
+                    }
+                },
+            )
+            .await;
+            let done: Vec<Value> = entries
+                .ids
+                .iter()
+                .filter_map(|e| e.get::<String>("done"))
+                .map(|d| serde_json::from_str(&d).unwrap())
+                .collect();
+            assert_eq!(done.len(), 1, "{video}: {done:?}");
+            assert_eq!(done[0]["status"], "ok", "{video}: {}", done[0]);
+            assert_eq!(
+                done[0]["ok_frames"].as_u64(),
+                Some((JOBS / VIDEOS) as u64),
+                "{video}"
+            );
+            assert_eq!(
+                entries.ids.len(),
+                JOBS / VIDEOS + 1,
+                "{video}: one entry per frame, then done"
+            );
         }
         for (mut w, _) in workers {
             signal_term(&w);

@@ -14,4 +14,5 @@ mod seam;
 mod security;
 mod shards;
 mod support;
+mod video;
 mod worker;

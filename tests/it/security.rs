@@ -16,7 +16,8 @@ pub(crate) fn worker_acl(prefix: &str, password: &str) -> String {
         "user hmr2-worker on >{password} ~{prefix}:* resetchannels -@all +@connection \
          +xreadgroup +xclaim +xrange +xack +xdel +xadd +xlen +xpending +xinfo|groups +xinfo|stream \
          +xinfo|consumers +xgroup|create +xgroup|delconsumer +expire +evalsha +eval \
-         +script|load +type +hset +del"
+         +script|load +type +hset +del +hget +hgetall +hsetnx +hexists +hlen +exists +rename \
+         +zadd +zrem +zrange +zcard +time +persist"
     )
 }
 

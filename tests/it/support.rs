@@ -142,11 +142,21 @@ impl Drop for WorkerProcess {
 /// Like [`spawn_worker_process`], with extra environment variables. Its stderr goes to
 /// `$TMPDIR/<prefix>.log`.
 pub fn spawn_worker_process_with(config: &Config, env: &[(&str, &str)]) -> WorkerProcess {
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("{}.log", config.queue.prefix)))
-            .expect("log file");
+    spawn_process("run", &format!("{}.log", config.queue.prefix), config, env)
+}
+
+/// `hmr2-worker track` (the tracking stage alone) as a child process, configured like
+/// [`spawn_worker_process_with`]. Its stderr goes to `$TMPDIR/<prefix>-track-<port>.log`.
+pub fn spawn_tracker_process(config: &Config, env: &[(&str, &str)]) -> WorkerProcess {
+    let port = config.http.listen.rsplit(':').next().unwrap_or("0");
+    let log = format!("{}-track-{port}.log", config.queue.prefix);
+    spawn_process("track", &log, config, env)
+}
+
+fn spawn_process(command: &str, log: &str, config: &Config, env: &[(&str, &str)]) -> WorkerProcess {
+    let log = std::fs::File::create(std::env::temp_dir().join(log)).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_hmr2-worker"))
-        .arg("run")
+        .arg(command)
         .env("HMR2_REDIS__URL", &config.redis.url)
         .env("HMR2_QUEUE__PREFIX", &config.queue.prefix)
         .env("HMR2_REDIS__CLUSTER", config.redis.cluster.to_string())

@@ -17,6 +17,8 @@ pub struct EnqueueOptions {
     /// Size of synthetic frames.
     pub size: (u32, u32),
     pub video_id: Option<String>,
+    /// With `video_id`: every frame is a frame of one tracked video at this rate, in name order.
+    pub fps: Option<f64>,
     pub boxes: Option<PathBuf>,
     pub raw: bool,
     pub reply_to: Option<String>,
@@ -25,12 +27,30 @@ pub struct EnqueueOptions {
 
 /// Enqueues image files (or synthetic frames) with a progress bar and prints one job id per line.
 pub async fn run(config: &Config, o: EnqueueOptions) -> anyhow::Result<()> {
-    let frames = match o.synthetic {
+    if let Some(fps) = o.fps {
+        anyhow::ensure!(
+            fps.is_finite() && fps > 0.0,
+            "--fps must be a number above 0, got {fps}"
+        );
+    }
+    let mut frames = match o.synthetic {
         Some(n) => synthetic(n, o.size, &o),
         None => frames_from_files(&o)?,
     };
+    tracked(&mut frames, &o);
     check_reply_to(&config.layout(), &frames, o.reply_to.as_deref())?;
     send(config, frames, o.raw).await
+}
+
+/// With `--fps`: every frame becomes a frame of one tracked video of `frames.len()` frames.
+fn tracked(frames: &mut [Frame], o: &EnqueueOptions) {
+    let (Some(fps), Some(_)) = (o.fps, &o.video_id) else {
+        return;
+    };
+    let n = frames.len() as u64;
+    for f in frames {
+        f.job = std::mem::replace(&mut f.job, Job::new("")).tracked(n, fps);
+    }
 }
 
 /// A `--reply-to` must start with the results stream of each frame's shard (workers answer
@@ -96,7 +116,11 @@ fn synthetic(n: usize, (w, h): (u32, u32), o: &EnqueueOptions) -> Vec<Frame> {
 }
 
 fn frames_from_files(o: &EnqueueOptions) -> anyhow::Result<Vec<Frame>> {
-    let files = image_files(&o.paths)?;
+    let mut files = image_files(&o.paths)?;
+    if o.fps.is_some() {
+        // The frames of one video, in name order.
+        files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    }
     anyhow::ensure!(!files.is_empty(), "no .jpg, .jpeg or .png files found");
     let boxes: Option<serde_json::Value> = match &o.boxes {
         Some(p) => Some(
@@ -210,6 +234,7 @@ mod tests {
             synthetic: None,
             size: (320, 240),
             video_id: video_id.map(str::to_string),
+            fps: None,
             boxes,
             raw: true,
             reply_to: Some("out".into()),
@@ -232,6 +257,33 @@ mod tests {
         let txt = dir.path().join("c.txt");
         assert_eq!(image_files(std::slice::from_ref(&txt)).unwrap(), [txt]);
         assert!(image_files(&[dir.path().join("missing.jpg")]).is_err());
+    }
+
+    #[test]
+    fn fps_makes_the_files_one_tracked_video_in_name_order() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("f-2.jpg"), b"two").unwrap();
+        std::fs::write(b.path().join("f-1.jpg"), b"one").unwrap();
+        std::fs::write(a.path().join("f-3.jpg"), b"three").unwrap();
+        let mut o = options(None, Some("clip"));
+        o.paths = vec![a.path().to_path_buf(), b.path().to_path_buf()];
+        o.fps = Some(25.0);
+        let mut frames = frames_from_files(&o).unwrap();
+        tracked(&mut frames, &o);
+        let images: Vec<&[u8]> = frames.iter().map(|f| f.image.as_slice()).collect();
+        assert_eq!(images, [b"one".as_slice(), b"two", b"three"]);
+        for (i, f) in frames.iter().enumerate() {
+            let v = f.job.video.as_ref().expect("a tracked frame");
+            assert_eq!((v.frames, v.fps), (3, 25.0));
+            assert_eq!(f.job.frame_number, Some(i as u64));
+            assert_eq!(f.job.video_id.as_deref(), Some("clip"));
+        }
+        // Without --fps the frames are not tracked.
+        o.fps = None;
+        let mut plain = frames_from_files(&o).unwrap();
+        tracked(&mut plain, &o);
+        assert!(plain.iter().all(|f| f.job.video.is_none()));
     }
 
     #[test]

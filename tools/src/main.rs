@@ -162,6 +162,11 @@ struct EnqueueArgs {
     /// Video id: jobs become `<video_id>:<frame_number>`, numbered in file order.
     #[arg(long)]
     video_id: Option<String>,
+    /// With --video-id: the files are the frames of one tracked video at F frames per second,
+    /// in name order (DESIGN §13): the workers collect them, track the people and write the
+    /// video's output to `<results stream>:video:<video_id>` once the last frame is answered.
+    #[arg(long, value_name = "F", requires = "video_id")]
+    fps: Option<f64>,
     /// JSON file with boxes: `[[x1,y1,x2,y2], ...]` for every frame, or
     /// `{"<file name>": [[...]], ...}` per frame.
     #[arg(long, value_name = "FILE")]
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
                     synthetic: a.synthetic,
                     size: a.size,
                     video_id: a.video_id,
+                    fps: a.fps,
                     boxes: a.boxes,
                     raw: a.raw,
                     reply_to: a.reply_to,

@@ -287,6 +287,76 @@ pub fn render(width: u32, height: u32, people: usize, index: usize) -> (RgbImage
     (img, boxes)
 }
 
+/// Frames in [`render_clip`]'s clip.
+pub const CLIP_FRAMES: usize = 48;
+
+/// Frames per second of [`render_clip`]'s clip.
+pub const CLIP_FPS: f64 = 12.0;
+
+/// One figure of a clip frame: which person (0, 1, 2), its box, and whether it can be seen
+/// (not hidden behind a nearer figure).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipPerson {
+    pub person: usize,
+    pub bbox: [f64; 4],
+    pub visible: bool,
+}
+
+/// Where person `p` of the clip is on frame `index`, if in the frame: 0 walks left to right
+/// near the camera, 1 right to left further away (hidden behind 0 while they cross), 2 enters
+/// from the left two thirds of the way through.
+fn clip_pose(width: u32, height: u32, p: usize, index: usize) -> Option<Pose> {
+    let (w, h) = (width as f32, height as f32);
+    let t = index as f32 / (CLIP_FRAMES - 1) as f32;
+    let (x, feet, tall) = match p {
+        0 => (0.18 + 0.64 * t, 0.95, 0.62),
+        1 => (0.82 - 0.64 * t, 0.86, 0.5),
+        _ => {
+            let start = 0.62;
+            if t < start {
+                return None;
+            }
+            (0.04 + 0.5 * (t - start), 0.9, 0.56)
+        }
+    };
+    Some(Pose {
+        x: w * x,
+        feet: h * feet,
+        height: h * tall,
+        phase: index as f32 * 0.6 + p as f32 * 1.7,
+    })
+}
+
+/// Frame `index` (below [`CLIP_FRAMES`]) of the tracking clip: two figures crossing, the far one
+/// hidden behind the near one for a few frames, and a third entering late. The far figure is
+/// drawn first, so the near one covers it; a figure whose box is more than 60% covered by a
+/// nearer one's counts as not visible.
+pub fn render_clip(width: u32, height: u32, index: usize) -> (RgbImage, Vec<ClipPerson>) {
+    let mut img = background(width, height, &Backdrop::sequence(index));
+    let figures: Vec<(usize, Vec<Capsule>, [f64; 4])> = [1, 2, 0]
+        .into_iter()
+        .filter_map(|p| {
+            let pose = clip_pose(width, height, p, index)?;
+            let (capsules, bbox) = figure(width, height, &pose, &LOOKS[p]);
+            Some((p, capsules, bbox))
+        })
+        .collect();
+    let mut people = Vec::new();
+    for (i, (p, capsules, bbox)) in figures.iter().enumerate() {
+        draw(&mut img, capsules, *bbox);
+        let hidden = figures[i + 1..]
+            .iter()
+            .any(|(_, _, near)| covered(bbox, near) > 0.6);
+        people.push(ClipPerson {
+            person: *p,
+            bbox: *bbox,
+            visible: !hidden,
+        });
+    }
+    people.sort_by_key(|c| c.person);
+    (img, people)
+}
+
 /// A picture drawn from `seed`: a background of random colours and texture with 0–3 figures
 /// (as many of each count), each 20–90% of the frame height, in a random stride and random
 /// colours, anywhere in the frame with at most a little of it cut off by the edges. Figures
@@ -405,6 +475,30 @@ pub fn synthetic_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clip_crosses_hides_one_figure_a_few_frames_and_brings_a_third_late() {
+        let clip: Vec<Vec<ClipPerson>> = (0..CLIP_FRAMES)
+            .map(|i| render_clip(320, 180, i).1)
+            .collect();
+        let hidden: Vec<usize> = (0..CLIP_FRAMES)
+            .filter(|&i| clip[i].iter().any(|c| c.person == 1 && !c.visible))
+            .collect();
+        // The far figure is hidden for a few consecutive frames around the crossing, and only it.
+        assert!((2..=8).contains(&hidden.len()), "hidden on {hidden:?}");
+        assert_eq!(hidden.last().unwrap() - hidden[0] + 1, hidden.len());
+        assert!(clip.iter().flatten().all(|c| c.person == 1 || c.visible));
+        let third: Vec<usize> = (0..CLIP_FRAMES)
+            .filter(|&i| clip[i].iter().any(|c| c.person == 2))
+            .collect();
+        assert!(
+            third[0] > CLIP_FRAMES / 2 && third.len() >= 8,
+            "third figure on {third:?}"
+        );
+        // The near figure walks right, the far one left.
+        let x = |i: usize, p: usize| clip[i].iter().find(|c| c.person == p).unwrap().bbox[0];
+        assert!(x(0, 0) < x(0, 1) && x(CLIP_FRAMES - 1, 0) > x(CLIP_FRAMES - 1, 1));
+    }
 
     #[test]
     fn frames_are_textured_and_boxes_hold_their_figures() {
