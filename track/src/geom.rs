@@ -5,6 +5,9 @@ use crate::record::{Observation, BETAS};
 
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes; 0 for empty or non-finite boxes.
 pub(crate) fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    if !a.iter().chain(b).all(|v| v.is_finite()) {
+        return 0.0;
+    }
     let w = a[2].min(b[2]) - a[0].max(b[0]);
     let h = a[3].min(b[3]) - a[1].max(b[1]);
     if !(w > 0.0 && h > 0.0) {
