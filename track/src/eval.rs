@@ -76,16 +76,19 @@ pub struct MotMetrics {
     pub gt_objects: u64,
 }
 
-/// The ground truth of a scene (hidden people included) and the tracker's output, as MOT
-/// frames.
+/// The ground truth of a scene (hidden people included; none in frames answered with an error
+/// or never answered, which have no people by contract) and the tracker's output, as MOT frames.
 pub fn mot_frames(scene: &Scene, tracked: &Tracked) -> (MotFrames, MotFrames) {
     let gt = scene
         .gt
         .iter()
-        .map(|f| {
-            f.iter()
+        .zip(&scene.records)
+        .map(|(f, r)| match r {
+            Some(r) if r.status == crate::FrameStatus::Ok => f
+                .iter()
                 .map(|p| (p.id, MotBox::from_corners(&p.obs.bbox)))
-                .collect()
+                .collect(),
+            _ => Vec::new(),
         })
         .collect();
     let hyp = tracked

@@ -228,8 +228,8 @@ pub(crate) struct Params {
     /// Smoothing σ, seconds (0: none), and the kernel's largest radius, frames.
     pub(crate) smooth_sigma_s: f64,
     pub(crate) max_radius: usize,
-    /// Outliers: running-median half window (samples), robust k, floors.
-    pub(crate) outlier_half_window: usize,
+    /// Outliers: σ of the leave-one-out fit (samples; radius twice), robust k, floors.
+    pub(crate) outlier_sigma: usize,
     pub(crate) outlier_k: f64,
     pub(crate) outlier_floor_m: f64,
     pub(crate) outlier_floor_kp_m: f64,
@@ -267,7 +267,7 @@ impl Params {
             min_track_frames: 3,
             smooth_sigma_s: s.smoothing.sigma_s(),
             max_radius: 500,
-            outlier_half_window: frames(0.1).clamp(2, 5),
+            outlier_sigma: frames(0.1).clamp(2, 5),
             outlier_k: 6.0,
             outlier_floor_m: 0.15,
             outlier_floor_kp_m: 0.05,

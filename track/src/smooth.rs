@@ -123,47 +123,57 @@ fn interpolate(a: &Row, b: &Row, t: f64, out: &mut [f64]) {
     normalise_quats(out);
 }
 
-/// Marks as outliers the samples whose camera position or keypoints stand far from the running
-/// median of their neighbours: residual above median + k·1.4826·MAD of all residuals (a robust
-/// k-sigma), and above an absolute floor.
-fn outliers(rows: &[Row], p: &Params) -> Vec<bool> {
-    let n = rows.len();
-    let mut out = vec![false; n];
-    if n < 2 * p.outlier_half_window + 3 {
-        return out;
+/// Marks as outliers the samples whose camera position or keypoints stand far from what their
+/// neighbours predict (a Gaussian-weighted local linear fit that leaves the sample itself out):
+/// residual above median + k·1.4826·MAD of all the track's residuals (a robust k-sigma), and
+/// above an absolute floor. A sample with no neighbour within the fit's reach is kept.
+fn outliers(rows: &[f64], frames: &[usize], p: &Params) -> Vec<bool> {
+    let n = frames.len();
+    if n < 7 {
+        return vec![false; n];
     }
-    let h = p.outlier_half_window;
-    let mut win = Vec::with_capacity(2 * h + 1);
-    let mut running_median = |i: usize, c: usize| {
-        let lo = i.saturating_sub(h).min(n - (2 * h + 1));
-        win.clear();
-        win.extend(rows[lo..lo + 2 * h + 1].iter().map(|r| r[c]));
-        median(&mut win)
+    // Twice: the second time without the first pass's outliers in anyone's fit, so that an
+    // outlier's neighbours (whose fits it pulled) are not taken for outliers too.
+    let first = outlier_pass(rows, frames, p, None);
+    if first.iter().any(|&b| b) {
+        outlier_pass(rows, frames, p, Some(&first))
+    } else {
+        first
+    }
+}
+
+fn outlier_pass(rows: &[f64], frames: &[usize], p: &Params, exclude: Option<&[bool]>) -> Vec<bool> {
+    let n = frames.len();
+    let kernel = Kernel {
+        times: Some(frames),
+        sigma: p.outlier_sigma as f64,
+        radius: 2 * p.outlier_sigma,
+        leave_out: true,
+        exclude,
     };
+    let fit = local_linear(rows, n, CAM..BOX, &kernel);
+    let width = BOX - CAM;
     let mut r_cam = Vec::with_capacity(n);
     let mut r_kp = Vec::with_capacity(n);
-    for (i, row) in rows.iter().enumerate() {
-        let m: Vec<f64> = (CAM..CAM + 3).map(|c| running_median(i, c)).collect();
-        let d = [
-            row[CAM] - m[0],
-            row[CAM + 1] - m[1],
-            0.5 * (row[CAM + 2] - m[2]),
-        ];
+    for i in 0..n {
+        let row = &rows[i * CHANNELS + CAM..i * CHANNELS + BOX];
+        let m = &fit[i * width..(i + 1) * width];
+        let d = [row[0] - m[0], row[1] - m[1], 0.5 * (row[2] - m[2])];
         r_cam.push((d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt());
-        let mut s = 0.0;
-        for k in 0..KEYPOINTS {
-            let c = KP + 3 * k;
-            let d: f64 = (c..c + 3)
-                .map(|c| (row[c] - running_median(i, c)).powi(2))
-                .sum();
-            s += d.sqrt();
-        }
+        let s: f64 = row[3..]
+            .chunks_exact(3)
+            .zip(m[3..].chunks_exact(3))
+            .map(|(x, y)| {
+                ((x[0] - y[0]).powi(2) + (x[1] - y[1]).powi(2) + (x[2] - y[2]).powi(2)).sqrt()
+            })
+            .sum();
         r_kp.push(s / KEYPOINTS as f64);
     }
+    // Rows with no neighbour to predict them have a NaN residual: never outliers.
     let limit = |r: &[f64], floor: f64| {
-        let mut v = r.to_vec();
+        let mut v: Vec<f64> = r.iter().copied().filter(|x| x.is_finite()).collect();
         let med = median(&mut v);
-        let mut dev: Vec<f64> = r.iter().map(|x| (x - med).abs()).collect();
+        let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
         let mad = median(&mut dev);
         (med + p.outlier_k * 1.4826 * mad).max(floor)
     };
@@ -171,46 +181,100 @@ fn outliers(rows: &[Row], p: &Params) -> Vec<bool> {
         limit(&r_cam, p.outlier_floor_m),
         limit(&r_kp, p.outlier_floor_kp_m),
     );
-    for i in 0..n {
-        out[i] = r_cam[i] > lc || r_kp[i] > lk;
-    }
-    out
+    (0..n).map(|i| r_cam[i] > lc || r_kp[i] > lk).collect()
 }
 
-/// Gaussian-weighted local linear fit at every row of `data` (`len` rows of [`CHANNELS`]),
-/// channels `0..upto`.
-fn local_linear(data: &[f64], len: usize, upto: usize, sigma: f64, radius: usize) -> Vec<f64> {
-    let mut out = data.to_vec();
+/// How [`local_linear`] weighs rows: Gaussian σ and reach (frames), where the rows are.
+#[derive(Clone, Copy)]
+struct Kernel<'a> {
+    /// Frame of each row (increasing); the row's index when `None`.
+    times: Option<&'a [usize]>,
+    sigma: f64,
+    radius: usize,
+    /// Leave each row out of its own fit.
+    leave_out: bool,
+    /// Rows that count for no fit.
+    exclude: Option<&'a [bool]>,
+}
+
+impl Kernel<'_> {
+    fn gaussian(sigma: f64, radius: usize) -> Kernel<'static> {
+        Kernel {
+            times: None,
+            sigma,
+            radius,
+            leave_out: false,
+            exclude: None,
+        }
+    }
+}
+
+/// Gaussian-weighted local linear fit at every row of `data` (`len` rows of [`CHANNELS`]) for
+/// the channels `chans`; returns those channels only (`len` rows of `chans.len()`). Row `i` is
+/// at frame `times[i]` (increasing; `i` when `None`), and the fit uses the rows within `radius`
+/// frames. With `leave_out`, each row's own value is left out of its fit (a prediction from its
+/// neighbours); rows marked in `exclude` count for no fit.
+fn local_linear(data: &[f64], len: usize, chans: std::ops::Range<usize>, k: &Kernel) -> Vec<f64> {
+    let Kernel {
+        times,
+        sigma,
+        radius,
+        leave_out,
+        exclude,
+    } = *k;
+    let width = chans.len();
+    let mut out = vec![0.0; len * width];
     let g: Vec<f64> = (0..=radius)
         .map(|d| (-((d * d) as f64) / (2.0 * sigma * sigma)).exp())
         .collect();
+    let time = |i: usize| times.map_or(i, |t| t[i]);
     let mut w = Vec::with_capacity(2 * radius + 1);
+    let (mut lo, mut hi) = (0, 0);
     for i in 0..len {
-        let lo = i.saturating_sub(radius);
-        let hi = (i + radius).min(len - 1);
+        let ti = time(i);
+        while time(lo).saturating_add(radius) < ti {
+            lo += 1;
+        }
+        while hi + 1 < len && time(hi + 1) <= ti.saturating_add(radius) {
+            hi += 1;
+        }
+        let weight = |j: usize| {
+            if (leave_out && j == i) || exclude.is_some_and(|e| e[j]) {
+                0.0
+            } else {
+                g[time(j).abs_diff(ti)]
+            }
+        };
         let (mut s0, mut s1, mut s2) = (0.0, 0.0, 0.0);
         for j in lo..=hi {
-            let d = j as f64 - i as f64;
-            let gj = g[j.abs_diff(i)];
+            let d = time(j) as f64 - ti as f64;
+            let gj = weight(j);
             s0 += gj;
             s1 += gj * d;
             s2 += gj * d * d;
         }
         let denom = s0 * s2 - s1 * s1;
+        let linear = denom > 1e-9 * s0 * s2 && denom > 0.0;
         w.clear();
         for j in lo..=hi {
-            let d = j as f64 - i as f64;
-            let gj = g[j.abs_diff(i)];
-            w.push(if denom > 1e-9 * s0 * s2 && denom > 0.0 {
+            let d = time(j) as f64 - ti as f64;
+            let gj = weight(j);
+            w.push(if linear {
                 gj * (s2 - s1 * d) / denom
-            } else {
+            } else if s0 > 0.0 {
                 gj / s0
+            } else {
+                0.0
             });
         }
-        let o = &mut out[i * CHANNELS..i * CHANNELS + upto];
-        o.iter_mut().for_each(|x| *x = 0.0);
+        let o = &mut out[i * width..(i + 1) * width];
+        if s0 <= 0.0 {
+            // Nothing to fit (a lone row left out of its own fit).
+            o.iter_mut().for_each(|x| *x = f64::NAN);
+            continue;
+        }
         for (j, &wj) in (lo..=hi).zip(&w) {
-            let x = &data[j * CHANNELS..j * CHANNELS + upto];
+            let x = &data[j * CHANNELS + chans.start..j * CHANNELS + chans.end];
             for (a, b) in o.iter_mut().zip(x) {
                 *a += wj * b;
             }
@@ -236,7 +300,11 @@ pub(crate) fn smooth_track(
     let last = track[track.len() - 1].0;
     let rows: Vec<Row> = track.iter().map(|&fi| row_of(person.get(fi))).collect();
     let bad = if p.smooth_sigma_s > 0.0 {
-        outliers(&rows, p)
+        outliers(
+            rows.as_flattened(),
+            &track.iter().map(|t| t.0).collect::<Vec<_>>(),
+            p,
+        )
     } else {
         vec![false; rows.len()]
     };
@@ -281,7 +349,10 @@ pub(crate) fn smooth_track(
             .clamp(1, p.max_radius)
             .min(len - 1);
         if sigma >= 0.2 && radius >= 1 {
-            data = local_linear(&data, len, BETA, sigma, radius);
+            let fit = local_linear(&data, len, 0..BETA, &Kernel::gaussian(sigma, radius));
+            for (row, f) in data.chunks_exact_mut(CHANNELS).zip(fit.chunks_exact(BETA)) {
+                row[..BETA].copy_from_slice(f);
+            }
         }
         // One shape per person: the per-coefficient median of its good observations.
         let mut col = Vec::with_capacity(good_rows.len());
@@ -319,4 +390,120 @@ pub(crate) fn smooth_track(
         out.push((first + f, obs, interpolated));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Params, Settings, Smoothing};
+
+    fn signal(len: usize, f: impl Fn(usize) -> f64) -> Vec<f64> {
+        let mut data = vec![0.0; len * CHANNELS];
+        for i in 0..len {
+            data[i * CHANNELS + CAM] = f(i);
+        }
+        data
+    }
+
+    #[test]
+    fn a_sine_comes_back_unshifted_and_a_ramp_untouched() {
+        let len = 200;
+        let period = 25.0;
+        let sine = |i: usize| (2.0 * std::f64::consts::PI * i as f64 / period).sin();
+        let out = local_linear(
+            &signal(len, sine),
+            len,
+            CAM..CAM + 1,
+            &Kernel::gaussian(1.5, 5),
+        );
+        // Best alignment with the input at shift 0 (a causal filter would trail).
+        let score = |shift: i64| -> f64 {
+            (20..len - 20)
+                .map(|i| out[i] * sine((i as i64 + shift) as usize))
+                .sum()
+        };
+        let best = (-5..=5).max_by(|&a, &b| score(a).total_cmp(&score(b)));
+        assert_eq!(best, Some(0));
+        // Amplitude mostly kept at this frequency (Gaussian response ≈ 0.87).
+        let peak = out[20..len - 20].iter().cloned().fold(0.0, f64::max);
+        assert!(peak > 0.8 && peak < 1.0, "{peak}");
+        // A steady motion is unchanged everywhere, ends included (no lag at the boundaries).
+        let ramp = |i: usize| 0.05 * i as f64 - 3.0;
+        let out = local_linear(
+            &signal(len, ramp),
+            len,
+            CAM..CAM + 1,
+            &Kernel::gaussian(3.0, 9),
+        );
+        for (i, v) in out.iter().enumerate() {
+            assert!((v - ramp(i)).abs() < 1e-9, "{i}: {v}");
+        }
+    }
+
+    #[test]
+    fn quaternion_signs_do_not_cancel() {
+        // One rotation, written with alternating signs: smoothing must keep it.
+        let q = [0.5f64, 0.5, -0.5, 0.5];
+        let mut rows: Vec<Row> = (0..20)
+            .map(|i| {
+                let mut r = [0.0; CHANNELS];
+                let s = if i % 2 == 0 { 1.0 } else { -1.0 };
+                for k in 0..QUATS {
+                    r[4 * k..4 * k + 4].copy_from_slice(&q.map(|v| v * s));
+                }
+                r
+            })
+            .collect();
+        for k in 1..rows.len() {
+            let (a, b) = rows.split_at_mut(k);
+            align_quats(&a[k - 1], &mut b[0]);
+        }
+        let data = rows.as_flattened();
+        let out = local_linear(data, 20, 0..CAM, &Kernel::gaussian(2.0, 6));
+        for r in out.chunks_exact(CAM) {
+            let mut r = r.to_vec();
+            r.resize(CHANNELS, 0.0);
+            normalise_quats(&mut r);
+            let dot: f64 = r[..4].iter().zip(&q).map(|(a, b)| a * b).sum();
+            assert!((dot.abs() - 1.0).abs() < 1e-9, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn slerp_fills_halfway() {
+        // 0° and 90° about z: halfway is 45°.
+        let a = [1.0, 0.0, 0.0, 0.0];
+        let h = std::f64::consts::FRAC_PI_4;
+        let b = [h.cos(), 0.0, 0.0, h.sin()];
+        let mut out = [0.0; 4];
+        slerp(&a, &b, 0.5, &mut out);
+        let e = std::f64::consts::FRAC_PI_8;
+        assert!((out[0] - e.cos()).abs() < 1e-12 && (out[3] - e.sin()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_outlier_frame_is_found() {
+        let p = Params::new(&Settings {
+            smoothing: Smoothing::Default,
+            ..Settings::default()
+        });
+        let n = 60;
+        let mut data = signal(n, |i| 0.02 * i as f64);
+        // Small noise in the keypoints, one frame 0.8 m off.
+        for i in 0..n {
+            for k in 0..KEYPOINTS * 3 {
+                data[i * CHANNELS + KP + k] = 0.003 * (((i * 7 + k * 13) % 11) as f64 - 5.0);
+            }
+        }
+        data[30 * CHANNELS + CAM] += 0.8;
+        let bad = outliers(&data, &(0..n).collect::<Vec<_>>(), &p);
+        assert_eq!(
+            bad.iter()
+                .enumerate()
+                .filter(|(_, b)| **b)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>(),
+            vec![30]
+        );
+    }
 }

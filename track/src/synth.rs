@@ -81,6 +81,9 @@ pub struct SceneConfig {
     /// Share of frames answered with an error, and of frames never answered.
     pub error_rate: f64,
     pub missing_rate: f64,
+    /// Everyone is in view from the first frame and walks back and forth, never leaving (long
+    /// videos for the bench).
+    pub stay_in_view: bool,
 }
 
 impl Default for SceneConfig {
@@ -102,6 +105,7 @@ impl Default for SceneConfig {
             max_hidden_s: 0.5,
             error_rate: 0.0,
             missing_rate: 0.0,
+            stay_in_view: false,
         }
     }
 }
@@ -131,8 +135,26 @@ pub struct Walker {
     pub depth: f64,
     pub velocity: f64,
     pub betas: [f32; BETAS],
+    /// Walks back and forth with this half-amplitude (metres) around `x0` instead of straight.
+    pub sweep: Option<f64>,
     /// Phases and amplitudes of the sway and gait (from the seed).
     pub phase: [f64; 4],
+}
+
+impl Walker {
+    /// A walker in a straight line; shape and phases drawn from `rng`.
+    pub fn straight(enter: usize, x0: f64, depth: f64, velocity: f64, rng: &mut Rng) -> Walker {
+        Walker {
+            enter,
+            leave: None,
+            x0,
+            depth,
+            velocity,
+            betas: std::array::from_fn(|_| rng.normal() as f32),
+            sweep: None,
+            phase: std::array::from_fn(|_| rng.range(0.0, 2.0 * PI)),
+        }
+    }
 }
 
 /// One person of the ground truth in one frame.
@@ -248,7 +270,13 @@ fn pose(w: &Walker, t: f64) -> ([UnitQuaternion<f64>; 24], [f64; 3]) {
     let [p0, p1, p2, p3] = w.phase;
     let speed = w.velocity.abs();
     let gait = 2.0 * PI * (0.6 + 0.5 * speed) * t + p0;
-    let dir = w.velocity.signum();
+    let (x, dir) = match w.sweep {
+        Some(a) if a > 0.0 => {
+            let arg = w.velocity * t / a + p1;
+            (w.x0 + a * arg.sin(), arg.cos() * w.velocity.signum())
+        }
+        _ => (w.x0 + w.velocity * t, w.velocity.signum()),
+    };
     let yaw = -dir * PI / 2.0 + 0.25 * (0.7 * t + p1).sin();
     let root = axis_angle([0.0, yaw, 0.0]) * axis_angle([PI, 0.0, 0.0]);
     let mut rots = [UnitQuaternion::identity(); 24];
@@ -270,7 +298,7 @@ fn pose(w: &Walker, t: f64) -> ([UnitQuaternion<f64>; 24], [f64; 3]) {
             *r = axis_angle([a, 0.5 * a, -0.5 * a]);
         }
     }
-    let x = w.x0 + w.velocity * t + 0.25 * (0.6 * t + p1).sin();
+    let x = x + 0.25 * (0.6 * t + p1).sin();
     let z = w.depth + 0.4 * (0.35 * t + p3).sin();
     let y = 0.6 + 0.02 * (2.0 * gait).sin();
     (rots, [x, y, z])
@@ -288,7 +316,7 @@ pub fn random_walkers(cfg: &SceneConfig, rng: &mut Rng) -> Vec<Walker> {
     for i in 0..cfg.people {
         let depth = rng.range(3.5, 9.0);
         let speed = rng.range(0.6, 1.5);
-        let late = i >= cfg.people.div_ceil(2);
+        let late = i >= cfg.people.div_ceil(2) && !cfg.stay_in_view;
         let half = cfg.half_width_at(depth);
         let (enter, x0, velocity) = if late {
             let enter = (rng.range(0.1, 0.6) * cfg.frames as f64) as usize;
@@ -301,6 +329,12 @@ pub fn random_walkers(cfg: &SceneConfig, rng: &mut Rng) -> Vec<Walker> {
         };
         let betas = std::array::from_fn(|_| rng.normal() as f32);
         let phase = std::array::from_fn(|_| rng.range(0.0, 2.0 * PI));
+        let sweep = cfg.stay_in_view.then(|| rng.range(0.3, 0.6) * half);
+        let x0 = if cfg.stay_in_view {
+            rng.range(-0.3, 0.3) * half
+        } else {
+            x0
+        };
         out.push(Walker {
             enter,
             leave: None,
@@ -308,6 +342,7 @@ pub fn random_walkers(cfg: &SceneConfig, rng: &mut Rng) -> Vec<Walker> {
             depth,
             velocity,
             betas,
+            sweep,
             phase,
         });
     }
