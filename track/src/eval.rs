@@ -329,3 +329,64 @@ fn dist(a: &[f32; 3], b: &[f32; 3]) -> f64 {
 fn kp_error(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
     a.iter().zip(b).map(|(x, y)| dist(x, y)).sum::<f64>() / a.len().max(1) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(x: f64) -> MotBox {
+        MotBox {
+            x,
+            y: 0.0,
+            w: 10.0,
+            h: 10.0,
+        }
+    }
+
+    #[test]
+    fn a_switch_halves_idf1() {
+        let gt: MotFrames = (0..4).map(|f| vec![(7, b(f as f64))]).collect();
+        let hyp: MotFrames = (0..4)
+            .map(|f| vec![(if f < 2 { 1 } else { 2 }, b(f as f64 + 1.0))])
+            .collect();
+        let m = mot_metrics(&gt, &hyp);
+        assert_eq!(m.id_switches, 1);
+        assert_eq!(m.idtp, 2);
+        assert!((m.idf1 - 0.5).abs() < 1e-12);
+        assert!((m.mota - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn misses_false_positives_and_the_iou_threshold() {
+        // IoU 1/3 (shifted by half a width) does not match: a miss and a false positive.
+        let gt: MotFrames = vec![vec![(1, b(0.0))], vec![(1, b(0.0))], vec![]];
+        let hyp: MotFrames = vec![vec![(5, b(0.0))], vec![(5, b(5.0))], vec![(5, b(0.0))]];
+        let m = mot_metrics(&gt, &hyp);
+        assert_eq!((m.matches, m.misses, m.false_positives), (1, 1, 2));
+        assert_eq!(m.id_switches, 0);
+        assert!((m.idf1 - 2.0 / 5.0).abs() < 1e-12);
+        assert!((m.mota - (1.0 - 3.0 / 2.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn correspondences_are_kept_over_better_newcomers() {
+        // Hypothesis 1 keeps the object while it still overlaps ≥ 0.5, though 2 fits better.
+        let gt: MotFrames = vec![vec![(1, b(0.0))], vec![(1, b(0.0))]];
+        let hyp: MotFrames = vec![vec![(1, b(0.0))], vec![(1, b(2.0)), (2, b(0.0))]];
+        let m = mot_metrics(&gt, &hyp);
+        assert_eq!((m.id_switches, m.false_positives), (0, 1));
+    }
+
+    #[test]
+    fn mot_text_is_exact() {
+        let frames: MotFrames = vec![
+            vec![],
+            vec![(3, MotBox::from_corners(&[0.1, 2.0, 10.3, 22.5]))],
+        ];
+        let text = mot_text(&frames);
+        let fields: Vec<&str> = text.trim().split(',').collect();
+        assert_eq!(fields[..2], ["2", "3"]);
+        let w: f64 = fields[4].parse().unwrap();
+        assert_eq!(w, f64::from(10.3f32) - f64::from(0.1f32));
+    }
+}
