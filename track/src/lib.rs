@@ -92,7 +92,23 @@ pub struct Tracked {
 
 /// Tracks and smooths one video. `frames[n]` is frame n's record, `None` when it never came.
 pub fn track(frames: &[Option<FrameRecord>], settings: &Settings) -> Tracked {
-    let p = Params::new(settings);
+    track_with_sigma(frames, settings, settings.smoothing.sigma_s())
+}
+
+/// [`track`] with an explicit smoothing strength: the Gaussian σ in seconds (0 = no smoothing,
+/// as [`Smoothing::None`]) instead of `settings.smoothing`'s. For measurements such as the σ
+/// sweep of docs/tracking.md.
+pub fn track_with_sigma(
+    frames: &[Option<FrameRecord>],
+    settings: &Settings,
+    sigma_s: f64,
+) -> Tracked {
+    let mut p = Params::new(settings);
+    p.smooth_sigma_s = if sigma_s.is_finite() && sigma_s > 0.0 {
+        sigma_s
+    } else {
+        0.0
+    };
     let frame_ok: Vec<bool> = frames
         .iter()
         .map(|f| matches!(f, Some(r) if r.status == FrameStatus::Ok))
