@@ -11,16 +11,26 @@ use hmr2_track::synth::{generate, SceneConfig};
 use hmr2_track::{track, FrameRecord, Settings, Smoothing};
 use std::time::Instant;
 
-fn peak_mib() -> f64 {
+/// A `/proc/self/status` figure (`VmHWM`: peak resident, `VmRSS`: resident now), MiB.
+fn status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn peak_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Starts a new peak: the high-water mark is reset to the current resident size (Linux).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn main() {
@@ -62,6 +72,7 @@ fn main() {
         .collect();
     let dec = t.elapsed();
     drop(scene);
+    drop(encoded);
     println!(
         "records: {bytes} bytes ({:.0} per person-frame); encode {:.3} s, decode {:.3} s; peak {:.0} MiB",
         bytes as f64 / persons as f64,
@@ -74,14 +85,18 @@ fn main() {
             smoothing,
             ..Settings::default()
         };
+        reset_peak();
+        let before = status_mib("VmRSS:");
         let t = Instant::now();
         let out = track(&decoded, &s);
+        let secs = t.elapsed().as_secs_f64();
+        let after = status_mib("VmRSS:");
+        drop(out);
         println!(
-            "track, smoothing = {:8}: {:.3} s, {} tracks; peak {:.0} MiB",
+            "track, smoothing = {:8}: {secs:.3} s; resident {before:.0} MiB before (the records), \
+             peak {:.0} MiB during, {after:.0} MiB with the output",
             format!("{smoothing:?}").to_lowercase(),
-            t.elapsed().as_secs_f64(),
-            out.tracks.len(),
-            peak_mib()
+            peak_mib(),
         );
     }
 }

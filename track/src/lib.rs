@@ -8,17 +8,28 @@
 //! quaternions), holds `betas` constant per track, replaces outlier frames and fills short gaps
 //! by interpolation. Deterministic: the same records give the same output, bit for bit.
 //!
-//! No Redis and no torch here: the crate is pure computation, tested on its own.
-
-mod assoc;
-pub mod eval;
-pub mod record;
-pub mod synth;
+//! No Redis and no torch here: the crate is pure computation, tested on its own. It runs on
+//! one core (no threads) in memory proportional to the video.
+//!
+//! # Layout
+//! - [`record`]: the per-frame record (binary encoding, about 1 KB per person) and the rotation
+//!   conversions the worker uses to fill it.
+//! - `assoc`: the online pass, frame by frame: constant-velocity prediction from recent
+//!   observations, Hungarian assignment in two stages by detector score → tracklets.
+//! - `stitch`: the offline pass joining tracklets across gaps of up to `max_gap_s`.
+//! - `smooth`: per track: constant shape, outliers, gap filling, zero-phase smoothing.
+//! - `assign`, `geom`: gated minimum-cost assignment; boxes, distances, straight-line motion.
+//! - [`synth`], [`eval`]: synthetic scenes with ground truth, and the MOT and smoothing figures
+//!   measured on them (tests, the bench, `examples/eval.rs`, docs/tracking.md).
 
 mod assign;
+mod assoc;
+pub mod eval;
 mod geom;
+pub mod record;
 mod smooth;
 mod stitch;
+pub mod synth;
 
 pub use assoc::HIGH_SCORE;
 pub use record::{
