@@ -3,7 +3,7 @@
 //! Each live tracklet predicts its box and camera position at the new frame by constant
 //! velocity fitted to its last few *observations* (OC-SORT's observation-centric momentum: no
 //! Kalman state drifting through missed frames). Detections are assigned by the Hungarian method
-//! on a cost mixing predicted-box overlap, 3D distance and body-shape distance, with gates, in
+//! on a cost mixing predicted-box overlap, 3D distance, body-shape and pose distance, with gates, in
 //! two stages as in ByteTrack: confident detections (score ≥ [`HIGH_SCORE`] or no score) first,
 //! then the low-score ones against the tracklets still unmatched, with a stricter overlap gate.
 //! A tracklet not seen for more than [`Params::max_age`] frames ends; the offline stitching
@@ -25,18 +25,21 @@ pub(crate) type Tracklet = Vec<(usize, usize)>;
 /// One detection of a frame: its index in the frame's people and the observation.
 pub(crate) type Detection<'a> = (usize, &'a Observation);
 
-struct Live {
+struct Live<'a> {
     obs: Tracklet,
+    /// The last observation (its pose).
+    last: &'a Observation,
     states: Vec<(f64, State)>,
     betas_sum: [f64; BETAS],
     motion: Motion,
 }
 
-impl Live {
-    fn new(frame: usize, det: Detection<'_>, fps: f64) -> Live {
+impl<'a> Live<'a> {
+    fn new(frame: usize, det: Detection<'a>, fps: f64) -> Live<'a> {
         let state = State::of(det.1);
         let mut live = Live {
             obs: vec![(frame, det.0)],
+            last: det.1,
             states: vec![(frame as f64, state)],
             betas_sum: det.1.betas.map(f64::from),
             motion: Motion::fit(&[(frame as f64, state)], frame as f64, fps),
@@ -45,8 +48,9 @@ impl Live {
         live
     }
 
-    fn push(&mut self, frame: usize, det: Detection<'_>, fps: f64) {
+    fn push(&mut self, frame: usize, det: Detection<'a>, fps: f64) {
         self.obs.push((frame, det.0));
+        self.last = det.1;
         self.states.push((frame as f64, State::of(det.1)));
         for (s, b) in self.betas_sum.iter_mut().zip(det.1.betas) {
             *s += f64::from(b);
@@ -71,7 +75,7 @@ impl Live {
 }
 
 /// The cost of giving detection `det` to tracklet `live` at `frame`, `None` when a gate fails.
-fn cost(live: &Live, frame: usize, det: &Observation, p: &Params, min_iou: f64) -> Option<f64> {
+fn cost(live: &Live<'_>, frame: usize, det: &Observation, p: &Params, min_iou: f64) -> Option<f64> {
     let pred = live.motion.predict(frame as f64);
     let seen = State::of(det);
     let dt_s = (frame - live.last_frame()) as f64 / p.fps;
@@ -83,14 +87,37 @@ fn cost(live: &Live, frame: usize, det: &Observation, p: &Params, min_iou: f64) 
     if !gated || d3 > 2.0 * near || db > p.gate_betas {
         return None;
     }
-    Some((1.0 - overlap) + d3 / near + 0.5 * db / p.gate_betas)
+    let dp = pose_distance(live.last, det);
+    Some(
+        (1.0 - overlap)
+            + d3 / near
+            + 0.5 * db / p.gate_betas
+            + p.pose_weight * (dp / p.pose_scale_m).min(2.0),
+    )
+}
+
+/// Mean distance between the body-frame keypoints of two observations, metres: how different
+/// their poses (and facing) are.
+fn pose_distance(a: &Observation, b: &Observation) -> f64 {
+    let s: f64 = a
+        .keypoints_3d
+        .iter()
+        .zip(&b.keypoints_3d)
+        .map(|(x, y)| {
+            (0..3)
+                .map(|k| (f64::from(x[k]) - f64::from(y[k])).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .sum();
+    s / a.keypoints_3d.len() as f64
 }
 
 /// Associates the detections of every frame (`dets[f]`: frame f's usable detections) into
 /// tracklets, in order of their first frame.
-pub(crate) fn associate(dets: &[Vec<Detection<'_>>], p: &Params) -> Vec<Tracklet> {
-    let mut live: Vec<Live> = Vec::new();
-    let mut done: Vec<Live> = Vec::new();
+pub(crate) fn associate<'a>(dets: &[Vec<Detection<'a>>], p: &Params) -> Vec<Tracklet> {
+    let mut live: Vec<Live<'a>> = Vec::new();
+    let mut done: Vec<Live<'a>> = Vec::new();
     for (frame, frame_dets) in dets.iter().enumerate() {
         // End the tracklets not seen for too long.
         let mut i = 0;

@@ -244,6 +244,9 @@ pub(crate) struct Params {
     pub(crate) gate_m_per_s: f64,
     /// Largest RMS difference per shape coefficient of one person.
     pub(crate) gate_betas: f64,
+    /// Pose term of the online cost: weight, and the mean keypoint distance that costs it once.
+    pub(crate) pose_weight: f64,
+    pub(crate) pose_scale_m: f64,
     /// Stitching: observations fitted at each end, and the gates.
     pub(crate) stitch_fit_obs: usize,
     pub(crate) stitch_gate_m: f64,
@@ -286,6 +289,8 @@ impl Params {
             gate_m: 0.5,
             gate_m_per_s: 1.5,
             gate_betas: 0.8,
+            pose_weight: 0.3,
+            pose_scale_m: 0.3,
             stitch_fit_obs: frames(0.3).clamp(2, 10),
             stitch_gate_m: 0.4,
             stitch_gate_m_per_s: 0.8,
