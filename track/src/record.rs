@@ -268,19 +268,19 @@ impl Reader<'_> {
 
 /// The unit quaternion `[w, x, y, z]` of a rotation matrix (rows of `m`), with `w ≥ 0`.
 ///
-/// The worker converts the model's `global_orient` and `body_pose` matrices with it. A matrix
-/// that is not quite orthonormal gives the quaternion of its nearest rotation's axis and angle
-/// (Shepperd's method, through nalgebra); non-finite input gives non-finite output.
+/// The worker converts the model's `global_orient` and `body_pose` matrices with it. The
+/// conversion branches on the trace and the largest diagonal element (nalgebra's, numerically
+/// safe near 180°), then normalises, so a matrix a little off orthonormal (f32 round-off) still
+/// gives a unit quaternion. A matrix far from any rotation gives a meaningless or non-finite
+/// quaternion, which the tracker ignores like any non-finite value.
 pub fn quat_from_matrix(m: [[f32; 3]; 3]) -> [f32; 4] {
-    let mat = nalgebra::Matrix3::from_fn(|r, c| m[r][c]);
+    let mat = nalgebra::Matrix3::from_fn(|r, c| f64::from(m[r][c]));
     let rot = nalgebra::Rotation3::from_matrix_unchecked(mat);
-    let q = nalgebra::UnitQuaternion::from_rotation_matrix(&rot);
-    let (w, x, y, z) = (q.w, q.i, q.j, q.k);
-    if w < 0.0 {
-        [-w, -x, -y, -z]
-    } else {
-        [w, x, y, z]
-    }
+    let q = nalgebra::UnitQuaternion::from_rotation_matrix(&rot).into_inner();
+    let n = q.norm();
+    let s = if q.w < 0.0 { -1.0 } else { 1.0 };
+    let s = if n > 0.0 && n.is_finite() { s / n } else { s };
+    [q.w, q.i, q.j, q.k].map(|v| (v * s) as f32)
 }
 
 /// The rotation matrix (rows) of a quaternion `[w, x, y, z]`, normalised first.
@@ -434,6 +434,18 @@ mod tests {
         let code_at = 1 + 1 + 8 + 1 + 4;
         bytes[code_at] = 0xff;
         assert!(FrameRecord::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn slightly_skewed_matrices_give_unit_quaternions() {
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        let mut m = matrix_from_quat([s, s, 0.0, 0.0]);
+        m[0][0] *= 1.01;
+        m[1][2] += 0.01;
+        let q = quat_from_matrix(m);
+        let n: f32 = q.iter().map(|v| v * v).sum();
+        assert!((n - 1.0).abs() < 1e-6, "{q:?}");
+        assert!((q[0] - s).abs() < 0.01 && (q[1] - s).abs() < 0.01, "{q:?}");
     }
 
     #[test]
