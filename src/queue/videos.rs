@@ -83,6 +83,15 @@ impl VideoScripts {
     }
 }
 
+impl super::Queue {
+    /// How long a written (or dead-lettered) video's `done` marker stays, seconds: as long as
+    /// its output, and at least as long as its recorded state could have, so a late duplicate
+    /// of one of its frames is not taken for the first frame of a new video.
+    fn done_marker_ttl_s(&self) -> u64 {
+        self.reply_ttl_s.max(2 * self.video_ttl_s + 3600)
+    }
+}
+
 /// One tracking job: a complete (or expired) video to track.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackJob {
@@ -320,7 +329,7 @@ impl<'q> Shard<'q> {
             .arg(out.video_id)
             .arg(out.done)
             .arg(q.reply_ttl_s)
-            .arg(q.video_ttl_s)
+            .arg(q.done_marker_ttl_s())
             .invoke_async(&mut c)
             .await?)
     }
@@ -352,7 +361,7 @@ impl<'q> Shard<'q> {
             .arg(keys.video_state(&job.video_id))
             .arg(keys.video_frames(&job.video_id))
             .arg(&keys.videos_open)
-            .arg(q.video_ttl_s)
+            .arg(q.done_marker_ttl_s())
             .invoke_async(&mut c)
             .await?;
         Ok(n == 1)

@@ -71,7 +71,7 @@ async fn videos_complete_once_with_error_duplicate_and_missing_frames() {
     let url = redis.url();
     let p = prefix("videos");
     let mut cfg = config(&url, &p);
-    cfg.video.ttl_s = 2;
+    cfg.video.ttl_s = 4;
     cfg.video.expire_interval_ms = 200;
     let keys = Keys::new(&p);
     let worker = Worker::start(cfg);
@@ -94,10 +94,10 @@ async fn videos_complete_once_with_error_duplicate_and_missing_frames() {
     for n in [1, 0] {
         frames.push(tracked_frame("miss", n, 3, image(64, 48, n as u32, true)));
     }
-    // A frame of "dup" whose video object disagrees: answered invalid_job, not recorded.
+    // A frame of "miss" whose video object disagrees: answered invalid_job, not recorded.
     let odd = Frame::new(
-        Job::new("dup:odd")
-            .video("dup".to_string(), 2)
+        Job::new("miss:odd")
+            .video("miss".to_string(), 2)
             .tracked(3, 25.0)
             .boxes(vec![[4.0, 4.0, 60.0, 44.0]]),
         image(64, 48, 9, true),
@@ -140,20 +140,13 @@ async fn videos_complete_once_with_error_duplicate_and_missing_frames() {
     // The duplicate: once the queue is empty, still one done and three frames.
     let dup_stream = keys.video_output("dup", None).unwrap();
     let dup = wait_done(&url, &dup_stream, Duration::from_secs(120)).await;
+    // Nine distinct jobs (one enqueued twice); then the odd frame of the open video "miss".
+    wait_results(&url, &keys.results, 9, Duration::from_secs(60)).await;
     enqueue_frames(&url, &p, &[odd], true).await;
-    let results = wait_results(
-        &url,
-        &keys.results,
-        frames.len() + 1,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_eq!(
-        results["dup:odd"]["error"]["code"], "invalid_job",
-        "{}",
-        results["dup:odd"]
-    );
-    let why = results["dup:odd"]["error"]["message"].as_str().unwrap();
+    let results = wait_results(&url, &keys.results, 10, Duration::from_secs(60)).await;
+    let odd = &results["miss:odd"];
+    assert_eq!(odd["error"]["code"], "invalid_job", "{odd}");
+    let why = odd["error"]["message"].as_str().unwrap();
     assert!(why.contains("video object disagrees"), "{why}");
     wait_for("an empty job stream", Duration::from_secs(60), || async {
         xlen(&url, &keys.jobs).await == 0 && pending(&url, &p).await == 0
@@ -295,13 +288,70 @@ async fn figures_keep_their_track_through_a_crossing_and_a_late_figure_gets_a_ne
             }
         }
     }
-    assert!(
-        unmatched.len() <= 3,
-        "figures the detector missed: {unmatched:?}"
-    );
+    if unmatched.len() > 3 {
+        let raw = results(&url, &keys.results).await;
+        for &(n, person) in &unmatched {
+            let detected: Vec<String> = raw
+                .iter()
+                .filter(|(id, _)| id == &format!("clip:{n}"))
+                .flat_map(|(_, r)| r["people"].as_array().cloned().unwrap_or_default())
+                .map(|p| format!("{:?} {}", box_of(&p), p["score"]))
+                .collect();
+            let tracked: Vec<String> = out.frames[n]["people"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| format!("#{} {:?} {}", p["track_id"], box_of(p), p["interpolated"]))
+                .collect();
+            let gt = clip[n].1.iter().find(|c| c.person == person).unwrap().bbox;
+            eprintln!(
+                "frame {n} figure {person} at {gt:?}: detected {detected:?}, tracked {tracked:?}"
+            );
+        }
+        panic!("figures without a track: {unmatched:?}");
+    }
+    let story = || {
+        let mut s = String::new();
+        for (n, f) in out.frames.iter().enumerate() {
+            let gt: Vec<String> = clip[n]
+                .1
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}{}@{:.0}",
+                        c.person,
+                        if c.visible { "" } else { "(hidden)" },
+                        c.bbox[0]
+                    )
+                })
+                .collect();
+            let tracked: Vec<String> = f["people"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "#{}@{:.0}{}",
+                        p["track_id"],
+                        box_of(p)[0],
+                        if p["interpolated"] == true { "i" } else { "" }
+                    )
+                })
+                .collect();
+            s += &format!("\n{n}: {gt:?} -> {tracked:?}");
+        }
+        s
+    };
     let ids: Vec<u64> = (0..3)
         .map(|p| {
             let t = tracks_of.get(&p).cloned().unwrap_or_default();
+            if t.len() != 1 {
+                eprintln!("{}", story());
+                if std::env::var_os("HMR2_TEST_DUMP").is_some() {
+                    let raw = futures_dump(&url, &keys.results);
+                    eprintln!("{raw}");
+                }
+            }
             assert_eq!(
                 t.len(),
                 1,
@@ -439,4 +489,28 @@ async fn a_tracker_killed_while_tracking_leaves_the_video_to_another_written_onc
         "tracker-a was never killed before it wrote the video"
     );
     drop(gpu);
+}
+
+fn futures_dump(url: &str, stream: &str) -> String {
+    let url = url.to_string();
+    let stream = stream.to_string();
+    std::thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let r: redis::streams::StreamRangeReply =
+            redis::Commands::xrange_all(&mut c, &stream).unwrap();
+        let mut out = String::new();
+        for e in r.ids {
+            let v: String = e.get("result").unwrap();
+            let v: Value = serde_json::from_str(&v).unwrap();
+            for p in v["people"].as_array().unwrap() {
+                out += &format!(
+                    "{} {} {} {}\n",
+                    v["frame_number"], p["box"], p["pred_cam_t_full"], p["betas"]
+                );
+            }
+        }
+        out
+    })
+    .join()
+    .unwrap()
 }

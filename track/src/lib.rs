@@ -27,6 +27,7 @@ mod assoc;
 pub mod eval;
 mod geom;
 pub mod record;
+mod reliability;
 mod smooth;
 mod stitch;
 pub mod synth;
@@ -139,6 +140,7 @@ pub fn track_with_sigma(
         })
         .collect();
     let person = People(frames);
+    reliability::adapt(&mut p, &dets);
     let tracklets = assoc::associate(&dets, &p);
     let mut tracks = stitch::stitch(tracklets, &person, &p);
     // Keep tracks seen often enough, with at least one confident detection.

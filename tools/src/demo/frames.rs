@@ -304,19 +304,19 @@ pub struct ClipPerson {
 
 /// Where person `p` of the clip is on frame `index`, if in the frame: 0 walks left to right
 /// near the camera, 1 right to left further away (hidden behind 0 while they cross), 2 enters
-/// from the left two thirds of the way through.
+/// from the left two thirds of the way through, behind 1 and never meeting it.
 fn clip_pose(width: u32, height: u32, p: usize, index: usize) -> Option<Pose> {
     let (w, h) = (width as f32, height as f32);
     let t = index as f32 / (CLIP_FRAMES - 1) as f32;
     let (x, feet, tall) = match p {
-        0 => (0.18 + 0.64 * t, 0.95, 0.62),
-        1 => (0.82 - 0.64 * t, 0.86, 0.5),
+        0 => (0.12 + 0.56 * t, 0.95, 0.62),
+        1 => (0.88 - 0.56 * t, 0.86, 0.5),
         _ => {
             let start = 0.62;
             if t < start {
                 return None;
             }
-            (0.04 + 0.5 * (t - start), 0.9, 0.56)
+            (0.02 + 0.36 * (t - start), 0.9, 0.56)
         }
     };
     Some(Pose {
