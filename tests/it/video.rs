@@ -347,10 +347,6 @@ async fn figures_keep_their_track_through_a_crossing_and_a_late_figure_gets_a_ne
             let t = tracks_of.get(&p).cloned().unwrap_or_default();
             if t.len() != 1 {
                 eprintln!("{}", story());
-                if std::env::var_os("HMR2_TEST_DUMP").is_some() {
-                    let raw = futures_dump(&url, &keys.results);
-                    eprintln!("{raw}");
-                }
             }
             assert_eq!(
                 t.len(),
@@ -489,28 +485,4 @@ async fn a_tracker_killed_while_tracking_leaves_the_video_to_another_written_onc
         "tracker-a was never killed before it wrote the video"
     );
     drop(gpu);
-}
-
-fn futures_dump(url: &str, stream: &str) -> String {
-    let url = url.to_string();
-    let stream = stream.to_string();
-    std::thread::spawn(move || {
-        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let r: redis::streams::StreamRangeReply =
-            redis::Commands::xrange_all(&mut c, &stream).unwrap();
-        let mut out = String::new();
-        for e in r.ids {
-            let v: String = e.get("result").unwrap();
-            let v: Value = serde_json::from_str(&v).unwrap();
-            for p in v["people"].as_array().unwrap() {
-                out += &format!(
-                    "{} {} {} {}\n",
-                    v["frame_number"], p["box"], p["pred_cam_t_full"], p["betas"]
-                );
-            }
-        }
-        out
-    })
-    .join()
-    .unwrap()
 }
