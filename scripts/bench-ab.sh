@@ -9,7 +9,10 @@
 #   scripts/bench-ab.sh /path/to/old/hmr2 target/release/hmr2
 #
 # Settings (environment): ROUNDS=3, FRAMES=1000, PEOPLE=2, SIZE=1280x720, OUT=bench-out/ab,
-# MODELS="tiny null detect".
+# MODELS="tiny null detect", and A_ARGS / B_ARGS: extra `hmr2 bench` flags for one side. The
+# same build with and without tracked videos:
+#
+#   B_ARGS="--video-frames 300" scripts/bench-ab.sh target/release/hmr2 target/release/hmr2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 A_HMR2 B_HMR2" >&2; exit 2; }
@@ -27,10 +30,10 @@ for r in $(seq 1 "$ROUNDS"); do
     [ "$model" = null ] && path="$OUT/null.pt"
     [ "$model" = detect ] && extra=--detect
     for side in A B; do
-      bin=$A; [ "$side" = B ] && bin=$B
+      bin=$A args=${A_ARGS:-}; [ "$side" = B ] && bin=$B args=${B_ARGS:-}
       echo "round $r/$ROUNDS: $side, $model" >&2
       # shellcheck disable=SC2086
-      "$bin" --model "$path" bench --frames "$FRAMES" --size "$SIZE" --people "$PEOPLE" $extra \
+      "$bin" --model "$path" bench --frames "$FRAMES" --size "$SIZE" --people "$PEOPLE" $extra $args \
         --json "$OUT/$model-$side-$r.json" >/dev/null 2>"$OUT/$model-$side-$r.log"
     done
   done

@@ -70,6 +70,9 @@ pub struct BenchOptions {
     /// Draw `people` figures but send no boxes: the worker's person detector finds them
     /// (`detector.path`, default the small `models/detector-tiny.pt`).
     pub detect: bool,
+    /// Jobs become the frames of tracked videos of this many frames (DESIGN §13): each result
+    /// also records its frame, and the tracker runs in the worker as videos complete.
+    pub video_frames: Option<usize>,
 }
 
 /// Parses `1280x720`.
@@ -213,9 +216,17 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
             .iter()
             .map(|&i| {
                 let f = &synth[i % synth.len()];
-                let job = Job::new(format!("bench:{i}"))
-                    .video("bench", i as u64)
-                    .boxes(boxes_of(f));
+                let job = match o.video_frames.filter(|&n| n > 0) {
+                    Some(n) => {
+                        let v = i / n;
+                        let len = n.min(o.frames - v * n);
+                        Job::new(format!("bench-{v}:{}", i % n))
+                            .video(format!("bench-{v}"), (i % n) as u64)
+                            .tracked(len as u64, 30.0)
+                    }
+                    None => Job::new(format!("bench:{i}")).video("bench", i as u64),
+                }
+                .boxes(boxes_of(f));
                 Frame::new(job, f.jpeg.clone())
             })
             .collect();

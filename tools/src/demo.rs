@@ -1,14 +1,21 @@
 //! `hmr2 demo`: the whole system on one machine in one command. A throwaway
 //! `redis-server` on a free port, the worker in this process (the tiny model on the best
-//! device, unless told otherwise), synthetic 1280×720 frames with a walking figure (or the
-//! user's images), a progress bar while results flow, a summary table, and PNG overlays of the
-//! 2D keypoints and skeleton of the first frames, so a person can look at what came out.
+//! device, unless told otherwise), a progress bar while results flow, a summary table and PNG
+//! overlays, so a person can look at what came out.
+//!
+//! Without images the demo is a video ([`clip`]): a short synthetic clip (two figures crossing,
+//! one hidden behind the other for a few frames, a third entering late) goes in as one tracked
+//! video (DESIGN §13) without boxes; the demo waits for the video's tracked output, prints its
+//! tracks, draws overlays coloured by track and plots one joint's raw and smoothed trajectory.
+//! With images, each image is one frame on its own, as before.
 //!
 //! Nothing is left running: the redis-server is killed when the session ends, on an error, on
 //! the first Ctrl-C (after the worker stops) and on a second Ctrl-C (at once).
 
+pub mod clip;
 pub mod frames;
 pub mod overlay;
+pub mod plot;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,8 +25,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use hmr2_client::{Frame, Job, JobResult, Status};
+use hmr2_client::{Frame, Job, JobResult, Status, TrackInfo};
 use hmr2_worker::config::Config;
 
 use crate::bench::measure::{self, Percentiles, Scrape};
@@ -27,24 +36,53 @@ use crate::bench::report::BatchSizes;
 use crate::bench::session::{self, Producer, Session};
 use crate::enqueue;
 
-/// Synthetic frames are drawn once per this many and then reused.
-const DISTINCT_FRAMES: usize = 16;
 /// The small person detector trained on the demo's figures (used when none is configured).
 pub const TINY_DETECTOR: &str = "models/detector-tiny.pt";
 
 /// Options of `hmr2 demo`.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Synthetic frames to run (ignored when images are given: each runs once).
-    pub frames: usize,
-    /// Folder for the overlays.
+    /// Frames of the synthetic clip to run: the first N of its [`frames::CLIP_FRAMES`] (`None`:
+    /// all of them). Ignored when images are given (each runs once).
+    pub frames: Option<usize>,
+    /// Size of the synthetic clip's frames, width and height.
+    pub size: (u32, u32),
+    /// Folder for the overlays (and the clip's trajectory plot).
     pub out: PathBuf,
-    /// How many frames get an overlay.
-    pub overlays: usize,
-    /// Image files or folders; empty for synthetic frames.
+    /// How many frames get an overlay (`None`: 6 spread over the clip, or the first 4 images).
+    pub overlays: Option<usize>,
+    /// Image files or folders; empty for the synthetic clip.
     pub images: Vec<PathBuf>,
     /// A Redis to use instead of a throwaway `redis-server`.
     pub redis_url: Option<String>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            frames: None,
+            size: (1280, 720),
+            out: PathBuf::from("demo-out"),
+            overlays: None,
+            images: Vec::new(),
+            redis_url: None,
+        }
+    }
+}
+
+/// What a demo run produced.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The text printed at the end: the summary (and, for the clip, the tracks).
+    pub text: String,
+    /// Frames whose job failed.
+    pub failed: usize,
+    /// The overlays written.
+    pub overlays: Vec<PathBuf>,
+    /// The trajectory plot (the clip only).
+    pub trajectory: Option<PathBuf>,
+    /// The tracks of the clip (empty for images).
+    pub tracks: Vec<TrackInfo>,
 }
 
 /// One input frame.
@@ -54,26 +92,8 @@ struct Input {
     boxes: Option<Vec<[f64; 4]>>,
 }
 
-fn inputs(o: &DemoOptions) -> anyhow::Result<Vec<Input>> {
-    if o.images.is_empty() {
-        anyhow::ensure!(o.frames > 0, "--frames must be at least 1");
-        let synth = frames::synthetic_frames(1280, 720, 1, o.frames.min(DISTINCT_FRAMES));
-        let synth: Vec<_> = synth
-            .into_iter()
-            .map(|f| (Arc::new(f.jpeg), f.boxes))
-            .collect();
-        return Ok((0..o.frames)
-            .map(|i| {
-                let (bytes, boxes) = &synth[i % synth.len()];
-                Input {
-                    name: format!("frame-{i:03}"),
-                    bytes: bytes.clone(),
-                    boxes: Some(boxes.clone()),
-                }
-            })
-            .collect());
-    }
-    let files = enqueue::image_files(&o.images)?;
+fn image_inputs(images: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
+    let files = enqueue::image_files(images)?;
     anyhow::ensure!(!files.is_empty(), "no .jpg, .jpeg or .png files found");
     files
         .iter()
@@ -89,50 +109,89 @@ fn inputs(o: &DemoOptions) -> anyhow::Result<Vec<Input>> {
         .collect()
 }
 
-/// Runs the demo; prints the summary and where the overlays went.
-pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
-    let spinner = ProgressBar::new_spinner();
-    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
-    spinner.set_message(if o.images.is_empty() {
-        format!("drawing {} synthetic 1280x720 frames", o.frames)
-    } else {
-        "reading images".to_string()
-    });
-    let opts = o.clone();
-    let inputs = tokio::task::spawn_blocking(move || inputs(&opts)).await??;
-    let n = inputs.len();
+/// Runs the demo; prints the summary (and the clip's tracks) and where the overlays went. An
+/// error when a frame failed.
+pub async fn run(config: Config, o: DemoOptions) -> anyhow::Result<()> {
+    let report = run_report(config, o).await?;
+    print!("{}", report.text);
+    anyhow::ensure!(report.failed == 0, "{} frame(s) failed", report.failed);
+    Ok(())
+}
 
-    // The demo's frames come without boxes: the small detector trained on its figures finds
-    // them, unless another detector (or none) was configured.
+/// Runs the demo and returns what it would print, without printing it.
+pub async fn run_report(config: Config, o: DemoOptions) -> anyhow::Result<Report> {
+    if o.images.is_empty() {
+        clip::run(config, o).await
+    } else {
+        run_images(config, o).await
+    }
+}
+
+/// The demo's frames come without boxes: the small detector trained on its figures finds them,
+/// unless another detector (or none) was configured. Returns whether a detector runs. A job
+/// that is interrupted has nowhere better to go: the worker stops quickly.
+fn prepare(config: &mut Config) -> bool {
     let tiny_detector = Path::new(TINY_DETECTOR);
     if config.detector.path.as_os_str().is_empty() && tiny_detector.exists() {
         config.detector.path = tiny_detector.to_path_buf();
     }
-    let detecting = !config.detector.path.as_os_str().is_empty();
-    let mut inputs = inputs;
-    if detecting {
-        for i in inputs.iter_mut() {
-            i.boxes = None;
-        }
-    }
-    // A job that is interrupted has nowhere better to go: stop quickly.
     config.shutdown.grace_seconds = config.shutdown.grace_seconds.min(3);
+    !config.detector.path.as_os_str().is_empty()
+}
+
+/// Opens the session (a throwaway redis-server unless `redis_url`), starts watching for
+/// Ctrl-C and starts the worker; the spinner says which step it is at.
+async fn start(
+    config: Config,
+    redis_url: Option<&str>,
+    spinner: &ProgressBar,
+) -> anyhow::Result<(Session, CancellationToken)> {
     spinner.set_message("starting redis-server");
-    let mut session = Session::open(config, o.redis_url.as_deref(), "demo").await?;
+    let mut session = Session::open(config, redis_url, "demo").await?;
     let stop = session::watch_signals(session.redis_handle());
     spinner.set_message(format!(
         "loading {} and warming up",
         session.config().model.path.display()
     ));
     tokio::select! {
-        r = session.start_worker() => r?,
+        r = session.start_worker() => {
+            if let Err(e) = r {
+                let _ = session.stop().await;
+                return Err(e);
+            }
+        }
         _ = stop.cancelled() => {
             session.stop().await?;
             anyhow::bail!("interrupted");
         }
     }
-    spinner.finish_and_clear();
+    Ok((session, stop))
+}
 
+/// The per-frame results of a run.
+struct Answered {
+    /// The results kept, by frame number.
+    kept: BTreeMap<usize, JobResult>,
+    /// Enqueue-to-result and in-worker times of the frames answered `ok`, milliseconds.
+    waits: Vec<f64>,
+    totals: Vec<f64>,
+    /// Failed frames by error.
+    errors: BTreeMap<String, usize>,
+    /// From the first job enqueued to the last result, seconds.
+    wall: f64,
+}
+
+/// Feeds `inputs` (a tracked video of `video.0` frames at `video.1` fps when `video` is given)
+/// and reads their results with a progress bar over frames answered, keeping those whose frame
+/// number `keep` says. Stops the session and fails on Ctrl-C.
+async fn collect(
+    session: &mut Session,
+    stop: &CancellationToken,
+    inputs: Arc<Vec<Input>>,
+    video: Option<(u64, f64)>,
+    keep: impl Fn(usize) -> bool,
+) -> anyhow::Result<Answered> {
+    let n = inputs.len();
     let bar = ProgressBar::new(n as u64).with_style(
         ProgressStyle::with_template(
             "{spinner} {msg} [{bar:40.cyan/blue}] {pos}/{len} frames  {per_sec}  eta {eta}",
@@ -142,22 +201,27 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     );
     bar.set_message("hmr2");
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
-    let inputs = Arc::new(inputs);
     let t0 = Instant::now();
-    let mut feed = tokio::spawn(feed(session.producer(), inputs.clone()));
+    let mut feed: JoinHandle<anyhow::Result<()>> =
+        tokio::spawn(feed(session.producer(), inputs, video));
     let mut fed = false;
-
-    let mut kept: BTreeMap<usize, JobResult> = BTreeMap::new();
-    let (mut waits, mut totals) = (Vec::new(), Vec::new());
-    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut a = Answered {
+        kept: BTreeMap::new(),
+        waits: Vec::new(),
+        totals: Vec::new(),
+        errors: BTreeMap::new(),
+        wall: 0.0,
+    };
     let mut seen = 0;
     while seen < n {
         let batch = tokio::select! {
-            r = session.read_results(500) => r?,
+            r = session.read_results(500) => r,
             r = &mut feed, if !fed => {
-                r??;
                 fed = true;
-                continue;
+                match r.map_err(anyhow::Error::from).and_then(|r| r) {
+                    Ok(()) => continue,
+                    Err(e) => Err(e.context("enqueueing the frames")),
+                }
             }
             _ = stop.cancelled() => {
                 feed.abort();
@@ -166,37 +230,45 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
                 anyhow::bail!("interrupted after {seen} of {n} frames");
             }
         };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                feed.abort();
+                bar.abandon();
+                let _ = session.stop().await;
+                return Err(e);
+            }
+        };
         for out in batch {
             seen += 1;
             bar.inc(1);
             if out.status == Status::Ok {
-                waits.push(out.timings_ms.queue_wait + out.timings_ms.total);
-                totals.push(out.timings_ms.total);
+                a.waits
+                    .push(out.timings_ms.queue_wait + out.timings_ms.total);
+                a.totals.push(out.timings_ms.total);
             } else {
                 let e = out.error.clone();
                 let code = e.map_or_else(
                     || "unknown".into(),
                     |e| format!("{}: {}", e.code, e.message),
                 );
-                *errors.entry(code).or_default() += 1;
+                *a.errors.entry(code).or_default() += 1;
             }
             if let Some(i) = out.frame_number.map(|f| f as usize) {
-                if i < o.overlays {
-                    kept.insert(i, out);
+                if keep(i) {
+                    a.kept.insert(i, out);
                 }
             }
         }
     }
-    let wall = t0.elapsed().as_secs_f64();
+    a.wall = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let scrape = Scrape::parse(&session.scrape().await.unwrap_or_default());
-    let peak_rss = measure::peak_rss_bytes();
-    let label = session.config().model.path.display().to_string();
-    let redis = session.redis_label().to_string();
-    session.stop().await?;
+    Ok(a)
+}
 
-    let written = write_overlays(&o.out, &inputs, &kept)?;
-    let device = scrape
+/// What the worker said about itself, for the summary's title line.
+fn device_label(scrape: &Scrape, fallback: String) -> String {
+    scrape
         .0
         .iter()
         .find(|s| s.name == hmr2_worker::metrics::BUILD_INFO)
@@ -210,24 +282,34 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
             };
             format!("{} on {}", get("model"), get("device"))
         })
-        .unwrap_or(label);
+        .unwrap_or(fallback)
+}
+
+/// One row of the summary: the key in a column of 30, then the value.
+fn row(t: &mut String, k: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(t, "{k:<30} {v}");
+}
+
+/// The summary's title, frames, latencies, batch sizes, peak RSS and errors.
+fn summary(title: &str, n: usize, a: &Answered, scrape: &Scrape) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "\nhmr2 demo: {device}, {redis}");
+    let _ = writeln!(t, "\n{title}");
     let _ = writeln!(t, "{}", "-".repeat(72));
-    let row = |t: &mut String, k: &str, v: String| {
-        let _ = writeln!(t, "{k:<30} {v}");
-    };
+    let ok = a.totals.len();
     row(
         &mut t,
         "frames",
         format!(
-            "{} ok, {} failed, in {wall:.2} s = {:.1} frames/s",
-            totals.len(),
-            n - totals.len(),
-            totals.len() as f64 / wall.max(1e-9)
+            "{ok} ok, {} failed, in {:.2} s = {:.1} frames/s",
+            n - ok,
+            a.wall,
+            ok as f64 / a.wall.max(1e-9)
         ),
     );
-    let (e2e, held) = (Percentiles::of(waits), Percentiles::of(totals));
+    let (e2e, held) = (
+        Percentiles::of(a.waits.clone()),
+        Percentiles::of(a.totals.clone()),
+    );
     row(
         &mut t,
         "latency enqueue -> result",
@@ -238,7 +320,7 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
         "  of which in the worker",
         format!("p50 {:.0} ms, p95 {:.0} ms", held.p50, held.p95),
     );
-    let b = BatchSizes::from_scrape(&scrape);
+    let b = BatchSizes::from_scrape(scrape);
     let hist: Vec<String> = b
         .histogram
         .iter()
@@ -257,11 +339,37 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
     row(
         &mut t,
         "peak RSS",
-        peak_rss.map_or("n/a".into(), |r| format!("{} MiB", r >> 20)),
+        measure::peak_rss_bytes().map_or("n/a".into(), |r| format!("{} MiB", r >> 20)),
     );
-    for (code, count) in &errors {
+    for (code, count) in &a.errors {
         row(&mut t, "error", format!("{count} x {code}"));
     }
+    t
+}
+
+/// `hmr2 demo IMAGES...`: each image one frame of its own, overlays of the first few.
+async fn run_images(mut config: Config, o: DemoOptions) -> anyhow::Result<Report> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    spinner.set_message("reading images");
+    let images = o.images.clone();
+    let inputs = tokio::task::spawn_blocking(move || image_inputs(&images)).await??;
+    let n = inputs.len();
+    let overlays = o.overlays.unwrap_or(4);
+    prepare(&mut config);
+    let (mut session, stop) = start(config, o.redis_url.as_deref(), &spinner).await?;
+    spinner.finish_and_clear();
+
+    let inputs = Arc::new(inputs);
+    let a = collect(&mut session, &stop, inputs.clone(), None, |i| i < overlays).await?;
+    let scrape = Scrape::parse(&session.scrape().await.unwrap_or_default());
+    let label = session.config().model.path.display().to_string();
+    let redis = session.redis_label().to_string();
+    session.stop().await?;
+
+    let written = write_overlays(&o.out, &inputs, &a.kept)?;
+    let device = device_label(&scrape, label);
+    let mut t = summary(&format!("hmr2 demo: {device}, {redis}"), n, &a, &scrape);
     if !written.is_empty() {
         row(
             &mut t,
@@ -269,27 +377,38 @@ pub async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<()> {
             format!("{} PNG in {}/", written.len(), o.out.display()),
         );
         for p in &written {
-            let _ = writeln!(t, "{:<30} {}", "", p.display());
+            row(&mut t, "", p.display());
         }
     }
-    print!("{t}");
-    let failed: usize = errors.values().sum();
-    anyhow::ensure!(failed == 0, "{failed} frame(s) failed");
-    Ok(())
+    Ok(Report {
+        text: t,
+        failed: a.errors.values().sum(),
+        overlays: written,
+        trajectory: None,
+        tracks: Vec::new(),
+    })
 }
 
 /// Enqueues the inputs in small pipelined chunks, so results flow while frames still go in and
 /// only one chunk of jobs is held in memory at a time.
-async fn feed(mut producer: Producer, inputs: Arc<Vec<Input>>) -> anyhow::Result<()> {
+/// With `video` (frames, fps) every job is a frame of the tracked video `demo`.
+async fn feed(
+    mut producer: Producer,
+    inputs: Arc<Vec<Input>>,
+    video: Option<(u64, f64)>,
+) -> anyhow::Result<()> {
     for (c, chunk) in inputs.chunks(32).enumerate() {
         let jobs: Vec<Frame> = chunk
             .iter()
             .enumerate()
             .map(|(k, f)| {
                 let i = c * 32 + k;
-                let job = Job::new(format!("demo:{i}"))
-                    .video("demo", i as u64)
+                let mut job = Job::new(format!("demo:{i}"))
+                    .video(clip::VIDEO_ID, i as u64)
                     .boxes(f.boxes.clone().unwrap_or_default());
+                if let Some((frames, fps)) = video {
+                    job = job.tracked(frames, fps);
+                }
                 Frame::new(job, f.bytes.to_vec())
             })
             .collect();

@@ -30,8 +30,9 @@ enum Command {
     /// Enqueues image files (or every .jpg/.jpeg/.png in folders) as jobs; prints the job ids.
     Enqueue(EnqueueArgs),
     /// The whole system in one command: a throwaway redis-server, the worker in-process (tiny
-    /// model, best device), synthetic 1280x720 frames or your images, a progress bar, a summary
-    /// table, and PNG overlays of the 2D keypoints and skeleton in --out.
+    /// model, best device) and a synthetic clip sent as one tracked video: a progress bar, a
+    /// summary, the video's tracks, PNG overlays coloured by track and a trajectory plot in
+    /// --out. With images given, each image runs as a frame of its own, with keypoint overlays.
     Demo(DemoArgs),
     /// End-to-end benchmark through a real Redis (throwaway unless --redis-url), with the raw
     /// decode rate and the model-only rate measured beside it; prints a table, writes JSON.
@@ -67,16 +68,21 @@ struct SynthArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// Synthetic frames to run (with images given, each image runs once).
-    #[arg(long, default_value_t = 64)]
-    frames: usize,
-    /// Folder for the PNG overlays.
+    /// Frames of the synthetic clip to run: the first N of its 48 (the clip has a fixed length,
+    /// 4 s at 12 fps; default all 48). Ignored when images are given: each image runs once.
+    #[arg(long, value_name = "N")]
+    frames: Option<usize>,
+    /// Size of the synthetic clip's frames, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720", value_parser = bench::parse_size)]
+    size: (u32, u32),
+    /// Folder for the PNG overlays (and the clip's trajectory.png).
     #[arg(long, value_name = "DIR", default_value = "demo-out")]
     out: PathBuf,
-    /// How many of the first frames get an overlay.
-    #[arg(long, default_value_t = 4)]
-    overlays: usize,
-    /// Image files or folders of .jpg/.jpeg/.png (default: synthetic frames).
+    /// How many frames get an overlay: spread over the clip, one with an interpolated person
+    /// among them (default 6), or the first images (default 4).
+    #[arg(long, value_name = "N")]
+    overlays: Option<usize>,
+    /// Image files or folders of .jpg/.jpeg/.png (default: the synthetic clip, as a video).
     images: Vec<PathBuf>,
 }
 
@@ -110,6 +116,10 @@ struct BenchArgs {
     /// (`detector.path`, default models/detector-tiny.pt); stage shares then include `detect`.
     #[arg(long)]
     detect: bool,
+    /// Make the jobs frames of tracked videos of N frames each (DESIGN §13): every publish
+    /// also records its frame, and videos are tracked in the worker as they complete.
+    #[arg(long, value_name = "N")]
+    video_frames: Option<usize>,
 }
 
 #[derive(Args)]
@@ -225,6 +235,7 @@ fn main() -> ExitCode {
                 config,
                 demo::DemoOptions {
                     frames: a.frames,
+                    size: a.size,
                     out: a.out,
                     overlays: a.overlays,
                     images: a.images,
@@ -246,6 +257,7 @@ fn main() -> ExitCode {
                     sweep: a.sweep,
                     save_frames: a.save_frames,
                     detect: a.detect,
+                    video_frames: a.video_frames,
                 },
             ))
             .map(|_| ())

@@ -1,8 +1,10 @@
 //! PNG overlays of a result: each person's box, the skeleton of the 25 OpenPose-order keypoints
-//! (BODY_25) and the 19 other keypoints as small grey dots, drawn on the frame.
+//! (BODY_25) and the 19 other keypoints as small grey dots, drawn on the frame. A tracked
+//! video's frame ([`draw_tracked`]) is drawn in one colour per track ([`track_colour`]) with the
+//! track's id over the box; a person filled in by interpolation is drawn faded, its box dashed.
 
 use ::image::{Rgb, RgbImage};
-use hmr2_client::{BoxSource, Person};
+use hmr2_client::{BoxSource, Person, TrackedPerson};
 
 /// The bones of OpenPose BODY_25 (the first 25 of the 44 keypoints, `shared/HMR2_FACTS.md`):
 /// 0 nose, 1 neck, 2–4 right shoulder/elbow/wrist, 5–7 left shoulder/elbow/wrist, 8 mid hip,
@@ -98,7 +100,13 @@ pub fn draw(img: &mut RgbImage, people: &[Person]) {
 }
 
 /// Fills every pixel within `radius` of the segment `a`–`b` (a dot when `a == b`).
-fn draw_segment(img: &mut RgbImage, a: [f32; 2], b: [f32; 2], radius: f32, colour: [u8; 3]) {
+pub(crate) fn draw_segment(
+    img: &mut RgbImage,
+    a: [f32; 2],
+    b: [f32; 2],
+    radius: f32,
+    colour: [u8; 3],
+) {
     if !(a.iter().chain(&b).all(|v| v.is_finite())) {
         return;
     }
@@ -127,8 +135,9 @@ fn draw_segment(img: &mut RgbImage, a: [f32; 2], b: [f32; 2], radius: f32, colou
     }
 }
 
-/// 3×5 bitmaps of the digits and the decimal point, one row per 3-bit number.
-const GLYPHS: [(char, [u8; 5]); 11] = [
+/// 3×5 bitmaps of the digits, the capital letters and a few signs, one row per 3-bit number
+/// (lower-case letters are written as capitals; a character without a glyph leaves a blank).
+const GLYPHS: [(char, [u8; 5]); 48] = [
     ('0', [7, 5, 5, 5, 7]),
     ('1', [2, 6, 2, 2, 7]),
     ('2', [7, 1, 7, 4, 7]),
@@ -140,36 +149,105 @@ const GLYPHS: [(char, [u8; 5]); 11] = [
     ('8', [7, 5, 7, 5, 7]),
     ('9', [7, 5, 7, 1, 7]),
     ('.', [0, 0, 0, 0, 2]),
+    ('A', [2, 5, 7, 5, 5]),
+    ('B', [6, 5, 6, 5, 6]),
+    ('C', [3, 4, 4, 4, 3]),
+    ('D', [6, 5, 5, 5, 6]),
+    ('E', [7, 4, 6, 4, 7]),
+    ('F', [7, 4, 6, 4, 4]),
+    ('G', [3, 4, 5, 5, 3]),
+    ('H', [5, 5, 7, 5, 5]),
+    ('I', [7, 2, 2, 2, 7]),
+    ('J', [1, 1, 1, 5, 2]),
+    ('K', [5, 5, 6, 5, 5]),
+    ('L', [4, 4, 4, 4, 7]),
+    ('M', [5, 7, 7, 5, 5]),
+    ('N', [6, 5, 5, 5, 5]),
+    ('O', [2, 5, 5, 5, 2]),
+    ('P', [6, 5, 6, 4, 4]),
+    ('Q', [2, 5, 5, 6, 3]),
+    ('R', [6, 5, 6, 5, 5]),
+    ('S', [3, 4, 2, 1, 6]),
+    ('T', [7, 2, 2, 2, 2]),
+    ('U', [5, 5, 5, 5, 7]),
+    ('V', [5, 5, 5, 5, 2]),
+    ('W', [5, 5, 7, 7, 5]),
+    ('X', [5, 5, 2, 5, 5]),
+    ('Y', [5, 5, 2, 2, 2]),
+    ('Z', [7, 1, 2, 4, 7]),
+    ('#', [5, 7, 5, 7, 5]),
+    ('-', [0, 0, 7, 0, 0]),
+    ('+', [0, 2, 7, 2, 0]),
+    ('=', [0, 7, 0, 7, 0]),
+    (':', [0, 2, 0, 2, 0]),
+    (',', [0, 0, 0, 2, 4]),
+    ('/', [1, 1, 2, 4, 4]),
+    ('(', [1, 2, 2, 2, 1]),
+    (')', [4, 2, 2, 2, 4]),
+    ('%', [5, 1, 2, 4, 5]),
+    (' ', [0, 0, 0, 0, 0]),
 ];
 
-/// Writes `text` (digits and '.') at `(x, y)`, each glyph pixel a `scale`-sided square, on a
-/// dark backing so it reads on any frame.
-fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, colour: [u8; 3]) {
+/// How wide [`draw_text`] writes `text` at `scale`, backing included, pixels.
+pub(crate) fn text_width(text: &str, scale: u32) -> u32 {
+    text.chars().count() as u32 * 4 * scale + scale
+}
+
+/// How tall [`draw_text`] writes a line at `scale`, backing included, pixels.
+pub(crate) fn text_height(scale: u32) -> u32 {
+    7 * scale
+}
+
+/// Writes `text` (digits, letters and a few signs, [`GLYPHS`]) at `(x, y)`, each glyph pixel a
+/// `scale`-sided square, on a dark backing so it reads on any frame.
+pub(crate) fn draw_text(
+    img: &mut RgbImage,
+    x: u32,
+    y: u32,
+    text: &str,
+    scale: u32,
+    colour: [u8; 3],
+) {
+    draw_text_on(img, x, y, text, scale, colour, Some([20, 20, 20]));
+}
+
+/// [`draw_text`] on a backing of the given colour, or on none.
+pub(crate) fn draw_text_on(
+    img: &mut RgbImage,
+    x: u32,
+    y: u32,
+    text: &str,
+    scale: u32,
+    colour: [u8; 3],
+    backing: Option<[u8; 3]>,
+) {
     let (w, h) = (img.width(), img.height());
     let mut put = |px: u32, py: u32, c: [u8; 3]| {
         if px < w && py < h {
             img.put_pixel(px, py, Rgb(c));
         }
     };
-    let width = text.chars().count() as u32 * 4 * scale + scale;
-    for py in y..y + 7 * scale {
-        for px in x..x + width {
-            put(px, py, [20, 20, 20]);
+    if let Some(b) = backing {
+        for py in y..y.saturating_add(text_height(scale)) {
+            for px in x..x.saturating_add(text_width(text, scale)) {
+                put(px, py, b);
+            }
         }
     }
     for (i, ch) in text.chars().enumerate() {
+        let ch = ch.to_ascii_uppercase();
         let Some((_, rows)) = GLYPHS.iter().find(|(c, _)| *c == ch) else {
             continue;
         };
-        let gx = x + scale + i as u32 * 4 * scale;
+        let gx = x.saturating_add(scale + i as u32 * 4 * scale);
         for (r, bits) in rows.iter().enumerate() {
             for c in 0..3u32 {
                 if bits >> (2 - c) & 1 == 1 {
                     for dy in 0..scale {
                         for dx in 0..scale {
                             put(
-                                gx + c * scale + dx,
-                                y + scale + r as u32 * scale + dy,
+                                gx.saturating_add(c * scale + dx),
+                                y.saturating_add(scale + r as u32 * scale + dy),
                                 colour,
                             );
                         }
@@ -190,6 +268,173 @@ fn draw_box(img: &mut RgbImage, b: [f32; 4], width: u32, colour: [u8; 3]) {
         ([x1, y2], [x1, y1]),
     ] {
         draw_segment(img, p, q, r, colour);
+    }
+}
+
+/// Distinct colours for tracks, in the order of their ids (track 1 the first); ids past the end
+/// go round. Strong hues that stay apart from each other and from grey backgrounds.
+pub const TRACK_COLOURS: [[u8; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [0, 130, 200],
+    [255, 225, 25],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+];
+
+/// The colour of track `track_id` (the same in every frame of a video).
+pub fn track_colour(track_id: u32) -> [u8; 3] {
+    TRACK_COLOURS[(track_id.saturating_sub(1) as usize) % TRACK_COLOURS.len()]
+}
+
+/// How much of its own colour an interpolated person keeps over the frame (the rest is the
+/// frame showing through).
+pub const INTERPOLATED_OPACITY: f32 = 0.45;
+
+/// Draws the people of one frame of a tracked video on `img`, each in its track's colour: the
+/// box with `#<track id>` over it, the skeleton of the 25 OpenPose keypoints and their joints.
+/// A person filled in by interpolation is drawn faded ([`INTERPOLATED_OPACITY`]) with a dashed
+/// box and `#<id> interp.` over it.
+pub fn draw_tracked(img: &mut RgbImage, people: &[TrackedPerson]) {
+    let unit = (img.width().max(img.height()) as f32 / 400.0).max(1.0);
+    for p in people {
+        let colour = track_colour(p.track_id);
+        if p.interpolated {
+            let mut layer = img.clone();
+            draw_tracked_person(&mut layer, p, colour, unit);
+            blend(img, &layer, INTERPOLATED_OPACITY);
+        } else {
+            draw_tracked_person(img, p, colour, unit);
+        }
+    }
+}
+
+fn draw_tracked_person(img: &mut RgbImage, p: &TrackedPerson, colour: [u8; 3], unit: f32) {
+    let width = (1.5 * unit).ceil() as u32;
+    if p.interpolated {
+        draw_dashed_box(img, p.bbox, width, 8.0 * unit, colour);
+    } else {
+        draw_box(img, p.bbox, width, colour);
+    }
+    let k = &p.keypoints_2d;
+    for &(a, b) in &BODY_25_BONES {
+        if let (Some(&pa), Some(&pb)) = (k.get(a), k.get(b)) {
+            draw_segment(img, pa, pb, 1.3 * unit, colour);
+        }
+    }
+    for &q in k.iter().take(25) {
+        draw_segment(img, q, q, 2.4 * unit, [255, 255, 255]);
+        draw_segment(img, q, q, 1.5 * unit, colour);
+    }
+    let label = if p.interpolated {
+        format!("#{} interp.", p.track_id)
+    } else {
+        format!("#{}", p.track_id)
+    };
+    let scale = (2.0 * unit).round().max(2.0) as u32;
+    let y = (p.bbox[1] - text_height(scale) as f32 - unit).max(0.0) as u32;
+    draw_text(img, p.bbox[0].max(0.0) as u32, y, &label, scale, colour);
+}
+
+/// Mixes `layer` into `img` where they differ: `opacity` of the layer, the rest of the image.
+fn blend(img: &mut RgbImage, layer: &RgbImage, opacity: f32) {
+    for (dst, src) in img.pixels_mut().zip(layer.pixels()) {
+        if dst != src {
+            for c in 0..3 {
+                let v = opacity * src.0[c] as f32 + (1.0 - opacity) * dst.0[c] as f32;
+                dst.0[c] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+/// A box whose edges are dashes of `dash` pixels with gaps as long.
+fn draw_dashed_box(img: &mut RgbImage, b: [f32; 4], width: u32, dash: f32, colour: [u8; 3]) {
+    let r = width as f32 / 2.0;
+    let [x1, y1, x2, y2] = b;
+    if !b.iter().all(|v| v.is_finite()) {
+        return;
+    }
+    for (p, q) in [
+        ([x1, y1], [x2, y1]),
+        ([x2, y1], [x2, y2]),
+        ([x2, y2], [x1, y2]),
+        ([x1, y2], [x1, y1]),
+    ] {
+        let len = (q[0] - p[0]).hypot(q[1] - p[1]);
+        // At most a few thousand dashes, whatever the box says.
+        let dash = dash.max(1.0).max(len / 4096.0);
+        let mut t = 0.0;
+        while t < len {
+            let e = (t + dash).min(len);
+            let at = |s: f32| {
+                [
+                    p[0] + (q[0] - p[0]) * s / len,
+                    p[1] + (q[1] - p[1]) * s / len,
+                ]
+            };
+            draw_segment(img, at(t), at(e), r, colour);
+            t += 2.0 * dash;
+        }
+    }
+}
+
+/// One row of a [`draw_legend`]: a swatch (solid, or dashed and faded for interpolated people)
+/// and its text.
+pub struct LegendRow {
+    pub colour: [u8; 3],
+    pub dashed: bool,
+    pub text: String,
+}
+
+/// Draws a legend in the bottom-left corner: `title`, then one row per entry.
+pub fn draw_legend(img: &mut RgbImage, title: &str, rows: &[LegendRow]) {
+    let unit = (img.width().max(img.height()) as f32 / 400.0).max(1.0);
+    let scale = (2.0 * unit).round().max(2.0) as u32;
+    let line = text_height(scale) + scale;
+    let swatch = 6 * scale;
+    let widest = rows
+        .iter()
+        .map(|r| swatch + scale + text_width(&r.text, scale))
+        .chain([text_width(title, scale)])
+        .max()
+        .unwrap_or(0);
+    let height = line * (rows.len() as u32 + 1) + scale;
+    let x0 = 2 * scale;
+    let y0 = img.height().saturating_sub(height + 2 * scale);
+    for y in y0..(y0 + height).min(img.height()) {
+        for x in x0..(x0 + widest + 2 * scale).min(img.width()) {
+            img.put_pixel(x, y, Rgb([20, 20, 20]));
+        }
+    }
+    draw_text(img, x0 + scale, y0 + scale, title, scale, [230, 230, 230]);
+    for (i, r) in rows.iter().enumerate() {
+        let y = y0 + scale + line * (i as u32 + 1);
+        let mid = (y + text_height(scale) / 2) as f32;
+        let (a, b) = (
+            [(x0 + scale) as f32, mid],
+            [(x0 + scale + swatch) as f32, mid],
+        );
+        if r.dashed {
+            let faded = r.colour.map(|c| {
+                (INTERPOLATED_OPACITY * c as f32 + (1.0 - INTERPOLATED_OPACITY) * 20.0) as u8
+            });
+            let d = swatch as f32 / 5.0;
+            for k in [0.0, 2.0, 4.0] {
+                draw_segment(
+                    img,
+                    [a[0] + k * d, mid],
+                    [a[0] + (k + 1.0) * d, mid],
+                    unit,
+                    faded,
+                );
+            }
+        } else {
+            draw_segment(img, a, b, unit, r.colour);
+        }
+        draw_text(img, x0 + 2 * scale + swatch, y, &r.text, scale, r.colour);
     }
 }
 
