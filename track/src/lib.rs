@@ -124,7 +124,7 @@ pub fn track_with_sigma(
         .iter()
         .map(|f| matches!(f, Some(r) if r.status == FrameStatus::Ok))
         .collect();
-    // Usable detections: people of Ok frames whose numbers are all finite.
+    // Usable detections: people of Ok frames whose numbers are all finite and sane.
     let dets: Vec<Vec<assoc::Detection<'_>>> = frames
         .iter()
         .zip(&frame_ok)
@@ -197,17 +197,22 @@ impl<'a> People<'a> {
     }
 }
 
-/// An observation the tracker can use: every number finite, rotations not degenerate.
+/// Largest magnitude of any number of a usable observation: far beyond any real pixel, metre or
+/// coefficient, and far enough below f32's range that no interpolation or filter overflows.
+const MAX_MAGNITUDE: f32 = 1e6;
+
+/// An observation the tracker can use: every number finite and below [`MAX_MAGNITUDE`],
+/// rotations not degenerate.
 fn usable(o: &Observation) -> bool {
-    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-    let quat_ok = |q: &[f32; 4]| finite(q) && q.iter().map(|x| x * x).sum::<f32>() > 1e-6;
-    finite(&o.bbox)
-        && finite(&o.cam_t)
-        && finite(&o.betas)
-        && o.focal_length.is_finite()
+    let sane = |v: &[f32]| v.iter().all(|x| x.abs() < MAX_MAGNITUDE);
+    let quat_ok = |q: &[f32; 4]| sane(q) && q.iter().map(|x| x * x).sum::<f32>() > 1e-6;
+    sane(&o.bbox)
+        && sane(&o.cam_t)
+        && sane(&o.betas)
+        && sane(&[o.focal_length])
         && quat_ok(&o.global_orient)
         && o.body_pose.iter().all(quat_ok)
-        && o.keypoints_3d.iter().all(|k| finite(k))
+        && o.keypoints_3d.iter().all(|k| sane(k))
 }
 
 impl Smoothing {
