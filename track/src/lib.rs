@@ -160,12 +160,13 @@ pub fn track_with_sigma(
         frames: vec![Vec::new(); frames.len()],
         tracks: Vec::with_capacity(tracks.len()),
     };
-    for (k, t) in tracks.iter().enumerate() {
-        let track_id = u32::try_from(k + 1).unwrap_or(u32::MAX);
+    let mut track_id = 0u32;
+    for t in &tracks {
         let people = smooth::smooth_track(t, &person, &frame_ok, &p);
         let (Some(first), Some(last)) = (people.first(), people.last()) else {
             continue;
         };
+        track_id = track_id.saturating_add(1);
         out.tracks.push(TrackSummary {
             track_id,
             first_frame: first.0 as u64,

@@ -299,7 +299,7 @@ pub(crate) fn smooth_track(
     };
     let last = track[track.len() - 1].0;
     let rows: Vec<Row> = track.iter().map(|&fi| row_of(person.get(fi))).collect();
-    let bad = if p.smooth_sigma_s > 0.0 {
+    let mut bad = if p.smooth_sigma_s > 0.0 {
         outliers(
             rows.as_flattened(),
             &track.iter().map(|t| t.0).collect::<Vec<_>>(),
@@ -308,6 +308,10 @@ pub(crate) fn smooth_track(
     } else {
         vec![false; rows.len()]
     };
+    if bad.iter().all(|&b| b) {
+        // Nothing to trust more than the rest: keep them all.
+        bad.iter_mut().for_each(|b| *b = false);
+    }
     let good: Vec<usize> = (0..rows.len()).filter(|&i| !bad[i]).collect();
     let mut good_rows: Vec<Row> = good.iter().map(|&i| rows[i]).collect();
     for r in &mut good_rows {
