@@ -83,8 +83,7 @@ fn cost(live: &Live<'_>, frame: usize, det: &Observation, p: &Params, min_iou: f
     let d3 = cam_distance(&pred.cam_t, &seen.cam_t);
     let db = betas_distance(&live.betas(), &det.betas.map(f64::from));
     let near = p.gate_m + p.gate_m_per_s * dt_s;
-    let gated = overlap >= min_iou || d3 <= near;
-    if !gated || d3 > 2.0 * near || db > p.gate_betas {
+    if overlap < min_iou || d3 > near || db > p.gate_betas {
         return None;
     }
     let dp = pose_distance(live.last, det);
@@ -155,9 +154,7 @@ pub(crate) fn associate<'a>(dets: &[Vec<Detection<'a>>], p: &Params) -> Vec<Trac
         // Stage 2: low-score detections against the tracklets left, stricter on overlap.
         let left: Vec<usize> = (0..live.len()).filter(|&t| !matched_live[t]).collect();
         let pairs = assign(left.len(), low.len(), |t, d| {
-            let c = cost(&live[left[t]], frame, low[d].1, p, p.min_iou_low)?;
-            let pred = live[left[t]].motion.predict(frame as f64);
-            (iou(&pred.corners(), &State::of(low[d].1).corners()) >= p.min_iou_low).then_some(c)
+            cost(&live[left[t]], frame, low[d].1, p, p.min_iou_low)
         });
         let mut matched_low = vec![false; low.len()];
         for &(t, d) in &pairs {

@@ -75,9 +75,8 @@ fn lag_would_be_seen() {
     assert_eq!(smooth_metrics(&s, &tracked).lag_frames, -2);
 }
 
-#[test]
-fn outlier_frames_are_replaced_and_marked() {
-    let mut s = generate(
+fn one_walker() -> hmr2_track::synth::Scene {
+    generate(
         &SceneConfig {
             seed: 4,
             people: 1,
@@ -85,15 +84,20 @@ fn outlier_frames_are_replaced_and_marked() {
             ..SceneConfig::default()
         }
         .noiseless(),
-    );
-    s.walkers.truncate(1);
-    // Frame 60: the model put the person 1.5 m deeper and flipped the keypoints.
+    )
+}
+
+#[test]
+fn outlier_frames_are_replaced_and_marked() {
+    let mut s = one_walker();
+    // Frame 60: the model put the person 0.4 m deeper and flipped the keypoints upside down.
     let bad = &mut s.records[60].as_mut().unwrap().people[0];
-    bad.cam_t[2] += 1.5;
+    bad.cam_t[2] += 0.4;
     for k in &mut bad.keypoints_3d {
         k[1] = -k[1];
     }
     let tracked = track(&s.records, &with(Smoothing::Default));
+    assert_eq!(tracked.tracks.len(), 1);
     let p = &tracked.frames[60][0];
     assert!(p.interpolated);
     assert!(
@@ -106,6 +110,13 @@ fn outlier_frames_are_replaced_and_marked() {
         "{:?}",
         p.obs.cam_t
     );
+    let flipped = p.obs.keypoints_3d.iter().zip(&truth.keypoints_3d);
+    assert!(
+        flipped
+            .map(|(a, b)| (a[1] - b[1]).abs())
+            .fold(0.0, f32::max)
+            < 0.05
+    );
     assert!(!tracked.frames[59][0].interpolated && !tracked.frames[61][0].interpolated);
     // Without smoothing, raw values stay, outlier included.
     let raw = track(&s.records, &with(Smoothing::None));
@@ -114,6 +125,20 @@ fn outlier_frames_are_replaced_and_marked() {
         raw.frames[60][0].obs.cam_t,
         s.records[60].as_ref().unwrap().people[0].cam_t
     );
+}
+
+#[test]
+fn an_implausible_jump_is_not_taken_into_the_track() {
+    // 1.5 m deeper in one frame (45 m/s): the association refuses it, the frame is filled.
+    let mut s = one_walker();
+    s.records[60].as_mut().unwrap().people[0].cam_t[2] += 1.5;
+    for smoothing in [Smoothing::None, Smoothing::Default] {
+        let tracked = track(&s.records, &with(smoothing));
+        assert_eq!(tracked.tracks.len(), 1);
+        let p = &tracked.frames[60][0];
+        assert!(p.interpolated);
+        assert!((p.obs.cam_t[2] - s.gt[60][0].obs.cam_t[2]).abs() < 0.05);
+    }
 }
 
 #[test]
