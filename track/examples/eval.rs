@@ -221,9 +221,11 @@ fn main() {
     }
     println!();
     println!("smoothing, same scenes (3 people), seeds 1..={seeds}");
-    println!("smoothing | MPJPE mm | accel err mm/frame² | cam_t err mm | lag frames");
+    println!(
+        "smoothing | MPJPE mm | accel err mm/frame² | cam_t err mm | rotation err ° | lag frames"
+    );
     for smoothing in [Smoothing::None, Smoothing::Default, Smoothing::Strong] {
-        let (mut mpjpe, mut accel, mut cam, mut lags) = (0.0, 0.0, 0.0, Vec::new());
+        let (mut mpjpe, mut accel, mut cam, mut rot, mut lags) = (0.0, 0.0, 0.0, 0.0, Vec::new());
         for seed in 1..=seeds {
             let cfg = SceneConfig {
                 seed,
@@ -239,11 +241,12 @@ fn main() {
             mpjpe += m.mpjpe_mm / seeds as f64;
             accel += m.accel_mm / seeds as f64;
             cam += m.cam_mm / seeds as f64;
+            rot += m.rot_deg / seeds as f64;
             lags.push(m.lag_frames);
         }
         lags.sort_unstable();
         println!(
-            "{:9} | {mpjpe:8.1} | {accel:19.1} | {cam:12.1} | {}..={}",
+            "{:9} | {mpjpe:8.1} | {accel:19.1} | {cam:12.1} | {rot:14.2} | {}..={}",
             format!("{smoothing:?}").to_lowercase(),
             lags[0],
             lags[lags.len() - 1]

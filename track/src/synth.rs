@@ -235,8 +235,12 @@ const EXTRA: [(usize, [f64; 3]); KEYPOINTS - 24] = [
     (12, [0.0, 0.1, 0.04]),
 ];
 
+/// `[w, x, y, z]` with `w ≥ 0`, as the worker's `quat_from_matrix` writes it: near a half
+/// turn (the root is turned 180° about x to stand up in camera space) the sign flips from frame
+/// to frame, as it does for real records.
 fn q4(q: &UnitQuaternion<f64>) -> [f32; 4] {
-    [q.w as f32, q.i as f32, q.j as f32, q.k as f32]
+    let s = if q.w < 0.0 { -1.0 } else { 1.0 };
+    [q.w, q.i, q.j, q.k].map(|v| (s * v) as f32)
 }
 
 fn axis_angle(v: [f64; 3]) -> UnitQuaternion<f64> {

@@ -42,6 +42,10 @@ fn default_smoothing_cuts_jitter_without_lag_or_pose_error() {
             "seed {seed}: MPJPE {raw:?} → {default:?}"
         );
         assert!(default.cam_mm <= raw.cam_mm, "seed {seed}");
+        assert!(
+            default.rot_deg < raw.rot_deg,
+            "seed {seed}: {raw:?} → {default:?}"
+        );
         assert_eq!(default.lag_frames, 0, "seed {seed}: {default:?}");
         assert_eq!(strong.lag_frames, 0, "seed {seed}: {strong:?}");
     }
@@ -177,4 +181,44 @@ fn one_shape_per_track_when_smoothing() {
     for (a, b) in truth.iter().zip(&p.obs.betas) {
         assert!((a - b).abs() < 0.1, "{truth:?} vs {:?}", p.obs.betas);
     }
+}
+
+#[test]
+fn rotations_near_a_half_turn_are_smoothed_not_cancelled() {
+    // The root is turned about 180° (standing up in camera space): with w ≥ 0 in every record,
+    // its quaternion changes sign from frame to frame. Averaging those as they come would
+    // cancel them; the output root must stay near the truth.
+    let s = generate(&SceneConfig {
+        seed: 12,
+        people: 1,
+        frames: 150,
+        stay_in_view: true,
+        ..SceneConfig::default()
+    });
+    let roots: Vec<[f32; 4]> = s
+        .records
+        .iter()
+        .flatten()
+        .filter_map(|r| r.people.first().map(|p| p.global_orient))
+        .collect();
+    let flips = roots
+        .windows(2)
+        .filter(|w| w[0].iter().zip(&w[1]).map(|(a, b)| a * b).sum::<f32>() < 0.0)
+        .count();
+    assert!(flips >= 10, "{flips} sign flips");
+    let tracked = track(&s.records, &with(Smoothing::Strong));
+    let mut worst = 0.0f64;
+    for (g, h) in s.gt.iter().zip(&tracked.frames) {
+        if let (Some(g), Some(h)) = (g.first(), h.first()) {
+            let dot: f32 = g
+                .obs
+                .global_orient
+                .iter()
+                .zip(&h.obs.global_orient)
+                .map(|(a, b)| a * b)
+                .sum();
+            worst = worst.max(2.0 * f64::from(dot.abs().min(1.0)).acos().to_degrees());
+        }
+    }
+    assert!(worst < 10.0, "root off by up to {worst}°");
 }
