@@ -13,9 +13,13 @@ use std::fmt::Write as _;
 /// A box as the MOT files write it: left, top, width, height, pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MotBox {
+    /// Left.
     pub x: f64,
+    /// Top.
     pub y: f64,
+    /// Width.
     pub w: f64,
+    /// Height.
     pub h: f64,
 }
 
@@ -62,15 +66,23 @@ pub const MIN_IOU: f64 = 0.5;
 /// The usual figures of the MOT challenge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MotMetrics {
+    /// `2 IDTP / (2 IDTP + IDFP + IDFN)`.
     pub idf1: f64,
+    /// Identity true positives: frames matched under the one global trajectory matching.
     pub idtp: u64,
+    /// Identity false positives (hypothesis boxes not counted in `idtp`).
     pub idfp: u64,
+    /// Identity false negatives (ground-truth boxes not counted in `idtp`).
     pub idfn: u64,
     /// Identity switches (CLEAR-MOT).
     pub id_switches: u64,
+    /// `1 − (misses + false positives + switches) / ground-truth objects`.
     pub mota: f64,
+    /// Hypothesis boxes matched to no object (CLEAR-MOT).
     pub false_positives: u64,
+    /// Objects matched to no hypothesis.
     pub misses: u64,
+    /// Object–hypothesis matches.
     pub matches: u64,
     /// Ground-truth objects over all frames.
     pub gt_objects: u64,

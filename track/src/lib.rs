@@ -22,6 +22,7 @@
 //! - [`synth`], [`eval`]: synthetic scenes with ground truth, and the MOT and smoothing figures
 //!   measured on them (tests, the bench, `examples/eval.rs`, docs/tracking.md).
 
+#![warn(missing_docs)]
 mod assign;
 mod assoc;
 pub mod eval;
@@ -84,8 +85,11 @@ pub struct TrackedPerson {
 /// One track's summary, for the video's `done` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackSummary {
+    /// The track's id, as in its people.
     pub track_id: u32,
+    /// First frame with a person of this track (observed).
     pub first_frame: u64,
+    /// Last frame with a person of this track (observed).
     pub last_frame: u64,
     /// Frames in which the track has a person (observed or interpolated).
     pub frames: u64,
@@ -97,7 +101,9 @@ pub struct TrackSummary {
 /// the tracks.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Tracked {
+    /// One entry per input frame: its people, sorted by `track_id`.
     pub frames: Vec<Vec<TrackedPerson>>,
+    /// One summary per track, by `track_id`.
     pub tracks: Vec<TrackSummary>,
 }
 

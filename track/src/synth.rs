@@ -17,10 +17,12 @@ use std::f64::consts::PI;
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator for this seed.
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -55,12 +57,17 @@ impl Rng {
 /// What a scene looks like and how noisy its detections are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SceneConfig {
+    /// Seed of everything random in the scene.
     pub seed: u64,
     /// People walking through the scene (random paths; see [`generate_with`] for given ones).
     pub people: usize,
+    /// Length of the video, frames.
     pub frames: usize,
+    /// Frames per second.
     pub fps: f64,
+    /// `[width, height]`, pixels.
     pub image_size: [u32; 2],
+    /// The camera's focal length, pixels.
     pub focal_length: f64,
     /// Standard deviation of each box coordinate of a detection, pixels.
     pub box_jitter_px: f64,
@@ -80,6 +87,7 @@ pub struct SceneConfig {
     pub max_hidden_s: f64,
     /// Share of frames answered with an error, and of frames never answered.
     pub error_rate: f64,
+    /// Share of frames never answered (`None` records).
     pub missing_rate: f64,
     /// Everyone is in view from the first frame and walks back and forth, never leaving (long
     /// videos for the bench).
@@ -128,12 +136,17 @@ impl SceneConfig {
 /// (metres), walks at `velocity` (m/s, sign = direction) with a gentle sway.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Walker {
+    /// First frame in the scene.
     pub enter: usize,
     /// Leaves at this frame even if still in view.
     pub leave: Option<usize>,
+    /// Lateral position at `enter`, metres.
     pub x0: f64,
+    /// Mean depth, metres.
     pub depth: f64,
+    /// Walking speed, m/s (sign: direction, positive to the right).
     pub velocity: f64,
+    /// The person's true shape.
     pub betas: [f32; BETAS],
     /// Walks back and forth with this half-amplitude (metres) around `x0` instead of straight.
     pub sweep: Option<f64>,
@@ -171,7 +184,9 @@ pub struct GtPerson {
 /// A scene: ground truth and what the per-frame model answered.
 #[derive(Debug, Clone)]
 pub struct Scene {
+    /// Frames per second.
     pub fps: f64,
+    /// The people, in id order (id = index + 1).
     pub walkers: Vec<Walker>,
     /// Per frame, the people present in view (hidden ones included).
     pub gt: Vec<Vec<GtPerson>>,
