@@ -23,6 +23,7 @@
 //!   measured on them (tests, the bench, `examples/eval.rs`, docs/tracking.md).
 
 #![warn(missing_docs)]
+
 mod assign;
 mod assoc;
 pub mod eval;

@@ -118,3 +118,64 @@ pub(crate) fn stitch(tracklets: Vec<Tracklet>, person: &People<'_>, p: &Params) 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Params, Settings};
+
+    fn ends(start: usize, end: usize, x_at_start: f64, vx_per_frame: f64) -> Ends {
+        let state = |x: f64| State {
+            bbox: [500.0 + 100.0 * x, 300.0, 100.0, 300.0],
+            cam_t: [x, 0.6, 5.0],
+        };
+        let line = |at: usize| {
+            let samples: Vec<(f64, State)> = (start..=end)
+                .map(|f| {
+                    (
+                        f as f64,
+                        state(x_at_start + vx_per_frame * (f - start) as f64),
+                    )
+                })
+                .collect();
+            Motion::fit(&samples, at as f64, 30.0)
+        };
+        Ends {
+            start,
+            end,
+            head: line(start),
+            tail: line(end),
+            betas: [0.5; BETAS],
+        }
+    }
+
+    #[test]
+    fn links_need_order_a_short_gap_and_a_plausible_path() {
+        let p = Params::new(&Settings::default()); // 30 fps, 1 s
+                                                   // Walking at 1 m/s (1/30 m per frame), hidden 20 frames.
+        let a = ends(0, 40, 0.0, 1.0 / 30.0);
+        let v = 1.0 / 30.0;
+        let b = ends(61, 100, 61.0 * v, v);
+        assert!(link_cost(&a, &b, &p).is_some());
+        // Not backwards, not overlapping.
+        assert!(link_cost(&b, &a, &p).is_none());
+        let overlapping = ends(40, 80, 40.0 * v, v);
+        assert!(link_cost(&a, &overlapping, &p).is_none());
+        // Not across more than max_gap_s (30 frames missing at most).
+        let late = ends(72, 100, 72.0 * v, v);
+        assert!(link_cost(&a, &late, &p).is_none());
+        // Not 2 m off the path, nor with another body shape.
+        let elsewhere = ends(61, 100, 61.0 * v + 2.0, v);
+        assert!(link_cost(&a, &elsewhere, &p).is_none());
+        let mut other_shape = ends(61, 100, 61.0 * v, v);
+        other_shape.betas = [2.0; BETAS];
+        assert!(link_cost(&a, &other_shape, &p).is_none());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut []), 0.0);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
