@@ -3,11 +3,11 @@
 //! Each live tracklet predicts its box and camera position at the new frame by constant
 //! velocity fitted to its last few *observations* (OC-SORT's observation-centric momentum: no
 //! Kalman state drifting through missed frames). Detections are assigned by the Hungarian method
-//! on a cost mixing predicted-box overlap, 3D distance, body-shape and pose distance, with gates, in
-//! two stages as in ByteTrack: confident detections (score ≥ [`HIGH_SCORE`] or no score) first,
-//! then the low-score ones against the tracklets still unmatched, with a stricter overlap gate.
-//! A tracklet not seen for more than [`Params::max_age`] frames ends; the offline stitching
-//! joins tracklets over longer gaps.
+//! on a cost mixing predicted-box overlap, 3D distance, body-shape and pose distance. A pair must
+//! pass all three gates (overlap, distance, shape). Two stages as in ByteTrack: confident
+//! detections (score ≥ [`HIGH_SCORE`] or no score) first, then the low-score ones against the
+//! tracklets still unmatched, with a stricter overlap gate. A tracklet not seen for more than
+//! [`Params::max_age`] frames ends; the offline stitching joins tracklets over longer gaps.
 
 use crate::assign::assign;
 use crate::geom::{betas_distance, cam_distance, iou, Motion, State};

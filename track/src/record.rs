@@ -374,7 +374,10 @@ mod tests {
         }
 
         #[test]
-        fn truncated_records_are_errors(rec in record_strategy(-10f32..10.0), cut in any::<prop::sample::Index>()) {
+        fn truncated_records_are_errors(
+            rec in record_strategy(-10f32..10.0),
+            cut in any::<prop::sample::Index>(),
+        ) {
             let bytes = rec.encode();
             let cut = cut.index(bytes.len());
             prop_assert!(FrameRecord::decode(&bytes[..cut]).is_err());

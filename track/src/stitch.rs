@@ -151,10 +151,10 @@ mod tests {
 
     #[test]
     fn links_need_order_a_short_gap_and_a_plausible_path() {
-        let p = Params::new(&Settings::default()); // 30 fps, 1 s
-                                                   // Walking at 1 m/s (1/30 m per frame), hidden 20 frames.
-        let a = ends(0, 40, 0.0, 1.0 / 30.0);
+        // 30 fps, max_gap_s 1 s; walking at 1 m/s (1/30 m per frame), hidden 20 frames.
+        let p = Params::new(&Settings::default());
         let v = 1.0 / 30.0;
+        let a = ends(0, 40, 0.0, v);
         let b = ends(61, 100, 61.0 * v, v);
         assert!(link_cost(&a, &b, &p).is_some());
         // Not backwards, not overlapping.
