@@ -131,6 +131,27 @@ fn main() {
             },
         ),
         (
+            "depth σ 5 % of the depth",
+            SceneConfig {
+                depth_sigma_rel: 0.05,
+                ..SceneConfig::default()
+            },
+        ),
+        (
+            "depth σ 10 % of the depth",
+            SceneConfig {
+                depth_sigma_rel: 0.1,
+                ..SceneConfig::default()
+            },
+        ),
+        (
+            "depth σ 20 % of the depth",
+            SceneConfig {
+                depth_sigma_rel: 0.2,
+                ..SceneConfig::default()
+            },
+        ),
+        (
             "rotations σ 10°, translation σ 5 cm",
             SceneConfig {
                 rot_sigma_deg: 10.0,

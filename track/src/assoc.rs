@@ -10,7 +10,7 @@
 //! [`Params::max_age`] frames ends; the offline stitching joins tracklets over longer gaps.
 
 use crate::assign::assign;
-use crate::geom::{betas_distance, cam_distance, iou, Motion, State};
+use crate::geom::{betas_distance, iou, Motion, State};
 use crate::record::{Observation, BETAS};
 use crate::Params;
 
@@ -18,6 +18,8 @@ use crate::Params;
 pub const HIGH_SCORE: f32 = 0.5;
 /// Observations used for the constant-velocity prediction (3 intervals, as OC-SORT's Δt = 3).
 const MOTION_WINDOW: usize = 4;
+/// Observations whose mean depth is the predicted depth.
+const DEPTH_WINDOW: usize = 10;
 
 /// One person's detections in consecutive frames: `(frame, index in the frame's people)`.
 pub(crate) type Tracklet = Vec<(usize, usize)>;
@@ -59,9 +61,12 @@ impl<'a> Live<'a> {
     }
 
     fn refit(&mut self, fps: f64) {
-        let from = self.states.len().saturating_sub(MOTION_WINDOW);
-        let last = self.states[self.states.len() - 1].0;
-        self.motion = Motion::fit(&self.states[from..], last, fps);
+        let n = self.states.len();
+        let last = self.states[n - 1].0;
+        self.motion = Motion::fit(&self.states[n.saturating_sub(MOTION_WINDOW)..], last, fps);
+        // The depth from more observations than the motion: it is the noisiest number.
+        let recent = &self.states[n.saturating_sub(DEPTH_WINDOW)..];
+        self.motion.at.log_z = recent.iter().map(|s| s.1.log_z).sum::<f64>() / recent.len() as f64;
     }
 
     fn last_frame(&self) -> usize {
@@ -80,16 +85,19 @@ fn cost(live: &Live<'_>, frame: usize, det: &Observation, p: &Params, min_iou: f
     let seen = State::of(det);
     let dt_s = (frame - live.last_frame()) as f64 / p.fps;
     let overlap = iou(&pred.corners(), &seen.corners());
-    let d3 = cam_distance(&pred.cam_t, &seen.cam_t);
+    let lateral = pred.lateral_m(&seen);
+    let depth = pred.depth_ratio(&seen);
     let db = betas_distance(&live.betas(), &det.betas.map(f64::from));
     let near = p.gate_m + p.gate_m_per_s * dt_s;
-    if overlap < min_iou || d3 > near || db > p.gate_betas {
+    let deep = p.gate_depth + p.gate_depth_per_s * dt_s;
+    if overlap < min_iou || lateral > near || depth > deep || db > p.gate_betas {
         return None;
     }
     let dp = pose_distance(live.last, det);
     Some(
         (1.0 - overlap)
-            + d3 / near
+            + lateral / near
+            + 0.5 * depth / deep
             + 0.5 * db / p.gate_betas
             + p.pose_weight * (dp / p.pose_scale_m).min(2.0),
     )

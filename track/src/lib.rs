@@ -250,11 +250,15 @@ pub(crate) struct Params {
     pub(crate) max_gap: usize,
     /// Frames a live tracklet may go unseen in the online pass.
     pub(crate) max_age: usize,
-    /// Online gates: predicted-box IoU, or camera distance within `gate_m + gate_m_per_s · dt`.
+    /// Online gates: predicted-box IoU (first and second stage), distance across the viewing
+    /// ray within `gate_m + gate_m_per_s · dt`, depth ratio within `gate_depth +
+    /// gate_depth_per_s · dt` (as `|ln(z1/z2)|`; also for stitching).
     pub(crate) min_iou: f64,
     pub(crate) min_iou_low: f64,
     pub(crate) gate_m: f64,
     pub(crate) gate_m_per_s: f64,
+    pub(crate) gate_depth: f64,
+    pub(crate) gate_depth_per_s: f64,
     /// Largest RMS difference per shape coefficient of one person.
     pub(crate) gate_betas: f64,
     /// Pose term of the online cost: weight, and the mean keypoint distance that costs it once.
@@ -299,8 +303,10 @@ impl Params {
             max_age: frames(0.2).max(1).min(max_gap),
             min_iou: 0.1,
             min_iou_low: 0.3,
-            gate_m: 0.5,
+            gate_m: 0.3,
             gate_m_per_s: 1.5,
+            gate_depth: 0.7,
+            gate_depth_per_s: 0.5,
             gate_betas: 0.8,
             pose_weight: 0.3,
             pose_scale_m: 0.3,

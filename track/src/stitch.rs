@@ -5,12 +5,13 @@
 //! and a gap short enough, the earlier one's motion is extrapolated forward to the later one's
 //! first frame and the later one's backward to the earlier one's last frame (straight lines fitted
 //! to their first/last observations); the pair is allowed when both land near the other's
-//! observed camera position and box, and their body shapes (median `betas`) agree. One
+//! observed viewing ray and box, at a similar depth, and their body shapes (median `betas`)
+//! agree. One
 //! Hungarian assignment over all ends and starts picks the links; chains of links make tracks.
 
 use crate::assign::assign;
 use crate::assoc::Tracklet;
-use crate::geom::{betas_distance, cam_distance, Motion, State};
+use crate::geom::{betas_distance, Motion, State};
 use crate::record::{Observation, BETAS};
 use crate::{Params, People};
 
@@ -75,8 +76,8 @@ fn link_cost(a: &Ends, b: &Ends, p: &Params) -> Option<f64> {
     let dt_s = (b.start - a.end) as f64 / p.fps;
     let fwd = a.tail.predict(b.start as f64);
     let bwd = b.head.predict(a.end as f64);
-    let d3 = 0.5
-        * (cam_distance(&fwd.cam_t, &b.head.at.cam_t) + cam_distance(&bwd.cam_t, &a.tail.at.cam_t));
+    let lateral = 0.5 * (fwd.lateral_m(&b.head.at) + bwd.lateral_m(&a.tail.at));
+    let depth = a.tail.at.depth_ratio(&b.head.at);
     let centre = |x: &State, y: &State| {
         let h = y.bbox[3].abs().max(1.0);
         ((x.bbox[0] - y.bbox[0]).powi(2) + (x.bbox[1] - y.bbox[1]).powi(2)).sqrt() / h
@@ -84,11 +85,18 @@ fn link_cost(a: &Ends, b: &Ends, p: &Params) -> Option<f64> {
     let dc = 0.5 * (centre(&fwd, &b.head.at) + centre(&bwd, &a.tail.at));
     let db = betas_distance(&a.betas, &b.betas);
     let gate_m = p.stitch_gate_m + p.stitch_gate_m_per_s * dt_s;
+    let gate_z = p.gate_depth + p.gate_depth_per_s * dt_s;
     let gate_c = p.stitch_gate_heights + p.stitch_gate_heights_per_s * dt_s;
-    if !(d3 <= gate_m && dc <= gate_c && db <= p.gate_betas) {
+    if !(lateral <= gate_m && depth <= gate_z && dc <= gate_c && db <= p.gate_betas) {
         return None;
     }
-    Some(d3 / gate_m + dc / gate_c + db / p.gate_betas + dt_s / p.max_gap_s.max(1e-9) * 0.1)
+    Some(
+        lateral / gate_m
+            + 0.5 * depth / gate_z
+            + dc / gate_c
+            + db / p.gate_betas
+            + dt_s / p.max_gap_s.max(1e-9) * 0.1,
+    )
 }
 
 /// Joins tracklets into tracks; each track's observations in frame order.
@@ -127,7 +135,8 @@ mod tests {
     fn ends(start: usize, end: usize, x_at_start: f64, vx_per_frame: f64) -> Ends {
         let state = |x: f64| State {
             bbox: [500.0 + 100.0 * x, 300.0, 100.0, 300.0],
-            cam_t: [x, 0.6, 5.0],
+            ray: [x / 5.0, 0.6 / 5.0],
+            log_z: 5.0f64.ln(),
         };
         let line = |at: usize| {
             let samples: Vec<(f64, State)> = (start..=end)

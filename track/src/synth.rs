@@ -81,6 +81,10 @@ pub struct SceneConfig {
     pub rot_sigma_deg: f64,
     /// Camera-position noise, metres per axis.
     pub trans_sigma_m: f64,
+    /// Depth noise as a fraction of the depth: the camera position is scaled along its viewing
+    /// ray by `1 + ε`, ε ~ N(0, this), as a per-frame model's depth (from the box's scale) errs;
+    /// 0 by default.
+    pub depth_sigma_rel: f64,
     /// Shape noise per coefficient.
     pub betas_sigma: f64,
     /// Longest time a person stays hidden behind a nearer one (then seen again), seconds.
@@ -109,6 +113,7 @@ impl Default for SceneConfig {
             low_score_rate: 0.1,
             rot_sigma_deg: 5.0,
             trans_sigma_m: 0.02,
+            depth_sigma_rel: 0.0,
             betas_sigma: 0.1,
             max_hidden_s: 0.5,
             error_rate: 0.0,
@@ -127,6 +132,7 @@ impl SceneConfig {
         self.low_score_rate = 0.0;
         self.rot_sigma_deg = 0.0;
         self.trans_sigma_m = 0.0;
+        self.depth_sigma_rel = 0.0;
         self.betas_sigma = 0.0;
         self
     }
@@ -508,7 +514,9 @@ pub fn generate_with(cfg: &SceneConfig, walkers: Vec<Walker>) -> Scene {
                 let e = [rng.normal(), rng.normal(), rng.normal()].map(|v| v * sigma_rot);
                 rots[j] * axis_angle(e)
             });
-            let noisy_cam = cam.map(|v| v + cfg.trans_sigma_m * rng.normal());
+            // Scale along the viewing ray (depth from the box's size), then noise per axis.
+            let scale = 1.0 + cfg.depth_sigma_rel * rng.normal();
+            let noisy_cam = cam.map(|v| v * scale + cfg.trans_sigma_m * rng.normal());
             let betas = walkers[*i]
                 .betas
                 .map(|b| b + (cfg.betas_sigma * rng.normal()) as f32);

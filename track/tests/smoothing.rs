@@ -132,17 +132,29 @@ fn outlier_frames_are_replaced_and_marked() {
 }
 
 #[test]
-fn an_implausible_jump_is_not_taken_into_the_track() {
-    // 1.5 m deeper in one frame (45 m/s): the association refuses it, the frame is filled.
+fn implausible_jumps_are_refused_or_replaced() {
+    let truth = |s: &hmr2_track::synth::Scene| s.gt[60][0].obs.cam_t;
+    // 1 m sideways in one frame (30 m/s): the association refuses it, the frame is filled.
     let mut s = one_walker();
-    s.records[60].as_mut().unwrap().people[0].cam_t[2] += 1.5;
+    s.records[60].as_mut().unwrap().people[0].cam_t[0] += 1.0;
     for smoothing in [Smoothing::None, Smoothing::Default] {
         let tracked = track(&s.records, &with(smoothing));
         assert_eq!(tracked.tracks.len(), 1);
         let p = &tracked.frames[60][0];
-        assert!(p.interpolated);
-        assert!((p.obs.cam_t[2] - s.gt[60][0].obs.cam_t[2]).abs() < 0.05);
+        assert!(p.interpolated, "{smoothing:?}");
+        assert!(
+            (p.obs.cam_t[0] - truth(&s)[0]).abs() < 0.05,
+            "{smoothing:?}"
+        );
     }
+    // 1.5 m deeper: a model's depth can err that much, so the frame stays in the track, and
+    // the smoothing replaces it as an outlier.
+    let mut s = one_walker();
+    s.records[60].as_mut().unwrap().people[0].cam_t[2] += 1.5;
+    let tracked = track(&s.records, &with(Smoothing::Default));
+    let p = &tracked.frames[60][0];
+    assert!(p.interpolated && p.obs.score.is_some());
+    assert!((p.obs.cam_t[2] - truth(&s)[2]).abs() < 0.05);
 }
 
 #[test]
@@ -207,7 +219,7 @@ fn rotations_near_a_half_turn_are_smoothed_not_cancelled() {
         .count();
     assert!(flips >= 10, "{flips} sign flips");
     let tracked = track(&s.records, &with(Smoothing::Strong));
-    let mut worst = 0.0f64;
+    let (mut worst, mut sum, mut n) = (0.0f64, 0.0f64, 0usize);
     for (g, h) in s.gt.iter().zip(&tracked.frames) {
         if let (Some(g), Some(h)) = (g.first(), h.first()) {
             let dot: f32 = g
@@ -217,8 +229,19 @@ fn rotations_near_a_half_turn_are_smoothed_not_cancelled() {
                 .zip(&h.obs.global_orient)
                 .map(|(a, b)| a * b)
                 .sum();
-            worst = worst.max(2.0 * f64::from(dot.abs().min(1.0)).acos().to_degrees());
+            let angle = 2.0 * f64::from(dot.abs().min(1.0)).acos().to_degrees();
+            worst = worst.max(angle);
+            sum += angle;
+            n += 1;
         }
     }
-    assert!(worst < 10.0, "root off by up to {worst}°");
+    // The records' root is off by 8° on average (5° per axis); cancelled quaternions would be
+    // off by up to 180°.
+    assert!(n > 100);
+    assert!(
+        sum / (n as f64) < 5.0,
+        "root off by {}° on average",
+        sum / n as f64
+    );
+    assert!(worst < 20.0, "root off by up to {worst}°");
 }
