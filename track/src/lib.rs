@@ -244,7 +244,7 @@ pub const STRONG_SIGMA_S: f64 = 0.1;
 pub(crate) struct Params {
     /// Frames per second (settings' fps, 30 when not a positive finite number).
     pub(crate) fps: f64,
-    /// Longest gap bridged, seconds (≥ 0).
+    /// Longest gap bridged, seconds (0 to 10⁶).
     pub(crate) max_gap_s: f64,
     /// Longest gap bridged, frames missing in between.
     pub(crate) max_gap: usize,
@@ -289,8 +289,9 @@ impl Params {
         } else {
             30.0
         };
-        let max_gap_s = if s.max_gap_s.is_finite() && s.max_gap_s > 0.0 {
-            s.max_gap_s
+        // NaN or ≤ 0: no bridging; infinite: any gap (capped at a million seconds).
+        let max_gap_s = if s.max_gap_s > 0.0 {
+            s.max_gap_s.min(1e6)
         } else {
             0.0
         };
