@@ -3,14 +3,14 @@
 //! Each live tracklet predicts its box and camera position at the new frame by constant
 //! velocity fitted to its last few *observations* (OC-SORT's observation-centric momentum: no
 //! Kalman state drifting through missed frames). Detections are assigned by the Hungarian method
-//! on a cost mixing predicted-box overlap, 3D distance, body-shape and pose distance, with gates, in
-//! two stages as in ByteTrack: confident detections (score ≥ [`HIGH_SCORE`] or no score) first,
-//! then the low-score ones against the tracklets still unmatched, with a stricter overlap gate.
-//! A tracklet not seen for more than [`Params::max_age`] frames ends; the offline stitching
-//! joins tracklets over longer gaps.
+//! on a cost mixing predicted-box overlap, 3D distance, body-shape and pose distance. A pair must
+//! pass all three gates (overlap, distance, shape). Two stages as in ByteTrack: confident
+//! detections (score ≥ [`HIGH_SCORE`] or no score) first, then the low-score ones against the
+//! tracklets still unmatched, with a stricter overlap gate. A tracklet not seen for more than
+//! [`Params::max_age`] frames ends; the offline stitching joins tracklets over longer gaps.
 
 use crate::assign::assign;
-use crate::geom::{betas_distance, cam_distance, iou, Motion, State};
+use crate::geom::{betas_distance, iou, Motion, State};
 use crate::record::{Observation, BETAS};
 use crate::Params;
 
@@ -18,6 +18,8 @@ use crate::Params;
 pub const HIGH_SCORE: f32 = 0.5;
 /// Observations used for the constant-velocity prediction (3 intervals, as OC-SORT's Δt = 3).
 const MOTION_WINDOW: usize = 4;
+/// Observations whose mean depth is the predicted depth.
+const DEPTH_WINDOW: usize = 10;
 
 /// One person's detections in consecutive frames: `(frame, index in the frame's people)`.
 pub(crate) type Tracklet = Vec<(usize, usize)>;
@@ -59,9 +61,12 @@ impl<'a> Live<'a> {
     }
 
     fn refit(&mut self, fps: f64) {
-        let from = self.states.len().saturating_sub(MOTION_WINDOW);
-        let last = self.states[self.states.len() - 1].0;
-        self.motion = Motion::fit(&self.states[from..], last, fps);
+        let n = self.states.len();
+        let last = self.states[n - 1].0;
+        self.motion = Motion::fit(&self.states[n.saturating_sub(MOTION_WINDOW)..], last, fps);
+        // The depth from more observations than the motion: it is the noisiest number.
+        let recent = &self.states[n.saturating_sub(DEPTH_WINDOW)..];
+        self.motion.at.log_z = recent.iter().map(|s| s.1.log_z).sum::<f64>() / recent.len() as f64;
     }
 
     fn last_frame(&self) -> usize {
@@ -80,17 +85,19 @@ fn cost(live: &Live<'_>, frame: usize, det: &Observation, p: &Params, min_iou: f
     let seen = State::of(det);
     let dt_s = (frame - live.last_frame()) as f64 / p.fps;
     let overlap = iou(&pred.corners(), &seen.corners());
-    let d3 = cam_distance(&pred.cam_t, &seen.cam_t);
+    let lateral = pred.lateral_m(&seen);
+    let depth = pred.depth_ratio(&seen);
     let db = betas_distance(&live.betas(), &det.betas.map(f64::from));
     let near = p.gate_m + p.gate_m_per_s * dt_s;
-    let gated = overlap >= min_iou || d3 <= near;
-    if !gated || d3 > 2.0 * near || db > p.gate_betas {
+    let deep = p.gate_depth + p.gate_depth_per_s * dt_s;
+    if overlap < min_iou || lateral > near || depth > deep || db > p.gate_betas {
         return None;
     }
     let dp = pose_distance(live.last, det);
     Some(
         (1.0 - overlap)
-            + d3 / near
+            + lateral / near
+            + 0.5 * depth / deep
             + 0.5 * db / p.gate_betas
             + p.pose_weight * (dp / p.pose_scale_m).min(2.0),
     )
@@ -155,9 +162,7 @@ pub(crate) fn associate<'a>(dets: &[Vec<Detection<'a>>], p: &Params) -> Vec<Trac
         // Stage 2: low-score detections against the tracklets left, stricter on overlap.
         let left: Vec<usize> = (0..live.len()).filter(|&t| !matched_live[t]).collect();
         let pairs = assign(left.len(), low.len(), |t, d| {
-            let c = cost(&live[left[t]], frame, low[d].1, p, p.min_iou_low)?;
-            let pred = live[left[t]].motion.predict(frame as f64);
-            (iou(&pred.corners(), &State::of(low[d].1).corners()) >= p.min_iou_low).then_some(c)
+            cost(&live[left[t]], frame, low[d].1, p, p.min_iou_low)
         });
         let mut matched_low = vec![false; low.len()];
         for &(t, d) in &pairs {

@@ -13,9 +13,13 @@ use std::fmt::Write as _;
 /// A box as the MOT files write it: left, top, width, height, pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MotBox {
+    /// Left.
     pub x: f64,
+    /// Top.
     pub y: f64,
+    /// Width.
     pub w: f64,
+    /// Height.
     pub h: f64,
 }
 
@@ -62,15 +66,23 @@ pub const MIN_IOU: f64 = 0.5;
 /// The usual figures of the MOT challenge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MotMetrics {
+    /// `2 IDTP / (2 IDTP + IDFP + IDFN)`.
     pub idf1: f64,
+    /// Identity true positives: frames matched under the one global trajectory matching.
     pub idtp: u64,
+    /// Identity false positives (hypothesis boxes not counted in `idtp`).
     pub idfp: u64,
+    /// Identity false negatives (ground-truth boxes not counted in `idtp`).
     pub idfn: u64,
     /// Identity switches (CLEAR-MOT).
     pub id_switches: u64,
+    /// `1 − (misses + false positives + switches) / ground-truth objects`.
     pub mota: f64,
+    /// Hypothesis boxes matched to no object (CLEAR-MOT).
     pub false_positives: u64,
+    /// Objects matched to no hypothesis.
     pub misses: u64,
+    /// Object–hypothesis matches.
     pub matches: u64,
     /// Ground-truth objects over all frames.
     pub gt_objects: u64,
@@ -239,6 +251,8 @@ pub struct SmoothMetrics {
     pub accel_mm: f64,
     /// Mean error of the camera position, millimetres.
     pub cam_mm: f64,
+    /// Mean angle between tracked and true rotations (root and the 23 joints), degrees.
+    pub rot_deg: f64,
     /// The shift (frames, −10..=10) of the true keypoints that best matches the tracked ones
     /// (least mean error); 0 means no lag, −1 that the output trails the truth by a frame.
     pub lag_frames: i32,
@@ -251,7 +265,7 @@ pub fn smooth_metrics(scene: &Scene, tracked: &Tracked) -> SmoothMetrics {
     // Per (track, gt id): frame → (tracked keypoints, true keypoints).
     type Kp = [[f32; 3]; crate::record::KEYPOINTS];
     let mut series: BTreeMap<(u32, u32), BTreeMap<usize, (Kp, Kp)>> = BTreeMap::new();
-    let (mut mpjpe, mut cam, mut samples) = (0.0, 0.0, 0u64);
+    let (mut mpjpe, mut cam, mut rot, mut samples) = (0.0, 0.0, 0.0, 0u64);
     for (f, (g, h)) in scene.gt.iter().zip(&tracked.frames).enumerate() {
         let boxes = |b: &[f32; 4]| MotBox::from_corners(b);
         let pairs = assign(g.len(), h.len(), |a, b| {
@@ -262,6 +276,11 @@ pub fn smooth_metrics(scene: &Scene, tracked: &Tracked) -> SmoothMetrics {
             let (gt, tr) = (&g[a].obs, &h[b].obs);
             mpjpe += kp_error(&gt.keypoints_3d, &tr.keypoints_3d);
             cam += dist(&gt.cam_t, &tr.cam_t);
+            let angles: f64 = std::iter::once((&gt.global_orient, &tr.global_orient))
+                .chain(gt.body_pose.iter().zip(&tr.body_pose))
+                .map(|(a, b)| angle_deg(a, b))
+                .sum();
+            rot += angles / 24.0;
             samples += 1;
             series
                 .entry((h[b].track_id, g[a].id))
@@ -314,9 +333,20 @@ pub fn smooth_metrics(scene: &Scene, tracked: &Tracked) -> SmoothMetrics {
         mpjpe_mm: 1000.0 * mpjpe / n,
         accel_mm: 1000.0 * accel / accel_n.max(1) as f64,
         cam_mm: 1000.0 * cam / n,
+        rot_deg: rot / n,
         lag_frames: best as i32 - 10,
         samples,
     }
+}
+
+/// Angle of the rotation between two unit quaternions (either sign), degrees.
+fn angle_deg(a: &[f32; 4], b: &[f32; 4]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    2.0 * dot.abs().min(1.0).acos().to_degrees()
 }
 
 fn dist(a: &[f32; 3], b: &[f32; 3]) -> f64 {

@@ -1,5 +1,5 @@
-//! Small geometry shared by association and stitching: boxes, 3D distances, shape distances,
-//! and straight-line motion fitted to a few observations.
+//! Small geometry shared by association and stitching: boxes, distances across and along the
+//! viewing ray, shape distances, and straight-line motion fitted to a few observations.
 
 use crate::record::{Observation, BETAS};
 
@@ -23,30 +23,35 @@ pub(crate) fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     }
 }
 
-/// Distance between two camera-space positions, metres, with depth counted at half weight: a
-/// per-frame model's depth (from the box's scale) is its noisiest coordinate.
-pub(crate) fn cam_distance(a: &[f64; 3], b: &[f64; 3]) -> f64 {
-    let (dx, dy, dz) = (a[0] - b[0], a[1] - b[1], 0.5 * (a[2] - b[2]));
-    (dx * dx + dy * dy + dz * dz).sqrt()
-}
-
 /// Root-mean-square difference per shape coefficient.
 pub(crate) fn betas_distance(a: &[f64; BETAS], b: &[f64; BETAS]) -> f64 {
     let s: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
     (s / BETAS as f64).sqrt()
 }
 
-/// The state used to predict where a person goes: box as centre and size, camera position.
+/// Nearest depth used, metres (a camera position at or behind the camera is read as this).
+const MIN_DEPTH_M: f64 = 0.05;
+
+/// The state used to predict where a person goes: the box as centre and size, and the camera
+/// position split into its viewing ray (`x/z`, `y/z`) and `ln z`. A per-frame model places the
+/// person's ray well (from the box) but errs on the depth along it (from the box's scale), so
+/// the two are compared apart: lateral distance in metres along the ray's normal, depth as a
+/// ratio.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct State {
     /// `[cx, cy, w, h]`.
     pub(crate) bbox: [f64; 4],
-    pub(crate) cam_t: [f64; 3],
+    /// `[x/z, y/z]`.
+    pub(crate) ray: [f64; 2],
+    /// `ln z`.
+    pub(crate) log_z: f64,
 }
 
 impl State {
     pub(crate) fn of(o: &Observation) -> State {
         let b = o.bbox.map(f64::from);
+        let [x, y, z] = o.cam_t.map(f64::from);
+        let z = z.max(MIN_DEPTH_M);
         State {
             bbox: [
                 0.5 * (b[0] + b[2]),
@@ -54,20 +59,22 @@ impl State {
                 b[2] - b[0],
                 b[3] - b[1],
             ],
-            cam_t: o.cam_t.map(f64::from),
+            ray: [x / z, y / z],
+            log_z: z.ln(),
         }
     }
 
     fn as_array(&self) -> [f64; 7] {
         let [a, b, c, d] = self.bbox;
-        let [e, f, g] = self.cam_t;
-        [a, b, c, d, e, f, g]
+        let [e, f] = self.ray;
+        [a, b, c, d, e, f, self.log_z]
     }
 
     fn from_array(v: [f64; 7]) -> State {
         State {
             bbox: [v[0], v[1], v[2], v[3]],
-            cam_t: [v[4], v[5], v[6]],
+            ray: [v[4], v[5]],
+            log_z: v[6],
         }
     }
 
@@ -77,9 +84,22 @@ impl State {
         let (w, h) = (w.max(0.0), h.max(0.0));
         [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
     }
+
+    /// Distance between the two people across their viewing rays, metres at their (mean) depth.
+    pub(crate) fn lateral_m(&self, o: &State) -> f64 {
+        let (dx, dy) = (self.ray[0] - o.ray[0], self.ray[1] - o.ray[1]);
+        (dx * dx + dy * dy).sqrt() * (0.5 * (self.log_z + o.log_z)).exp()
+    }
+
+    /// Depth difference as `|ln(z1 / z2)|` (0.1 ≈ 10 %).
+    pub(crate) fn depth_ratio(&self, o: &State) -> f64 {
+        (self.log_z - o.log_z).abs()
+    }
 }
 
-/// Constant-velocity motion: a state at a frame and its change per frame.
+/// Constant-velocity motion: a state at a frame and its change per frame. The depth is held at
+/// the samples' mean (no velocity): a per-frame depth is too noisy to extrapolate from a few
+/// frames, and people change depth slowly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Motion {
     pub(crate) frame: f64,
@@ -87,12 +107,12 @@ pub(crate) struct Motion {
     velocity: [f64; 7],
 }
 
-/// Fastest plausible motion of the root, metres per second (a sprint).
+/// Fastest plausible motion across the viewing ray, metres per second (a sprint).
 const MAX_SPEED_M_S: f64 = 8.0;
 
 impl Motion {
     /// Least-squares line through `(frame, state)` samples, evaluated at `at_frame`. One sample
-    /// gives no velocity. The velocity of the camera position is capped at a sprint.
+    /// gives no velocity. The lateral velocity is capped at a sprint.
     pub(crate) fn fit(samples: &[(f64, State)], at_frame: f64, fps: f64) -> Motion {
         let n = samples.len() as f64;
         let mean_t = samples.iter().map(|s| s.0).sum::<f64>() / n.max(1.0);
@@ -106,15 +126,15 @@ impl Motion {
         let mut velocity = [0.0; 7];
         if stt > 0.0 {
             for (t, s) in samples {
-                for ((vel, m), v) in velocity.iter_mut().zip(&mean).zip(s.as_array()) {
+                for ((vel, m), v) in velocity.iter_mut().zip(&mean).zip(s.as_array()).take(6) {
                     *vel += (t - mean_t) * (v - m) / stt;
                 }
             }
         }
-        let speed = (velocity[4].powi(2) + velocity[5].powi(2) + velocity[6].powi(2)).sqrt() * fps;
+        let speed = (velocity[4].powi(2) + velocity[5].powi(2)).sqrt() * mean[6].exp() * fps;
         if speed > MAX_SPEED_M_S {
             let k = MAX_SPEED_M_S / speed;
-            velocity[4..].iter_mut().for_each(|v| *v *= k);
+            velocity[4..6].iter_mut().for_each(|v| *v *= k);
         }
         let mut at = mean;
         for (a, v) in at.iter_mut().zip(&velocity) {
@@ -159,13 +179,18 @@ mod tests {
     fn line_fit_extrapolates() {
         let s = |t: f64| State {
             bbox: [100.0 + 2.0 * t, 50.0, 40.0, 80.0],
-            cam_t: [0.01 * t, 0.0, 5.0],
+            ray: [0.002 * t, 0.1],
+            log_z: 5.0f64.ln() + if t as usize % 2 == 0 { 0.1 } else { -0.1 },
         };
-        let samples: Vec<_> = (0..5).map(|t| (t as f64, s(t as f64))).collect();
-        let m = Motion::fit(&samples, 4.0, 30.0);
+        let samples: Vec<_> = (0..4).map(|t| (t as f64, s(t as f64))).collect();
+        let m = Motion::fit(&samples, 3.0, 30.0);
         let p = m.predict(10.0);
         assert!((p.bbox[0] - 120.0).abs() < 1e-9);
-        assert!((p.cam_t[0] - 0.1).abs() < 1e-12);
+        assert!((p.ray[0] - 0.02).abs() < 1e-12);
+        // Depth: the mean, not a line through the noise.
+        assert!((p.log_z - 5.0f64.ln()).abs() < 1e-12);
+        // 0.02 rad across the ray at 5 m: 10 cm.
+        assert!((p.lateral_m(&s(0.0)) - 0.1).abs() < 0.011);
         let single = Motion::fit(&samples[..1], 0.0, 30.0);
         assert_eq!(single.predict(7.0).bbox, s(0.0).bbox);
     }

@@ -22,6 +22,8 @@
 //! - [`synth`], [`eval`]: synthetic scenes with ground truth, and the MOT and smoothing figures
 //!   measured on them (tests, the bench, `examples/eval.rs`, docs/tracking.md).
 
+#![warn(missing_docs)]
+
 mod assign;
 mod assoc;
 pub mod eval;
@@ -85,8 +87,11 @@ pub struct TrackedPerson {
 /// One track's summary, for the video's `done` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackSummary {
+    /// The track's id, as in its people.
     pub track_id: u32,
+    /// First frame with a person of this track (observed).
     pub first_frame: u64,
+    /// Last frame with a person of this track (observed).
     pub last_frame: u64,
     /// Frames in which the track has a person (observed or interpolated).
     pub frames: u64,
@@ -98,7 +103,9 @@ pub struct TrackSummary {
 /// the tracks.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Tracked {
+    /// One entry per input frame: its people, sorted by `track_id`.
     pub frames: Vec<Vec<TrackedPerson>>,
+    /// One summary per track, by `track_id`.
     pub tracks: Vec<TrackSummary>,
 }
 
@@ -125,7 +132,7 @@ pub fn track_with_sigma(
         .iter()
         .map(|f| matches!(f, Some(r) if r.status == FrameStatus::Ok))
         .collect();
-    // Usable detections: people of Ok frames whose numbers are all finite.
+    // Usable detections: people of Ok frames whose numbers are all finite and sane.
     let dets: Vec<Vec<assoc::Detection<'_>>> = frames
         .iter()
         .zip(&frame_ok)
@@ -162,12 +169,13 @@ pub fn track_with_sigma(
         frames: vec![Vec::new(); frames.len()],
         tracks: Vec::with_capacity(tracks.len()),
     };
-    for (k, t) in tracks.iter().enumerate() {
-        let track_id = u32::try_from(k + 1).unwrap_or(u32::MAX);
+    let mut track_id = 0u32;
+    for t in &tracks {
         let people = smooth::smooth_track(t, &person, &frame_ok, &p);
         let (Some(first), Some(last)) = (people.first(), people.last()) else {
             continue;
         };
+        track_id = track_id.saturating_add(1);
         out.tracks.push(TrackSummary {
             track_id,
             first_frame: first.0 as u64,
@@ -199,17 +207,22 @@ impl<'a> People<'a> {
     }
 }
 
-/// An observation the tracker can use: every number finite, rotations not degenerate.
+/// Largest magnitude of any number of a usable observation: far beyond any real pixel, metre or
+/// coefficient, and far enough below f32's range that no interpolation or filter overflows.
+const MAX_MAGNITUDE: f32 = 1e6;
+
+/// An observation the tracker can use: every number finite and below [`MAX_MAGNITUDE`],
+/// rotations not degenerate.
 fn usable(o: &Observation) -> bool {
-    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-    let quat_ok = |q: &[f32; 4]| finite(q) && q.iter().map(|x| x * x).sum::<f32>() > 1e-6;
-    finite(&o.bbox)
-        && finite(&o.cam_t)
-        && finite(&o.betas)
-        && o.focal_length.is_finite()
+    let sane = |v: &[f32]| v.iter().all(|x| x.abs() < MAX_MAGNITUDE);
+    let quat_ok = |q: &[f32; 4]| sane(q) && q.iter().map(|x| x * x).sum::<f32>() > 1e-6;
+    sane(&o.bbox)
+        && sane(&o.cam_t)
+        && sane(&o.betas)
+        && sane(&[o.focal_length])
         && quat_ok(&o.global_orient)
         && o.body_pose.iter().all(quat_ok)
-        && o.keypoints_3d.iter().all(|k| finite(k))
+        && o.keypoints_3d.iter().all(|k| sane(k))
 }
 
 impl Smoothing {
@@ -233,17 +246,21 @@ pub const STRONG_SIGMA_S: f64 = 0.1;
 pub(crate) struct Params {
     /// Frames per second (settings' fps, 30 when not a positive finite number).
     pub(crate) fps: f64,
-    /// Longest gap bridged, seconds (≥ 0).
+    /// Longest gap bridged, seconds (0 to 10⁶).
     pub(crate) max_gap_s: f64,
     /// Longest gap bridged, frames missing in between.
     pub(crate) max_gap: usize,
     /// Frames a live tracklet may go unseen in the online pass.
     pub(crate) max_age: usize,
-    /// Online gates: predicted-box IoU, or camera distance within `gate_m + gate_m_per_s · dt`.
+    /// Online gates: predicted-box IoU (first and second stage), distance across the viewing
+    /// ray within `gate_m + gate_m_per_s · dt`, depth ratio within `gate_depth +
+    /// gate_depth_per_s · dt` (as `|ln(z1/z2)|`; also for stitching).
     pub(crate) min_iou: f64,
     pub(crate) min_iou_low: f64,
     pub(crate) gate_m: f64,
     pub(crate) gate_m_per_s: f64,
+    pub(crate) gate_depth: f64,
+    pub(crate) gate_depth_per_s: f64,
     /// Largest RMS difference per shape coefficient of one person.
     pub(crate) gate_betas: f64,
     /// Pose term of the online cost: weight, and the mean keypoint distance that costs it once.
@@ -274,8 +291,9 @@ impl Params {
         } else {
             30.0
         };
-        let max_gap_s = if s.max_gap_s.is_finite() && s.max_gap_s > 0.0 {
-            s.max_gap_s
+        // NaN or ≤ 0: no bridging; infinite: any gap (capped at a million seconds).
+        let max_gap_s = if s.max_gap_s > 0.0 {
+            s.max_gap_s.min(1e6)
         } else {
             0.0
         };
@@ -288,8 +306,10 @@ impl Params {
             max_age: frames(0.2).max(1).min(max_gap),
             min_iou: 0.1,
             min_iou_low: 0.3,
-            gate_m: 0.5,
+            gate_m: 0.3,
             gate_m_per_s: 1.5,
+            gate_depth: 0.7,
+            gate_depth_per_s: 0.5,
             gate_betas: 0.8,
             pose_weight: 0.3,
             pose_scale_m: 0.3,

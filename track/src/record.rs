@@ -13,8 +13,11 @@ pub const BETAS: usize = 10;
 /// Where a person's box came from (mirrors the result's `box_source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoxSource {
+    /// The job gave the box.
     Job,
+    /// The detector found it.
     Detector,
+    /// The whole frame (no detector, or its `on_empty = "whole_frame"`).
     Frame,
 }
 
@@ -25,14 +28,17 @@ pub struct Observation {
     pub bbox: [f32; 4],
     /// Detector confidence, when the box came from the detector.
     pub score: Option<f32>,
+    /// Where the box came from.
     pub box_source: BoxSource,
     /// Root rotation as a unit quaternion `[w, x, y, z]`.
     pub global_orient: [f32; 4],
     /// Joint rotations as unit quaternions `[w, x, y, z]`.
     pub body_pose: [[f32; 4]; BODY_JOINTS],
+    /// SMPL shape coefficients.
     pub betas: [f32; BETAS],
     /// `pred_cam_t_full`, metres.
     pub cam_t: [f32; 3],
+    /// Focal length used for `cam_t`, pixels.
     pub focal_length: f32,
     /// Body-frame keypoints, metres (as the result's `keypoints_3d`).
     pub keypoints_3d: [[f32; 3]; KEYPOINTS],
@@ -41,10 +47,13 @@ pub struct Observation {
 /// How a frame was answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrameStatus {
+    /// A result (with zero or more people).
     Ok,
     /// An error result: its code and message.
     Error {
+        /// The result's `error.code`.
         code: String,
+        /// The result's `error.message`.
         message: String,
     },
 }
@@ -52,11 +61,13 @@ pub enum FrameStatus {
 /// One answered frame of a tracked video.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameRecord {
+    /// Ok or error.
     pub status: FrameStatus,
     /// `[width, height]` (0 × 0 for an error frame without a decoded image).
     pub image_size: [u32; 2],
     /// The job asked for vertices.
     pub vertices: bool,
+    /// The people found (none for an error frame).
     pub people: Vec<Observation>,
 }
 
@@ -363,7 +374,10 @@ mod tests {
         }
 
         #[test]
-        fn truncated_records_are_errors(rec in record_strategy(-10f32..10.0), cut in any::<prop::sample::Index>()) {
+        fn truncated_records_are_errors(
+            rec in record_strategy(-10f32..10.0),
+            cut in any::<prop::sample::Index>(),
+        ) {
             let bytes = rec.encode();
             let cut = cut.index(bytes.len());
             prop_assert!(FrameRecord::decode(&bytes[..cut]).is_err());

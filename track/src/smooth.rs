@@ -298,8 +298,8 @@ pub(crate) fn smooth_track(
         return Vec::new();
     };
     let last = track[track.len() - 1].0;
-    let rows: Vec<Row> = track.iter().map(|&fi| row_of(person.get(fi))).collect();
-    let bad = if p.smooth_sigma_s > 0.0 {
+    let mut rows: Vec<Row> = track.iter().map(|&fi| row_of(person.get(fi))).collect();
+    let mut bad = if p.smooth_sigma_s > 0.0 {
         outliers(
             rows.as_flattened(),
             &track.iter().map(|t| t.0).collect::<Vec<_>>(),
@@ -308,42 +308,58 @@ pub(crate) fn smooth_track(
     } else {
         vec![false; rows.len()]
     };
-    let good: Vec<usize> = (0..rows.len()).filter(|&i| !bad[i]).collect();
-    let mut good_rows: Vec<Row> = good.iter().map(|&i| rows[i]).collect();
-    for r in &mut good_rows {
-        normalise_quats(r);
+    if bad.iter().all(|&b| b) {
+        // Nothing to trust more than the rest: keep them all.
+        bad.iter_mut().for_each(|b| *b = false);
     }
-    for k in 1..good_rows.len() {
-        let (a, b) = good_rows.split_at_mut(k);
-        align_quats(&a[k - 1], &mut b[0]);
+    // Good rows: unit quaternions, each on the hemisphere of the previous good row's.
+    let mut prev: Option<usize> = None;
+    for i in (0..rows.len()).filter(|&i| !bad[i]) {
+        normalise_quats(&mut rows[i]);
+        if let Some(k) = prev {
+            let (before, from) = rows.split_at_mut(i);
+            align_quats(&before[k], &mut from[0]);
+        }
+        prev = Some(i);
     }
+    // The dense sequence, first to last frame: good rows where they are, then the rest filled.
     let len = last - first + 1;
     let mut data = vec![0.0; len * CHANNELS];
     let mut filled = vec![true; len];
-    for (k, &i) in good.iter().enumerate() {
+    let mut good_frames = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate().filter(|(i, _)| !bad[*i]) {
         let f = track[i].0 - first;
-        data[f * CHANNELS..(f + 1) * CHANNELS].copy_from_slice(&good_rows[k]);
+        data[f * CHANNELS..(f + 1) * CHANNELS].copy_from_slice(row);
         filled[f] = false;
+        good_frames.push(f);
     }
-    // Fill between good samples; hold the nearest one before the first and after the last.
-    let good_frames: Vec<usize> = good.iter().map(|&i| track[i].0 - first).collect();
-    for f in 0..len {
-        if !filled[f] {
-            continue;
-        }
-        let k = good_frames.partition_point(|&g| g < f);
-        let out = &mut data[f * CHANNELS..(f + 1) * CHANNELS];
-        match (k.checked_sub(1), good_frames.get(k)) {
-            (Some(a), Some(&b)) => {
-                let t = (f - good_frames[a]) as f64 / (b - good_frames[a]) as f64;
-                interpolate(&good_rows[a], &good_rows[k], t, out);
+    drop(rows);
+    let row = |data: &[f64], f: usize| -> Row {
+        let mut r = [0.0; CHANNELS];
+        r.copy_from_slice(&data[f * CHANNELS..(f + 1) * CHANNELS]);
+        r
+    };
+    // Between good rows: slerp and linear. Before the first and after the last: held.
+    for pair in good_frames.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b > a + 1 {
+            let (ra, rb) = (row(&data, a), row(&data, b));
+            for f in a + 1..b {
+                let t = (f - a) as f64 / (b - a) as f64;
+                interpolate(&ra, &rb, t, &mut data[f * CHANNELS..(f + 1) * CHANNELS]);
             }
-            (Some(a), None) => out.copy_from_slice(&good_rows[a]),
-            (None, Some(_)) => out.copy_from_slice(&good_rows[k]),
-            (None, None) => {}
         }
     }
-    if p.smooth_sigma_s > 0.0 && !good_rows.is_empty() {
+    if let (Some(&a), Some(&b)) = (good_frames.first(), good_frames.last()) {
+        let (ra, rb) = (row(&data, a), row(&data, b));
+        for f in 0..a {
+            data[f * CHANNELS..(f + 1) * CHANNELS].copy_from_slice(&ra);
+        }
+        for f in b + 1..len {
+            data[f * CHANNELS..(f + 1) * CHANNELS].copy_from_slice(&rb);
+        }
+    }
+    if p.smooth_sigma_s > 0.0 && !good_frames.is_empty() {
         let sigma = p.smooth_sigma_s * p.fps;
         let radius = ((3.0 * sigma).ceil() as usize)
             .clamp(1, p.max_radius)
@@ -355,10 +371,10 @@ pub(crate) fn smooth_track(
             }
         }
         // One shape per person: the per-coefficient median of its good observations.
-        let mut col = Vec::with_capacity(good_rows.len());
+        let mut col = Vec::with_capacity(good_frames.len());
         for b in BETA..CHANNELS {
             col.clear();
-            col.extend(good_rows.iter().map(|r| r[b]));
+            col.extend(good_frames.iter().map(|&f| data[f * CHANNELS + b]));
             let m = median(&mut col);
             for f in 0..len {
                 data[f * CHANNELS + b] = m;

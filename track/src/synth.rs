@@ -17,10 +17,12 @@ use std::f64::consts::PI;
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator for this seed.
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -55,12 +57,17 @@ impl Rng {
 /// What a scene looks like and how noisy its detections are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SceneConfig {
+    /// Seed of everything random in the scene.
     pub seed: u64,
     /// People walking through the scene (random paths; see [`generate_with`] for given ones).
     pub people: usize,
+    /// Length of the video, frames.
     pub frames: usize,
+    /// Frames per second.
     pub fps: f64,
+    /// `[width, height]`, pixels.
     pub image_size: [u32; 2],
+    /// The camera's focal length, pixels.
     pub focal_length: f64,
     /// Standard deviation of each box coordinate of a detection, pixels.
     pub box_jitter_px: f64,
@@ -74,12 +81,17 @@ pub struct SceneConfig {
     pub rot_sigma_deg: f64,
     /// Camera-position noise, metres per axis.
     pub trans_sigma_m: f64,
+    /// Depth noise as a fraction of the depth: the camera position is scaled along its viewing
+    /// ray by `1 + ε`, ε ~ N(0, this), as a per-frame model's depth (from the box's scale) errs;
+    /// 0 by default.
+    pub depth_sigma_rel: f64,
     /// Shape noise per coefficient.
     pub betas_sigma: f64,
     /// Longest time a person stays hidden behind a nearer one (then seen again), seconds.
     pub max_hidden_s: f64,
     /// Share of frames answered with an error, and of frames never answered.
     pub error_rate: f64,
+    /// Share of frames never answered (`None` records).
     pub missing_rate: f64,
     /// Everyone is in view from the first frame and walks back and forth, never leaving (long
     /// videos for the bench).
@@ -101,6 +113,7 @@ impl Default for SceneConfig {
             low_score_rate: 0.1,
             rot_sigma_deg: 5.0,
             trans_sigma_m: 0.02,
+            depth_sigma_rel: 0.0,
             betas_sigma: 0.1,
             max_hidden_s: 0.5,
             error_rate: 0.0,
@@ -119,6 +132,7 @@ impl SceneConfig {
         self.low_score_rate = 0.0;
         self.rot_sigma_deg = 0.0;
         self.trans_sigma_m = 0.0;
+        self.depth_sigma_rel = 0.0;
         self.betas_sigma = 0.0;
         self
     }
@@ -128,12 +142,17 @@ impl SceneConfig {
 /// (metres), walks at `velocity` (m/s, sign = direction) with a gentle sway.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Walker {
+    /// First frame in the scene.
     pub enter: usize,
     /// Leaves at this frame even if still in view.
     pub leave: Option<usize>,
+    /// Lateral position at `enter`, metres.
     pub x0: f64,
+    /// Mean depth, metres.
     pub depth: f64,
+    /// Walking speed, m/s (sign: direction, positive to the right).
     pub velocity: f64,
+    /// The person's true shape.
     pub betas: [f32; BETAS],
     /// Walks back and forth with this half-amplitude (metres) around `x0` instead of straight.
     pub sweep: Option<f64>,
@@ -171,7 +190,9 @@ pub struct GtPerson {
 /// A scene: ground truth and what the per-frame model answered.
 #[derive(Debug, Clone)]
 pub struct Scene {
+    /// Frames per second.
     pub fps: f64,
+    /// The people, in id order (id = index + 1).
     pub walkers: Vec<Walker>,
     /// Per frame, the people present in view (hidden ones included).
     pub gt: Vec<Vec<GtPerson>>,
@@ -235,8 +256,12 @@ const EXTRA: [(usize, [f64; 3]); KEYPOINTS - 24] = [
     (12, [0.0, 0.1, 0.04]),
 ];
 
+/// `[w, x, y, z]` with `w ≥ 0`, as the worker's `quat_from_matrix` writes it: near a half
+/// turn (the root is turned 180° about x to stand up in camera space) the sign flips from frame
+/// to frame, as it does for real records.
 fn q4(q: &UnitQuaternion<f64>) -> [f32; 4] {
-    [q.w as f32, q.i as f32, q.j as f32, q.k as f32]
+    let s = if q.w < 0.0 { -1.0 } else { 1.0 };
+    [q.w, q.i, q.j, q.k].map(|v| (s * v) as f32)
 }
 
 fn axis_angle(v: [f64; 3]) -> UnitQuaternion<f64> {
@@ -489,7 +514,9 @@ pub fn generate_with(cfg: &SceneConfig, walkers: Vec<Walker>) -> Scene {
                 let e = [rng.normal(), rng.normal(), rng.normal()].map(|v| v * sigma_rot);
                 rots[j] * axis_angle(e)
             });
-            let noisy_cam = cam.map(|v| v + cfg.trans_sigma_m * rng.normal());
+            // Scale along the viewing ray (depth from the box's size), then noise per axis.
+            let scale = 1.0 + cfg.depth_sigma_rel * rng.normal();
+            let noisy_cam = cam.map(|v| v * scale + cfg.trans_sigma_m * rng.normal());
             let betas = walkers[*i]
                 .betas
                 .map(|b| b + (cfg.betas_sigma * rng.normal()) as f32);

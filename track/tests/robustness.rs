@@ -1,5 +1,6 @@
 //! `track` never panics, whatever it is given, and keeps its output's shape.
 
+use hmr2_track::synth::{generate, Rng, SceneConfig};
 use hmr2_track::{track, BoxSource, FrameRecord, FrameStatus, Observation, Settings, Smoothing};
 use proptest::prelude::*;
 
@@ -10,6 +11,8 @@ fn float() -> impl Strategy<Value = f32> {
         1 => Just(f32::INFINITY),
         1 => Just(0.0f32),
         1 => -1e30f32..1e30,
+        1 => Just(f32::MAX),
+        1 => Just(-f32::MAX),
     ]
 }
 
@@ -87,27 +90,99 @@ fn settings() -> impl Strategy<Value = Settings> {
         })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+/// A synthetic scene whose numbers are now and then replaced by bad ones.
+fn corrupted_scene(
+    seed: u64,
+    frames: usize,
+    people: usize,
+    bad_rate: f64,
+) -> Vec<Option<FrameRecord>> {
+    let mut records = generate(&SceneConfig {
+        seed,
+        frames,
+        people,
+        error_rate: 0.05,
+        missing_rate: 0.05,
+        ..SceneConfig::default()
+    })
+    .records;
+    let mut rng = Rng::new(seed);
+    let bad = [f32::NAN, f32::INFINITY, -f32::INFINITY, f32::MAX, 1e30, 0.0];
+    for rec in records.iter_mut().flatten() {
+        for o in &mut rec.people {
+            if !rng.chance(bad_rate) {
+                continue;
+            }
+            let v = bad[(rng.next_u64() % bad.len() as u64) as usize];
+            match rng.next_u64() % 6 {
+                0 => o.bbox[(rng.next_u64() % 4) as usize] = v,
+                1 => o.cam_t[(rng.next_u64() % 3) as usize] = v,
+                2 => o.global_orient = [v; 4],
+                3 => o.body_pose[(rng.next_u64() % 23) as usize][0] = v,
+                4 => o.keypoints_3d[(rng.next_u64() % 44) as usize][1] = v,
+                _ => o.score = Some(v),
+            }
+        }
+    }
+    records
+}
 
-    #[test]
-    fn never_panics_and_keeps_the_shape(frames in prop::collection::vec(frame(), 0..40), s in settings()) {
-        let out = track(&frames, &s);
+fn check(frames: &[Option<FrameRecord>], s: &Settings) -> Result<(), TestCaseError> {
+    {
+        let out = track(frames, s);
         prop_assert_eq!(out.frames.len(), frames.len());
         for (f, people) in out.frames.iter().enumerate() {
             let ok = matches!(&frames[f], Some(r) if r.status == FrameStatus::Ok);
             prop_assert!(ok || people.is_empty());
             prop_assert!(people.windows(2).all(|w| w[0].track_id < w[1].track_id));
             for p in people {
-                prop_assert!(p.obs.cam_t.iter().all(|v| v.is_finite()));
+                let o = &p.obs;
+                let numbers = o
+                    .bbox
+                    .iter()
+                    .chain(&o.global_orient)
+                    .chain(o.body_pose.iter().flatten())
+                    .chain(&o.betas)
+                    .chain(&o.cam_t)
+                    .chain([&o.focal_length])
+                    .chain(o.keypoints_3d.iter().flatten());
+                for v in numbers {
+                    prop_assert!(v.is_finite(), "{:?}", o);
+                }
             }
         }
         for (k, t) in out.tracks.iter().enumerate() {
             prop_assert_eq!(t.track_id as usize, k + 1);
-            let n = out.frames.iter().flatten().filter(|p| p.track_id == t.track_id).count();
+            let n = out
+                .frames
+                .iter()
+                .flatten()
+                .filter(|p| p.track_id == t.track_id)
+                .count();
             prop_assert_eq!(t.frames as usize, n);
             prop_assert!(t.first_frame <= t.last_frame);
         }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn garbage_never_panics(frames in prop::collection::vec(frame(), 0..40), s in settings()) {
+        check(&frames, &s)?;
+    }
+
+    #[test]
+    fn corrupted_scenes_never_panic(
+        seed in any::<u64>(),
+        frames in 1usize..120,
+        people in 0usize..4,
+        bad_rate in 0.0f64..0.3,
+        s in settings(),
+    ) {
+        check(&corrupted_scene(seed, frames, people, bad_rate), &s)?;
     }
 }
 
@@ -123,4 +198,15 @@ fn empty_and_single_frame_videos() {
     let out = track(&[one, None], &Settings::default());
     assert_eq!(out.frames.len(), 2);
     assert!(out.tracks.is_empty());
+}
+
+#[test]
+fn bad_numbers_are_ignored_and_the_rest_tracked() {
+    for seed in 1..=5 {
+        let clean = track(&corrupted_scene(seed, 200, 3, 0.0), &Settings::default());
+        let bad = track(&corrupted_scene(seed, 200, 3, 0.1), &Settings::default());
+        assert!(!clean.tracks.is_empty());
+        assert_eq!(bad.tracks.len(), clean.tracks.len(), "seed {seed}");
+        check(&corrupted_scene(seed, 200, 3, 0.1), &Settings::default()).unwrap();
+    }
 }

@@ -42,6 +42,10 @@ fn default_smoothing_cuts_jitter_without_lag_or_pose_error() {
             "seed {seed}: MPJPE {raw:?} → {default:?}"
         );
         assert!(default.cam_mm <= raw.cam_mm, "seed {seed}");
+        assert!(
+            default.rot_deg < raw.rot_deg,
+            "seed {seed}: {raw:?} → {default:?}"
+        );
         assert_eq!(default.lag_frames, 0, "seed {seed}: {default:?}");
         assert_eq!(strong.lag_frames, 0, "seed {seed}: {strong:?}");
     }
@@ -75,9 +79,8 @@ fn lag_would_be_seen() {
     assert_eq!(smooth_metrics(&s, &tracked).lag_frames, -2);
 }
 
-#[test]
-fn outlier_frames_are_replaced_and_marked() {
-    let mut s = generate(
+fn one_walker() -> hmr2_track::synth::Scene {
+    generate(
         &SceneConfig {
             seed: 4,
             people: 1,
@@ -85,15 +88,20 @@ fn outlier_frames_are_replaced_and_marked() {
             ..SceneConfig::default()
         }
         .noiseless(),
-    );
-    s.walkers.truncate(1);
-    // Frame 60: the model put the person 1.5 m deeper and flipped the keypoints.
+    )
+}
+
+#[test]
+fn outlier_frames_are_replaced_and_marked() {
+    let mut s = one_walker();
+    // Frame 60: the model put the person 0.4 m deeper and flipped the keypoints upside down.
     let bad = &mut s.records[60].as_mut().unwrap().people[0];
-    bad.cam_t[2] += 1.5;
+    bad.cam_t[2] += 0.4;
     for k in &mut bad.keypoints_3d {
         k[1] = -k[1];
     }
     let tracked = track(&s.records, &with(Smoothing::Default));
+    assert_eq!(tracked.tracks.len(), 1);
     let p = &tracked.frames[60][0];
     assert!(p.interpolated);
     assert!(
@@ -106,6 +114,13 @@ fn outlier_frames_are_replaced_and_marked() {
         "{:?}",
         p.obs.cam_t
     );
+    let flipped = p.obs.keypoints_3d.iter().zip(&truth.keypoints_3d);
+    assert!(
+        flipped
+            .map(|(a, b)| (a[1] - b[1]).abs())
+            .fold(0.0, f32::max)
+            < 0.05
+    );
     assert!(!tracked.frames[59][0].interpolated && !tracked.frames[61][0].interpolated);
     // Without smoothing, raw values stay, outlier included.
     let raw = track(&s.records, &with(Smoothing::None));
@@ -114,6 +129,32 @@ fn outlier_frames_are_replaced_and_marked() {
         raw.frames[60][0].obs.cam_t,
         s.records[60].as_ref().unwrap().people[0].cam_t
     );
+}
+
+#[test]
+fn implausible_jumps_are_refused_or_replaced() {
+    let truth = |s: &hmr2_track::synth::Scene| s.gt[60][0].obs.cam_t;
+    // 1 m sideways in one frame (30 m/s): the association refuses it, the frame is filled.
+    let mut s = one_walker();
+    s.records[60].as_mut().unwrap().people[0].cam_t[0] += 1.0;
+    for smoothing in [Smoothing::None, Smoothing::Default] {
+        let tracked = track(&s.records, &with(smoothing));
+        assert_eq!(tracked.tracks.len(), 1);
+        let p = &tracked.frames[60][0];
+        assert!(p.interpolated, "{smoothing:?}");
+        assert!(
+            (p.obs.cam_t[0] - truth(&s)[0]).abs() < 0.05,
+            "{smoothing:?}"
+        );
+    }
+    // 1.5 m deeper: a model's depth can err that much, so the frame stays in the track, and
+    // the smoothing replaces it as an outlier.
+    let mut s = one_walker();
+    s.records[60].as_mut().unwrap().people[0].cam_t[2] += 1.5;
+    let tracked = track(&s.records, &with(Smoothing::Default));
+    let p = &tracked.frames[60][0];
+    assert!(p.interpolated && p.obs.score.is_some());
+    assert!((p.obs.cam_t[2] - truth(&s)[2]).abs() < 0.05);
 }
 
 #[test]
@@ -152,4 +193,55 @@ fn one_shape_per_track_when_smoothing() {
     for (a, b) in truth.iter().zip(&p.obs.betas) {
         assert!((a - b).abs() < 0.1, "{truth:?} vs {:?}", p.obs.betas);
     }
+}
+
+#[test]
+fn rotations_near_a_half_turn_are_smoothed_not_cancelled() {
+    // The root is turned about 180° (standing up in camera space): with w ≥ 0 in every record,
+    // its quaternion changes sign from frame to frame. Averaging those as they come would
+    // cancel them; the output root must stay near the truth.
+    let s = generate(&SceneConfig {
+        seed: 12,
+        people: 1,
+        frames: 150,
+        stay_in_view: true,
+        ..SceneConfig::default()
+    });
+    let roots: Vec<[f32; 4]> = s
+        .records
+        .iter()
+        .flatten()
+        .filter_map(|r| r.people.first().map(|p| p.global_orient))
+        .collect();
+    let flips = roots
+        .windows(2)
+        .filter(|w| w[0].iter().zip(&w[1]).map(|(a, b)| a * b).sum::<f32>() < 0.0)
+        .count();
+    assert!(flips >= 10, "{flips} sign flips");
+    let tracked = track(&s.records, &with(Smoothing::Strong));
+    let (mut worst, mut sum, mut n) = (0.0f64, 0.0f64, 0usize);
+    for (g, h) in s.gt.iter().zip(&tracked.frames) {
+        if let (Some(g), Some(h)) = (g.first(), h.first()) {
+            let dot: f32 = g
+                .obs
+                .global_orient
+                .iter()
+                .zip(&h.obs.global_orient)
+                .map(|(a, b)| a * b)
+                .sum();
+            let angle = 2.0 * f64::from(dot.abs().min(1.0)).acos().to_degrees();
+            worst = worst.max(angle);
+            sum += angle;
+            n += 1;
+        }
+    }
+    // The records' root is off by 8° on average (5° per axis); cancelled quaternions would be
+    // off by up to 180°.
+    assert!(n > 100);
+    assert!(
+        sum / (n as f64) < 5.0,
+        "root off by {}° on average",
+        sum / n as f64
+    );
+    assert!(worst < 20.0, "root off by up to {worst}°");
 }
