@@ -294,9 +294,9 @@ pub fn track_colour(track_id: u32) -> [u8; 3] {
 pub const INTERPOLATED_OPACITY: f32 = 0.45;
 
 /// Draws the people of one frame of a tracked video on `img`, each in its track's colour: the
-/// box with `#<track id>` over it, the skeleton of the 25 OpenPose keypoints and their joints.
+/// box with `track <id>` over it, the skeleton of the 25 OpenPose keypoints and their joints.
 /// A person filled in by interpolation is drawn faded ([`INTERPOLATED_OPACITY`]) with a dashed
-/// box and `#<id> interp.` over it.
+/// box and `track <id> interp.` over it.
 pub fn draw_tracked(img: &mut RgbImage, people: &[TrackedPerson]) {
     let unit = (img.width().max(img.height()) as f32 / 400.0).max(1.0);
     for p in people {
@@ -329,11 +329,11 @@ fn draw_tracked_person(img: &mut RgbImage, p: &TrackedPerson, colour: [u8; 3], u
         draw_segment(img, q, q, 1.5 * unit, colour);
     }
     let label = if p.interpolated {
-        format!("#{} interp.", p.track_id)
+        format!("track {} interp.", p.track_id)
     } else {
-        format!("#{}", p.track_id)
+        format!("track {}", p.track_id)
     };
-    let scale = (2.0 * unit).round().max(2.0) as u32;
+    let scale = (1.5 * unit).round().max(2.0) as u32;
     let y = (p.bbox[1] - text_height(scale) as f32 - unit).max(0.0) as u32;
     draw_text(img, p.bbox[0].max(0.0) as u32, y, &label, scale, colour);
 }
