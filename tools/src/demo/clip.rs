@@ -188,31 +188,26 @@ pub(super) async fn run(mut config: Config, o: DemoOptions) -> anyhow::Result<Re
             row(&mut t, "", format!("{}{note}", p.display()));
         }
     }
-    let track = plot_track(&done.tracks);
-    let trajectory = match track {
+    let trajectory = match plot_track(&done.tracks) {
         Some(id) => {
-            let (raw, smooth, filled) = trajectory(&output.frames, &a.kept, id, PLOT_JOINT);
             let path = o.out.join("trajectory.png");
-            let img = plot::plot(
-                960,
-                480,
-                &Labels {
-                    title: format!("track {id}: {PLOT_JOINT_NAME} x over the clip"),
-                    x: "frame".into(),
-                    y: "x (pixels)".into(),
-                },
-                &trajectory_series(id, raw.clone(), smooth, filled),
-            );
-            img.save(&path)
-                .with_context(|| format!("writing {}", path.display()))?;
+            let raw_frames = write_trajectory(&path, &output.frames, &a.kept, id)?;
+            let why = if done
+                .tracks
+                .iter()
+                .any(|k| k.track_id == id && k.interpolated_frames > 0)
+            {
+                ", the track with the most interpolated frames"
+            } else {
+                ""
+            };
             row(
                 &mut t,
                 "trajectory",
                 format!(
-                    "{} (track {id}, {PLOT_JOINT_NAME} x: raw per-frame results in {} frames \
-                     vs smoothed video output)",
+                    "{} (track {id}{why}: {PLOT_JOINT_NAME} x and y, raw per-frame results \
+                     ({raw_frames} frames matched by box) vs the smoothed video output)",
                     path.display(),
-                    raw.len()
                 ),
             );
             Some(path)
@@ -351,11 +346,14 @@ pub fn format_tracks(tracks: &[TrackInfo]) -> String {
     t
 }
 
-/// The track whose trajectory is plotted: track 1, else the longest.
+/// The track whose trajectory is plotted: the one with the most interpolated frames (it shows
+/// a gap bridged), else track 1, else the longest.
 fn plot_track(tracks: &[TrackInfo]) -> Option<u32> {
     tracks
         .iter()
-        .find(|t| t.track_id == 1)
+        .filter(|t| t.interpolated_frames > 0)
+        .max_by_key(|t| (t.interpolated_frames, std::cmp::Reverse(t.track_id)))
+        .or_else(|| tracks.iter().find(|t| t.track_id == 1))
         .or_else(|| tracks.iter().max_by_key(|t| t.frames))
         .map(|t| t.track_id)
 }
@@ -397,15 +395,27 @@ pub fn matching_raw<'a>(
     (best_tracked.0 == of).then_some(r)
 }
 
-/// Track `track_id`'s joint `joint`, x in pixels by frame: from the frames' own results (the
-/// person matched by box), from the tracked output, and the tracked output's interpolated
-/// frames alone.
+/// One coordinate of one joint of a track, `[frame, pixels]` points.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Trajectory {
+    /// From the frames' own results (the person matched by box).
+    pub raw: Vec<[f64; 2]>,
+    /// From the tracked output.
+    pub smoothed: Vec<[f64; 2]>,
+    /// The tracked output's interpolated frames alone.
+    pub interpolated: Vec<[f64; 2]>,
+}
+
+/// Track `track_id`'s joint `joint`, coordinate `axis` (0: x, 1: y) in pixels by frame: from
+/// the frames' own results (the person matched by box), from the tracked output, and the
+/// tracked output's interpolated frames alone.
 pub fn trajectory(
     frames: &[VideoFrame],
     raw: &BTreeMap<usize, JobResult>,
     track_id: u32,
     joint: usize,
-) -> (Vec<[f64; 2]>, Vec<[f64; 2]>, Vec<[f64; 2]>) {
+    axis: usize,
+) -> Trajectory {
     let (mut r, mut s, mut filled) = (Vec::new(), Vec::new(), Vec::new());
     for f in frames {
         let Some(k) = f.people.iter().position(|p| p.track_id == track_id) else {
@@ -414,9 +424,9 @@ pub fn trajectory(
         let n = f.frame_number as f64;
         let p = &f.people[k];
         if let Some(q) = p.keypoints_2d.get(joint) {
-            s.push([n, q[0] as f64]);
+            s.push([n, q[axis] as f64]);
             if p.interpolated {
-                filled.push([n, q[0] as f64]);
+                filled.push([n, q[axis] as f64]);
             }
         }
         let own = raw
@@ -424,28 +434,69 @@ pub fn trajectory(
             .and_then(|res| matching_raw(&f.people, k, &res.people))
             .and_then(|m| m.keypoints_2d.get(joint));
         if let Some(q) = own {
-            r.push([n, q[0] as f64]);
+            r.push([n, q[axis] as f64]);
         }
     }
-    (r, s, filled)
+    Trajectory {
+        raw: r,
+        smoothed: s,
+        interpolated: filled,
+    }
+}
+
+/// Plots track `track_id`'s [`PLOT_JOINT`], x above and y below, raw against smoothed, into
+/// `path`; returns in how many frames a raw result matched the track.
+fn write_trajectory(
+    path: &Path,
+    frames: &[VideoFrame],
+    raw: &BTreeMap<usize, JobResult>,
+    track_id: u32,
+) -> anyhow::Result<usize> {
+    let (w, h) = (960, [440, 340]);
+    let mut img = ::image::RgbImage::new(w, h[0] + h[1]);
+    let mut matched = 0;
+    for axis in 0..2 {
+        let t = trajectory(frames, raw, track_id, PLOT_JOINT, axis);
+        matched = matched.max(t.raw.len());
+        let labels = Labels {
+            title: if axis == 0 {
+                format!("track {track_id}: {PLOT_JOINT_NAME}, raw vs smoothed")
+            } else {
+                String::new()
+            },
+            x: "frame".into(),
+            y: if axis == 0 {
+                "x (pixels)".into()
+            } else {
+                "y (pixels, down)".into()
+            },
+            legend: axis == 0,
+        };
+        let panel = plot::plot(w, h[axis], &labels, &trajectory_series(track_id, t));
+        let top = if axis == 0 { 0 } else { h[0] as i64 };
+        ::image::imageops::replace(&mut img, &panel, 0, top);
+    }
+    img.save(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(matched)
 }
 
 /// The plot's series: raw dots, the smoothed line, rings on interpolated frames.
-fn trajectory_series(
-    track_id: u32,
-    raw: Vec<[f64; 2]>,
-    smooth: Vec<[f64; 2]>,
-    filled: Vec<[f64; 2]>,
-) -> Vec<Series> {
+fn trajectory_series(track_id: u32, t: Trajectory) -> Vec<Series> {
+    let Trajectory {
+        raw,
+        smoothed: smooth,
+        interpolated: filled,
+    } = t;
     let mut series = vec![
         Series {
-            label: "raw: the frame's own result".into(),
+            label: "raw: per-frame result".into(),
             colour: [150, 150, 150],
             mark: Mark::Dots,
             points: raw,
         },
         Series {
-            label: "smoothed: the tracked video output".into(),
+            label: "smoothed: tracked video output".into(),
             colour: overlay::track_colour(track_id),
             mark: Mark::Line,
             points: smooth,
@@ -453,7 +504,7 @@ fn trajectory_series(
     ];
     if !filled.is_empty() {
         series.push(Series {
-            label: "interpolated (no raw match)".into(),
+            label: "interpolated".into(),
             colour: [20, 20, 20],
             mark: Mark::Rings,
             points: filled,
@@ -660,13 +711,173 @@ mod tests {
         );
         // Frame 1: track 1 was not found.
         raw.insert(1, result(1, vec![raw_person(b, 645.0)]));
-        let (r, s, filled) = trajectory(&frames, &raw, 1, PLOT_JOINT);
-        assert_eq!(r, vec![[0.0, 147.0]]);
-        assert_eq!(s, vec![[0.0, 150.0], [1.0, 152.0]]);
-        assert_eq!(filled, vec![[1.0, 152.0]]);
-        let (r2, _, _) = trajectory(&frames, &raw, 2, PLOT_JOINT);
-        assert_eq!(r2, vec![[0.0, 639.0], [1.0, 645.0]]);
+        let t = trajectory(&frames, &raw, 1, PLOT_JOINT, 0);
+        assert_eq!(t.raw, vec![[0.0, 147.0]]);
+        assert_eq!(t.smoothed, vec![[0.0, 150.0], [1.0, 152.0]]);
+        assert_eq!(t.interpolated, vec![[1.0, 152.0]]);
+        let t2 = trajectory(&frames, &raw, 2, PLOT_JOINT, 0);
+        assert_eq!(t2.raw, vec![[0.0, 639.0], [1.0, 645.0]]);
+        let y = trajectory(&frames, &raw, 2, PLOT_JOINT, 1);
+        assert_eq!((y.raw[0], y.smoothed[0]), ([0.0, 100.0], [0.0, 100.0]));
+        // The track with interpolated frames is plotted, else track 1, else the longest.
+        assert_eq!(plot_track(&[track(1, 0, 9, 0), track(2, 3, 4, 2)]), Some(2));
         assert_eq!(plot_track(&[track(2, 0, 9, 0), track(1, 3, 4, 0)]), Some(1));
         assert_eq!(plot_track(&[track(2, 0, 9, 0), track(3, 3, 4, 0)]), Some(2));
+        assert_eq!(plot_track(&[]), None);
+    }
+}
+
+/// The demo end to end: a throwaway redis-server, the worker in this process, the clip as one
+/// tracked video (and images as frames of their own), what the user sees at the end.
+#[cfg(test)]
+mod end_to_end {
+    use std::path::{Path, PathBuf};
+
+    use hmr2_worker::config::Config;
+
+    use super::super::{run_report, DemoOptions, TINY_DETECTOR};
+    use super::{CLIP_FRAMES, DEFAULT_OVERLAYS};
+    use crate::demo::overlay::track_colour;
+
+    /// One worker at a time in this process.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace")
+            .to_path_buf()
+    }
+
+    fn config() -> Config {
+        let mut c = Config::defaults();
+        c.model.path = repo().join("models/artifacts/hmr2-tiny.pt");
+        c.model.device = "cpu".into();
+        c.detector.path = repo().join(TINY_DETECTOR);
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_clip_runs_as_one_tracked_video_with_tracks_overlays_and_a_trajectory() {
+        let _one = ONE_AT_A_TIME.lock().await;
+        let out = tempfile::tempdir().unwrap();
+        let report = run_report(
+            config(),
+            DemoOptions {
+                out: out.path().join("demo-out"),
+                ..DemoOptions::default()
+            },
+        )
+        .await
+        .expect("the demo runs");
+        let text = &report.text;
+        assert_eq!(report.failed, 0, "{text}");
+        assert!(
+            text.contains(&format!("{CLIP_FRAMES} ok, 0 failed")),
+            "{text}"
+        );
+        // The tracks: a table with the two crossing figures and the late one.
+        assert!(text.contains("tracks of video demo (3 tracks)"), "{text}");
+        assert!(
+            text.contains("track  first frame  last frame  frames  interpolated"),
+            "{text}"
+        );
+        assert_eq!(report.tracks.len(), 3, "{text}");
+        for (k, t) in report.tracks.iter().enumerate() {
+            assert_eq!(t.track_id, k as u32 + 1);
+            let line = format!("#{}", t.track_id);
+            assert!(
+                text.lines().any(|l| l.trim_start().starts_with(&line)),
+                "{text}"
+            );
+        }
+        // The far figure, hidden behind the near one, is bridged by interpolation, and the
+        // summary says how interpolated people are drawn.
+        let bridged = report.tracks.iter().find(|t| t.interpolated_frames > 0);
+        let bridged = bridged.expect("a track with interpolated frames");
+        assert_eq!(
+            (bridged.first_frame, bridged.last_frame),
+            (0, CLIP_FRAMES as u64 - 1),
+            "{text}"
+        );
+        assert!(text.contains("drawn faded, box dashed"), "{text}");
+        // Overlays spread over the clip, one of them with the interpolated figure.
+        assert_eq!(report.overlays.len(), DEFAULT_OVERLAYS, "{text}");
+        assert!(text.contains("(interpolated: #"), "{text}");
+        for p in &report.overlays {
+            let img = ::image::open(p).expect("an overlay PNG").into_rgb8();
+            assert_eq!(img.dimensions(), (1280, 720));
+            let coloured = img.pixels().filter(|q| q.0 == track_colour(1)).count();
+            assert!(
+                coloured > 100,
+                "{}: track 1 drawn in its colour",
+                p.display()
+            );
+        }
+        assert!(out.path().join("demo-out/frame-000.png").exists());
+        assert!(out.path().join("demo-out/frame-047.png").exists());
+        // The trajectory plot: both series drawn, the plotted track in its colour.
+        let plot = report.trajectory.clone().expect("a trajectory plot");
+        assert_eq!(plot, out.path().join("demo-out/trajectory.png"));
+        let img = ::image::open(&plot).expect("a PNG").into_rgb8();
+        let count = |c: [u8; 3]| img.pixels().filter(|q| q.0 == c).count();
+        assert!(count(track_colour(bridged.track_id)) > 500, "smoothed line");
+        assert!(count([150, 150, 150]) > 200, "raw dots");
+        assert!(text.contains("trajectory.png"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn images_still_run_as_frames_of_their_own() {
+        let _one = ONE_AT_A_TIME.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = crate::demo::frames::render(640, 360, 1, 3);
+        for name in ["a.png", "b.png"] {
+            img.save(dir.path().join(name)).unwrap();
+        }
+        let out = dir.path().join("out");
+        let report = run_report(
+            config(),
+            DemoOptions {
+                images: vec![dir.path().to_path_buf()],
+                out: out.clone(),
+                ..DemoOptions::default()
+            },
+        )
+        .await
+        .expect("the demo runs");
+        let text = &report.text;
+        assert!(text.contains("2 ok, 0 failed"), "{text}");
+        assert!(!text.contains("tracks of video"), "{text}");
+        assert!(report.tracks.is_empty() && report.trajectory.is_none());
+        assert!(!out.join("trajectory.png").exists());
+        assert_eq!(
+            report.overlays,
+            vec![out.join("a.png"), out.join("b.png")],
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_clip_longer_than_its_frames_is_refused_before_anything_starts() {
+        let e = run_report(
+            config(),
+            DemoOptions {
+                frames: Some(CLIP_FRAMES + 1),
+                ..DemoOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("the clip has 48 frames"), "{e}");
+        let e = run_report(
+            config(),
+            DemoOptions {
+                frames: Some(0),
+                ..DemoOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("give 1 to 48"), "{e}");
     }
 }

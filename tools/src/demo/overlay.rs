@@ -278,7 +278,7 @@ pub const TRACK_COLOURS: [[u8; 3]; 8] = [
     [60, 180, 75],
     [0, 130, 200],
     [255, 225, 25],
-    [245, 130, 48],
+    [250, 190, 212],
     [145, 30, 180],
     [70, 240, 240],
     [240, 50, 230],
@@ -500,5 +500,102 @@ mod tests {
         assert_eq!(img.get_pixel(50, 35).0, BONE_COLOURS[0]);
         assert_eq!(img.get_pixel(10, 50).0, [255, 255, 255], "box edge");
         assert_eq!(img.get_pixel(70, 50).0, [0, 0, 0], "background untouched");
+    }
+
+    fn tracked(id: u32, bbox: [f32; 4], interpolated: bool) -> TrackedPerson {
+        let mut keypoints = vec![[-100.0, -100.0]; 44];
+        keypoints[1] = [50.0, 30.0];
+        keypoints[8] = [50.0, 70.0];
+        TrackedPerson {
+            track_id: id,
+            bbox,
+            score: Some(0.9),
+            box_source: BoxSource::Detector,
+            global_orient: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            body_pose: Vec::new(),
+            betas: Vec::new(),
+            pred_cam_t_full: [0.0, 0.0, 10.0],
+            focal_length: 5000.0,
+            keypoints_2d: keypoints,
+            keypoints_3d: Vec::new(),
+            interpolated,
+            vertices: None,
+        }
+    }
+
+    #[test]
+    fn each_track_keeps_one_colour_and_tracks_side_by_side_differ() {
+        // The same id gets the same colour every time (every frame of a video).
+        assert_eq!(track_colour(2), track_colour(2));
+        assert_eq!(track_colour(1), TRACK_COLOURS[0]);
+        // The first tracks are all told apart, clearly (no two closer than 100 in RGB).
+        let n = TRACK_COLOURS.len() as u32;
+        for a in 1..=n {
+            for b in a + 1..=n {
+                let (p, q) = (track_colour(a), track_colour(b));
+                let d: f32 = (0..3)
+                    .map(|c| (p[c] as f32 - q[c] as f32).powi(2))
+                    .sum::<f32>()
+                    .sqrt();
+                assert!(d > 100.0, "tracks {a} and {b}: {p:?} vs {q:?}");
+            }
+        }
+        // Past the palette the colours go round; id 0 (never given) does not panic.
+        assert_eq!(track_colour(n + 1), track_colour(1));
+        let _ = track_colour(0);
+    }
+
+    #[test]
+    fn a_tracked_person_is_drawn_in_its_track_colour_an_interpolated_one_faded_and_dashed() {
+        let grey = Rgb([100, 100, 100]);
+        let mut img = RgbImage::from_pixel(200, 100, grey);
+        let seen = tracked(3, [10.0, 10.0, 90.0, 90.0], false);
+        let mut filled = tracked(2, [110.0, 10.0, 190.0, 90.0], true);
+        filled.keypoints_2d[1] = [150.0, 30.0];
+        filled.keypoints_2d[8] = [150.0, 70.0];
+        draw_tracked(&mut img, &[seen, filled]);
+        let (c3, c2) = (track_colour(3), track_colour(2));
+        // Track 3: its bone and its box's left edge in its colour.
+        assert_eq!(img.get_pixel(50, 50).0, c3, "bone");
+        assert_eq!(img.get_pixel(10, 60).0, c3, "box edge");
+        // Track 2, interpolated: the bone is its colour mixed with the frame.
+        let mixed = |c: [u8; 3]| {
+            c.map(|v| {
+                (INTERPOLATED_OPACITY * v as f32 + (1.0 - INTERPOLATED_OPACITY) * 100.0).round()
+                    as u8
+            })
+        };
+        assert_eq!(img.get_pixel(150, 50).0, mixed(c2), "faded bone");
+        assert!(
+            !img.pixels().any(|p| p.0 == c2),
+            "nothing of track 2 at full strength"
+        );
+        // Its left edge is dashed: some rows of the edge drawn, some left as the frame.
+        let edge: Vec<bool> = (20..80)
+            .map(|y| img.get_pixel(110, y).0 != grey.0)
+            .collect();
+        assert!(
+            edge.iter().any(|&d| d) && edge.iter().any(|&d| !d),
+            "{edge:?}"
+        );
+    }
+
+    #[test]
+    fn letters_and_signs_have_glyphs_and_lower_case_is_written_as_capitals() {
+        let mut upper = RgbImage::new(80, 10);
+        let mut lower = RgbImage::new(80, 10);
+        draw_text(&mut upper, 0, 0, "TRACK #2", 1, [255, 255, 255]);
+        draw_text(&mut lower, 0, 0, "track #2", 1, [255, 255, 255]);
+        assert_eq!(upper, lower);
+        for ch in "ABCDEFGHIJKLMNOPQRSTUVWXYZ#-+=:,/()%".chars() {
+            let (_, rows) = GLYPHS.iter().find(|(c, _)| *c == ch).expect("a glyph");
+            assert!(rows.iter().any(|&r| r != 0), "{ch} draws something");
+        }
+        // No two glyphs alike.
+        for (i, (a, ra)) in GLYPHS.iter().enumerate() {
+            for (b, rb) in &GLYPHS[i + 1..] {
+                assert!(ra != rb, "{a} and {b} look the same");
+            }
+        }
     }
 }

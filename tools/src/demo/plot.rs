@@ -32,6 +32,8 @@ pub struct Labels {
     pub title: String,
     pub x: String,
     pub y: String,
+    /// Whether to list the series (a swatch and its label, one row each) under the title.
+    pub legend: bool,
 }
 
 const INK: [u8; 3] = [30, 30, 30];
@@ -82,7 +84,12 @@ pub fn plot(width: u32, height: u32, labels: &Labels, series: &[Series]) -> RgbI
     let scale = (1.5 * unit).round().max(1.0) as u32;
     let th = text_height(scale);
     let (left, right) = (text_width("-00000", scale) + 3 * th / 2, 2 * th);
-    let top = 2 * th + (th + scale) * series.len() as u32 + th / 2;
+    let rows = if labels.legend {
+        series.len() as u32
+    } else {
+        0
+    };
+    let top = 2 * th + (th + scale) * rows + th / 2;
     let bottom = 3 * th;
     let (x0, x1) = (
         left as f64,
@@ -158,7 +165,7 @@ pub fn plot(width: u32, height: u32, labels: &Labels, series: &[Series]) -> RgbI
     draw_text_on(&mut img, scale, th + scale, &labels.y, scale, INK, None);
 
     // Legend, one row per series under the title.
-    for (i, s) in series.iter().enumerate() {
+    for (i, s) in series.iter().enumerate().filter(|_| labels.legend) {
         let y = 2 * th + scale + (th + scale) * i as u32;
         let mid = (y + th / 2) as f32;
         let sx = x0 as f32;
@@ -249,8 +256,10 @@ mod tests {
 
     #[test]
     fn ticks_are_round_numbers_inside_the_range() {
+        // 47 / 8 is about 6: the next round step is 10.
+        assert_eq!(ticks(0.0, 47.0, 8), vec![0.0, 10.0, 20.0, 30.0, 40.0]);
         assert_eq!(
-            ticks(0.0, 47.0, 8),
+            ticks(0.0, 47.0, 10),
             vec![0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0]
         );
         assert_eq!(ticks(312.0, 398.0, 6), vec![320.0, 340.0, 360.0, 380.0]);
@@ -284,6 +293,7 @@ mod tests {
             title: "track 1".into(),
             x: "frame".into(),
             y: "x px".into(),
+            legend: true,
         };
         let series = [
             Series {
