@@ -294,6 +294,29 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
         None => None,
     };
     let peak_rss_bytes = measure::peak_rss_bytes();
+    let videos = match o.video_frames.filter(|&n| n > 0) {
+        Some(n) => {
+            let names: Vec<String> = (0..o.frames.div_ceil(n))
+                .map(|v| format!("bench-{v}"))
+                .collect();
+            let seen = session
+                .video_latencies(&names, Duration::from_secs(120))
+                .await?;
+            let (after, tracking): (Vec<f64>, Vec<f64>) = seen.into_iter().unzip();
+            let v = report::Videos {
+                count: names.len(),
+                frames_each: n,
+                done_after_last_result_ms: Percentiles::of(after),
+                tracking_ms: Percentiles::of(tracking),
+            };
+            eprintln!(
+                "bench: {} videos of {n} frames: done p50 {:.0} ms / p95 {:.0} ms after the last frame's result (tracking p50 {:.1} ms)",
+                v.count, v.done_after_last_result_ms.p50, v.done_after_last_result_ms.p95, v.tracking_ms.p50
+            );
+            Some(v)
+        }
+        None => None,
+    };
     session.stop().await?;
     drop(session);
 
@@ -407,6 +430,7 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
                 g
             }),
         },
+        videos,
         derived: Derived {
             pipeline_except_forward_fps: except_forward,
             pipeline_vs_raw_decode: except_forward.map(|p| p / raw_decode.frames_per_s),

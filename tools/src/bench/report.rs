@@ -27,6 +27,20 @@ pub struct Report {
     /// The model alone at `max_batch`, then at every `--sweep` size.
     pub model_only: Vec<ForwardRate>,
     pub derived: Derived,
+    /// With `--video-frames`: the tracked videos.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub videos: Option<Videos>,
+}
+
+/// The tracked videos of a `--video-frames` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Videos {
+    pub count: usize,
+    pub frames_each: usize,
+    /// From the last frame's result to the video's `done` entry, milliseconds (stream ids).
+    pub done_after_last_result_ms: Percentiles,
+    /// `timings_ms.tracking` of the `done` entries.
+    pub tracking_ms: Percentiles,
 }
 
 /// Where it ran.

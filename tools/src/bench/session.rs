@@ -162,6 +162,58 @@ impl Session {
         Ok(out)
     }
 
+    /// For each tracked video: how long after its last frame's result its `done` entry was
+    /// written, and its tracking time (milliseconds), from the stream ids (Redis's clock, so no
+    /// clock of this process is involved). Waits up to `within` for every `done`.
+    pub async fn video_latencies(
+        &mut self,
+        videos: &[String],
+        within: Duration,
+    ) -> anyhow::Result<Vec<(f64, f64)>> {
+        let ms = |id: &str| {
+            id.split('-')
+                .next()
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let results: redis::streams::StreamRangeReply =
+            self.conn.xrange_all(&self.keys.results).await?;
+        let mut last_result: std::collections::HashMap<String, f64> = Default::default();
+        for e in &results.ids {
+            let job: String = e.get("job_id").unwrap_or_default();
+            if let Some((video, _)) = job.rsplit_once(':') {
+                let t = last_result.entry(video.to_string()).or_default();
+                *t = t.max(ms(&e.id));
+            }
+        }
+        let deadline = Instant::now() + within;
+        let mut out = Vec::with_capacity(videos.len());
+        for v in videos {
+            let stream = self
+                .keys
+                .video_output(v, None)
+                .context("a default video stream")?;
+            let done = loop {
+                let last: redis::streams::StreamRangeReply =
+                    self.conn.xrevrange_count(&stream, "+", "-", 1).await?;
+                if let Some(e) = last.ids.into_iter().next() {
+                    if let Some(d) = e.get::<String>("done") {
+                        break (e.id, d);
+                    }
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "no done entry for video {v} within {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let body: hmr2_client::VideoDone = serde_json::from_str(&done.1)?;
+            let after = ms(&done.0) - last_result.get(v).copied().unwrap_or(0.0);
+            out.push((after, body.timings_ms.tracking));
+        }
+        Ok(out)
+    }
+
     /// The worker's `/metrics`, fetched over HTTP.
     pub async fn scrape(&self) -> anyhow::Result<String> {
         match http_get(self.metrics_addr, "/metrics").await? {
