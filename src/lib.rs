@@ -28,6 +28,10 @@
 //! - [`model`]: the model trait, the TorchScript implementation, the libtorch version.
 //! - [`detector`]: the person detector (contract `person-detector/1`) and its box mapping.
 //! - `camera`: full-frame camera and 2D keypoints from the model's crop camera.
+//! - [`video`]: tracked videos (DESIGN §13): the compact record each answered frame leaves in
+//!   Redis, the tracking stage (in every worker, or alone as `hmr2-worker track`) that tracks
+//!   and smooths a complete video with the `hmr2-track` crate and writes its output atomically,
+//!   and the SMPL layer for vertices of smoothed parameters.
 //! - [`image`]: base64, JPEG/PNG decoding with limits, the HMR2 crop.
 //! - [`gpu`]: the caching allocator (release, statistics) through a small C++ shim, and the
 //!   device's NVML and allocator gauges.

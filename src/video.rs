@@ -8,7 +8,7 @@ mod output;
 mod smpl;
 mod tracker;
 
-use hmr2_client::{BoxSource, Job, Keys, Person};
+use hmr2_client::{BoxSource, Echo, Job, Keys, Person, Video};
 use hmr2_track::{record, FrameRecord, FrameStatus, Observation};
 
 pub use smpl::SmplLayer;
@@ -49,6 +49,30 @@ impl VideoTag {
         else {
             return Err("a frame of a tracked video needs video_id and frame_number".into());
         };
+        Self::from_parts(video_id, frame_number, v, job.include.vertices, keys)
+    }
+
+    /// The video frame a rejected job is, when what could be read of it says so (its `video`
+    /// object, `video_id` and `frame_number` well-formed): it is then an error frame of its
+    /// video, so the video completes rather than expiring.
+    pub fn of_echo(echo: &Echo, keys: &Keys) -> Option<VideoTag> {
+        let (Some(v), Some(video_id), Some(n)) = (&echo.video, &echo.video_id, echo.frame_number)
+        else {
+            return None;
+        };
+        if n >= v.frames {
+            return None;
+        }
+        Self::from_parts(video_id, n, v, false, keys).ok().flatten()
+    }
+
+    fn from_parts(
+        video_id: &str,
+        frame_number: u64,
+        v: &Video<'_>,
+        vertices: bool,
+        keys: &Keys,
+    ) -> Result<Option<VideoTag>, String> {
         let reply_to = v.reply_to.as_deref();
         if keys.video_output(video_id, reply_to).is_none() {
             return Err(format!(
@@ -67,7 +91,7 @@ impl VideoTag {
             frame_number,
             frames: v.frames,
             spec: serde_json::to_string(&spec).expect("a spec serialises"),
-            vertices: job.include.vertices,
+            vertices,
         }))
     }
 

@@ -163,7 +163,12 @@ pub(crate) fn prepare_within(
             None,
         ));
     };
-    let job = parsed.map_err(|e| reject(e.error, &e.echo, None))?;
+    // A rejected frame of a tracked video is an error frame of it, when it says which.
+    let job = parsed.map_err(|e| {
+        let mut r = reject(e.error, &e.echo, None);
+        r.video = VideoTag::of_echo(&e.echo, keys);
+        r
+    })?;
     let echo = &job.echo();
     if let Some(r) = job.reply_to.as_deref() {
         if !keys.accepts_reply_to(r) {
@@ -171,7 +176,9 @@ pub(crate) fn prepare_within(
                 "reply_to must start with \"{}:\" (or be {:?}); got {r:?}",
                 keys.results, keys.results
             );
-            return Err(reject(InputError::InvalidJob(e), echo, None));
+            let mut r = reject(InputError::InvalidJob(e), echo, None);
+            r.video = VideoTag::of_echo(echo, keys);
+            return Err(r);
         }
     }
     let video = match VideoTag::of(&job, keys) {

@@ -155,7 +155,10 @@ async fn too_many_in_span(ctx: Arc<Ctx>, d: Delivery) {
         .parse_job(true, &ctx.config.limits.job())
         .map(|parsed| match parsed {
             Ok(j) => (j.echo(), VideoTag::of(&j, keys).ok().flatten()),
-            Err(e) => (e.echo, None),
+            Err(e) => {
+                let video = VideoTag::of_echo(&e.echo, keys);
+                (e.echo, video)
+            }
         })
         .unwrap_or_default();
     d.record_job_id(echo.job_id.as_deref());

@@ -138,9 +138,15 @@ async fn tls_with_a_least_privilege_acl_user_and_no_password_in_logs() {
     ])
     .unwrap();
     let keys = Keys::new(&p);
-    // The pipeline enqueues through the plain port as the admin user.
+    // The pipeline enqueues through the plain port as the admin user: the frames of one
+    // tracked video, so the rule must cover recording, tracking and writing the video too.
     let frames: Vec<_> = (0..3)
-        .map(|i| frame(&format!("s{i}"), image(200, 200, i, false)))
+        .map(|i| {
+            let job = hmr2_client::Job::new(format!("s{i}"))
+                .video("acl".to_string(), i as u64)
+                .tracked(3, 10.0);
+            hmr2_client::Frame::new(job, image(200, 200, i, false))
+        })
         .collect();
     enqueue_frames(&redis.url(), &p, &frames, true).await;
 
@@ -155,6 +161,21 @@ async fn tls_with_a_least_privilege_acl_user_and_no_password_in_logs() {
         &[("SSL_CERT_FILE", ca.as_str()), ("RUST_LOG", "debug")],
     );
     let got = wait_results(&redis.url(), &keys.results, 3, Duration::from_secs(60)).await;
+    let video = keys.video_output("acl", None).unwrap();
+    wait_for(
+        "the tracked video written under the ACL user",
+        Duration::from_secs(60),
+        || async {
+            let mut admin = connect(&redis.url()).await;
+            let r: redis::streams::StreamRangeReply =
+                redis::AsyncCommands::xrange_all(&mut admin, &video)
+                    .await
+                    .unwrap_or_default();
+            r.ids.iter().filter(|e| e.map.contains_key("frame")).count() == 3
+                && r.ids.iter().any(|e| e.map.contains_key("done"))
+        },
+    )
+    .await;
     signal_term(&worker);
     assert_eq!(worker.wait().unwrap().code(), Some(0));
     // The ACL allows the clean exit's tidying: the worker's empty consumer left the group.

@@ -103,6 +103,25 @@ async fn videos_complete_once_with_error_duplicate_and_missing_frames() {
         image(64, 48, 9, true),
     );
     enqueue_frames(&url, &p, &frames, true).await;
+    // "bad": 2 frames, frame 1 a job the parser refuses (boxes of the wrong type) that still
+    // says which frame of which video it is.
+    enqueue_frames(
+        &url,
+        &p,
+        &[tracked_frame("bad", 0, 2, image(64, 48, 3, true))],
+        true,
+    )
+    .await;
+    let bad_job = r#"{"job_id":"bad:1","video_id":"bad","frame_number":1,"video":{"frames":2,"fps":10},"boxes":"nope"}"#;
+    xadd_raw(
+        &url,
+        &p,
+        &[
+            ("job", bad_job.as_bytes()),
+            ("image", &image(64, 48, 4, true)),
+        ],
+    )
+    .await;
 
     let err = wait_done(
         &url,
@@ -137,13 +156,23 @@ async fn videos_complete_once_with_error_duplicate_and_missing_frames() {
     }
     assert_eq!(done["tracks"][0]["track_id"], 1);
 
+    let bad = wait_done(
+        &url,
+        &keys.video_output("bad", None).unwrap(),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(frame_numbers(&bad), [0, 1]);
+    assert_eq!(bad.done[0]["error_frames"], 1, "{}", bad.done[0]);
+    assert_eq!(bad.frames[1]["error"]["code"], "invalid_job");
+
     // The duplicate: once the queue is empty, still one done and three frames.
     let dup_stream = keys.video_output("dup", None).unwrap();
     let dup = wait_done(&url, &dup_stream, Duration::from_secs(120)).await;
-    // Nine distinct jobs (one enqueued twice); then the odd frame of the open video "miss".
-    wait_results(&url, &keys.results, 9, Duration::from_secs(60)).await;
+    // Eleven distinct jobs (one enqueued twice); then the odd frame of the open video "miss".
+    wait_results(&url, &keys.results, 11, Duration::from_secs(60)).await;
     enqueue_frames(&url, &p, &[odd], true).await;
-    let results = wait_results(&url, &keys.results, 10, Duration::from_secs(60)).await;
+    let results = wait_results(&url, &keys.results, 12, Duration::from_secs(60)).await;
     let odd = &results["miss:odd"];
     assert_eq!(odd["error"]["code"], "invalid_job", "{odd}");
     let why = odd["error"]["message"].as_str().unwrap();
@@ -172,7 +201,7 @@ async fn videos_complete_once_with_error_duplicate_and_missing_frames() {
 
     // Nothing of the videos is left but their done markers.
     let mut c = connect(&url).await;
-    for v in ["err", "dup", "miss"] {
+    for v in ["err", "dup", "miss", "bad"] {
         let frames_left: bool = c.exists(keys.video_frames(v)).await.unwrap();
         assert!(!frames_left, "{v}: recorded frames deleted");
         let state: HashMap<String, String> = c.hgetall(keys.video_state(v)).await.unwrap();
