@@ -41,22 +41,41 @@ const MATCH_IOU: f32 = 0.3;
 /// Renders the first `n` frames of the clip at `width`×`height`, as JPEG, with the boxes of
 /// the figures that can be seen (sent only when no detector runs).
 fn clip_inputs(n: usize, width: u32, height: u32) -> Vec<Input> {
-    (0..n)
-        .map(|i| {
-            let (img, people) = render_clip(width, height, i);
-            Input {
-                name: format!("frame-{i:03}"),
-                bytes: Arc::new(encode_jpeg(&img, JPEG_QUALITY)),
-                boxes: Some(
-                    people
-                        .iter()
-                        .filter(|p| p.visible)
-                        .map(|p| p.bbox)
-                        .collect(),
-                ),
-            }
-        })
-        .collect()
+    let one = |i: usize| {
+        let (img, people) = render_clip(width, height, i);
+        Input {
+            name: format!("frame-{i:03}"),
+            bytes: Arc::new(encode_jpeg(&img, JPEG_QUALITY)),
+            boxes: Some(
+                people
+                    .iter()
+                    .filter(|p| p.visible)
+                    .map(|p| p.bbox)
+                    .collect(),
+            ),
+        }
+    };
+    // Frame k on thread k % threads, put back in order.
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get().min(8));
+    let mut parts: Vec<Vec<(usize, Input)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| (i, one(i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rendering does not panic"))
+            .collect()
+    });
+    let mut all: Vec<(usize, Input)> = parts.drain(..).flatten().collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, input)| input).collect()
 }
 
 /// `hmr2 demo` without images.

@@ -389,10 +389,10 @@ pub struct LegendRow {
     pub text: String,
 }
 
-/// Draws a legend in the bottom-left corner: `title`, then one row per entry.
+/// Draws a legend in the top-left corner: `title`, then one row per entry.
 pub fn draw_legend(img: &mut RgbImage, title: &str, rows: &[LegendRow]) {
     let unit = (img.width().max(img.height()) as f32 / 400.0).max(1.0);
-    let scale = (2.0 * unit).round().max(2.0) as u32;
+    let scale = (1.5 * unit).round().max(2.0) as u32;
     let line = text_height(scale) + scale;
     let swatch = 6 * scale;
     let widest = rows
@@ -403,7 +403,7 @@ pub fn draw_legend(img: &mut RgbImage, title: &str, rows: &[LegendRow]) {
         .unwrap_or(0);
     let height = line * (rows.len() as u32 + 1) + scale;
     let x0 = 2 * scale;
-    let y0 = img.height().saturating_sub(height + 2 * scale);
+    let y0 = 2 * scale;
     for y in y0..(y0 + height).min(img.height()) {
         for x in x0..(x0 + widest + 2 * scale).min(img.width()) {
             img.put_pixel(x, y, Rgb([20, 20, 20]));
