@@ -164,7 +164,7 @@ async fn videos_complete_once_with_error_duplicate_and_missing_frames() {
     .await;
     assert_eq!(frame_numbers(&bad), [0, 1]);
     assert_eq!(bad.done[0]["error_frames"], 1, "{}", bad.done[0]);
-    assert_eq!(bad.frames[1]["error"]["code"], "invalid_job");
+    assert_eq!(bad.frames[1]["error"]["code"], "invalid_box");
 
     // The duplicate: once the queue is empty, still one done and three frames.
     let dup_stream = keys.video_output("dup", None).unwrap();
