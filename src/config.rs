@@ -232,6 +232,9 @@ pub struct LimitsConfig {
     /// 0 = eight of the largest frames (8 × 3 × `max_pixels`); else at least one
     /// (3 × `max_pixels`, checked at start-up).
     pub max_decoded_bytes_in_flight: u64,
+    /// Most frames a tracked video may have (`video.frames`): a video is held, and tracked,
+    /// whole, so this bounds what one video can cost Redis and the tracker.
+    pub max_video_frames: u64,
 }
 
 impl LimitsConfig {
@@ -523,6 +526,9 @@ impl Config {
                     self.limits.largest_frame_bytes()
                 ),
             );
+        }
+        if self.limits.max_video_frames == 0 {
+            return bad("limits.max_video_frames", "must be at least 1");
         }
         if self.limits.max_boxes == 0 {
             return bad("limits.max_boxes", "must be at least 1");

@@ -40,7 +40,8 @@ pub(crate) struct Spec {
 impl VideoTag {
     /// The video frame `job` is, if it carries a `video` object; an error (the job is
     /// `invalid_job`) when the video's `reply_to` is outside the shard's results streams.
-    pub fn of(job: &Job<'_>, keys: &Keys) -> Result<Option<VideoTag>, String> {
+    /// A video of more than `max_frames` frames is `invalid_job` too.
+    pub fn of(job: &Job<'_>, keys: &Keys, max_frames: u64) -> Result<Option<VideoTag>, String> {
         let Some(v) = &job.video else {
             return Ok(None);
         };
@@ -49,13 +50,13 @@ impl VideoTag {
         else {
             return Err("a frame of a tracked video needs video_id and frame_number".into());
         };
-        Self::from_parts(video_id, frame_number, v, job.include.vertices, keys)
+        Self::from_parts(video_id, frame_number, v, job.include.vertices, keys, max_frames)
     }
 
     /// The video frame a rejected job is, when what could be read of it says so (its `video`
     /// object, `video_id` and `frame_number` well-formed): it is then an error frame of its
     /// video, so the video completes rather than expiring.
-    pub fn of_echo(echo: &Echo, keys: &Keys) -> Option<VideoTag> {
+    pub fn of_echo(echo: &Echo, keys: &Keys, max_frames: u64) -> Option<VideoTag> {
         let (Some(v), Some(video_id), Some(n)) = (&echo.video, &echo.video_id, echo.frame_number)
         else {
             return None;
@@ -63,7 +64,9 @@ impl VideoTag {
         if n >= v.frames {
             return None;
         }
-        Self::from_parts(video_id, n, v, false, keys).ok().flatten()
+        Self::from_parts(video_id, n, v, false, keys, max_frames)
+            .ok()
+            .flatten()
     }
 
     fn from_parts(
@@ -72,7 +75,14 @@ impl VideoTag {
         v: &Video<'_>,
         vertices: bool,
         keys: &Keys,
+        max_frames: u64,
     ) -> Result<Option<VideoTag>, String> {
+        if v.frames > max_frames {
+            return Err(format!(
+                "video.frames is {}, above limits.max_video_frames ({max_frames})",
+                v.frames
+            ));
+        }
         let reply_to = v.reply_to.as_deref();
         if keys.video_output(video_id, reply_to).is_none() {
             return Err(format!(

@@ -266,6 +266,13 @@ async fn track_one(t: &Arc<Tracker>, job: &TrackJob) -> Result<(), QueueError> {
             return dead_letter(t, job, "video_state_lost", why).await;
         }
     };
+    if spec.frames > t.config.limits.max_video_frames {
+        let why = format!(
+            "video.frames is {}, above limits.max_video_frames ({})",
+            spec.frames, t.config.limits.max_video_frames
+        );
+        return dead_letter(t, job, "invalid_job", &why).await;
+    }
     let Some(stream) = keys.video_output(&job.video_id, spec.reply_to.as_deref()) else {
         return dead_letter(
             t,

@@ -166,7 +166,7 @@ pub(crate) fn prepare_within(
     // A rejected frame of a tracked video is an error frame of it, when it says which.
     let job = parsed.map_err(|e| {
         let mut r = reject(e.error, &e.echo, None);
-        r.video = VideoTag::of_echo(&e.echo, keys);
+        r.video = VideoTag::of_echo(&e.echo, keys, limits.max_video_frames);
         r
     })?;
     let echo = &job.echo();
@@ -177,11 +177,11 @@ pub(crate) fn prepare_within(
                 keys.results, keys.results
             );
             let mut r = reject(InputError::InvalidJob(e), echo, None);
-            r.video = VideoTag::of_echo(echo, keys);
+            r.video = VideoTag::of_echo(echo, keys, limits.max_video_frames);
             return Err(r);
         }
     }
-    let video = match VideoTag::of(&job, keys) {
+    let video = match VideoTag::of(&job, keys, limits.max_video_frames) {
         Ok(v) => v,
         Err(e) => return Err(reject(InputError::InvalidJob(e), echo, None)),
     };

@@ -150,13 +150,14 @@ pub(super) async fn too_many_deliveries(ctx: Arc<Ctx>, d: Delivery) {
 
 async fn too_many_in_span(ctx: Arc<Ctx>, d: Delivery) {
     let keys = ctx.queue.shard(d.entry.shard).keys();
+    let max_frames = ctx.config.limits.max_video_frames;
     let (echo, video) = d
         .entry
         .parse_job(true, &ctx.config.limits.job())
         .map(|parsed| match parsed {
-            Ok(j) => (j.echo(), VideoTag::of(&j, keys).ok().flatten()),
+            Ok(j) => (j.echo(), VideoTag::of(&j, keys, max_frames).ok().flatten()),
             Err(e) => {
-                let video = VideoTag::of_echo(&e.echo, keys);
+                let video = VideoTag::of_echo(&e.echo, keys, max_frames);
                 (e.echo, video)
             }
         })

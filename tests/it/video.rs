@@ -515,3 +515,27 @@ async fn a_tracker_killed_while_tracking_leaves_the_video_to_another_written_onc
     );
     drop(gpu);
 }
+
+/// A video longer than `limits.max_video_frames` is refused frame by frame, and nothing of it is
+/// recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_over_the_frame_limit_is_refused_and_not_recorded() {
+    let redis = shared_redis();
+    let url = redis.url();
+    let p = prefix("vlimit");
+    let mut cfg = config(&url, &p);
+    cfg.limits.max_video_frames = 10;
+    let keys = Keys::new(&p);
+    let worker = Worker::start(cfg);
+    enqueue_frames(&url, &p, &[tracked_frame("long", 0, 11, image(64, 48, 1, true))], true).await;
+    let results = wait_results(&url, &keys.results, 1, Duration::from_secs(60)).await;
+    let r = &results["long:0"];
+    assert_eq!(r["error"]["code"], "invalid_job", "{r}");
+    let why = r["error"]["message"].as_str().unwrap();
+    assert!(why.contains("limits.max_video_frames (10)"), "{why}");
+    let mut c = connect(&url).await;
+    let recorded: bool = c.exists(keys.video_frames("long")).await.unwrap();
+    let open: usize = c.zcard(&keys.videos_open).await.unwrap();
+    assert!(!recorded && open == 0, "nothing of the refused video is recorded");
+    worker.stop().await;
+}
