@@ -50,7 +50,14 @@ impl VideoTag {
         else {
             return Err("a frame of a tracked video needs video_id and frame_number".into());
         };
-        Self::from_parts(video_id, frame_number, v, job.include.vertices, keys, max_frames)
+        Self::from_parts(
+            video_id,
+            frame_number,
+            v,
+            job.include.vertices,
+            keys,
+            max_frames,
+        )
     }
 
     /// The video frame a rejected job is, when what could be read of it says so (its `video`

@@ -527,7 +527,13 @@ async fn a_video_over_the_frame_limit_is_refused_and_not_recorded() {
     cfg.limits.max_video_frames = 10;
     let keys = Keys::new(&p);
     let worker = Worker::start(cfg);
-    enqueue_frames(&url, &p, &[tracked_frame("long", 0, 11, image(64, 48, 1, true))], true).await;
+    enqueue_frames(
+        &url,
+        &p,
+        &[tracked_frame("long", 0, 11, image(64, 48, 1, true))],
+        true,
+    )
+    .await;
     let results = wait_results(&url, &keys.results, 1, Duration::from_secs(60)).await;
     let r = &results["long:0"];
     assert_eq!(r["error"]["code"], "invalid_job", "{r}");
@@ -536,6 +542,9 @@ async fn a_video_over_the_frame_limit_is_refused_and_not_recorded() {
     let mut c = connect(&url).await;
     let recorded: bool = c.exists(keys.video_frames("long")).await.unwrap();
     let open: usize = c.zcard(&keys.videos_open).await.unwrap();
-    assert!(!recorded && open == 0, "nothing of the refused video is recorded");
+    assert!(
+        !recorded && open == 0,
+        "nothing of the refused video is recorded"
+    );
     worker.stop().await;
 }
