@@ -236,25 +236,7 @@ pub async fn run(mut config: Config, o: BenchOptions) -> anyhow::Result<Report> 
     let peak_rss_reset = measure::reset_peak_rss();
 
     eprintln!("bench: starting the worker (model load and warm-up)");
-    // On Ctrl-C during the warm-up, the warm-up still finishes (a second Ctrl-C exits at once)
-    // and the worker is then stopped: a worker dropped while it loads the model would be left
-    // running as the process ends.
-    let (started, interrupted) = {
-        let warm_up = session.start_worker();
-        tokio::pin!(warm_up);
-        tokio::select! {
-            r = &mut warm_up => (r, false),
-            _ = stop.cancelled() => (warm_up.await, true),
-        }
-    };
-    if let Err(e) = started {
-        let _ = session.stop().await;
-        return Err(e);
-    }
-    if interrupted {
-        session.stop().await?;
-        anyhow::bail!("interrupted");
-    }
+    session.start_worker_or_stop(&stop, || {}).await?;
     let (t0, cpu0, redis0) = (
         Instant::now(),
         measure::cpu_seconds(),

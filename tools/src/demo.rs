@@ -153,28 +153,11 @@ async fn start(
         "loading {} and warming up",
         session.config().model.path.display()
     ));
-    // On Ctrl-C during the warm-up, the warm-up still finishes (a second Ctrl-C exits at once)
-    // and the worker is then stopped: a worker dropped while it loads the model would be left
-    // running as the process ends.
-    let (started, interrupted) = {
-        let warm_up = session.start_worker();
-        tokio::pin!(warm_up);
-        tokio::select! {
-            r = &mut warm_up => (r, false),
-            _ = stop.cancelled() => {
-                spinner.set_message("interrupted: stopping the worker once it has loaded");
-                (warm_up.await, true)
-            }
-        }
-    };
-    if let Err(e) = started {
-        let _ = session.stop().await;
-        return Err(e);
-    }
-    if interrupted {
-        session.stop().await?;
-        anyhow::bail!("interrupted");
-    }
+    session
+        .start_worker_or_stop(&stop, || {
+            spinner.set_message("interrupted: stopping the worker once it has loaded")
+        })
+        .await?;
     Ok((session, stop))
 }
 

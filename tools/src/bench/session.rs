@@ -135,6 +135,37 @@ impl Session {
         }
     }
 
+    /// [`Session::start_worker`], unless `stop` (Ctrl-C) comes first: the warm-up still
+    /// finishes (a second Ctrl-C exits at once), then the worker is stopped and this is an
+    /// `interrupted` error; a worker dropped while it loads the model would be left running as
+    /// the process ends. `on_interrupt` runs when the Ctrl-C is seen (to say what happens).
+    pub async fn start_worker_or_stop(
+        &mut self,
+        stop: &CancellationToken,
+        on_interrupt: impl FnOnce(),
+    ) -> anyhow::Result<()> {
+        let (started, interrupted) = {
+            let warm_up = self.start_worker();
+            tokio::pin!(warm_up);
+            tokio::select! {
+                r = &mut warm_up => (r, false),
+                _ = stop.cancelled() => {
+                    on_interrupt();
+                    (warm_up.await, true)
+                }
+            }
+        };
+        if let Err(e) = started {
+            let _ = self.stop().await;
+            return Err(e);
+        }
+        if interrupted {
+            self.stop().await?;
+            anyhow::bail!("interrupted");
+        }
+        Ok(())
+    }
+
     /// Waits up to `block_ms` for results, returns those that came, oldest first. A result that
     /// does not follow the wire contract is an error.
     pub async fn read_results(&mut self, block_ms: usize) -> anyhow::Result<Vec<JobResult>> {
