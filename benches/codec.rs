@@ -71,6 +71,7 @@ fn result(people: usize, vertices: bool) -> JobResult {
         error: None,
         image_size: Some([1280, 720]),
         people: (0..people).map(|_| person(&mut v, vertices)).collect(),
+        detected: None,
         warnings: Vec::new(),
         timings_ms: Timings {
             queue_wait: 12.345,

@@ -194,7 +194,8 @@ impl Detector for TorchDetector {
 
 /// The people kept of one frame's detections: mapped back from the letterbox (`/ r`, clamped
 /// to the `width × height` frame), at least `score_threshold` and `min_box_px` on each side,
-/// highest score first, at most `max_boxes`. Each comes with its score.
+/// highest score first, at most `max_boxes`. Each comes with its score. Also returns how many
+/// passed the thresholds before the cap (more than kept when the crowd was cut).
 pub fn select_people(
     dets: &[Detection],
     r: f32,
@@ -202,7 +203,7 @@ pub fn select_people(
     height: u32,
     cfg: &DetectorConfig,
     max_boxes: usize,
-) -> Vec<([f32; 4], f32)> {
+) -> (Vec<([f32; 4], f32)>, usize) {
     let (w, h) = (width as f32, height as f32);
     let mut kept: Vec<([f32; 4], f32)> = dets
         .iter()
@@ -223,8 +224,9 @@ pub fn select_people(
         })
         .collect();
     kept.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let found = kept.len();
     kept.truncate(max_boxes);
-    kept
+    (kept, found)
 }
 
 #[cfg(test)]
@@ -271,7 +273,8 @@ mod tests {
             det([40.0, 20.0, 80.0, 170.0], 0.9),
             det([300.0, 100.0, 330.0, 200.0], 0.7), // past the right edge of the frame
         ];
-        let kept = select_people(&dets, 0.25, 1280, 720, &cfg(), 32);
+        let (kept, found) = select_people(&dets, 0.25, 1280, 720, &cfg(), 32);
+        assert_eq!(found, 2);
         assert_eq!(kept[0], ([160.0, 80.0, 320.0, 680.0], 0.9));
         assert_eq!(kept[1].0, [1200.0, 400.0, 1280.0, 720.0]);
     }
@@ -286,15 +289,19 @@ mod tests {
             det([5.0, 5.0, 40.0, 40.0], f32::NAN),
             det([f32::INFINITY, 0.0, 1.0, 1.0], 0.95),
         ];
-        let kept = select_people(&dets, 1.0, 100, 100, &cfg(), 32);
+        let (kept, found) = select_people(&dets, 1.0, 100, 100, &cfg(), 32);
         let scores: Vec<f32> = kept.iter().map(|k| k.1).collect();
         assert_eq!(scores, [0.8, 0.6]);
+        // What the thresholds drop is not counted as found.
+        assert_eq!(found, 2);
         let max = Config::defaults().limits.max_boxes;
         let many: Vec<Detection> = (0..max + 5)
             .map(|i| det([0.0, 0.0, 20.0, 20.0], 0.5 + i as f32 / 1000.0))
             .collect();
-        let kept = select_people(&many, 1.0, 100, 100, &cfg(), max);
+        let (kept, found) = select_people(&many, 1.0, 100, 100, &cfg(), max);
         assert_eq!(kept.len(), max);
+        // The cap cuts the crowd; how many were found is kept.
+        assert_eq!(found, max + 5);
         assert!(kept.windows(2).all(|w| w[0].1 >= w[1].1));
     }
 

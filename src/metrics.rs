@@ -31,6 +31,7 @@ pub const READY_INPUT: &str = "hmr2_worker_ready_input";
 pub const REDIS_ERRORS: &str = "hmr2_redis_errors_total";
 pub const UNREAD_SHARDS: &str = "hmr2_queue_unread_shards";
 pub const PEOPLE_DROPPED: &str = "hmr2_people_dropped_total";
+pub const FRAMES_TRUNCATED: &str = "hmr2_frames_truncated_total";
 pub const VIDEOS: &str = "hmr2_videos_total";
 pub const VIDEO_DURATION: &str = "hmr2_video_duration_seconds";
 pub const TRACKS_PER_VIDEO: &str = "hmr2_tracks_per_video";
@@ -213,6 +214,10 @@ fn describe() {
     describe_counter!(
         DRIFT,
         "Batches after which allocated bytes stayed above the post-warm-up baseline."
+    );
+    describe_counter!(
+        FRAMES_TRUNCATED,
+        "Frames in which the person detector found more people than limits.max_boxes (the rest are left out; the result's `detected` says how many were found)."
     );
     describe_counter!(
         VIDEOS,

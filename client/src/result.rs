@@ -33,6 +33,11 @@ pub struct JobResult {
     /// The people found, by detector score (highest first) or in the job's box order.
     #[serde(default)]
     pub people: Vec<Person>,
+    /// How many people the person detector found in the frame (at its thresholds) before the
+    /// worker's `limits.max_boxes` cap; more than `people` holds when the crowd was cut. Only
+    /// when the detector ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected: Option<u32>,
     /// What an `ok` result leaves out, and why: a person whose outputs hold a non-finite
     /// number (NaN, ±∞, which JSON cannot carry) is dropped from `people` with a
     /// `non_finite_output` warning. Absent when empty.
@@ -208,6 +213,7 @@ impl JobResult {
             error: None,
             image_size: None,
             people: Vec::new(),
+            detected: None,
             warnings: Vec::new(),
             timings_ms: Timings::default(),
             worker: String::new(),

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use metrics::histogram;
+use metrics::{counter, histogram};
 
 use hmr2_client::{BoxSource, Echo, Include, Keys};
 
@@ -68,6 +68,8 @@ pub struct Prepared {
     pub cpu_ms: f64,
     /// The frame of a tracked video this job is, if any.
     pub video: Option<VideoTag>,
+    /// How many people the detector found before the `max_boxes` cap (when it ran).
+    pub detected: Option<u32>,
 }
 
 /// A job rejected for its input, with what can be echoed and the image size when known.
@@ -251,6 +253,7 @@ pub(crate) fn prepare_within(
             }),
             cpu_ms: (decoded + boxed) * 1e3,
             video,
+            detected: None,
         });
     }
     let source = if job.boxes.is_empty() {
@@ -278,6 +281,7 @@ pub(crate) fn prepare_within(
         detect: None,
         cpu_ms: (decoded + cropped) * 1e3,
         video,
+        detected: None,
     })
 }
 
@@ -294,11 +298,15 @@ pub fn crop_detected(p: &mut Prepared, dets: &[Detection], cfg: &DetectorConfig,
     };
     let t = Instant::now();
     let [w, h] = p.image_size;
-    let mut people: Vec<PersonBox> =
-        detector::select_people(dets, letterbox.r, w, h, cfg, max_boxes)
-            .into_iter()
-            .map(|(bbox, score)| PersonBox::new(bbox, BoxSource::Detector, Some(score)))
-            .collect();
+    let (kept, found) = detector::select_people(dets, letterbox.r, w, h, cfg, max_boxes);
+    if found > kept.len() {
+        counter!(m::FRAMES_TRUNCATED).increment(1);
+    }
+    p.detected = Some(u32::try_from(found).unwrap_or(u32::MAX));
+    let mut people: Vec<PersonBox> = kept
+        .into_iter()
+        .map(|(bbox, score)| PersonBox::new(bbox, BoxSource::Detector, Some(score)))
+        .collect();
     if people.is_empty() && cfg.on_empty == OnEmpty::WholeFrame {
         let whole = image::full_frame_box(w, h);
         people.push(PersonBox::new(whole, BoxSource::Frame, None));

@@ -58,7 +58,8 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
             inference: inference_ms + detect_ms,
             total: delivery.fetched.elapsed().as_secs_f64() * 1e3,
         };
-        let r = result::ok_result(&delivery.entry.id, echo, prepared.image_size, people, timings, &ctx.origin);
+        let mut r = result::ok_result(&delivery.entry.id, echo, prepared.image_size, people, timings, &ctx.origin);
+        r.detected = prepared.detected;
         let json = r.to_json();
         let record = prepared
             .video

@@ -310,6 +310,7 @@ fn export_start_metrics(loaded: &Loaded) {
         counter!(m::JOBS, "outcome" => o.as_str()).increment(0);
     }
     counter!(m::PEOPLE_DROPPED, "reason" => m::dropped::NON_FINITE).increment(0);
+    counter!(m::FRAMES_TRUNCATED).increment(0);
     if let Some(n) = loaded.cuda_index {
         for name in [m::OOM, m::CACHE_RELEASES, m::DRIFT] {
             counter!(name, "gpu" => n.to_string()).increment(0);

@@ -346,3 +346,59 @@ async fn the_model_hash_holds_the_meta_and_the_mesh_topology() {
     assert_eq!(json("parents").as_array().unwrap().len(), 24);
     assert_eq!(json("topology"), "synthetic");
 }
+
+/// A crowd larger than `limits.max_boxes`: the result keeps the cap, says how many the detector
+/// found (`detected`), and `hmr2_frames_truncated_total` counts the frame. Jobs with their own
+/// boxes carry no `detected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_cut_at_max_boxes_says_how_many_were_found() {
+    let redis = shared_redis();
+    let p = prefix("crowd");
+    let keys = Keys::new(&p);
+    let mut c = config(&redis.url(), &p);
+    c.detector.path = tiny_detector();
+    c.limits.max_boxes = 1;
+    let mut frames: Vec<Frame> = (0..4)
+        .map(|i| {
+            let (img, _) = hmr2_tools::demo::frames::render(1280, 720, 2, i * 5);
+            Frame::new(Job::new(format!("c{i}")), encode_jpeg(&img, 90))
+        })
+        .collect();
+    let (img, drawn) = hmr2_tools::demo::frames::render(1280, 720, 1, 0);
+    frames.push(Frame::new(
+        Job::new("boxed").boxes(drawn),
+        encode_jpeg(&img, 90),
+    ));
+    let mut conn = connect(&redis.url()).await;
+    producer::add_all(&mut conn, &keys, &frames, true, |_| {})
+        .await
+        .unwrap();
+    let worker = Worker::start(c);
+    let got = wait_results(&redis.url(), &keys.results, 5, Duration::from_secs(120)).await;
+    let metrics = http_get(&format!("{}/metrics", worker.http))
+        .await
+        .expect("GET /metrics")
+        .1;
+    worker.stop().await;
+    let mut cut = 0;
+    for i in 0..4 {
+        let r = &got[&format!("c{i}")];
+        let people = r["people"].as_array().unwrap().len();
+        let detected = r["detected"].as_u64().expect("a detected count") as usize;
+        assert!(people <= 1 && detected >= people, "{r}");
+        if detected > people {
+            cut += 1;
+        }
+    }
+    assert!(
+        cut >= 3,
+        "two figures found and one kept in most frames ({cut} of 4)"
+    );
+    assert!(got["boxed"].get("detected").is_none(), "{}", got["boxed"]);
+    let truncated: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hmr2_frames_truncated_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("hmr2_frames_truncated_total on /metrics");
+    assert!(truncated >= cut as f64, "{truncated} < {cut}");
+}
