@@ -224,17 +224,6 @@ async fn handle(t: Arc<Tracker>, job: TrackJob, started: oneshot::Sender<()>) {
     }
 }
 
-/// What became of one video.
-enum Ended {
-    Written {
-        tracks: usize,
-        first_ms: u64,
-        expired: bool,
-    },
-    NotPending,
-    DeadLettered,
-}
-
 async fn track_one(t: &Arc<Tracker>, job: &TrackJob) -> Result<(), QueueError> {
     let shard = t.queue.shard(job.shard);
     let keys = shard.keys();
@@ -349,30 +338,19 @@ async fn track_one(t: &Arc<Tracker>, job: &TrackJob) -> Result<(), QueueError> {
         frames: &frames,
         done: &done,
     };
-    let ended = match shard.write_video_output(job, &out).await? {
-        OutputWritten::Done => Ended::Written {
-            tracks,
-            first_ms,
-            expired,
-        },
-        OutputWritten::NotPending => Ended::NotPending,
+    match shard.write_video_output(job, &out).await? {
+        OutputWritten::Done => {
+            let status = if expired { "expired" } else { "ok" };
+            counter!(m::VIDEOS, "status" => status).increment(1);
+            histogram!(m::TRACKS_PER_VIDEO).record(tracks as f64);
+            histogram!(m::VIDEO_DURATION).record(now_ms().saturating_sub(first_ms) as f64 / 1e3);
+            tracing::info!(video_id = %job.video_id, %status, tracks, frames = frames.len(), tracking_ms = took.as_secs_f64() * 1e3, output = %stream, "video written");
+        }
+        OutputWritten::NotPending => {}
         OutputWritten::Unusable(why) => {
             let why = format!("the output stream {stream} cannot take the video: {why}");
             dead_letter(t, job, "invalid_job", &why).await?;
-            Ended::DeadLettered
         }
-    };
-    if let Ended::Written {
-        tracks,
-        first_ms,
-        expired,
-    } = ended
-    {
-        let status = if expired { "expired" } else { "ok" };
-        counter!(m::VIDEOS, "status" => status).increment(1);
-        histogram!(m::TRACKS_PER_VIDEO).record(tracks as f64);
-        histogram!(m::VIDEO_DURATION).record(now_ms().saturating_sub(first_ms) as f64 / 1e3);
-        tracing::info!(video_id = %job.video_id, %status, tracks, frames = frames.len(), tracking_ms = took.as_secs_f64() * 1e3, output = %stream, "video written");
     }
     Ok(())
 }

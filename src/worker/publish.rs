@@ -85,7 +85,8 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
         )
         .await;
         histogram!(m::STAGE_DURATION, "stage" => m::stage::PUBLISH).record(t.elapsed().as_secs_f64());
-        let unusable = match published {
+        // A frame whose video disagrees is no frame of that video: it is not recorded.
+        let (error, video) = match published {
             Some(Written::Done) => {
                 tracing::debug!(reply = %reply, people = prepared.people.len(), "published");
                 Outcome::Ok.count();
@@ -99,17 +100,13 @@ pub(super) async fn finish(ctx: Arc<Ctx>, f: Finished<Held, FrameOutput>) {
                 return;
             }
             None => return,
-            Some(Written::ReplyUnusable(why)) => {
-                InputError::InvalidJob(format!("reply_to {reply:?} cannot take the result: {why}"))
-            }
-            Some(Written::VideoDisagrees(first)) => video_disagrees(&prepared.video, &first),
+            Some(Written::ReplyUnusable(why)) => (
+                InputError::InvalidJob(format!("reply_to {reply:?} cannot take the result: {why}")),
+                prepared.video.clone(),
+            ),
+            Some(Written::VideoDisagrees(first)) => (video_disagrees(&prepared.video, &first), None),
         };
-        // A frame whose video disagrees is no frame of that video: it is not recorded.
-        let video = match &unusable {
-            InputError::InvalidJob(m) if m.starts_with(DISAGREES) => None,
-            _ => prepared.video.clone(),
-        };
-        let rejected = Rejected { error: unusable, echo: echo.clone(), image_size: Some(prepared.image_size), video };
+        let rejected = Rejected { error, echo: echo.clone(), image_size: Some(prepared.image_size), video };
         reject_in_span(ctx.clone(), delivery, Box::new(rejected)).await;
     }
     .instrument(span)
@@ -133,13 +130,11 @@ async fn reject_in_span(ctx: Arc<Ctx>, d: Delivery, r: Box<Rejected>) {
     }
 }
 
-/// How an answer to a frame whose `video` object disagrees with its video's starts.
-const DISAGREES: &str = "the video object disagrees";
-
+/// The answer to a frame whose `video` object disagrees with its video's (`first`).
 fn video_disagrees(v: &Option<VideoTag>, first: &str) -> InputError {
     let this = v.as_ref().map_or("", |v| v.spec.as_str());
     InputError::InvalidJob(format!(
-        "{DISAGREES} with the one the video's first recorded frame carried: {this} vs {first}"
+        "the video object disagrees with the one the video's first recorded frame carried: {this} vs {first}"
     ))
 }
 
