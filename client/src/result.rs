@@ -255,7 +255,13 @@ impl BoxSource {
 pub struct Person {
     /// `[x1, y1, x2, y2]` in pixels (JSON key `box`).
     #[serde(rename = "box")]
-    #[cfg_attr(feature = "schema", schemars(title = "Box"))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            title = "Box",
+            description = "`[x1, y1, x2, y2]` in pixels of the full frame."
+        )
+    )]
     pub bbox: [f32; 4],
     /// Where the box came from.
     #[serde(default)]

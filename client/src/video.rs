@@ -61,7 +61,13 @@ pub struct TrackedPerson {
     pub track_id: u32,
     /// `[x1, y1, x2, y2]` in pixels (JSON key `box`).
     #[serde(rename = "box")]
-    #[cfg_attr(feature = "schema", schemars(title = "Box"))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            title = "Box",
+            description = "`[x1, y1, x2, y2]` in pixels of the full frame."
+        )
+    )]
     pub bbox: [f32; 4],
     /// The detector's confidence (0–1); only when `box_source` is `detector`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
