@@ -583,6 +583,7 @@ def main(args) -> None:
             out = loaded(images.to(args.device))
         low = max(floor, 0.05)
         ref, cut = package_person_detections(model, processor, images, class_id, low)
+        ref = [(boxes[:args.max_det], scores[:args.max_det]) for boxes, scores in ref]  # the file's rows
         c = compare(out, ref, low, cut)
         log(f"standalone outputs {shapes}; persons above {low} on 2 letterbox-like images: {c['file']} in the "
             f"file (of those the library ranks), {c['package']} from the library, {c['matched']} matched, "
