@@ -4,6 +4,10 @@
         --input-size S --dtype fp32|fp16|bf16 --device cpu|cuda --out FILE
         [--class-id N] [--max-det 100] [--iou 0.45] [--score-floor 0.05] [--name NAME]
         [--seed N] [--no-check]
+    python -m models.export_detector --arch rtdetr (--weights DIR | --config tiny)
+        --input-size S --dtype fp32|fp16|bf16 --device cpu|cuda --out FILE
+        [--class-id N] [--max-det 100] [--score-threshold 0.5] [--score-floor 0.05] [--name NAME]
+        [--seed N] [--no-check]
 
 ``--arch yolo``: an Ultralytics YOLOv8 / YOLO11 detection model, from a local checkpoint
 (``yolo11m.pt``; never downloaded) or built from one of the package's model definitions
@@ -20,6 +24,12 @@ random images.
 
 Ultralytics code and weights are AGPL-3.0, and so is a file exported from them (models/README.md,
 "Detectors"); ``meta()`` says so.
+
+``--arch rtdetr``: RT-DETR from Hugging Face ``transformers`` (Apache-2.0 code and weights), from a
+local ``save_pretrained`` / Hub snapshot folder (``PekingU/rtdetr_r50vd``; never downloaded) or
+built from ``--config tiny`` with random weights. NMS-free: ``--iou`` does not apply, and
+``meta()`` records ``--score-threshold`` (default 0.5) as the recommended threshold and
+``"iou_threshold": null``. See ``models/rtdetr.py``.
 """
 
 import argparse
@@ -33,6 +43,7 @@ from typing import List, Optional
 
 import torch
 
+from . import rtdetr
 from .detector import PersonDetector, export
 from .hmr2 import DTYPES
 from .yolo import ARCHS, calibration_images, load_yolo, person_class, trace_core
@@ -45,10 +56,12 @@ def log(msg: str) -> None:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m models.export_detector",
                                  description="Export a person detector (contract person-detector/1) to TorchScript.")
-    ap.add_argument("--arch", choices=ARCHS, required=True)
+    ap.add_argument("--arch", choices=ARCHS + rtdetr.ARCHS, required=True)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", type=Path, help="Ultralytics checkpoint, e.g. yolo11m.pt (a local file)")
-    src.add_argument("--config", help="model definition, e.g. yolo11n.yaml: random weights (tests, benchmarks)")
+    src.add_argument("--weights", type=Path, help="Ultralytics checkpoint, e.g. yolo11m.pt (a local file); "
+                     "rtdetr: a local model folder, e.g. from `hf download PekingU/rtdetr_r50vd --local-dir DIR`")
+    src.add_argument("--config", help="model definition, e.g. yolo11n.yaml; rtdetr: tiny, r50vd or a config.json: "
+                     "random weights (tests, benchmarks)")
     ap.add_argument("--input-size", type=int, default=640, help="S of the S×S letterboxed input (multiple of 32)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="network weights and compute")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -56,12 +69,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--class-id", type=int,
                     help="the person class (default: the class named 'person'; 0 with --config)")
     ap.add_argument("--max-det", type=int, default=100, help="K, rows of the output")
+    ap.add_argument("--score-threshold", type=float,
+                    help="keep threshold recommended in meta(), 0-1 (default per arch: rtdetr 0.5)")
     ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     ap.add_argument("--score-floor", type=float, default=0.05, help="boxes scoring below never leave the file")
     ap.add_argument("--name", help="meta() name (default: the weights' or config's file stem)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (--config)")
     ap.add_argument("--no-check", action="store_true", help="skip the reload and package comparison")
     args = ap.parse_args(argv)
+    if args.arch in rtdetr.ARCHS:
+        rtdetr.check_args(ap, args)
+        return args
+    if args.score_threshold is not None:  # the YOLO file records no threshold (NMS with --iou, floor --score-floor)
+        ap.error("--score-threshold: only --arch rtdetr records one")
     if args.weights is not None and not args.weights.is_file():
         ap.error(f"--weights: no such file: {args.weights} (weights are never downloaded; see models/README.md)")
     if args.input_size < 32 or args.input_size % 32:
@@ -162,6 +182,8 @@ def check_standalone(file: Path, device: str) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    if args.arch in rtdetr.ARCHS:
+        return rtdetr.main(args)
     start = time.monotonic()
     detector, model, class_id, name = build(args)
     params = sum(p.numel() for p in model.parameters())
