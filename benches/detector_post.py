@@ -147,6 +147,17 @@ def timed(fn, args, repeats: int, device: torch.device, warmup: int = 3) -> floa
     return statistics.median(times)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run(device: torch.device, candidates: int, batches: List[int], repeats: int, seed: int) -> Dict:
     legacy = torch.jit.script(legacy_postprocess)
     batched = torch.jit.script(postprocess)
@@ -174,7 +185,7 @@ def run(device: torch.device, candidates: int, batches: List[int], repeats: int,
     return {
         "benchmark": "detector post-processing (clamp, score floor, pre-NMS top-k, greedy NMS, max_det rows)",
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "settings": {"input_size": SIZE, "score_floor": SCORE_FLOOR, "pre_nms": PRE_NMS, "iou_threshold": IOU,

@@ -27,7 +27,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 CONTRACT = "person-detector/1"
@@ -51,6 +50,8 @@ def letterbox(img: np.ndarray, size: int) -> Tuple[np.ndarray, float]:
     of grey 114. Returns the canvas and r; a box maps back to the frame as x / r, y / r."""
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected uint8 HxWx3, got {img.dtype} {img.shape}")
+    from PIL import Image  # here: the post-processing needs only torch (GPU hosts may lack PIL)
+
     h, w = img.shape[:2]
     nw, nh = letterbox_size(w, h, size)[:2]
     r = size / max(w, h)
@@ -107,7 +108,9 @@ def greedy_keep(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float) 
     the rows before it, so after t steps the first t rows are final, and the one fixed point is
     greedy NMS: the loop stops at the first step that changes nothing, at most P steps, in
     practice a few (about two per box of the longest chain of boxes where each one's keep
-    depends on the previous one's). Each step is one batched matrix product."""
+    depends on the previous one's). Each step is one batched matrix product of 0/1 float32
+    values: exact (also with TF32 matmuls on a GPU), since a sum of such terms is above 0 exactly
+    when one of them is 1."""
     b, p = valid.shape[0], valid.shape[1]
     thr = f32_threshold(iou_threshold)
     # over[i,j] = 1.0 where row i would suppress row j: IoU above the threshold, and i before j
