@@ -19,8 +19,8 @@ each with a cluster of jittered boxes around it (score falling with the jitter, 
 scattered low-score boxes (0.05–0.3): every candidate sits above the 0.05 score floor, as on real
 weights, so all ``--candidates`` of them reach NMS. Both implementations must give the same
 rows (checked on every batch size; the run fails otherwise). Times are wall-clock per call,
-median of ``--repeats`` after warm-up calls, with a CUDA synchronisation before each clock read
-on ``--device cuda``.
+median of ``--repeats`` after warm-up calls, the two implementations called in turn, with a CUDA
+synchronisation before each clock read on ``--device cuda``.
 """
 
 import argparse
@@ -131,20 +131,23 @@ def synthetic_head_output(batch: int, candidates: int, seed: int = 0) -> Tuple[t
     return torch.stack(all_boxes), torch.stack(all_scores)
 
 
-def timed(fn, args, repeats: int, device: torch.device, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*args)`` in milliseconds."""
+def timed_pair(first, second, args, repeats: int, device: torch.device, warmup: int = 3) -> Tuple[float, float]:
+    """Median wall times, in milliseconds, of ``first(*args)`` and ``second(*args)``, called in
+    turn (so that a change in the machine's load hits both alike)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: Tuple[List[float], List[float]] = ([], [])
     with torch.no_grad():
         for _ in range(warmup):
-            fn(*args)
+            first(*args)
+            second(*args)
         sync()
-        times = []
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn(*args)
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+            for fn, out in ((first, times[0]), (second, times[1])):
+                start = time.perf_counter()
+                fn(*args)
+                sync()
+                out.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def cpu_name() -> str:
@@ -172,12 +175,7 @@ def run(device: torch.device, candidates: int, batches: List[int], repeats: int,
         if not (torch.equal(old_boxes, new_boxes) and torch.equal(old_scores, new_scores)):
             raise SystemExit(f"detector_post: batch {batch}: the batched post-processing differs from the reference")
         kept = int((new_scores > 0).sum())
-        # Interleaved, so that a change in the machine's load hits both alike.
-        old_ms, new_ms = [], []
-        for _ in range(3):
-            old_ms.append(timed(legacy, args, max(1, repeats // 3), device))
-            new_ms.append(timed(batched, args, max(1, repeats // 3), device))
-        old, new = statistics.median(old_ms), statistics.median(new_ms)
+        old, new = timed_pair(legacy, batched, args, repeats, device)
         rows.append({"batch": batch, "candidates_per_image": candidates, "kept_rows": kept,
                      "legacy_ms": round(old, 3), "batched_ms": round(new, 3),
                      "legacy_ms_per_image": round(old / batch, 3), "batched_ms_per_image": round(new / batch, 3),

@@ -80,20 +80,47 @@ def f32_threshold(threshold: float) -> float:
     return float(t)
 
 
-def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair of boxes of each image: ``boxes`` float32 ``[B,N,4]`` x1,y1,x2,y2 ->
-    ``[B,N,N]``. The same float32 arithmetic as ``torchvision.ops.nms``: area (x2−x1)·(y2−y1),
-    intersection max(0, ·) per side, IoU = inter / (area_i + area_j − inter)."""
+#: On a CPU, the suppression matrix of a batch bigger than this many elements is built in bands
+#: of rows (at least 32 rows a band) whose intermediates fit the cache: 2.5× faster than one pass
+#: over 8 images of 1000 candidates on a 2-core Xeon. On a GPU it is built in one pass.
+CPU_BAND_ELEMENTS = 1 << 18
+
+
+def pairwise_iou(boxes: torch.Tensor, start: int = 0, end: int = -1) -> torch.Tensor:
+    """IoU of boxes ``start..end`` (default: all) of each image with every box of that image:
+    ``boxes`` float32 ``[B,N,4]`` x1,y1,x2,y2 -> ``[B,end−start,N]``. The same float32
+    arithmetic as ``torchvision.ops.nms``: area (x2−x1)·(y2−y1), intersection max(0, ·) per side,
+    IoU = inter / (area_i + area_j − inter)."""
+    if end < 0:
+        end = boxes.shape[1]
     # One contiguous row per coordinate: the broadcasts below then read memory in order
     # (2.5× faster on a CPU than strided views of [B,N,4]).
     c = boxes.permute(2, 0, 1).contiguous()
     x1, y1, x2, y2 = c[0], c[1], c[2], c[3]
     area = (x2 - x1) * (y2 - y1)
-    w = torch.minimum(x2[:, :, None], x2[:, None, :]).sub_(torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0.0)
-    h = torch.minimum(y2[:, :, None], y2[:, None, :]).sub_(torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0.0)
+    w = torch.minimum(x2[:, start:end, None], x2[:, None, :]).sub_(
+        torch.maximum(x1[:, start:end, None], x1[:, None, :])).clamp_(min=0.0)
+    h = torch.minimum(y2[:, start:end, None], y2[:, None, :]).sub_(
+        torch.maximum(y1[:, start:end, None], y1[:, None, :])).clamp_(min=0.0)
     inter = w.mul_(h)
-    union = (area[:, :, None] + area[:, None, :]).sub_(inter)
+    union = (area[:, start:end, None] + area[:, None, :]).sub_(inter)
     return inter.div_(union)
+
+
+def suppression_matrix(boxes: torch.Tensor, iou_threshold: float, band_elements: int = CPU_BAND_ELEMENTS) -> torch.Tensor:
+    """``over`` float32 ``[B,P,P]``: 1.0 where row i would suppress row j (i before j, so i
+    scores higher, and IoU above ``iou_threshold``), else 0.0; ``boxes`` ``[B,P,4]`` sorted by
+    score in every image. On a CPU built in bands of rows (:data:`CPU_BAND_ELEMENTS`)."""
+    b, p = boxes.shape[0], boxes.shape[1]
+    thr = f32_threshold(iou_threshold)
+    if boxes.device.type != "cpu" or b * p * p <= band_elements:
+        return pairwise_iou(boxes).gt_(thr).triu_(1)
+    rows = max(32, band_elements // max(1, b * p))
+    over = torch.empty(b, p, p, dtype=torch.float32, device=boxes.device)
+    for start in range(0, p, rows):
+        end = min(p, start + rows)
+        over[:, start:end] = pairwise_iou(boxes, start, end).gt_(thr)
+    return over.triu_(1)
 
 
 def greedy_keep(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -111,12 +138,8 @@ def greedy_keep(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float) 
     depends on the previous one's). Each step is one batched matrix product of 0/1 float32
     values: exact (also with TF32 matmuls on a GPU), since a sum of such terms is above 0 exactly
     when one of them is 1."""
-    b, p = valid.shape[0], valid.shape[1]
-    thr = f32_threshold(iou_threshold)
-    # over[i,j] = 1.0 where row i would suppress row j: IoU above the threshold, and i before j
-    # (only a higher-scoring row suppresses: the strict upper triangle). In place, as 0/1
-    # float32, the operand of the matrix product below.
-    over = pairwise_iou(boxes).gt_(thr).triu_(1)
+    p = valid.shape[1]
+    over = suppression_matrix(boxes, iou_threshold)
     keep = valid
     for _ in range(p):
         suppressed = torch.bmm(keep.to(torch.float32).unsqueeze(1), over).squeeze(1) > 0.0

@@ -18,6 +18,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from models.detector import (  # noqa: E402
     PersonDetector, batched_nms, export, f32_threshold, greedy_keep, nms, pairwise_iou, postprocess,
+    suppression_matrix,
 )
 
 CUDA = torch.cuda.is_available()
@@ -108,7 +109,7 @@ def test_greedy_keep_ignores_rows_that_do_not_take_part():
     assert keep.nonzero().flatten().tolist() == want.tolist()
 
 
-def test_chunked_batches_equal_one_pass():
+def test_slices_of_images_and_bands_of_rows_equal_one_pass():
     g = torch.Generator().manual_seed(7)
     boxes = torch.stack([random_boxes(g, 150) for _ in range(5)])
     order = torch.sort(torch.rand(5, 150, generator=g), dim=1, descending=True)[1]
@@ -119,6 +120,11 @@ def test_chunked_batches_equal_one_pass():
     assert torch.equal(batched_nms(boxes, valid, 0.45, chunk_elements=150 * 150), whole)
     assert torch.equal(batched_nms(boxes, valid, 0.45, chunk_elements=2 * 150 * 150), whole)
     assert torch.equal(pairwise_iou(boxes[:1])[0], torchvision.ops.box_iou(boxes[0], boxes[0]))
+    # On a CPU the matrix is built in bands of rows: 32-row bands (the last one short), or one pass.
+    whole = suppression_matrix(boxes, 0.45, band_elements=1 << 30)
+    assert torch.equal(suppression_matrix(boxes, 0.45, band_elements=1), whole)
+    assert torch.equal(suppression_matrix(boxes, 0.45, band_elements=5 * 150 * 70), whole)
+    assert torch.equal(whole, torch.triu(pairwise_iou(boxes) > f32_threshold(0.45), 1).float())
 
 
 def old_postprocess(boxes, scores, size, floor, pre_nms, thr, max_det):
