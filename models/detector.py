@@ -63,8 +63,9 @@ def letterbox(img: np.ndarray, size: int) -> Tuple[np.ndarray, float]:
 
 
 #: Largest number of elements of one ``[images, P, P]`` pairwise tensor that NMS builds at once
-#: (64 MiB in float32): a batch whose P candidates per image would need more is processed in
-#: slices of images (1000 candidates: 16 images a slice).
+#: (64 MiB in float32; building the IoU holds up to four of them, 256 MiB): a batch whose P
+#: candidates per image would need more is processed in slices of images (1000 candidates: 16
+#: images a slice; 300: 186).
 NMS_CHUNK_ELEMENTS = 1 << 24
 
 
@@ -134,8 +135,8 @@ def greedy_keep(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float) 
     NMS", which also drops boxes whose suppressor is itself suppressed). Row j depends only on
     the rows before it, so after t steps the first t rows are final, and the one fixed point is
     greedy NMS: the loop stops at the first step that changes nothing, at most P steps, in
-    practice a few (about two per box of the longest chain of boxes where each one's keep
-    depends on the previous one's). Each step is one batched matrix product of 0/1 float32
+    practice a few (one more than the longest chain of boxes, in score order, each overlapping
+    the next above the threshold). Each step is one batched matrix product of 0/1 float32
     values: exact (also with TF32 matmuls on a GPU), since a sum of such terms is above 0 exactly
     when one of them is 1."""
     p = valid.shape[1]

@@ -113,7 +113,6 @@ def test_crowd_regions_and_matching():
 
 def test_bad_inputs_are_told_in_one_line(frames, tmp_path, capsys):
     ann = frames / "annotations-0.json"
-    cases = []
     bad_json = tmp_path / "bad.json"
     bad_json.write_text('{"images": [')
     no_person = tmp_path / "noperson.json"
