@@ -2,7 +2,7 @@
 
     python -m models.export_detector --arch yolo (--weights FILE.pt | --config NAME.yaml)
         --input-size S --dtype fp32|fp16|bf16 --device cpu|cuda --out FILE
-        [--class-id N] [--max-det 100] [--iou 0.45] [--score-floor 0.05] [--name NAME]
+        [--class-id N] [--max-det 100] [--score-threshold T] [--iou T] [--score-floor 0.05] [--name NAME]
         [--seed N] [--no-check]
     python -m models.export_detector --arch rtdetr (--weights DIR | --config tiny)
         --input-size S --dtype fp32|fp16|bf16 --device cpu|cuda --out FILE
@@ -16,7 +16,9 @@
 
 The network and box decoding are traced at the one input size S (a multiple of 32); the wrapper
 (uint8 input, score floor, NMS, padding to ``--max-det`` rows) is scripted by ``models.detector``.
-``--dtype`` sets the network's weights and compute; the input is converted inside, and box
+``--score-threshold`` is the keep threshold the file recommends (``meta()["score_threshold"]``)
+and ``--iou`` the NMS IoU it applies; both default per architecture (:data:`THRESHOLDS`, the
+reasons in models/README.md, "Thresholds"). ``--dtype`` sets the network's weights and compute; the input is converted inside, and box
 decoding, scores and NMS run in float32. Unless ``--no-check``, the file is reloaded in a fresh
 interpreter with ultralytics and torchvision blocked from import and run once, and the decoded
 boxes and scores are compared with the package's own float32 forward pass on two letterbox-like
@@ -49,6 +51,12 @@ from .hmr2 import DTYPES
 from .yolo import ARCHS, calibration_images, load_yolo, person_class, trace_core
 
 
+#: (recommended score threshold, NMS IoU) of each architecture when not given; others get
+#: :data:`FALLBACK_THRESHOLDS`. YOLO: Ultralytics' own predict defaults (conf 0.25, IoU 0.7).
+THRESHOLDS = {"yolo": (0.25, 0.7)}
+FALLBACK_THRESHOLDS = (0.5, 0.45)
+
+
 def log(msg: str) -> None:
     print(f"export_detector: {msg}", file=sys.stderr, flush=True)
 
@@ -70,8 +78,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="the person class (default: the class named 'person'; 0 with --config)")
     ap.add_argument("--max-det", type=int, default=100, help="K, rows of the output")
     ap.add_argument("--score-threshold", type=float,
-                    help="keep threshold recommended in meta(), 0-1 (default per arch: rtdetr 0.5)")
-    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+                    help="keep threshold recommended in meta(), 0-1 (default per arch: yolo 0.25, rtdetr 0.5)")
+    ap.add_argument("--iou", type=float, help="NMS IoU threshold (default per arch: yolo 0.7)")
     ap.add_argument("--score-floor", type=float, default=0.05, help="boxes scoring below never leave the file")
     ap.add_argument("--name", help="meta() name (default: the weights' or config's file stem)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (--config)")
@@ -80,16 +88,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.arch in rtdetr.ARCHS:
         rtdetr.check_args(ap, args)
         return args
-    if args.score_threshold is not None:  # the YOLO file records no threshold (NMS with --iou, floor --score-floor)
-        ap.error("--score-threshold: only --arch rtdetr records one")
     if args.weights is not None and not args.weights.is_file():
         ap.error(f"--weights: no such file: {args.weights} (weights are never downloaded; see models/README.md)")
     if args.input_size < 32 or args.input_size % 32:
         ap.error(f"--input-size {args.input_size}: must be a positive multiple of 32")
     if args.max_det < 1:
         ap.error("--max-det must be ≥ 1")
+    score_default, iou_default = THRESHOLDS.get(args.arch, FALLBACK_THRESHOLDS)
+    args.score_threshold = score_default if args.score_threshold is None else args.score_threshold
+    args.iou = iou_default if args.iou is None else args.iou
     if not 0 < args.iou <= 1 or not 0 <= args.score_floor < 1:
         ap.error("--iou must be in (0, 1] and --score-floor in [0, 1)")
+    if not args.score_floor <= args.score_threshold <= 1:
+        ap.error(f"--score-threshold {args.score_threshold} must be in [--score-floor ({args.score_floor}), 1]")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available on this machine")
     return args
@@ -121,7 +132,7 @@ def build(args: argparse.Namespace):
         f"person = class {class_id}")
     core = trace_core(model, args.input_size, class_id, dtype, args.device)
     detector = PersonDetector(core, args.input_size, name, max_det=args.max_det, iou_threshold=args.iou,
-                              score_floor=args.score_floor, dtype=dtype)
+                              score_floor=args.score_floor, dtype=dtype, score_threshold=args.score_threshold)
     meta = json.loads(detector.meta_json)
     meta.update({
         "arch": "ultralytics-yolo",
@@ -201,7 +212,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(
         f"exported {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {params:,} params, {name}, "
         f"{meta.get('contract')}, input {args.input_size}, {args.dtype}, {args.device}, "
-        f"person class {class_id}, {time.monotonic() - start:.1f} s"
+        f"person class {class_id}, score threshold {meta.get('score_threshold')}, NMS IoU {meta.get('iou_threshold')}, "
+        f"{time.monotonic() - start:.1f} s"
     )
 
 
