@@ -2,7 +2,7 @@
 //! does. The jobs are built and added through the wire contract crate (`hmr2-client`); this
 //! module only finds the files, reads the boxes and drives the progress bar.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use hmr2_client::{producer, Frame, Job};
