@@ -445,6 +445,7 @@ export class Client {
   /** A connection of its own for blocking reads, closed by `release`. */
   private blockingConnection(): Connection {
     const c = this.redis.duplicate();
+    c.on('error', () => {});
     this.extra.add(c);
     return c;
   }
@@ -524,7 +525,9 @@ export class Client {
         const cursors = progress && resultsStream !== output ? [afterOutput, afterResults] : [afterOutput];
         const reply = (await conn.xreadBuffer('COUNT', PAGE, 'BLOCK', block, 'STREAMS', ...streams, ...cursors)) as XReadReply;
         let changed = false;
-        for (const [name, entries] of reply ?? []) {
+        // The frames' results first: a video's last results and its output can come in one read.
+        const replies = (reply ?? []).slice().sort((a, b) => Number(a[0].toString() === output) - Number(b[0].toString() === output));
+        for (const [name, entries] of replies) {
           const stream = name.toString();
           for (const [rawId, fields] of entries) {
             const entryId = rawId.toString();
@@ -535,8 +538,15 @@ export class Client {
                 if (e.frame.video_id === videoId) frames.push(e.frame);
               } else if (e.done) {
                 if (e.done.video_id === videoId) {
-                  const done = { ...state('done'), output: { frames, done: e.done, unreadable } };
-                  yield done;
+                  // The summary's counts are final, whatever of the results was read.
+                  yield {
+                    ...state('done'),
+                    frames: total ?? e.done.frames,
+                    answered: e.done.ok_frames + e.done.error_frames,
+                    ok: e.done.ok_frames,
+                    errors: e.done.error_frames,
+                    output: { frames, done: e.done, unreadable },
+                  };
                   return;
                 }
               } else {

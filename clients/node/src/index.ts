@@ -27,9 +27,9 @@ export type {
 export { InvalidJobError, VideoTimeoutError } from './errors.js';
 export type { Unreadable } from './errors.js';
 export type { FrameItem, FrameSource } from './frames.js';
-export { buildJob, jobFields, VERSION } from './job.js';
-export type { Box, FrameOptions, VideoSpec } from './job.js';
+export { buildJob, checkJob, checkJobText, jobFields, VERSION } from './job.js';
+export type { Box, CheckOptions, FrameOptions, JobProblem, VideoSpec } from './job.js';
 export { crc32, Keys, Layout, MAX_ID_BYTES, routingKey, shardOf } from './keys.js';
-export { parseResult, parseVideoDone, parseVideoFrame } from './wire.js';
-export type { ResultEntry, VideoEntry } from './wire.js';
+export { parseResult, parseVideoDone, parseVideoFrame, resultEntry, videoEntry } from './wire.js';
+export type { RawFields, ResultEntry, VideoEntry } from './wire.js';
 export type * from './types.js';

@@ -94,13 +94,16 @@ export function parseVideoDone(text: string): VideoDone {
   return o as unknown as VideoDone;
 }
 
-/** The fields of a stream entry as ioredis' `*Buffer` commands return them. */
-export type RawFields = Buffer[];
+/** The fields of a stream entry, name and value in turn, as ioredis returns them (Buffers or strings). */
+export type RawFields = (Buffer | string)[];
 
 /** The value of `field` in `fields`, as strict UTF-8 text; `undefined` when absent. */
 export function textField(fields: RawFields, field: string): string | undefined {
   for (let i = 0; i + 1 < fields.length; i += 2) {
-    if (fields[i]!.toString('latin1') === field) return utf8.decode(fields[i + 1]!);
+    if (fields[i]!.toString() === field) {
+      const value = fields[i + 1]!;
+      return typeof value === 'string' ? value : utf8.decode(value);
+    }
   }
   return undefined;
 }
@@ -120,7 +123,10 @@ function why(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-/** The entry `entryId` of the reply stream `stream`, read. */
+/**
+ * The entry `entryId` of the reply stream `stream` with `fields` (from XRANGE or XREAD), read: its
+ * result, or why it cannot be read.
+ */
 export function resultEntry(stream: string, entryId: string, fields: RawFields): ResultEntry {
   const unreadable = (reason: string): ResultEntry => ({ entryId, jobId, unreadable: { stream, entryId, reason } });
   let jobId = '';
@@ -143,7 +149,10 @@ export function resultEntry(stream: string, entryId: string, fields: RawFields):
   }
 }
 
-/** The entry `entryId` of the video output stream `stream`, read. */
+/**
+ * The entry `entryId` of the video output stream `stream` with `fields`, read: a tracked frame,
+ * the `done` summary, or why neither.
+ */
 export function videoEntry(stream: string, entryId: string, fields: RawFields): VideoEntry {
   const unreadable = (reason: string): VideoEntry => ({ entryId, unreadable: { stream, entryId, reason } });
   for (const [field, parse, what] of [

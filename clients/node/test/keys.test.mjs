@@ -114,8 +114,9 @@ test('what the worker would refuse is refused before it is sent, with the code i
     );
   };
   refused({ jobId: '' }, 'invalid_job', '`job_id`');
-  refused({ jobId: 'x'.repeat(257) }, 'invalid_job', '1 to 256 bytes');
-  refused({ jobId: 'é'.repeat(129) }, 'invalid_job', 'got 258');
+  refused({ jobId: 'x'.repeat(257) }, 'invalid_job', 'at most 256');
+  refused({ jobId: 'é'.repeat(129) }, 'invalid_job', '258 bytes');
+  refused({ jobId: 'a', videoId: '' }, 'invalid_job', '`video_id` must be 1 to 256 bytes');
   refused({ jobId: 'a', frameNumber: -1 }, 'invalid_job', 'frame_number');
   refused({ jobId: 'a', frameNumber: 1.5 }, 'invalid_job', 'frame_number');
   refused({ jobId: 'a', replyTo: 'hmr2:jobs' }, 'invalid_job', 'reply_to');
