@@ -13,7 +13,7 @@ import type { FrameSource } from './frames.js';
 import { buildJob, checkImage, jobFields } from './job.js';
 import type { FrameOptions } from './job.js';
 import { Keys, Layout, MAX_ID_BYTES } from './keys.js';
-import type { JobResult, VideoDone, VideoFrame } from './types.js';
+import type { JobResult, ModelInfo, VideoDone, VideoFrame } from './types.js';
 import { resultEntry, textField, videoEntry } from './wire.js';
 import type { RawFields, ResultEntry, VideoEntry } from './wire.js';
 
@@ -148,24 +148,6 @@ export interface ResultsOptions {
   count?: number;
   /** Stops reading. */
   signal?: AbortSignal;
-}
-
-/** The `{prefix}:model` hash, each field parsed from its JSON. */
-export interface ModelInfo {
-  /** The model's `meta()`. */
-  meta?: Record<string, unknown>;
-  /** The detector's `meta()`, when the workers run one. */
-  detector?: Record<string, unknown>;
-  /** Mesh faces, triples of vertex indices. */
-  faces?: number[][];
-  /** The kinematic tree: the parent of each joint (-1 for the root). */
-  parents?: number[];
-  joint_names?: string[];
-  /** The names of the 44 keypoints of `keypoints_2d` / `keypoints_3d`. */
-  keypoint_names?: string[];
-  /** `smpl`, or `synthetic` for the test models. */
-  topology?: string;
-  [field: string]: unknown;
 }
 
 function redact(url: string): string {
@@ -665,12 +647,11 @@ export class Client {
     const raw = (await this.redis.hgetallBuffer(this.layout.model)) as Record<string, Buffer>;
     const names = Object.keys(raw);
     if (names.length === 0) return null;
-    const info: ModelInfo = {};
+    const info: Record<string, unknown> = {};
     for (const name of names) {
-      const fields: RawFields = [Buffer.from(name), raw[name]!];
       let text: string;
       try {
-        text = textField(fields, name)!;
+        text = textField([name, raw[name]!], name)!;
       } catch (e) {
         throw new Error(`${this.layout.model} field ${name}: ${(e as Error).message}`);
       }
@@ -680,6 +661,10 @@ export class Client {
         throw new Error(`${this.layout.model} field ${name} is not JSON: ${(e as Error).message}`);
       }
     }
-    return info;
+    if (typeof info['meta'] !== 'object' || info['meta'] === null) {
+      throw new Error(`${this.layout.model} has no \`meta\` object (fields: ${names.join(', ')})`);
+    }
+    return info as unknown as ModelInfo;
   }
+
 }

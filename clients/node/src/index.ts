@@ -16,7 +16,6 @@ export type {
   ClientOptions,
   Connection,
   FrameInput,
-  ModelInfo,
   ResultsOptions,
   SubmitOptions,
   SubmittedVideo,

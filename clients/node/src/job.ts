@@ -3,7 +3,7 @@ import { Keys, MAX_ID_BYTES } from './keys.js';
 import type { Job } from './types.js';
 
 /** The contract version this client speaks (the `v` of jobs and results). */
-export const VERSION = 1;
+export const VERSION = 1 as const;
 
 /** A person box `[x1, y1, x2, y2]` in pixels. */
 export type Box = [number, number, number, number];

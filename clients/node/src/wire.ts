@@ -64,6 +64,11 @@ export function parseResult(text: string): JobResult {
   need(o, 'people', isArr, 'an array', true);
   need(o, 'warnings', isArr, 'an array', true);
   need(o, 'timings_ms', isObj, 'an object', true);
+  for (const k of ['worker', 'device', 'model']) need(o, k, isStr, 'a string', true);
+  // What an older or partial writer leaves out reads as empty, as the Rust client reads it.
+  o['people'] ??= [];
+  o['timings_ms'] ??= { queue_wait: 0, decode: 0, inference: 0, total: 0 };
+  for (const k of ['worker', 'device', 'model']) o[k] ??= '';
   return o as unknown as JobResult;
 }
 
@@ -76,7 +81,7 @@ export function parseVideoFrame(text: string): VideoFrame {
   need(o, 'status', (v) => v === 'ok' || v === 'error', '"ok" or "error"');
   errorBody(o, o['status'] === 'error');
   need(o, 'people', isArr, 'an array', true);
-  if (o['people'] === undefined || o['people'] === null) o['people'] = [];
+  o['people'] ??= [];
   return o as unknown as VideoFrame;
 }
 
@@ -89,7 +94,7 @@ export function parseVideoDone(text: string): VideoDone {
   for (const k of ['frames', 'ok_frames', 'error_frames', 'missing_frames']) need(o, k, isCount, 'an integer >= 0');
   need(o, 'fps', isNum, 'a number');
   need(o, 'tracks', isArr, 'an array', true);
-  if (o['tracks'] === undefined || o['tracks'] === null) o['tracks'] = [];
+  o['tracks'] ??= [];
   need(o, 'timings_ms', isObj, 'an object');
   return o as unknown as VideoDone;
 }

@@ -44,7 +44,7 @@ async function makeClip(dir) {
   const synth = synthBinary();
   if (synth) {
     const frames = join(dir, 'synth');
-    await run(synth, ['synth', '--count', String(FRAMES), '--out', frames], { timeout: 60_000 });
+    await run(synth, ['synth', '--count', String(FRAMES), '--size', '320x240', '--out', frames], { timeout: 60_000 });
     const jpegs = readdirSync(frames).filter((f) => /\.jpe?g$/i.test(f)).sort();
     assert.equal(jpegs.length, FRAMES, `hmr2 synth wrote ${FRAMES} frames`);
     // Even sizes for yuv420p.
