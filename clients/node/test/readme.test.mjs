@@ -16,7 +16,7 @@ const MARKER = '<!-- test: node-readme -->';
 const FRAMES = 5;
 
 /** The fenced block right after the marker line. */
-export function readmeBlock(text) {
+function readmeBlock(text) {
   const at = text.indexOf(MARKER);
   if (at < 0) throw new Error(`README.md has no ${MARKER} line`);
   const m = /^```(js|javascript|mjs)\n([\s\S]*?)^```$/m.exec(text.slice(at + MARKER.length));
