@@ -7,30 +7,19 @@
 export type Output = 'vertices';
 
 /**
- * The `job` field of an entry of `{prefix}:jobs`: a UTF-8 JSON object (wire contract v1).
- * The entry may also carry an `image` field with the raw JPEG or PNG bytes, which wins over
- * `image_base64`. Keys this version does not know are ignored; a known key written twice is
- * `invalid_json`. Whatever could be read of a refused job (`job_id`, `video_id`,
- * `frame_number`, `reply_to`, a well-formed `video`) is echoed in its error result.
+ * The `job` field of an entry of `{prefix}:jobs`: a UTF-8 JSON object (wire contract v1). The entry may also carry an `image` field with the raw JPEG or PNG bytes, which wins over `image_base64`. Keys this version does not know are ignored; a known key written twice is `invalid_json`. Whatever could be read of a refused job (`job_id`, `video_id`, `frame_number`, `reply_to`, a well-formed `video`) is echoed in its error result.
  */
 export interface Job {
   /**
-   * Person boxes `[x1, y1, x2, y2]` in pixels of the image as stored (EXIF orientation is
-   * ignored), in the order the results list the people; they win over the detector. Absent,
-   * `null` or empty: the worker's person detector finds the people (with no detector, one
-   * box covering the whole frame). At most the worker's `limits.max_boxes` (default 32); a
-   * box must lie within the image. Faults are `invalid_box`.
+   * Person boxes `[x1, y1, x2, y2]` in pixels of the image as stored (EXIF orientation is ignored), in the order the results list the people; they win over the detector. Absent, `null` or empty: the worker's person detector finds the people (with no detector, one box covering the whole frame). At most the worker's `limits.max_boxes` (default 32); a box must lie within the image. Faults are `invalid_box`.
    */
   boxes?: [number, number, number, number][] | null;
   /**
-   * The frame's number in its video, from 0; echoed in the result. Written as an integer
-   * (`3`, not `3.0`). Below `video.frames` when `video` is set.
+   * The frame's number in its video, from 0; echoed in the result. Written as an integer (`3`, not `3.0`). Below `video.frames` when `video` is set.
    */
   frame_number?: number | null;
   /**
-   * The JPEG or PNG bytes, standard base64 (a `data:image/...;base64,` prefix and missing
-   * padding are accepted). Required unless the entry carries an `image` field (`missing_image`);
-   * not valid base64 is `invalid_base64`, not an image `invalid_image`.
+   * The JPEG or PNG bytes, standard base64 (a `data:image/...;base64,` prefix and missing padding are accepted). Required unless the entry carries an `image` field (`missing_image`); not valid base64 is `invalid_base64`, not an image `invalid_image`.
    */
   image_base64?: string | null;
   /**
@@ -38,40 +27,28 @@ export interface Job {
    */
   include?: Output[] | null;
   /**
-   * The job's unique id, 1 to 256 bytes of UTF-8: results are keyed by it (a job run twice
-   * after a crash answers with the same id).
+   * The job's unique id, 1 to 256 bytes of UTF-8: results are keyed by it (a job run twice after a crash answers with the same id).
    */
   job_id: string;
   /**
-   * The stream that receives the result, 1 to 256 bytes (default `{prefix}:results`). It
-   * must be the job's results stream or lie under it: `{prefix}:results` or
-   * `{prefix}:results:...`, on a sharded queue the job's shard's `{<prefix>:<k>}:results`
-   * or `{<prefix>:<k>}:results:...`. Another stream is `invalid_job`, answered on the
-   * default stream.
+   * The stream that receives the result, 1 to 256 bytes (default `{prefix}:results`). It must be the job's results stream or lie under it: `{prefix}:results` or `{prefix}:results:...`, on a sharded queue the job's shard's `{<prefix>:<k>}:results` or `{<prefix>:<k>}:results:...`. Another stream is `invalid_job`, answered on the default stream.
    */
   reply_to?: string | null;
   /**
-   * The contract version: 1, the only one (absent means 1). Another integer is refused as
-   * `unsupported_version`, anything else (`null` too) as `invalid_job`.
+   * The contract version: 1, the only one (absent means 1). Another integer is refused as `unsupported_version`, anything else (`null` too) as `invalid_job`.
    */
   v?: 1;
   /**
-   * Makes this a frame of a tracked video (contract `video/1`): every frame of the video
-   * carries the same object. Requires `video_id` and a `frame_number` below `frames`. The
-   * first frame seen fixes the video's `frames`, `fps` and `reply_to`; a frame that
-   * disagrees is `invalid_job`.
+   * Makes this a frame of a tracked video (contract `video/1`): every frame of the video carries the same object. Requires `video_id` and a `frame_number` below `frames`. The first frame seen fixes the video's `frames`, `fps` and `reply_to`; a frame that disagrees is `invalid_job`.
    */
   video?: Video | null;
   /**
-   * The video the frame belongs to, 1 to 256 bytes of UTF-8; echoed in the result. With
-   * queue shards, it picks the job's shard (CRC-32 of its bytes modulo the shards; the
-   * `job_id` when there is none). Required, with `frame_number`, when `video` is set.
+   * The video the frame belongs to, 1 to 256 bytes of UTF-8; echoed in the result. With queue shards, it picks the job's shard (CRC-32 of its bytes modulo the shards; the `job_id` when there is none). Required, with `frame_number`, when `video` is set.
    */
   video_id?: string | null;
 }
 /**
- * The `video` object of a frame of a tracked video. Keys this version does not know are
- * ignored.
+ * The `video` object of a frame of a tracked video. Keys this version does not know are ignored.
  */
 export interface Video {
   /**
@@ -79,14 +56,11 @@ export interface Video {
    */
   fps: number;
   /**
-   * How many frames the video has, at least 1 (an integer): frame numbers run from 0 to
-   * `frames - 1`.
+   * How many frames the video has, at least 1 (an integer): frame numbers run from 0 to `frames - 1`.
    */
   frames: number;
   /**
-   * The stream for the video's tracked output, 1 to 256 bytes, under the same rule as the
-   * job's `reply_to` (default `<results stream>:video:<video_id>`, e.g.
-   * `hmr2:results:video:clip-7`).
+   * The stream for the video's tracked output, 1 to 256 bytes, under the same rule as the job's `reply_to` (default `<results stream>:video:<video_id>`, e.g. `hmr2:results:video:clip-7`).
    */
   reply_to?: string | null;
 }

@@ -4,7 +4,7 @@
 /**
  * One dimension of an output's shape: a size, or the name of a size that varies (`"B"`).
  */
-export type Dim = number | string;
+export type Dimension = number | string;
 
 /**
  * The hash `{prefix}:model`, each field read from its JSON text.
@@ -12,29 +12,24 @@ export type Dim = number | string;
 export interface ModelInformation {
   detector?: DetectorMeta;
   /**
-   * The mesh's triangles: rows `[i, j, k]` of 0-based indices into a person's `vertices`
-   * (13776 rows for SMPL's 6890 vertices). Only when the mesh file is beside the model.
+   * The mesh's triangles: rows `[i, j, k]` of 0-based indices into a person's `vertices` (13776 rows for SMPL's 6890 vertices). Only when the mesh file is beside the model.
    */
   faces?: [number, number, number][];
   /**
-   * The names of the 24 SMPL joints, in `parents` order. Only when the mesh file is beside
-   * the model.
+   * The names of the 24 SMPL joints, in `parents` order. Only when the mesh file is beside the model.
    */
   joint_names?: string[];
   /**
-   * The names of the 44 keypoints, in the order of a person's `keypoints_3d` and
-   * `keypoints_2d`. Only when the mesh file is beside the model.
+   * The names of the 44 keypoints, in the order of a person's `keypoints_3d` and `keypoints_2d`. Only when the mesh file is beside the model.
    */
   keypoint_names?: string[];
   meta: ModelMeta;
   /**
-   * The kinematic tree: the parent of each of the 24 SMPL joints (root, then the 23 of
-   * `body_pose`), `-1` for the root. Only when the mesh file is beside the model.
+   * The kinematic tree: the parent of each of the 24 SMPL joints (root, then the 23 of `body_pose`), `-1` for the root. Only when the mesh file is beside the model.
    */
   parents?: number[];
   /**
-   * Whose triangulation `faces` is: `smpl` (the licensed SMPL file's), or `synthetic` (the
-   * stand-in of the test models, not a body). Only when the mesh file is beside the model.
+   * Whose triangulation `faces` is: `smpl` (the licensed SMPL file's), or `synthetic` (the stand-in of the test models, not a body). Only when the mesh file is beside the model.
    */
   topology?: string;
 }
@@ -73,7 +68,7 @@ export interface ModelMeta {
    */
   input_format?: string;
   /**
-   * `[height, width]` of the crops the model takes, pixels (`[256, 256]`).
+   * The size of the square crops the model takes, pixels: `[256, 256]`.
    *
    * @minItems 2
    * @maxItems 2
@@ -84,11 +79,10 @@ export interface ModelMeta {
    */
   name: string;
   /**
-   * The model's outputs by name, each with its shape (`"B"` for the batch):
-   * `{"body_pose": ["B", 23, 3, 3], ...}`.
+   * The model's outputs by name, each with its shape (`"B"` for the batch): `{"body_pose": ["B", 23, 3, 3], ...}`.
    */
   outputs: {
-    [k: string]: Dim[];
+    [k: string]: Dimension[];
   };
   /**
    * How many parameters the backbone and head have.

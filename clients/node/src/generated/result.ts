@@ -2,8 +2,7 @@
 /* eslint-disable */
 
 /**
- * One of the contract's closed set of codes ([`ErrorCode::Other`] for one a newer worker
- * added).
+ * Why, one of the contract's closed set of codes.
  */
 export type ErrorCode =
   | 'invalid_json'
@@ -16,6 +15,14 @@ export type ErrorCode =
   | 'invalid_box'
   | 'too_many_deliveries';
 /**
+ * Where the box came from.
+ */
+export type BoxSource = 'job' | 'detector' | 'frame';
+/**
+ * `ok` or `error`.
+ */
+export type Status = 'ok' | 'error';
+/**
  * What kind of omission.
  */
 export type WarningCode = 'non_finite_output';
@@ -25,9 +32,7 @@ export type WarningCode = 'non_finite_output';
  */
 export interface Result {
   /**
-   * How many people the person detector found in the frame (at its thresholds) before the
-   * worker's `limits.max_boxes` cap; more than `people` holds when the crowd was cut. Only
-   * when the detector ran.
+   * How many people the person detector found in the frame (at its thresholds) before the worker's `limits.max_boxes` cap; more than `people` holds when the crowd was cut. Only when the detector ran.
    */
   detected?: number;
   /**
@@ -38,7 +43,7 @@ export interface Result {
    * The job's stream entry id: identifies the job even when its JSON was unreadable.
    */
   entry_id: string;
-  error?: ErrorBody;
+  error?: Error;
   /**
    * The job's `frame_number`.
    */
@@ -62,23 +67,18 @@ export interface Result {
    * The people found, by detector score (highest first) or in the job's box order.
    */
   people: Person[];
-  /**
-   * `ok` or `error`.
-   */
-  status: 'ok' | 'error';
+  status: Status;
   timings_ms: Timings;
   /**
    * Contract version (1).
    */
-  v: number;
+  v: 1;
   /**
    * The job's `video_id`.
    */
   video_id?: string;
   /**
-   * What an `ok` result leaves out, and why: a person whose outputs hold a non-finite
-   * number (NaN, ±∞, which JSON cannot carry) is dropped from `people` with a
-   * `non_finite_output` warning. Absent when empty.
+   * What an `ok` result leaves out, and why: a person whose outputs hold a non-finite number (NaN, ±∞, which JSON cannot carry) is dropped from `people` with a `non_finite_output` warning. Absent when empty.
    */
   warnings?: Warning[];
   /**
@@ -89,7 +89,7 @@ export interface Result {
 /**
  * Why the job failed; only when `status` is `error`.
  */
-export interface ErrorBody {
+export interface Error {
   code: ErrorCode;
   /**
    * What went wrong, for people.
@@ -109,7 +109,7 @@ export interface Person {
    */
   body_pose: [[number, number, number], [number, number, number], [number, number, number]][];
   /**
-   * `[x1, y1, x2, y2]` in pixels (JSON key `box`).
+   * `[x1, y1, x2, y2]` in pixels of the full frame.
    *
    * @minItems 4
    * @maxItems 4
@@ -126,10 +126,7 @@ export interface Person {
    * Side of the square crop, pixels.
    */
   box_size: number;
-  /**
-   * Where the box came from.
-   */
-  box_source: 'job' | 'detector' | 'frame';
+  box_source: BoxSource;
   /**
    * Focal length used for the full frame, pixels.
    */
@@ -199,8 +196,7 @@ export interface Timings {
 export interface Warning {
   code: WarningCode;
   /**
-   * What was left out and why, for people (`person 1 (box [..]) dropped: keypoints_2d
-   * holds NaN`).
+   * What was left out and why, for people (`person 1 (box [..]) dropped: keypoints_2d holds NaN`).
    */
   message: string;
 }

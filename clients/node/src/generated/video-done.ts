@@ -2,6 +2,11 @@
 /* eslint-disable */
 
 /**
+ * `ok`, or `expired`.
+ */
+export type VideoStatus = 'ok' | 'expired';
+
+/**
  * The last entry of a video's output (the `done` field).
  */
 export interface VideoDone {
@@ -25,19 +30,16 @@ export interface VideoDone {
    * Frames answered `ok`.
    */
   ok_frames: number;
-  /**
-   * `ok`, or `expired`.
-   */
-  status: 'ok' | 'expired';
+  status: VideoStatus;
   timings_ms: VideoTimings;
   /**
    * Every track of the video, by `track_id`.
    */
-  tracks: TrackInfo[];
+  tracks: Track[];
   /**
    * Contract version (1).
    */
-  v: number;
+  v: 1;
   /**
    * The video.
    */
@@ -59,7 +61,7 @@ export interface VideoTimings {
 /**
  * One track of a video: where it runs and how much of it was filled in.
  */
-export interface TrackInfo {
+export interface Track {
   /**
    * The first frame it is in.
    */

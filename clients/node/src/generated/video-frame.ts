@@ -2,8 +2,7 @@
 /* eslint-disable */
 
 /**
- * One of the contract's closed set of codes ([`ErrorCode::Other`] for one a newer worker
- * added).
+ * Why, one of the contract's closed set of codes.
  */
 export type ErrorCode =
   | 'invalid_json'
@@ -15,12 +14,20 @@ export type ErrorCode =
   | 'image_too_large'
   | 'invalid_box'
   | 'too_many_deliveries';
+/**
+ * Where the box came from.
+ */
+export type BoxSource = 'job' | 'detector' | 'frame';
+/**
+ * `ok`, or `error` for a frame whose job failed (then `error` says why, and `people` is empty).
+ */
+export type Status = 'ok' | 'error';
 
 /**
  * One frame of a tracked video (the `frame` field of an output-stream entry).
  */
 export interface VideoFrame {
-  error?: ErrorBody;
+  error?: Error;
   /**
    * The frame's number, from 0.
    */
@@ -29,15 +36,11 @@ export interface VideoFrame {
    * The people of the frame, each with the id of its track.
    */
   people: TrackedPerson[];
-  /**
-   * `ok`, or `error` for a frame whose job failed (then `error` says why, and `people` is
-   * empty).
-   */
-  status: 'ok' | 'error';
+  status: Status;
   /**
    * Contract version (1).
    */
-  v: number;
+  v: 1;
   /**
    * The video.
    */
@@ -46,7 +49,7 @@ export interface VideoFrame {
 /**
  * Why the frame's job failed; only when `status` is `error`.
  */
-export interface ErrorBody {
+export interface Error {
   code: ErrorCode;
   /**
    * What went wrong, for people.
@@ -54,8 +57,7 @@ export interface ErrorBody {
   message: string;
 }
 /**
- * One person in one frame of a tracked video: the outputs of §3, smoothed along the person's
- * track, with the track's id.
+ * One person in one frame of a tracked video: the outputs of §3, smoothed along the person's track, with the track's id.
  */
 export interface TrackedPerson {
   /**
@@ -67,16 +69,13 @@ export interface TrackedPerson {
    */
   body_pose: [[number, number, number], [number, number, number], [number, number, number]][];
   /**
-   * `[x1, y1, x2, y2]` in pixels (JSON key `box`).
+   * `[x1, y1, x2, y2]` in pixels of the full frame.
    *
    * @minItems 4
    * @maxItems 4
    */
   box: [number, number, number, number];
-  /**
-   * Where the box came from.
-   */
-  box_source: 'job' | 'detector' | 'frame';
+  box_source: BoxSource;
   /**
    * Focal length used for the full frame, pixels.
    */
@@ -89,8 +88,7 @@ export interface TrackedPerson {
    */
   global_orient: [[number, number, number], [number, number, number], [number, number, number]];
   /**
-   * Whether this person was filled in (a gap in the track) or replaced (an outlier) by
-   * interpolation rather than smoothed from the frame's own outputs.
+   * Whether this person was filled in (a gap in the track) or replaced (an outlier) by interpolation rather than smoothed from the frame's own outputs.
    */
   interpolated: boolean;
   /**
@@ -117,8 +115,7 @@ export interface TrackedPerson {
    */
   track_id: number;
   /**
-   * 6890 mesh vertices `[x, y, z]`, from the smoothed parameters; only when the frames
-   * asked for them.
+   * 6890 mesh vertices `[x, y, z]`, from the smoothed parameters; only when the frames asked for them.
    */
   vertices?: [number, number, number][];
 }
