@@ -415,6 +415,43 @@ for (const kind of ['node', 'cluster']) {
       assert.equal(steps.at(-1).output.frames.length, n);
     });
 
+    test('progress follows the frames own result stream, step by step, into tracking and done', async () => {
+      const c = await client('steps');
+      const keys = c.layout.videoKeys('own');
+      const sent = await c.submitVideo('own', [testFrame(0), testFrame(1)], 25, { frameReplyTo: `${keys.results}:own` });
+      const steps = c.videoProgress(sent, { timeoutMs: 20_000 });
+      const next = async () => (await steps.next()).value;
+      assert.deepEqual(await next(), { videoId: 'own', phase: 'frames', frames: 2, answered: 0, ok: 0, errors: 0 });
+      // A result on the shard's default stream is not this video's progress.
+      await c.redis.xadd(keys.results, '*', 'job_id', 'own:0', 'result', JSON.stringify(result('own:0', 'own', 0)));
+      await c.redis.xadd(sent.resultsStream, '*', 'job_id', 'own:1', 'result', JSON.stringify(result('own:1', 'own', 1)));
+      assert.deepEqual(await next(), { videoId: 'own', phase: 'frames', frames: 2, answered: 1, ok: 1, errors: 0 });
+      await c.redis.xadd(sent.resultsStream, '*', 'job_id', 'own:0', 'result', JSON.stringify(result('own:0', 'own', 0)));
+      assert.equal((await next()).phase, 'tracking');
+      await c.redis.xadd(sent.output, '*', 'frame', JSON.stringify(trackedFrame('own', 0)));
+      await c.redis.xadd(sent.output, '*', 'frame', JSON.stringify(trackedFrame('own', 1)));
+      await c.redis.xadd(sent.output, '*', 'done', JSON.stringify(done('own', 2)));
+      const last = await next();
+      assert.equal(last.phase, 'done');
+      assert.equal(last.output.frames.length, 2);
+      assert.equal((await steps.next()).done, true);
+    });
+
+    test('a connection of the caller is used as it is and left open', async () => {
+      const { Redis, Cluster } = await import('ioredis');
+      const own =
+        kind === 'cluster'
+          ? new Cluster(server.ports.map((port) => ({ host: '127.0.0.1', port })))
+          : new Redis(server.url);
+      const c = new Client({ redis: own, prefix: prefix('own-connection'), shards: kind === 'cluster' ? SHARDS : 1 });
+      assert.equal(c.cluster, kind === 'cluster');
+      assert.equal(c.layout.shard(0).jobs.startsWith('{'), kind === 'cluster');
+      await c.addFrame(testFrame(0), { jobId: 'x' });
+      await c.close();
+      assert.equal(await own.xlen(c.keysFor(undefined, 'x').jobs), 1, 'still open after close()');
+      own.disconnect();
+    });
+
     test('waitVideo gives up with a clear error at its timeout, and stops on abort', async () => {
       const c = await client('timeout');
       const started = Date.now();
