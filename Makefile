@@ -1,6 +1,7 @@
 # hmr2-worker — every entry point is a target here.
 #   make demo    set-up, then the demo (throwaway redis-server, tiny model, overlays in demo-out/)
-#   make test    set-up, then every check: fmt, clippy, Rust tests, Python tests, deploy tests
+#   make test    set-up, then every check: fmt, clippy, Rust tests, Python tests, the Python and
+#                Node clients' tests, deploy tests
 #   make bench-cluster  the queue on one redis node vs a 3-master Redis Cluster, 1/3/6 shards
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -9,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 CARGO ?= cargo
 PY := .venv/bin/python
 
-.PHONY: help setup build release demo test test-rust test-python test-reliability test-deploy lint fmt bench chaos gpu-check clean
+.PHONY: help setup build release demo test test-rust test-python test-clients test-reliability test-deploy lint fmt bench chaos gpu-check clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -30,7 +31,7 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: setup lint test-python test-rust test-reliability test-deploy
+test: setup lint test-python test-rust test-clients test-reliability test-deploy
 
 test-rust: setup
 	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=$${TEST_THREADS:-2}
@@ -38,6 +39,12 @@ test-rust: setup
 
 test-python: setup
 	$(PY) -m pytest -q models/tests benches/baseline
+
+# The producer clients against a real redis-server, a real Redis Cluster and the worker binary
+# of the test build (target/debug/hmr2-worker, made by test-rust).
+test-clients: setup
+	clients/python/run-tests
+	clients/node/run-tests
 
 test-reliability: setup
 	@# The worker binary of the test build (target/debug/hmr2-worker): after test-rust nothing is
