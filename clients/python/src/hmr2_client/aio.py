@@ -125,7 +125,7 @@ class AsyncClient:
                 if not p.hostname:
                     raise ValueError(f"{u!r}: not a redis:// or rediss:// URL")
                 seeds.append(ClusterNode(p.hostname, p.port or 6379))
-            r: Any = RedisCluster(url=urls[0], startup_nodes=seeds or None, **redis_options)
+            r: Any = RedisCluster.from_url(urls[0], startup_nodes=seeds or None, **redis_options)
         else:
             if len(urls) > 1:
                 raise ValueError("several URLs are the seeds of a Redis Cluster: leave cluster unset or True")
