@@ -255,6 +255,10 @@ def test_wait_video_gives_up_with_how_far_the_video_got(target: Dict[str, Any]) 
     assert e.value.progress == VideoProgress("slow", 1, 0, 3, False)
     assert "1 of 3 frames answered" in str(e.value)
     assert seen[-1].answered == 1
+    # A client with a short socket timeout waits in shorter slices, never cut by it.
+    short: Client = target["connect"](shards=3, prefix=c.layout.prefix, socket_timeout=0.4)
+    with pytest.raises(WaitTimeout):
+        short.wait_video(video, timeout=1.0)
     # A video id whose output stream is not on its shard is refused.
     with pytest.raises(ValueError):
         c.wait_video("slow", timeout=0, output=c.layout.shard(video.shard + 1).results)

@@ -66,6 +66,7 @@ from .client import (
     _SHARD_POLL_S,
     _as_frame,
     _block_ms,
+    _slice_s,
     _checked_paths,
     _Filter,
     _final_progress,
@@ -102,6 +103,7 @@ class AsyncClient:
         self.layout = Layout(prefix, shards, cluster)
         self.cluster = cluster
         self.raw_images = raw_images
+        self._slice = _slice_s(redis)
 
     @classmethod
     def connect(
@@ -304,7 +306,7 @@ class AsyncClient:
             streams: Dict[str, str] = {out: collector.after}
             if progress is not None and res != out:
                 streams[res] = res_after
-            reply = await self.redis.xread(streams, count=PAGE, block=_block_ms(left))
+            reply = await self.redis.xread(streams, count=PAGE, block=_block_ms(left, self._slice))
             got = False
             for stream, entries in xread_entries(reply):
                 if not entries:
@@ -374,7 +376,7 @@ class AsyncClient:
                 return
             if len(streams) == 1 or not self.cluster:
                 ids = {s: xread_id(c) for s, c in cursors.items()}
-                batches = xread_entries(await self.redis.xread(ids, count=count, block=_block_ms(left)))
+                batches = xread_entries(await self.redis.xread(ids, count=count, block=_block_ms(left, self._slice)))
             else:
                 batches = []
                 for s in streams:
@@ -382,7 +384,7 @@ class AsyncClient:
                 if not any(e for _, e in batches):
                     s = streams[turn % len(streams)]
                     turn += 1
-                    wait = _SHARD_POLL_S if left is None else min(_SHARD_POLL_S, max(left, 0.001))
+                    wait = min(_SHARD_POLL_S, self._slice) if left is None else min(_SHARD_POLL_S, self._slice, max(left, 0.001))
                     one = await self.redis.xread({s: xread_id(cursors[s])}, count=count, block=_block_ms(wait))
                     batches = xread_entries(one)
             for s, entries in batches:

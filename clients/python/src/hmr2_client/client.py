@@ -90,6 +90,7 @@ class Client:
         self.layout = Layout(prefix, shards, cluster)
         self.cluster = cluster
         self.raw_images = raw_images
+        self._slice = _slice_s(redis)
 
     @classmethod
     def connect(
@@ -300,7 +301,7 @@ class Client:
             streams: Dict[str, str] = {out: collector.after}
             if progress is not None and res != out:
                 streams[res] = res_after
-            reply = self.redis.xread(streams, count=PAGE, block=_block_ms(left))
+            reply = self.redis.xread(streams, count=PAGE, block=_block_ms(left, self._slice))
             got = False
             for stream, entries in xread_entries(reply):
                 if not entries:
@@ -380,7 +381,8 @@ class Client:
             if left is not None and left <= 0:
                 return
             if len(streams) == 1 or not self.cluster:
-                reply_ = self.redis.xread({s: xread_id(c) for s, c in cursors.items()}, count=count, block=_block_ms(left))
+                ids = {s: xread_id(c) for s, c in cursors.items()}
+                reply_ = self.redis.xread(ids, count=count, block=_block_ms(left, self._slice))
                 batches = xread_entries(reply_)
             else:
                 batches = []
@@ -389,7 +391,7 @@ class Client:
                 if not any(e for _, e in batches):
                     s = streams[turn % len(streams)]
                     turn += 1
-                    wait = _SHARD_POLL_S if left is None else min(_SHARD_POLL_S, max(left, 0.001))
+                    wait = min(_SHARD_POLL_S, self._slice) if left is None else min(_SHARD_POLL_S, self._slice, max(left, 0.001))
                     batches = xread_entries(self.redis.xread({s: xread_id(cursors[s])}, count=count, block=_block_ms(wait)))
             for s, entries in batches:
                 for eid, fields in entries:
@@ -462,14 +464,26 @@ def _video_image(video_id: str, n: int, item: Any) -> bytes:
     return image
 
 
-def _block_ms(left: Optional[float]) -> Optional[int]:
-    """The BLOCK of one XREAD slice: at most :data:`BLOCK_SLICE`; ``None`` (no BLOCK) when
-    no time is left."""
+def _block_ms(left: Optional[float], slice_s: float = BLOCK_SLICE) -> Optional[int]:
+    """The BLOCK of one XREAD slice: at most ``slice_s``; ``None`` (no BLOCK) when no time
+    is left."""
     if left is None:
-        return int(BLOCK_SLICE * 1000)
+        return max(1, int(slice_s * 1000))
     if left <= 0:
         return None
-    return max(1, int(min(left, BLOCK_SLICE) * 1000))
+    return max(1, int(min(left, slice_s) * 1000))
+
+
+def _slice_s(redis: Any) -> float:
+    """How long one blocking read may wait: :data:`BLOCK_SLICE`, or half the client's socket
+    timeout when that is shorter (so the read is never cut by it)."""
+    try:
+        timeout = redis.get_connection_kwargs().get("socket_timeout")
+    except Exception:  # noqa: BLE001 - a client without the method: the default
+        timeout = None
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        return min(BLOCK_SLICE, timeout / 2)
+    return BLOCK_SLICE
 
 
 def _final_progress(progress: Optional[Progress], done: VideoOutput) -> None:
