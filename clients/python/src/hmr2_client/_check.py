@@ -62,7 +62,7 @@ def unsigned(bits: int) -> Callable[[Any, str], int]:
     def read(x: Any, what: str) -> int:
         if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < top:
             raise ShapeError(f"{what}: expected an integer from 0 to {top - 1}, got {x!r}")
-        return x
+        return int(x)
 
     return read
 
@@ -70,7 +70,7 @@ def unsigned(bits: int) -> Callable[[Any, str], int]:
 def signed(x: Any, what: str) -> int:
     if isinstance(x, bool) or not isinstance(x, int) or not -(2**63) <= x < 2**63:
         raise ShapeError(f"{what}: expected an integer, got {x!r}")
-    return x
+    return int(x)
 
 
 def one_of(*names: str) -> Callable[[Any, str], str]:

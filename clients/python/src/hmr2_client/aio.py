@@ -96,10 +96,11 @@ class AsyncClient:
     ) -> None:
         if cluster is None:
             cluster = isinstance(redis, RedisCluster)
-        kwargs = getattr(redis, "get_connection_kwargs", lambda: {})()
+        kwargs: Any = getattr(redis, "get_connection_kwargs", lambda: {})()
         if isinstance(kwargs, dict) and kwargs.get("decode_responses"):
             raise ValueError("the redis client decodes responses: image bytes and results need decode_responses=False")
-        self.redis = redis
+        #: The redis-py client (``redis.Redis``/``RedisCluster``, or their asyncio kinds).
+        self.redis: Any = redis
         self.layout = Layout(prefix, shards, cluster)
         self.cluster = cluster
         self.raw_images = raw_images
@@ -286,7 +287,7 @@ class AsyncClient:
         callback = None
         if on_progress is not None:
             def callback(p: VideoProgress) -> None:
-                calls.append(on_progress(p))  # type: ignore[misc]
+                calls.append(on_progress(p))
 
         progress = Progress(video_id, total, callback) if callback is not None else None
 
@@ -418,14 +419,15 @@ class _AsyncItems:
 
     async def take(self, n: int) -> List[Any]:
         if hasattr(self.it, "__anext__"):
-            out = []
+            out: List[Any] = []
+            it: Any = self.it
             while len(out) < n:
                 try:
-                    out.append(await self.it.__anext__())  # type: ignore[union-attr]
+                    out.append(await it.__anext__())
                 except StopAsyncIteration:
                     break
             return out
-        return list(islice(self.it, n))  # type: ignore[arg-type]
+        return list(islice(self.it, n))
 
 
 async def _chunks(items: Any, n: int) -> AsyncIterator[List[Any]]:

@@ -57,7 +57,8 @@ def _cluster_seeds(urls: Sequence[str]) -> List[ClusterNode]:
         p = urlparse(u)
         if not p.hostname:
             raise ValueError(f"{u!r}: not a redis:// or rediss:// URL")
-        seeds.append(ClusterNode(p.hostname, p.port or 6379))
+        node: Any = ClusterNode
+        seeds.append(node(p.hostname, p.port or 6379))
     return seeds
 
 
@@ -74,7 +75,7 @@ class Client:
 
     def __init__(
         self,
-        redis: Union["redis_lib.Redis[bytes]", RedisCluster, Any],
+        redis: Any,
         *,
         prefix: str = "hmr2",
         shards: int = 1,
@@ -83,10 +84,11 @@ class Client:
     ) -> None:
         if cluster is None:
             cluster = isinstance(redis, RedisCluster)
-        kwargs = getattr(redis, "get_connection_kwargs", lambda: {})()
+        kwargs: Any = getattr(redis, "get_connection_kwargs", lambda: {})()
         if isinstance(kwargs, dict) and kwargs.get("decode_responses"):
             raise ValueError("the redis client decodes responses: image bytes and results need decode_responses=False")
-        self.redis = redis
+        #: The redis-py client (``redis.Redis``/``RedisCluster``, or their asyncio kinds).
+        self.redis: Any = redis
         self.layout = Layout(prefix, shards, cluster)
         self.cluster = cluster
         self.raw_images = raw_images
@@ -112,7 +114,8 @@ class Client:
             cluster = len(urls) > 1
         if cluster:
             seeds = _cluster_seeds(urls[1:])
-            r: Any = RedisCluster(url=urls[0], startup_nodes=seeds or None, **redis_options)
+            cluster_cls: Any = RedisCluster
+            r: Any = cluster_cls(url=urls[0], startup_nodes=seeds or None, **redis_options)
         else:
             if len(urls) > 1:
                 raise ValueError("several URLs are the seeds of a Redis Cluster: leave cluster unset or True")

@@ -290,7 +290,7 @@ def _optional_id(key: str, obj: Dict[str, Any]) -> Optional[str]:
     if value is None:
         return None
     _check_id(key, value)
-    return value
+    return str(value)
 
 
 def _boxes(value: Any, max_boxes: int) -> List[Box]:
