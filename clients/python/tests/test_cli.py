@@ -46,7 +46,7 @@ def jobs(c: Client, video_id: str) -> List[bytes]:
 
 def test_submit_a_directory_of_frames(redis_node: str, clip_dir: Path) -> None:
     prefix = unique("cli")
-    done = cli("--url", redis_node, "--prefix", prefix, "submit", str(clip_dir), "--fps", "12", "--video-id", "walk")
+    done = cli("submit", str(clip_dir), "--fps", "12", "--video-id", "walk", "--url", redis_node, "--prefix", prefix)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "walk"
     assert "8 frames at 12 fps" in done.stderr and f"{prefix}:results:video:walk" in done.stderr

@@ -19,7 +19,7 @@ import pytest
 from hmr2_client import Client, VideoProgress
 from hmr2_client.aio import AsyncClient
 
-from conftest import ROOT, RedisServer, Worker, stick_figure, unique
+from conftest import ROOT, Worker, stick_figure, unique
 from test_cli import cli, make_mp4
 
 HERE = Path(__file__).resolve().parent
@@ -152,24 +152,17 @@ def readme_block() -> str:
     return "\n".join(block) + "\n"
 
 
-def test_the_readme_python_example(workdir: Path, clip_dir: Path, tmp_path: Path) -> None:
-    # A worker of its own (the example uses a fixed video id), on the README's default prefix.
-    server = RedisServer(workdir)
-    w = Worker([server.url], "hmr2", workdir)
-    try:
-        script = tmp_path / "readme_example.py"
-        script.write_text(readme_block())
-        env = dict(os.environ, HMR2_URL=server.url, HMR2_FRAMES=str(clip_dir))
-        env.pop("HMR2_PREFIX", None)
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=WAIT_S,
-                              env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
-        assert done.returncode == 0, done.stdout + done.stderr
-        out = done.stdout.splitlines()
-        assert "8/8 frames answered" in out
-        assert "ok 8 frames, 1 tracks" in out
-        mesh = json.loads((ROOT / "models" / "artifacts" / "hmr2-tiny.mesh.json").read_text())
-        assert out[-1] == str(mesh["keypoint_names"][:3])
-        assert sum(1 for line in out if line.startswith("clip-7:") and line.endswith(" ok")) == 8
-    finally:
-        w.stop()
-        server.stop()
+def test_the_readme_python_example(worker: Worker, clip_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "readme_example.py"
+    script.write_text(readme_block())
+    env = dict(os.environ, HMR2_URL=worker.urls[0], HMR2_PREFIX=worker.prefix, HMR2_FRAMES=str(clip_dir))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=WAIT_S,
+                          env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout.splitlines()
+    assert out[0] == "0/8 frames answered" and "8/8 frames answered" in out
+    assert "ok 8 frames, 1 tracks" in out
+    assert out.index("ok 8 frames, 1 tracks") + 1 < len(out) and out[out.index("ok 8 frames, 1 tracks") + 1].startswith("0 [(1, [")
+    assert sum(1 for line in out if line.startswith("clip-7:") and line.endswith(" ok")) == 8
+    mesh = json.loads((ROOT / "models" / "artifacts" / "hmr2-tiny.mesh.json").read_text())
+    assert out[-1] == str(mesh["keypoint_names"][:3])

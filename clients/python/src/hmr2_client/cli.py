@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import redis
 
@@ -49,17 +49,30 @@ def _progress_printer(stream: TextIO):  # type: ignore[no-untyped-def]
     return show
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hmr2_client", description=__doc__)
+def _connection_options(p: argparse.ArgumentParser, sub: bool) -> None:
+    """The queue's options, on the main parser and again on each command (so they may come
+    before or after it; a command's copy leaves the value alone unless given)."""
+    default: Dict[str, Any] = {"default": argparse.SUPPRESS if sub else None}
     p.add_argument(
         "--url",
         action="append",
         help="Redis URL; repeat (or separate with commas) for Redis Cluster seeds "
         f"(default: $HMR2_URL, else $HMR2_REDIS__URL, else {DEFAULT_URL})",
+        **default,
     )
-    p.add_argument("--prefix", default=None, help="the queue's prefix (default: $HMR2_QUEUE__PREFIX, else hmr2)")
-    p.add_argument("--shards", type=int, default=None, help="the queue's shards (default: $HMR2_QUEUE__SHARDS, else 1)")
-    p.add_argument("--cluster", action="store_true", default=None, help="the URL is a Redis Cluster seed")
+    p.add_argument("--prefix", help="the queue's prefix (default: $HMR2_QUEUE__PREFIX, else hmr2)", **default)
+    p.add_argument("--shards", type=int, help="the queue's shards (default: $HMR2_QUEUE__SHARDS, else 1)", **default)
+    p.add_argument("--cluster", action="store_true", help="the URL is a Redis Cluster seed", **default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hmr2_client",
+        description="Submit a video (a directory of frames, or a video file read with ffmpeg) to "
+        "hmr2-worker as one tracked video, and wait for its tracked output; print the model's "
+        "information.",
+    )
+    _connection_options(p, sub=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("submit", help="submit a video as one tracked video")
@@ -73,8 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the tracked output and print the tracks")
     s.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (default 3600)")
     s.add_argument("--out", type=Path, help="write the tracked output (JSON) to this file (implies --wait)")
+    _connection_options(s, sub=True)
 
-    sub.add_parser("model", help="print the model information the workers published")
+    m = sub.add_parser("model", help="print the model information the workers published")
+    _connection_options(m, sub=True)
     return p
 
 
