@@ -98,6 +98,24 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The contract's closed set (the codes a worker writes): a string, one of [`ErrorCode::ALL`].
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for ErrorCode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ErrorCode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(ErrorCode::as_str).collect();
+        schemars::json_schema!({
+            "title": "Error code",
+            "description": "Why a job failed, one of a closed set. Bad input (answered at once, never retried, copied to the dead-letter stream): `invalid_json` (the `job` field is not UTF-8 JSON, or not an object), `unsupported_version` (`v` is not 1), `invalid_job` (a field has the wrong type or size, an unknown `include` item, a `reply_to` outside the job's results stream, a `video` the job does not fit), `missing_image` (neither an `image` field nor `image_base64`), `invalid_base64`, `invalid_image` (not a decodable JPEG or PNG), `image_too_large` (over the worker's byte or pixel limits), `invalid_box` (`boxes` malformed, too many, or a box outside the image). `too_many_deliveries`: the job was delivered more often than `queue.max_deliveries` (it crashed or ran out of memory every time) and was dead-lettered. A reader should expect codes a newer worker may add.",
+            "type": "string",
+            "enum": codes,
+        })
+    }
+}
+
 /// Compares with the wire name, so `code == "invalid_json"` reads as it should.
 impl PartialEq<&str> for ErrorCode {
     fn eq(&self, other: &&str) -> bool {

@@ -149,13 +149,17 @@ pub const MAX_ID_BYTES: usize = 256;
 pub mod error;
 pub mod job;
 pub mod keys;
+pub mod model;
 #[cfg(feature = "redis")]
 pub mod producer;
 pub mod result;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod video;
 
 pub use error::{ErrorCode, InputError};
 pub use job::{Echo, Frame, Include, Job, JobLayout, Limits, Member, ParseError, Video};
 pub use keys::{routing_key, shard_of, Keys, Layout, VideoShard};
+pub use model::{DetectorMeta, Dim, ModelInfo, ModelInfoError, ModelMeta};
 pub use result::{BoxSource, ErrorBody, JobResult, Person, Status, Timings, Warning, WarningCode};
 pub use video::{TrackInfo, TrackedPerson, VideoDone, VideoFrame, VideoStatus, VideoTimings};

@@ -12,63 +12,109 @@ use crate::result::{BoxSource, ErrorBody, Status};
 
 /// One frame of a tracked video (the `frame` field of an output-stream entry).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(
+        title = "Video frame",
+        extend("if" = crate::schema::status_is_error(), "then" = crate::schema::error_frame(), "else" = crate::schema::error_absent())
+    )
+)]
 pub struct VideoFrame {
     /// Contract version (1).
+    #[cfg_attr(feature = "schema", schemars(title = "Contract version", extend("const" = 1)))]
     pub v: u32,
     /// The video.
+    #[cfg_attr(feature = "schema", schemars(title = "Video id"))]
     pub video_id: String,
     /// The frame's number, from 0.
+    #[cfg_attr(feature = "schema", schemars(title = "Frame number"))]
     pub frame_number: u64,
     /// `ok`, or `error` for a frame whose job failed (then `error` says why, and `people` is
     /// empty).
+    #[cfg_attr(feature = "schema", schemars(title = "Status"))]
     pub status: Status,
     /// Why the frame's job failed; only when `status` is `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(title = "Error"))]
     pub error: Option<ErrorBody>,
     /// The people of the frame, each with the id of its track.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(title = "People"))]
     pub people: Vec<TrackedPerson>,
 }
 
 /// One person in one frame of a tracked video: the outputs of §3, smoothed along the person's
 /// track, with the track's id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(
+        title = "Tracked person",
+        extend("if" = crate::schema::box_source_is_not_detector(), "then" = crate::schema::score_absent())
+    )
+)]
 pub struct TrackedPerson {
     /// The person's track: 1, 2, ... in order of first appearance in the video.
+    #[cfg_attr(feature = "schema", schemars(title = "Track id", range(min = 1)))]
     pub track_id: u32,
     /// `[x1, y1, x2, y2]` in pixels (JSON key `box`).
     #[serde(rename = "box")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            title = "Box",
+            description = "`[x1, y1, x2, y2]` in pixels of the full frame."
+        )
+    )]
     pub bbox: [f32; 4],
     /// The detector's confidence (0–1); only when `box_source` is `detector`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(title = "Detector score"))]
     pub score: Option<f32>,
     /// Where the box came from.
+    #[cfg_attr(feature = "schema", schemars(title = "Box source"))]
     pub box_source: BoxSource,
     /// Root rotation, 3×3.
+    #[cfg_attr(feature = "schema", schemars(title = "Root rotation"))]
     pub global_orient: [[f32; 3]; 3],
     /// 23 joint rotations, 3×3 each.
+    #[cfg_attr(feature = "schema", schemars(title = "Body pose"))]
     pub body_pose: Vec<[[f32; 3]; 3]>,
     /// 10 SMPL shape coefficients, constant along the track.
+    #[cfg_attr(feature = "schema", schemars(title = "Shape"))]
     pub betas: Vec<f32>,
     /// Camera translation `[tx, ty, tz]` in the full frame.
+    #[cfg_attr(feature = "schema", schemars(title = "Camera translation"))]
     pub pred_cam_t_full: [f32; 3],
     /// Focal length used for the full frame, pixels.
+    #[cfg_attr(feature = "schema", schemars(title = "Focal length"))]
     pub focal_length: f32,
     /// 44 joints `[u, v]`, pixels of the full frame.
+    #[cfg_attr(feature = "schema", schemars(title = "2D keypoints"))]
     pub keypoints_2d: Vec<[f32; 2]>,
     /// 44 joints `[x, y, z]`, metres, camera frame.
+    #[cfg_attr(feature = "schema", schemars(title = "3D keypoints"))]
     pub keypoints_3d: Vec<[f32; 3]>,
     /// Whether this person was filled in (a gap in the track) or replaced (an outlier) by
     /// interpolation rather than smoothed from the frame's own outputs.
+    #[cfg_attr(feature = "schema", schemars(title = "Interpolated"))]
     pub interpolated: bool,
     /// 6890 mesh vertices `[x, y, z]`, from the smoothed parameters; only when the frames
     /// asked for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(title = "Mesh vertices"))]
     pub vertices: Option<Vec<[f32; 3]>>,
 }
 
 /// How a video ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(title = "Video status")
+)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoStatus {
     /// Every frame was answered; the video was tracked whole.
@@ -79,51 +125,83 @@ pub enum VideoStatus {
 
 /// The last entry of a video's output (the `done` field).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(title = "Video done")
+)]
 pub struct VideoDone {
     /// Contract version (1).
+    #[cfg_attr(feature = "schema", schemars(title = "Contract version", extend("const" = 1)))]
     pub v: u32,
     /// The video.
+    #[cfg_attr(feature = "schema", schemars(title = "Video id"))]
     pub video_id: String,
     /// `ok`, or `expired`.
+    #[cfg_attr(feature = "schema", schemars(title = "Status"))]
     pub status: VideoStatus,
     /// The video's length, as its frames said.
+    #[cfg_attr(feature = "schema", schemars(title = "Frames", range(min = 1)))]
     pub frames: u64,
     /// Frames answered `ok`.
+    #[cfg_attr(feature = "schema", schemars(title = "Frames answered ok"))]
     pub ok_frames: u64,
     /// Frames answered with an error.
+    #[cfg_attr(feature = "schema", schemars(title = "Frames answered with an error"))]
     pub error_frames: u64,
     /// Frames never answered (only an expired video has any).
+    #[cfg_attr(feature = "schema", schemars(title = "Frames never answered"))]
     pub missing_frames: u64,
     /// Frames per second, as the frames said.
+    #[cfg_attr(feature = "schema", schemars(title = "Frame rate"))]
     pub fps: f64,
     /// Every track of the video, by `track_id`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(title = "Tracks"))]
     pub tracks: Vec<TrackInfo>,
     /// Where the time went.
+    #[cfg_attr(feature = "schema", schemars(title = "Timings"))]
     pub timings_ms: VideoTimings,
 }
 
 /// One track of a video: where it runs and how much of it was filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(title = "Track")
+)]
 pub struct TrackInfo {
     /// The track's id.
+    #[cfg_attr(feature = "schema", schemars(title = "Track id", range(min = 1)))]
     pub track_id: u32,
     /// The first frame it is in.
+    #[cfg_attr(feature = "schema", schemars(title = "First frame"))]
     pub first_frame: u64,
     /// The last frame it is in.
+    #[cfg_attr(feature = "schema", schemars(title = "Last frame"))]
     pub last_frame: u64,
     /// How many frames it is in.
+    #[cfg_attr(feature = "schema", schemars(title = "Frames"))]
     pub frames: u64,
     /// How many of those were interpolated.
+    #[cfg_attr(feature = "schema", schemars(title = "Interpolated frames"))]
     pub interpolated_frames: u64,
 }
 
 /// Where a video's time went, milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(title = "Video timings")
+)]
 pub struct VideoTimings {
     /// Tracking and smoothing.
+    #[cfg_attr(feature = "schema", schemars(title = "Tracking"))]
     pub tracking: f64,
     /// From the first frame recorded to the output written.
+    #[cfg_attr(feature = "schema", schemars(title = "Total"))]
     pub total: f64,
 }
 

@@ -1,7 +1,7 @@
 //! The shared wire vectors (`tests/wire_vectors.json`, described in `schemas/README.md`): the
 //! Rust client must agree with every one of them, as the Python and TypeScript clients must.
 
-use hmr2_client::{ErrorCode, Job, JobResult, Layout, Limits, VideoDone, VideoFrame};
+use hmr2_client::{ErrorCode, Job, JobResult, Layout, Limits, ModelInfo, VideoDone, VideoFrame};
 use serde_json::Value;
 
 /// The vectors file, parsed.
@@ -32,7 +32,10 @@ pub fn job_text(v: &Value) -> String {
     match (&v["raw"], &v["job"]) {
         (Value::String(raw), Value::Null) => raw.clone(),
         (Value::Null, job) if job.is_object() => job.to_string(),
-        _ => panic!("{}: a job vector has either `raw` (a string) or `job` (an object)", name(v)),
+        _ => panic!(
+            "{}: a job vector has either `raw` (a string) or `job` (an object)",
+            name(v)
+        ),
     }
 }
 
@@ -44,7 +47,10 @@ fn every_job_vector_is_accepted_or_refused_as_it_says() {
     let (mut valid, mut invalid) = (0, 0);
     for v in &jobs {
         let name = name(v);
-        assert!(names.insert(name.to_string()), "two job vectors are named {name}");
+        assert!(
+            names.insert(name.to_string()),
+            "two job vectors are named {name}"
+        );
         let text = job_text(v);
         let image = v["image"].as_bool().expect("`image` is a boolean");
         let parsed = Job::parse(text.as_bytes(), image, &Limits::default());
@@ -77,7 +83,10 @@ fn every_job_vector_is_accepted_or_refused_as_it_says() {
             }
         }
     }
-    assert!(valid >= 10 && invalid >= 30, "{valid} valid, {invalid} invalid");
+    assert!(
+        valid >= 10 && invalid >= 30,
+        "{valid} valid, {invalid} invalid"
+    );
 }
 
 /// Reads each vector of `section` (its object under `field`) with `read`, writes it back with
@@ -93,7 +102,10 @@ fn round_trip<T>(
     for v in section(&all, section_name, at_least) {
         let name = name(&v);
         let object = &v[field];
-        assert!(object.is_object(), "{section_name}/{name}: `{field}` is an object");
+        assert!(
+            object.is_object(),
+            "{section_name}/{name}: `{field}` is an object"
+        );
         let read = read(&object.to_string())
             .unwrap_or_else(|e| panic!("{section_name}/{name}: unreadable: {e}"));
         let written: Value = serde_json::from_str(&write(&read)).unwrap();
@@ -225,6 +237,29 @@ fn every_reply_to_vector_is_accepted_or_refused_as_it_says() {
             answered_on,
             if accepted { reply_to } else { &keys.results },
             "{v}"
+        );
+    }
+}
+
+#[test]
+fn every_model_hash_vector_reads_as_it_says() {
+    let all = vectors();
+    for v in section(&all, "model", 2) {
+        let name = name(&v);
+        let hash = v["hash"].as_object().expect("`hash` is an object");
+        let fields = hash.iter().map(|(k, text)| {
+            let text = text.as_str().expect("each hash field is a JSON text");
+            (k.as_str(), text)
+        });
+        let info = ModelInfo::from_hash(fields)
+            .unwrap_or_else(|e| panic!("model/{name}: unreadable: {e}"));
+        let read = serde_json::to_value(&info).unwrap();
+        assert_eq!(read, v["model"], "model/{name}");
+        // Written back as hash fields, it reads the same.
+        assert_eq!(
+            ModelInfo::from_hash(info.to_hash()).unwrap(),
+            info,
+            "model/{name}"
         );
     }
 }
