@@ -21,6 +21,7 @@ from hmr2_client.aio import AsyncClient
 
 from conftest import ROOT, Worker, stick_figure, unique
 from test_cli import cli, make_mp4
+from test_vectors import schema
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "upload_video.py"
@@ -52,6 +53,15 @@ def test_a_tracked_video_comes_back_whole_with_progress(worker: Worker, clip_dir
         assert {r.status for r in results.results} == {"ok"}
         assert all(r.image_size == [192, 144] and len(r.people) == 1 for r in results.results)
         assert not results.unreadable
+    # What the types write back of a real worker's output is what the schemas describe.
+    for name, objs in (
+        ("video-frame", [f.to_dict() for f in out.frames]),
+        ("video-done", [done.to_dict()]),
+        ("result", [r.to_dict() for r in results.results]),
+    ):
+        validator = schema(f"{name}.schema.json")
+        for obj in objs:
+            assert not [e.message for e in validator.iter_errors(obj)], name
 
 
 def test_results_and_errors_of_single_frames(worker: Worker) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 import pytest
 
 from hmr2_client import Job, JobError, JobResult, Layout, VideoDone, VideoFrame, parse_job
+from hmr2_client._core import model_info
 
 from conftest import SCHEMAS, VECTORS
 
@@ -31,8 +32,7 @@ def job_text(v: Dict[str, Any]) -> str:
 def schema(name: str) -> Any:
     jsonschema = pytest.importorskip("jsonschema")
     path = SCHEMAS / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not in this checkout yet")
+    assert path.is_file(), f"{path} is missing: the JSON Schemas are part of the repository"
     s = json.loads(path.read_text())
     return jsonschema.validators.validator_for(s)(s)
 
@@ -89,19 +89,38 @@ def same(got: Any, want: Any, where: str = "") -> None:
 
 
 @pytest.mark.parametrize(
-    "section,field,cls",
-    [("results", "result", JobResult), ("video_frames", "frame", VideoFrame), ("video_done", "done", VideoDone)],
+    "section,field,cls,schema_name",
+    [
+        ("results", "result", JobResult, "result.schema.json"),
+        ("video_frames", "frame", VideoFrame, "video-frame.schema.json"),
+        ("video_done", "done", VideoDone, "video-done.schema.json"),
+    ],
 )
-def test_results_and_video_entries_load_into_the_types(vectors: Dict[str, Any], section: str, field: str, cls: Any) -> None:
+def test_results_and_video_entries_load_into_the_types(
+    vectors: Dict[str, Any], section: str, field: str, cls: Any, schema_name: str
+) -> None:
+    validator = schema(schema_name)
     assert vectors[section]
     for v in vectors[section]:
-        if v.get("valid", True):
-            obj = cls.from_dict(v[field])
-            same(obj.to_dict(), v[field], v["name"])
-            assert cls.from_json(json.dumps(obj.to_dict())) == obj
-        else:
-            with pytest.raises(ValueError):
-                cls.from_dict(v[field])
+        obj = cls.from_dict(v[field])
+        written = obj.to_dict()
+        same(written, v[field], v["name"])
+        same(v[field], written, v["name"])  # and nothing added
+        assert cls.from_json(json.dumps(written)) == obj
+        assert not [e.message for e in validator.iter_errors(written)], v["name"]
+
+
+def test_the_model_hash_reads_as_the_other_clients_read_it(vectors: Dict[str, Any]) -> None:
+    validator = schema("model.schema.json")
+    assert vectors["model"]
+    for v in vectors["model"]:
+        info = model_info(v["hash"])
+        assert info is not None
+        written = info.to_dict()
+        same(written, v["model"], v["name"])
+        same(v["model"], written, v["name"])
+        assert not [e.message for e in validator.iter_errors(written)], v["name"]
+        assert set(info.fields) == set(v["hash"])  # every field is still there to read
 
 
 def test_the_key_layout(vectors: Dict[str, Any]) -> None:

@@ -191,6 +191,15 @@ class ModelInfo:
     #: Every field of the hash, its JSON read (the text where it is not JSON).
     fields: Dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The known fields that are set, as ``schemas/model.schema.json`` describes them."""
+        d: Dict[str, Any] = {"meta": self.meta}
+        for name in ("detector", "faces", "parents", "joint_names", "keypoint_names", "topology"):
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        return d
+
 
 class VideoResults:
     """One video's results (:meth:`Client.video_results`)."""
