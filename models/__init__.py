@@ -14,6 +14,7 @@ The worker runs a TorchScript file; this package makes it. Layout:
 - ``detector``  the person-detector contract (``person-detector/1``): letterbox, NMS, wrapper
 - ``tiny_detector``, ``train_detector``  the small detector of the demo's figures and its training
 - ``yolo``, ``export_detector``  ``python -m models.export_detector``: Ultralytics YOLO to the contract
+- ``rtdetr``    RT-DETR (Hugging Face transformers) to the contract, NMS-free (``--arch rtdetr``)
 - ``bad_detector`` test-only detector files that break the contract in one way each
 - ``oom_model`` ``python -m models.oom_model``: a test model that simulates CUDA OOM
 - ``crop``      the reference person crop (box -> 256x256 uint8), ``python -m models.crop``

@@ -2,7 +2,11 @@
 
     python -m models.export_detector --arch yolo (--weights FILE.pt | --config NAME.yaml)
         --input-size S --dtype fp32|fp16|bf16 --device cpu|cuda --out FILE
-        [--class-id N] [--max-det 100] [--iou 0.45] [--score-floor 0.05] [--name NAME]
+        [--class-id N] [--max-det 100] [--score-threshold T] [--iou T] [--score-floor 0.05] [--name NAME]
+        [--seed N] [--no-check]
+    python -m models.export_detector --arch rtdetr (--weights DIR | --config tiny)
+        --input-size S --dtype fp32|fp16|bf16 --device cpu|cuda --out FILE
+        [--class-id N] [--max-det 100] [--score-threshold 0.5] [--score-floor 0.05] [--name NAME]
         [--seed N] [--no-check]
 
 ``--arch yolo``: an Ultralytics YOLOv8 / YOLO11 detection model, from a local checkpoint
@@ -12,7 +16,9 @@
 
 The network and box decoding are traced at the one input size S (a multiple of 32); the wrapper
 (uint8 input, score floor, NMS, padding to ``--max-det`` rows) is scripted by ``models.detector``.
-``--dtype`` sets the network's weights and compute; the input is converted inside, and box
+``--score-threshold`` is the keep threshold the file recommends (``meta()["score_threshold"]``)
+and ``--iou`` the NMS IoU it applies; both default per architecture (:data:`THRESHOLDS`, the
+reasons in models/README.md, "Thresholds"). ``--dtype`` sets the network's weights and compute; the input is converted inside, and box
 decoding, scores and NMS run in float32. Unless ``--no-check``, the file is reloaded in a fresh
 interpreter with ultralytics and torchvision blocked from import and run once, and the decoded
 boxes and scores are compared with the package's own float32 forward pass on two letterbox-like
@@ -20,6 +26,12 @@ random images.
 
 Ultralytics code and weights are AGPL-3.0, and so is a file exported from them (models/README.md,
 "Detectors"); ``meta()`` says so.
+
+``--arch rtdetr``: RT-DETR from Hugging Face ``transformers`` (Apache-2.0 code and weights), from a
+local ``save_pretrained`` / Hub snapshot folder (``PekingU/rtdetr_r50vd``; never downloaded) or
+built from ``--config tiny`` with random weights. NMS-free: ``--iou`` does not apply, and
+``meta()`` records ``--score-threshold`` (default 0.5) as the recommended threshold and
+``"iou_threshold": null``. See ``models/rtdetr.py``.
 """
 
 import argparse
@@ -33,9 +45,16 @@ from typing import List, Optional
 
 import torch
 
+from . import rtdetr
 from .detector import PersonDetector, export
 from .hmr2 import DTYPES
 from .yolo import ARCHS, calibration_images, load_yolo, person_class, trace_core
+
+
+#: (recommended score threshold, NMS IoU) of each architecture when not given; others get
+#: :data:`FALLBACK_THRESHOLDS`. YOLO: Ultralytics' own predict defaults (conf 0.25, IoU 0.7).
+THRESHOLDS = {"yolo": (0.25, 0.7)}
+FALLBACK_THRESHOLDS = (0.5, 0.45)
 
 
 def log(msg: str) -> None:
@@ -45,10 +64,12 @@ def log(msg: str) -> None:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m models.export_detector",
                                  description="Export a person detector (contract person-detector/1) to TorchScript.")
-    ap.add_argument("--arch", choices=ARCHS, required=True)
+    ap.add_argument("--arch", choices=ARCHS + rtdetr.ARCHS, required=True)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", type=Path, help="Ultralytics checkpoint, e.g. yolo11m.pt (a local file)")
-    src.add_argument("--config", help="model definition, e.g. yolo11n.yaml: random weights (tests, benchmarks)")
+    src.add_argument("--weights", type=Path, help="Ultralytics checkpoint, e.g. yolo11m.pt (a local file); "
+                     "rtdetr: a local model folder, e.g. from `hf download PekingU/rtdetr_r50vd --local-dir DIR`")
+    src.add_argument("--config", help="model definition, e.g. yolo11n.yaml; rtdetr: tiny, r50vd or a config.json: "
+                     "random weights (tests, benchmarks)")
     ap.add_argument("--input-size", type=int, default=640, help="S of the S×S letterboxed input (multiple of 32)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="network weights and compute")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -56,20 +77,30 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--class-id", type=int,
                     help="the person class (default: the class named 'person'; 0 with --config)")
     ap.add_argument("--max-det", type=int, default=100, help="K, rows of the output")
-    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    ap.add_argument("--score-threshold", type=float,
+                    help="keep threshold recommended in meta(), 0-1 (default per arch: yolo 0.25, rtdetr 0.5)")
+    ap.add_argument("--iou", type=float, help="NMS IoU threshold (default per arch: yolo 0.7)")
     ap.add_argument("--score-floor", type=float, default=0.05, help="boxes scoring below never leave the file")
     ap.add_argument("--name", help="meta() name (default: the weights' or config's file stem)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (--config)")
     ap.add_argument("--no-check", action="store_true", help="skip the reload and package comparison")
     args = ap.parse_args(argv)
+    if args.arch in rtdetr.ARCHS:
+        rtdetr.check_args(ap, args)
+        return args
     if args.weights is not None and not args.weights.is_file():
         ap.error(f"--weights: no such file: {args.weights} (weights are never downloaded; see models/README.md)")
     if args.input_size < 32 or args.input_size % 32:
         ap.error(f"--input-size {args.input_size}: must be a positive multiple of 32")
     if args.max_det < 1:
         ap.error("--max-det must be ≥ 1")
+    score_default, iou_default = THRESHOLDS.get(args.arch, FALLBACK_THRESHOLDS)
+    args.score_threshold = score_default if args.score_threshold is None else args.score_threshold
+    args.iou = iou_default if args.iou is None else args.iou
     if not 0 < args.iou <= 1 or not 0 <= args.score_floor < 1:
         ap.error("--iou must be in (0, 1] and --score-floor in [0, 1)")
+    if not args.score_floor <= args.score_threshold <= 1:
+        ap.error(f"--score-threshold {args.score_threshold} must be in [--score-floor ({args.score_floor}), 1]")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available on this machine")
     return args
@@ -101,7 +132,7 @@ def build(args: argparse.Namespace):
         f"person = class {class_id}")
     core = trace_core(model, args.input_size, class_id, dtype, args.device)
     detector = PersonDetector(core, args.input_size, name, max_det=args.max_det, iou_threshold=args.iou,
-                              score_floor=args.score_floor, dtype=dtype)
+                              score_floor=args.score_floor, dtype=dtype, score_threshold=args.score_threshold)
     meta = json.loads(detector.meta_json)
     meta.update({
         "arch": "ultralytics-yolo",
@@ -162,6 +193,8 @@ def check_standalone(file: Path, device: str) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    if args.arch in rtdetr.ARCHS:
+        return rtdetr.main(args)
     start = time.monotonic()
     detector, model, class_id, name = build(args)
     params = sum(p.numel() for p in model.parameters())
@@ -179,7 +212,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(
         f"exported {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {params:,} params, {name}, "
         f"{meta.get('contract')}, input {args.input_size}, {args.dtype}, {args.device}, "
-        f"person class {class_id}, {time.monotonic() - start:.1f} s"
+        f"person class {class_id}, score threshold {meta.get('score_threshold')}, NMS IoU {meta.get('iou_threshold')}, "
+        f"{time.monotonic() - start:.1f} s"
     )
 
 

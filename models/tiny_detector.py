@@ -26,6 +26,21 @@ STRIDE = 8
 #: Box distances are exp(raw) · this many pixels (raw = 0 is a 16 px distance).
 DIST_UNIT = 16.0
 
+#: The keep threshold the file recommends (``meta()["score_threshold"]``): scores are calibrated
+#: so that 0.5 means "more likely a person than not".
+SCORE_THRESHOLD = 0.5
+
+#: NMS IoU of the file. The training frames never let a figure cover more than 40 % of another.
+IOU_THRESHOLD = 0.45
+
+#: What the file says about itself beyond the contract: it finds only the demo's stick figures,
+#: and it is this repository's own work (trained on frames this repository draws).
+META = {
+    "arch": "tiny-centernet",
+    "synthetic_only": True,
+    "license": "MIT (trained by this repository on its own synthetic frames)",
+}
+
 
 def conv(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
     pad = k // 2 if k % 2 else 0

@@ -16,6 +16,12 @@ Then check it on frames of a seed it never saw::
     target/release/hmr2 synth --count 200 --seed 3 --sizes $S --out /tmp/det/test
     .venv/bin/python -m models.train_detector --evaluate models/detector-tiny.pt --val /tmp/det/test
 
+When only the wrapper changes (post-processing, ``meta()``), the committed file gets it without
+training: its weights are put into the current wrapper and the result is checked to give the
+same boxes and scores on synthetic frames (:func:`rewrap`)::
+
+    .venv/bin/python -m models.train_detector --rewrap models/detector-tiny.pt --out models/detector-tiny.pt
+
 Frames are letterboxed with :func:`models.detector.letterbox` (as the worker does) and their
 boxes scaled by r; the letterboxed frames are cached beside the frames
 (``letterboxed-<size>.npy``). Augmentation: horizontal flips and colour changes of the picture
@@ -43,7 +49,7 @@ import torch
 from PIL import Image
 
 from .detector import PersonDetector, export, letterbox
-from .tiny_detector import INPUT_SIZE, TinyCore, loss
+from .tiny_detector import INPUT_SIZE, IOU_THRESHOLD, META, SCORE_THRESHOLD, TinyCore, loss
 
 NAME = "tiny-synthetic-person"
 
@@ -201,7 +207,9 @@ def calibrate(core: TinyCore, frames: Frames) -> Tuple[float, float]:
 
 
 def build_detector(core: TinyCore) -> PersonDetector:
-    return PersonDetector(core.eval(), INPUT_SIZE, NAME, max_det=20, iou_threshold=0.45, score_floor=0.05)
+    """The contract module around a trained core, as the committed file holds it."""
+    return PersonDetector(core.eval(), INPUT_SIZE, NAME, max_det=20, iou_threshold=IOU_THRESHOLD, score_floor=0.05,
+                          score_threshold=SCORE_THRESHOLD, meta_extra=META)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -265,19 +273,67 @@ def train(args: argparse.Namespace) -> None:
     )
 
 
+def core_from_file(path: Path) -> TinyCore:
+    """The trained :class:`TinyCore` inside an exported tiny detector file: the scripted module's
+    ``core.*`` parameters and buffers, loaded strictly into a fresh core."""
+    scripted = torch.jit.load(str(path), map_location="cpu")
+    state = {k[len("core."):]: v for k, v in scripted.state_dict().items() if k.startswith("core.")}
+    core = TinyCore()
+    core.load_state_dict(state, strict=True)
+    return core.eval()
+
+
+def check_frames(count: int = 24, seed: int = 7) -> torch.Tensor:
+    """Letterboxed synthetic frames (``models.figures``, the demo's figures on frames of six
+    shapes) as uint8 ``[count,S,S,3]``: what :func:`rewrap` compares the files on."""
+    from .figures import frame_seed, render_random
+
+    shapes = [(640, 360), (360, 640), (480, 480), (600, 200), (200, 600), (512, 384)]
+    images = []
+    for i in range(count):
+        w, h = shapes[i % len(shapes)]
+        images.append(letterbox(render_random(w, h, frame_seed(seed, i))[0], INPUT_SIZE)[0])
+    return torch.from_numpy(np.stack(images))
+
+
+def rewrap(src: Path, out: Path) -> None:
+    """Writes ``src``'s trained weights, without training, inside the current wrapper
+    (:func:`build_detector`: post-processing and ``meta()`` of this version) to ``out``, and
+    fails unless the new file's boxes and scores on :func:`check_frames` equal the old file's."""
+    old = torch.jit.load(str(src), map_location="cpu")
+    detector = build_detector(core_from_file(src))
+    tmp = out.with_name(out.name + ".tmp")
+    loaded = export(detector, tmp)
+    images = check_frames()
+    with torch.no_grad():
+        before, after = old(images), loaded(images)
+    same = all(torch.equal(before[k], after[k]) for k in ("boxes", "scores"))
+    if not same:
+        tmp.unlink()
+        diff = float((before["boxes"] - after["boxes"]).abs().max())
+        raise SystemExit(f"train_detector: {src} re-wrapped gives other boxes or scores on the check frames "
+                         f"(max |Δbox| {diff:.3g} px); {out} left as it was")
+    tmp.replace(out)
+    found = int((after["scores"] >= SCORE_THRESHOLD).sum())
+    log(f"wrote {out} with the weights of {src}: boxes and scores identical on {images.shape[0]} check frames "
+        f"({found} detections ≥ {SCORE_THRESHOLD}); meta {loaded.meta()}")
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m models.train_detector", description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=Path, help="training frames (hmr2 synth --out)")
     ap.add_argument("--val", type=Path, help="held-out frames (default: the last 200 of --frames)")
     ap.add_argument("--out", type=Path, default=Path("models/detector-tiny.pt"))
     ap.add_argument("--evaluate", type=Path, metavar="FILE", help="only evaluate this detector file on --val")
+    ap.add_argument("--rewrap", type=Path, metavar="FILE",
+                    help="no training: put FILE's weights in the current wrapper and write --out (same boxes checked)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    if args.evaluate is None and args.frames is None:
+    if args.evaluate is None and args.rewrap is None and args.frames is None:
         ap.error("--frames is needed to train")
     if args.evaluate is not None and args.val is None:
         ap.error("--evaluate needs --val")
@@ -287,6 +343,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.rewrap is not None:
+        rewrap(args.rewrap, args.out)
+        return
     if args.evaluate is not None:
         detector = torch.jit.load(str(args.evaluate))
         size = json.loads(detector.meta())["input_size"]

@@ -10,7 +10,10 @@
 #   5. runs `hmr2 bench` (end to end, model-only and raw-decode rates) on the same GPU, then again
 #      with frames sent without boxes and a yolo11m-size detector (DETECTOR=FILE, or exported with
 #      random weights in bf16 when ultralytics is installed) finding the people;
-#   6. writes $OUT/report.md (frames/s, batch sizes, allocated/reserved after every batch, NVML
+#   6. (run first: it needs only torch) times the detector's post-processing alone, the old
+#      per-image loop vs the batched one (benches/detector_post.py --device cuda,
+#      $OUT/detector-post.json);
+#   7. writes $OUT/report.md (frames/s, batch sizes, allocated/reserved after every batch, NVML
 #      used, OOMs, per-stage times) next to the raw files.
 # Environment: OUT (default gpu-out), HMR2_BIN (the worker, default .device/hmr2-worker or
 # target/release/hmr2-worker), HMR2_TOOL (the `hmr2` tool, default .device/hmr2 or
@@ -41,6 +44,18 @@ MODEL=${MODEL:-/tmp/hmr2-full-bf16.pt}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
+
+# The person detector's post-processing alone (clamp, score floor, NMS, padding; 1,000 candidates
+# per image), the old per-image loop against the batched one, side by side on the GPU
+# (benches/detector_post.py). Needs only torch; bounded; skipped without CUDA or with DETECTOR_POST=0.
+if [ "${DETECTOR_POST:-1}" != 0 ] && [ "${DEVICE#cuda}" != "$DEVICE" ] \
+  && $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  log "detector post-processing: per-image loop vs batched, batches 1, 8, 64"
+  timeout 300 $PY benches/detector_post.py --device "$DEVICE" --batches 1,8,64 --repeats 15 \
+    --json "$OUT/detector-post.json" 2>&1 | tee "$OUT/detector-post.txt" || log "detector post-processing bench failed"
+else
+  log "detector post-processing bench skipped (no CUDA device, or DETECTOR_POST=0)"
+fi
 
 if [ ! -f "$MODEL" ]; then
   log "exporting the full model (bf16, cuda) to $MODEL"

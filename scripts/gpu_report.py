@@ -144,6 +144,8 @@ def report(d: str) -> None:
         print()
     if (d / "bench.txt").exists():
         print("## bench\n\n```\n" + (d / "bench.txt").read_text().strip() + "\n```\n")
+    if (d / "detector-post.txt").exists():
+        print("## Detector post-processing\n\n" + (d / "detector-post.txt").read_text().strip() + "\n")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
-use crate::detector::{Detector, TorchDetector};
+use crate::detector::{self, Detector, TorchDetector};
 use crate::gpu;
 use crate::model::{self, Model, TorchModel};
 
@@ -55,6 +55,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let path = &config.detector.path;
     if path.as_os_str().is_empty() {
         println!("detector      none (jobs without boxes get one whole-frame person)");
+        println!(
+            "warning       without a detector, frames without boxes get a near-mean pose: set \
+             detector.path (env HMR2_DETECTOR__PATH) to a file of python -m models.export_detector"
+        );
     } else if !path.exists() {
         println!("detector      {} not found", path.display());
         anyhow::bail!(
@@ -74,6 +78,24 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             meta.input_size,
             model::device_label(device)
         );
+        let (threshold, source) = detector::score_threshold(&config.detector, &meta);
+        println!(
+            "thresholds    score >= {threshold} ({}), NMS IoU {}",
+            source.describe(),
+            meta.iou_threshold.map_or_else(
+                || "none (the file needs no NMS, or does not say)".to_string(),
+                |iou| format!("{iou} (applied inside the file)")
+            )
+        );
+        if let Some(license) = &meta.license {
+            println!("licence       {license}");
+        }
+        if meta.synthetic_only {
+            println!(
+                "warning       this detector finds only the demo's synthetic figures, not people in \
+                 real footage: export a real one (python -m models.export_detector, models/README.md)"
+            );
+        }
         let s = meta.input_size as usize;
         let found = d.detect(&vec![114u8; s * s * 3], 1)?;
         println!(

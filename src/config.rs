@@ -169,8 +169,10 @@ pub struct ModelConfig {
 pub struct DetectorConfig {
     /// TorchScript file of contract `person-detector/1`; empty = no detector (whole-frame box).
     pub path: PathBuf,
-    /// Detections scoring below this are dropped (0-1).
-    pub score_threshold: f32,
+    /// Detections scoring below this are dropped (0-1). Unset: the detector file's
+    /// recommendation (its `meta()`), else 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_threshold: Option<f32>,
     /// Detections narrower or shorter than this, in frame pixels, are dropped.
     pub min_box_px: f32,
     /// What a frame in which the detector finds nobody gets.
@@ -486,7 +488,7 @@ impl Config {
             return bad("model.path", "must name a TorchScript file");
         }
         let d = &self.detector;
-        if !(0.0..=1.0).contains(&d.score_threshold) {
+        if d.score_threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
             return bad("detector.score_threshold", "must be between 0 and 1");
         }
         if !(d.min_box_px >= 0.0 && d.min_box_px.is_finite()) {
@@ -699,6 +701,18 @@ mod tests {
             Ok(())
         });
         msg
+    }
+
+    #[test]
+    fn the_detector_threshold_is_unset_unless_a_layer_sets_it() {
+        assert_eq!(Config::defaults().detector.score_threshold, None);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HMR2_DETECTOR__SCORE_THRESHOLD", "0.3");
+            let c = Config::load(None, &Overrides::default(), true).unwrap();
+            assert_eq!(c.detector.score_threshold, Some(0.3));
+            Ok(())
+        });
+        assert!(invalid("[detector]\nscore_threshold = 1.5\n").contains("detector.score_threshold"));
     }
 
     #[test]

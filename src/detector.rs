@@ -22,6 +22,20 @@ pub struct DetectorMeta {
     pub input_size: u32,
     #[serde(default)]
     pub dtype: String,
+    /// The exporter's recommended `detector.score_threshold` for this file (0-1), used unless
+    /// the configuration sets one.
+    #[serde(default)]
+    pub score_threshold: Option<f32>,
+    /// The IoU of the non-maximum suppression inside the file (`null`: an NMS-free detector).
+    #[serde(default)]
+    pub iou_threshold: Option<f32>,
+    /// The file finds only the demo's synthetic figures (the tiny detector), not people in
+    /// real footage.
+    #[serde(default)]
+    pub synthetic_only: bool,
+    /// The licence of the file's weights, as the exporter states it.
+    #[serde(default)]
+    pub license: Option<String>,
     /// The raw JSON, for `check` and logs.
     #[serde(skip)]
     pub raw: String,
@@ -48,6 +62,14 @@ impl DetectorMeta {
                 meta.input_size
             )));
         }
+        for (key, value) in [
+            ("score_threshold", meta.score_threshold),
+            ("iou_threshold", meta.iou_threshold),
+        ] {
+            if let Some(v) = value.filter(|v| !(0.0..=1.0).contains(v)) {
+                return Err(bad(format!("meta() {key} {v} is not between 0 and 1")));
+            }
+        }
         meta.raw = raw.to_string();
         Ok(meta)
     }
@@ -55,6 +77,42 @@ impl DetectorMeta {
     /// `name S` for logs and `check`.
     pub fn label(&self) -> String {
         format!("{} {}px", self.name, self.input_size)
+    }
+}
+
+/// Where the score threshold a worker keeps detections at comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThresholdSource {
+    /// `detector.score_threshold` (file, environment or flag).
+    Config,
+    /// The detector file's `meta()` recommendation.
+    File,
+    /// Neither says: [`DEFAULT_SCORE_THRESHOLD`].
+    Default,
+}
+
+impl ThresholdSource {
+    /// How `check` and the start-up log name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ThresholdSource::Config => "detector.score_threshold",
+            ThresholdSource::File => "the file's recommendation",
+            ThresholdSource::Default => "the default: the file recommends none",
+        }
+    }
+}
+
+/// The score threshold when neither the configuration nor the file sets one (the 4D-Humans
+/// demo's, for ViTDet).
+pub const DEFAULT_SCORE_THRESHOLD: f32 = 0.5;
+
+/// The score threshold to keep `meta`'s detections at: `detector.score_threshold` when the
+/// configuration sets it, else the file's recommendation, else [`DEFAULT_SCORE_THRESHOLD`].
+pub fn score_threshold(cfg: &DetectorConfig, meta: &DetectorMeta) -> (f32, ThresholdSource) {
+    match (cfg.score_threshold, meta.score_threshold) {
+        (Some(t), _) => (t, ThresholdSource::Config),
+        (None, Some(t)) => (t, ThresholdSource::File),
+        (None, None) => (DEFAULT_SCORE_THRESHOLD, ThresholdSource::Default),
     }
 }
 
@@ -193,7 +251,8 @@ impl Detector for TorchDetector {
 }
 
 /// The people kept of one frame's detections: mapped back from the letterbox (`/ r`, clamped
-/// to the `width × height` frame), at least `score_threshold` and `min_box_px` on each side,
+/// to the `width × height` frame), at least `score_threshold` (resolved at start-up, see
+/// [`score_threshold`]; unset: [`DEFAULT_SCORE_THRESHOLD`]) and `min_box_px` on each side,
 /// highest score first, at most `max_boxes`. Each comes with its score. Also returns how many
 /// passed the thresholds before the cap (more than kept when the crowd was cut).
 pub fn select_people(
@@ -205,9 +264,10 @@ pub fn select_people(
     max_boxes: usize,
 ) -> (Vec<([f32; 4], f32)>, usize) {
     let (w, h) = (width as f32, height as f32);
+    let threshold = cfg.score_threshold.unwrap_or(DEFAULT_SCORE_THRESHOLD);
     let mut kept: Vec<([f32; 4], f32)> = dets
         .iter()
-        .filter(|d| d.score >= cfg.score_threshold && d.score.is_finite())
+        .filter(|d| d.score >= threshold && d.score.is_finite())
         .filter_map(|d| {
             let [x1, y1, x2, y2] = d.bbox.map(|v| v / r);
             if ![x1, y1, x2, y2].iter().all(|v| v.is_finite()) {
@@ -237,7 +297,7 @@ mod tests {
     fn cfg() -> DetectorConfig {
         DetectorConfig {
             path: "d.pt".into(),
-            score_threshold: 0.5,
+            score_threshold: Some(0.5),
             min_box_px: 10.0,
             on_empty: OnEmpty::None,
         }
@@ -264,6 +324,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("input_size 7"), "{e}");
+    }
+
+    #[test]
+    fn the_configured_threshold_wins_over_the_files_which_wins_over_the_default() {
+        let base = r#"{"contract":"person-detector/1","name":"yolo","input_size":640"#;
+        let recommends = DetectorMeta::parse(&format!(
+            r#"{base},"score_threshold":0.25,"iou_threshold":0.7,"license":"AGPL-3.0"}}"#
+        ))
+        .unwrap();
+        assert_eq!(recommends.iou_threshold, Some(0.7));
+        assert!(!recommends.synthetic_only);
+        let silent = DetectorMeta::parse(&format!("{base}}}")).unwrap();
+        let mut c = cfg();
+        assert_eq!(
+            score_threshold(&c, &recommends),
+            (0.5, ThresholdSource::Config)
+        );
+        c.score_threshold = None;
+        assert_eq!(
+            score_threshold(&c, &recommends),
+            (0.25, ThresholdSource::File)
+        );
+        assert_eq!(
+            score_threshold(&c, &silent),
+            (DEFAULT_SCORE_THRESHOLD, ThresholdSource::Default)
+        );
+        // An NMS-free file says so with null; a recommendation out of range is refused.
+        let nms_free = DetectorMeta::parse(&format!(
+            r#"{base},"iou_threshold":null,"synthetic_only":true}}"#
+        ))
+        .unwrap();
+        assert_eq!(nms_free.iou_threshold, None);
+        assert!(nms_free.synthetic_only);
+        let e = DetectorMeta::parse(&format!(r#"{base},"score_threshold":1.5}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("score_threshold 1.5"), "{e}");
     }
 
     #[test]

@@ -112,6 +112,10 @@ where
     } = started;
     let stops = &ctx.stops;
     let gauges = tokio::spawn(gauges::sample(ctx.clone(), loaded.gpu.clone()));
+    let whole_frames = tokio::spawn(decode::warn_whole_frames(
+        ctx.clone(),
+        Duration::from_secs(60),
+    ));
     // Videos: expiry everywhere; tracking here unless CPU-only pods do it (DESIGN §13).
     let config = Arc::new(ctx.config.clone());
     let sweeper = tokio::spawn(video::sweep_videos(
@@ -182,6 +186,7 @@ where
     }
     stops.background.cancel();
     let _ = gauges.await;
+    let _ = whole_frames.await;
     let _ = sweeper.await;
     let _ = renewer.await;
     fetch::retire(&ctx).await;

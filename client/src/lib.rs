@@ -147,6 +147,7 @@ pub const VERSION: i64 = 1;
 pub const MAX_ID_BYTES: usize = 256;
 
 pub mod error;
+pub mod files;
 pub mod job;
 pub mod keys;
 pub mod model;
@@ -158,6 +159,7 @@ pub mod schema;
 pub mod video;
 
 pub use error::{ErrorCode, InputError};
+pub use files::{image_files, images_in};
 pub use job::{Echo, Frame, Include, Job, JobLayout, Limits, Member, ParseError, Video};
 pub use keys::{routing_key, shard_of, Keys, Layout, VideoShard};
 pub use model::{DetectorMeta, Dim, ModelInfo, ModelInfoError, ModelMeta};

@@ -18,6 +18,7 @@ from conftest import (
     DEFAULT_TOML,
     DEPLOY,
     IMAGE_TOML,
+    K8S_TOML,
     PROM,
     ROOT,
     listen_port,
@@ -216,6 +217,13 @@ def test_dockerignore_keeps_local_outputs_out_of_the_context():
 def test_image_config_points_at_the_mounted_model_and_a_gpu():
     assert setting(IMAGE_TOML, "model", "path") == "/models/hmr2.pt"
     assert setting(IMAGE_TOML, "model", "device").startswith("cuda")
+
+
+@pytest.mark.parametrize("toml", [K8S_TOML, IMAGE_TOML], ids=["k8s", "image"])
+def test_shipped_configs_run_a_person_detector_from_the_model_volume(toml):
+    """Frames from the upload pipeline carry no boxes: without a detector every one would get a
+    whole-frame crop (a near-mean pose). Both shipped configs read it from the mounted volume."""
+    assert setting(toml, "detector", "path") == "/models/detector.pt"
 
 
 def test_healthcheck_script_is_valid_bash():

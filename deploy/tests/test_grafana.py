@@ -229,3 +229,16 @@ def test_dashboard_and_alert_metrics_are_the_workers_own():
     dash = json.loads(DASHBOARD.read_text())
     used = {s for _, e in dashboard_exprs(dash) for s in re.findall(r'stage="([a-z_]+)"', e)}
     assert used - stages == set(), f"stages the worker does not label: {sorted(used - stages)}"
+
+
+def test_whole_frame_answers_are_on_the_dashboard_at_the_alerts_threshold(dash):
+    """A fleet answering frames with whole-frame crops (no detector) shows it at a glance, in
+    the same terms as HMR2WholeFrameAnswers: the share of frames whose box source is "frame"."""
+    panel = next(p for p in all_panels(dash) if p["title"] == "Whole-frame answers")
+    expr = panel["targets"][0]["expr"]
+    assert 'hmr2_people_per_frame_count{source="frame"' in expr and "/ sum(rate(hmr2_people_per_frame_count{" in expr
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    red = max(s["value"] or 0 for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"])
+    rules = (ROOT / "deploy/prometheus/rules/hmr2-worker.rules.yml").read_text()
+    alert = rules.split("- alert: HMR2WholeFrameAnswers", 1)[1].split("- alert:", 1)[0]
+    assert f"> {red}" in alert, "the panel turns red where the alert fires"

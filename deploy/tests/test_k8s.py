@@ -161,6 +161,7 @@ def test_worker_accepts_the_config_files(toml):
     out = subprocess.run([str(binary), "--config", str(toml), "config"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "/models/hmr2.pt" in out.stdout
+    assert "/models/detector.pt" in out.stdout
 
 
 # --- the Deployment ---------------------------------------------------------------------------

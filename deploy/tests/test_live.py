@@ -126,6 +126,8 @@ class Stack:
         env.pop("RUST_LOG", None)
         env["HMR2_REDIS__URL"] = f"redis://:{self.password}@127.0.0.1:{self.redis_port}/0"
         env["HMR2_QUEUE__GAUGE_INTERVAL_MS"] = "500"
+        # The mounted config reads the detector from the model volume; here, the tiny one.
+        env["HMR2_DETECTOR__PATH"] = str(ROOT / "models" / "detector-tiny.pt")
         self.worker = self.spawn(
             [str(self.binary), "run", "--config", str(K8S_TOML), "--model", str(MODEL), "--device", "cpu",
              "--prefix", self.prefix, "--listen", f"127.0.0.1:{self.worker_port}", "--log-format", "text"],

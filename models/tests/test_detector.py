@@ -51,7 +51,7 @@ def test_letterbox_is_bilinear_resize():
 
 
 def nms_reference(boxes, scores, thr):
-    """Greedy NMS the obvious way (what torchvision.ops.nms does)."""
+    """Greedy NMS the obvious way: by score, ties in index order (as torchvision.ops.nms)."""
     def iou(a, b):
         iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
         ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -160,3 +160,24 @@ def test_committed_tiny_detector_loads_and_runs():
     assert (out["scores"] < 0.5).all()
     names = {n.kind() for n in det.inlined_graph.nodes()}
     assert not any(k.startswith("torchvision::") for k in names)
+
+
+@pytest.mark.skipif(not TINY.is_file(), reason="models/detector-tiny.pt not trained yet")
+def test_committed_tiny_detector_is_the_current_wrapper():
+    """The committed file's weights in today's wrapper give the file's own boxes and scores and
+    meta(): the file was re-exported after the last change to the post-processing or meta()
+    (`python -m models.train_detector --rewrap models/detector-tiny.pt`)."""
+    from models.train_detector import build_detector, check_frames, core_from_file
+
+    det = torch.jit.load(str(TINY))
+    meta = json.loads(det.meta())
+    assert meta["synthetic_only"] is True
+    assert meta["license"].startswith("MIT")
+    assert (meta["score_threshold"], meta["iou_threshold"]) == (0.5, 0.45)
+    fresh = build_detector(core_from_file(TINY))
+    assert json.loads(fresh.meta()) == meta
+    images = check_frames(count=8)
+    with torch.no_grad():
+        a, b = det(images), fresh(images)
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    assert int((a["scores"] >= 0.5).sum()) >= 5, "the check frames show figures the detector finds"

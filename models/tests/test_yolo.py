@@ -175,6 +175,9 @@ print(json.dumps({"meta": json.loads(m.meta()),
     assert meta["contract"] == "person-detector/1"
     assert meta["input_size"] == SIZE
     assert meta["name"] == "yolo11n"
+    # Ultralytics' own predict defaults travel with the file; the licence of its weights too.
+    assert (meta["score_threshold"], meta["iou_threshold"]) == (0.25, 0.7)
+    assert meta["license"].startswith("AGPL-3.0")
     assert got["shapes"] == {"boxes": [3, 50, 4], "scores": [3, 50]}
     assert got["dtypes"] == {"boxes": "torch.float32", "scores": "torch.float32"}
     assert got["sorted"] and got["padding_zero"]
@@ -234,3 +237,10 @@ def test_refuses_other_heads_and_sizes():
         YoloCore(m, 300)
     with pytest.raises(SystemExit):
         export_detector.parse_args(["--arch", "yolo", "--weights", "/nonexistent/yolo11m.pt", "--out", "x.pt"])
+    base = ["--arch", "yolo", "--config", "yolo11n.yaml", "--out", "x.pt"]
+    args = export_detector.parse_args(base + ["--score-threshold", "0.4", "--iou", "0.5"])
+    assert (args.score_threshold, args.iou) == (0.4, 0.5)
+    with pytest.raises(SystemExit):  # below the score floor: no box that low ever leaves the file
+        export_detector.parse_args(base + ["--score-threshold", "0.01"])
+    with pytest.raises(SystemExit):
+        export_detector.parse_args(base + ["--iou", "0"])

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::decode::WholeFrames;
 use super::delivery::{Delivery, PixelBudget};
 use super::prepare::Prepared;
 use super::result::Origin;
@@ -25,6 +26,9 @@ pub(crate) struct Ctx {
     pub(crate) jobs: TaskTracker,
     /// The detector's input side, when a detector is loaded.
     pub(crate) detector_input: Option<u32>,
+    /// Jobs without boxes answered with a whole-frame person because no detector is loaded,
+    /// reported once a minute (see `decode::warn_whole_frames`).
+    pub(crate) whole_frames: WholeFrames,
     /// Decoded pixels in flight (`limits.max_decoded_bytes_in_flight`): charged by the
     /// decoders, waited for by the fetcher.
     pub(crate) pixels: PixelBudget,

@@ -21,7 +21,7 @@ use super::model_info;
 use super::result::Origin;
 use super::retry::Backoff;
 use crate::config::{worker_id, Config};
-use crate::detector::Detector;
+use crate::detector::{self, Detector, DetectorMeta};
 use crate::error::{ConfigError, ModelError, QueueError};
 use crate::health::{Health, Input};
 use crate::http;
@@ -122,6 +122,8 @@ where
     };
     export_start_metrics(&loaded);
     health.set(Input::Warm, Ok(()));
+    let mut config = config;
+    let threshold = announce_detector(&mut config, loaded.detector.as_ref());
 
     let origin = Origin {
         worker: worker_id(),
@@ -137,6 +139,7 @@ where
         device = %origin.device,
         model = %origin.model,
         detector = %loaded.detector.as_ref().map_or_else(|| "none".into(), |d| d.label()),
+        score_threshold = threshold,
         max_batch = config.queue.max_batch,
         "worker started"
     );
@@ -152,6 +155,7 @@ where
         stops,
         jobs: TaskTracker::new(),
         detector_input: loaded.detector.as_ref().map(|d| d.input_size),
+        whole_frames: Default::default(),
         pixels,
     });
     if !create_groups(&ctx, shutdown).await {
@@ -296,6 +300,39 @@ fn percent_decoded(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resolves `detector.score_threshold` (the configuration's, else the file's recommendation,
+/// else the default) into `config`, and warns when jobs without boxes will not be answered with
+/// real people: no detector (whole-frame crops give near-mean poses) or one that finds only the
+/// demo's synthetic figures. Returns the threshold in use, if a detector is loaded.
+fn announce_detector(config: &mut Config, detector: Option<&DetectorMeta>) -> Option<f32> {
+    let Some(meta) = detector else {
+        tracing::warn!(
+            "no person detector (detector.path, env HMR2_DETECTOR__PATH, is empty): every job \
+             without boxes is answered with one whole-frame person, a near-mean pose on real \
+             footage; export one with `python -m models.export_detector` (docs/operations.md)"
+        );
+        return None;
+    };
+    let (threshold, source) = detector::score_threshold(&config.detector, meta);
+    config.detector.score_threshold = Some(threshold);
+    tracing::info!(
+        detector = %meta.label(),
+        score_threshold = threshold,
+        from = source.describe(),
+        nms_iou = ?meta.iou_threshold,
+        "person detector loaded"
+    );
+    if meta.synthetic_only {
+        tracing::warn!(
+            detector = %meta.label(),
+            "the person detector finds only the demo's synthetic figures, not people in real \
+             footage (its meta() says synthetic_only): export a real one with `python -m \
+             models.export_detector --arch rtdetr` (models/README.md)"
+        );
+    }
+    Some(threshold)
 }
 
 /// Build information, and every counter at zero, so `rate()` and alerts see a zero, not a gap.

@@ -63,24 +63,26 @@ async fn the_worker_binary_refuses_a_broken_detector_file() {
     assert!(log.contains("person-detector/0"), "{log}");
 }
 
+/// `hmr2-worker check` with these variables: its exit status and what it printed.
+fn check(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hmr2-worker"))
+        .arg("check")
+        .env("HMR2_MODEL__DEVICE", "cpu")
+        .envs(env.iter().copied())
+        .output()
+        .expect("hmr2-worker runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
 /// `hmr2-worker check` fails (non-zero) on a missing model or a missing configured detector,
 /// naming the file and the setting; with both present it passes.
 #[test]
 fn check_fails_on_a_missing_model_or_detector_and_names_the_setting() {
-    let check = |env: &[(&str, &str)]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hmr2-worker"))
-            .arg("check")
-            .env("HMR2_MODEL__DEVICE", "cpu")
-            .envs(env.iter().copied())
-            .output()
-            .expect("hmr2-worker runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status, text)
-    };
     let model = artifact("hmr2-tiny.pt");
     let model = model.to_str().unwrap();
     let (status, text) = check(&[("HMR2_MODEL__PATH", "/nonexistent/hmr2.pt")]);
@@ -101,6 +103,87 @@ fn check_fails_on_a_missing_model_or_detector_and_names_the_setting() {
     let (status, text) = check(&[("HMR2_MODEL__PATH", model)]);
     assert!(status.success(), "the tiny model passes check: {text}");
     assert!(text.contains("forward       ok"), "{text}");
+}
+
+/// `check` says which score threshold the worker keeps boxes at and where it comes from (the
+/// file's recommendation unless the configuration sets one), and warns about a detector that
+/// finds only the demo's figures, or about having none.
+#[test]
+fn check_prints_the_threshold_in_use_and_warns_about_toy_or_missing_detectors() {
+    let model = artifact("hmr2-tiny.pt");
+    let model = model.to_str().unwrap();
+    let tiny = tiny_detector();
+    let tiny = tiny.to_str().unwrap();
+    let (status, text) = check(&[("HMR2_MODEL__PATH", model), ("HMR2_DETECTOR__PATH", tiny)]);
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("score >= 0.5 (the file's recommendation)"),
+        "{text}"
+    );
+    assert!(text.contains("NMS IoU 0.45"), "{text}");
+    assert!(text.contains("only the demo's synthetic figures"), "{text}");
+    let (status, text) = check(&[
+        ("HMR2_MODEL__PATH", model),
+        ("HMR2_DETECTOR__PATH", tiny),
+        ("HMR2_DETECTOR__SCORE_THRESHOLD", "0.3"),
+    ]);
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("score >= 0.3 (detector.score_threshold)"),
+        "{text}"
+    );
+    let (status, text) = check(&[("HMR2_MODEL__PATH", model)]);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("without a detector"), "{text}");
+}
+
+/// `text` without its ANSI colour sequences (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The worker's start-up log: a warning without a detector (every job without boxes becomes a
+/// whole-frame crop), and one for the tiny detector, beside the threshold it keeps boxes at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_warns_at_start_up_without_a_real_detector() {
+    let redis = shared_redis();
+    let tiny = tiny_detector();
+    for (detector, says) in [
+        ("", "no person detector"),
+        (tiny.to_str().unwrap(), "finds only the demo's synthetic figures"),
+    ] {
+        let p = prefix("detwarn");
+        let c = config(&redis.url(), &p);
+        let mut child = spawn_worker_process_with(&c, &[("HMR2_DETECTOR__PATH", detector)]);
+        let path = std::env::temp_dir().join(format!("{p}.log"));
+        let mut log = String::new();
+        for _ in 0..1200 {
+            log = plain(&std::fs::read_to_string(&path).unwrap_or_default());
+            if log.contains("worker started") || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(log.contains("worker started"), "{log}");
+        assert!(log.contains("WARN") && log.contains(says), "{detector:?}: {log}");
+        if !detector.is_empty() {
+            assert!(log.contains("score_threshold=0.5"), "{log}");
+        }
+        let _ = child.kill();
+    }
 }
 
 /// A model or detector file libtorch cannot read stops `run` with an error naming the file, its

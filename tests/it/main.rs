@@ -10,6 +10,7 @@ mod hardening;
 mod lifecycle;
 mod memory;
 mod observability;
+mod readme;
 mod seam;
 mod security;
 mod shards;

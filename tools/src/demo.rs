@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use hmr2_client::{Frame, Job, JobResult, Status, TrackInfo};
 use hmr2_worker::config::Config;
+use hmr2_worker::detector::{Detector as _, TorchDetector};
 
 use crate::bench::measure::{self, Percentiles, Scrape};
 use crate::bench::report::BatchSizes;
@@ -137,6 +138,25 @@ fn prepare(config: &mut Config) -> bool {
     }
     config.shutdown.grace_seconds = config.shutdown.grace_seconds.min(3);
     !config.detector.path.as_os_str().is_empty()
+}
+
+/// What to tell a user whose own images run through a detector that finds only the demo's
+/// synthetic figures (its `meta()` says `synthetic_only`, as the tiny one's does): on a
+/// photograph it finds nobody, or "people" in anything. None for any other detector, or none.
+pub fn synthetic_detector_warning(config: &Config) -> Option<String> {
+    let path = &config.detector.path;
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    let detector = TorchDetector::load(path, tch::Device::Cpu).ok()?;
+    detector.meta().synthetic_only.then(|| {
+        format!(
+            "{} finds only the demo's synthetic figures, not people in photographs or video: \
+             export a real detector (python -m models.export_detector --arch rtdetr, see \
+             models/README.md) and run with HMR2_DETECTOR__PATH=FILE",
+            path.display()
+        )
+    })
 }
 
 /// Opens the session (a throwaway redis-server unless `redis_url`), starts watching for
@@ -350,6 +370,10 @@ async fn run_images(mut config: Config, o: DemoOptions) -> anyhow::Result<Report
     let n = inputs.len();
     let overlays = o.overlays.unwrap_or(4);
     prepare(&mut config);
+    let warning = synthetic_detector_warning(&config);
+    if let Some(w) = &warning {
+        spinner.suspend(|| eprintln!("warning: {w}"));
+    }
     let (mut session, stop) = start(config, o.redis_url.as_deref(), &spinner).await?;
     spinner.finish_and_clear();
 
@@ -363,6 +387,9 @@ async fn run_images(mut config: Config, o: DemoOptions) -> anyhow::Result<Report
     let written = write_overlays(&o.out, &inputs, &a.kept)?;
     let device = device_label(&scrape, label);
     let mut t = summary(&format!("hmr2 demo: {device}, {redis}"), n, &a, &scrape);
+    if let Some(w) = warning {
+        row(&mut t, "warning", w);
+    }
     if !written.is_empty() {
         row(
             &mut t,
@@ -437,4 +464,29 @@ fn write_overlays(
         written.push(path);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_detector(file: &str) -> Config {
+        let mut config = Config::defaults();
+        config.detector.path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+        config
+    }
+
+    #[test]
+    fn own_images_through_the_tiny_detector_come_with_a_warning() {
+        let w = synthetic_detector_warning(&with_detector(TINY_DETECTOR))
+            .expect("the tiny detector is marked synthetic_only");
+        assert!(w.contains("synthetic figures"), "{w}");
+        assert!(w.contains("models.export_detector"), "{w}");
+        // A detector that does not say so (this one meets the contract's meta()), or none:
+        // no warning.
+        let other = with_detector("models/artifacts/detector-half_scores.pt");
+        assert!(other.detector.path.exists(), "scripts/setup makes it");
+        assert_eq!(synthetic_detector_warning(&other), None);
+        assert_eq!(synthetic_detector_warning(&Config::defaults()), None);
+    }
 }

@@ -2,7 +2,7 @@
 //! does. The jobs are built and added through the wire contract crate (`hmr2-client`); this
 //! module only finds the files, reads the boxes and drives the progress bar.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use hmr2_client::{producer, Frame, Job};
@@ -191,38 +191,7 @@ async fn send(config: &Config, frames: Vec<Frame>, raw: bool) -> anyhow::Result<
     Ok(())
 }
 
-/// The image files named by `paths` (files, or folders scanned for .jpg/.jpeg/.png), sorted.
-pub fn image_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_image(p))
-                .collect();
-            found.sort();
-            out.extend(found);
-        } else if p.is_file() {
-            out.push(p.clone());
-        } else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} does not exist", p.display()),
-            ));
-        }
-    }
-    Ok(out)
-}
-
-fn is_image(p: &Path) -> bool {
-    matches!(
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-        Some("jpg" | "jpeg" | "png")
-    )
-}
+pub use hmr2_client::image_files;
 
 #[cfg(test)]
 mod tests {

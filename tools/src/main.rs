@@ -202,8 +202,13 @@ fn main() -> ExitCode {
         Command::Demo(_) | Command::Bench(_) | Command::BenchCluster(_)
     ) && std::env::var_os("HMR2_LOG__LEVEL").is_none()
     {
-        // The worker's start-up lines would break the progress output; warnings still show.
-        flags.set("log.level", Some("warn"));
+        // The worker's start-up lines would break the progress output; warnings still show,
+        // except the worker's about its detector: these runs pick theirs on purpose (the demo
+        // says so itself when the tiny detector meets a user's own images).
+        flags.set(
+            "log.level",
+            Some("warn,hmr2_worker::worker::start=error,hmr2_worker::worker::decode=error"),
+        );
     }
     let config = match Config::load(g.config.as_deref(), &flags, true) {
         Ok(c) => c,
