@@ -86,7 +86,11 @@ class RedisServer:
         if cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"]
         self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_until(f"redis-server on port {self.port}", self._ping, timeout=20)
+        try:
+            wait_until(f"redis-server on port {self.port}", self._ping, timeout=20)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -124,8 +128,10 @@ def redis_node(workdir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_cluster(workdir: Path) -> Iterator[List[str]]:
     """The URLs of a throwaway Redis Cluster: 3 masters, no replicas."""
-    servers = [RedisServer(workdir, cluster=True) for _ in range(3)]
+    servers: List[RedisServer] = []
     try:
+        for _ in range(3):
+            servers.append(RedisServer(workdir, cluster=True))
         create = ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers]]
         create += ["--cluster-replicas", "0", "--cluster-yes"]
         done = subprocess.run(create, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -266,7 +272,11 @@ class Worker:
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("wb"),
         )
-        wait_until("the worker's /readyz", self._ready, timeout=120, every=0.25)
+        try:
+            wait_until("the worker's /readyz", self._ready, timeout=120, every=0.25)
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -300,7 +310,11 @@ class Worker:
 def worker(workdir: Path) -> Iterator[Worker]:
     """A worker on a throwaway redis-server of its own."""
     server = RedisServer(workdir)
-    w = Worker([server.url], unique("e2e"), workdir)
-    yield w
-    w.stop()
-    server.stop()
+    try:
+        w = Worker([server.url], unique("e2e"), workdir)
+        try:
+            yield w
+        finally:
+            w.stop()
+    finally:
+        server.stop()
