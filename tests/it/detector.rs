@@ -163,7 +163,10 @@ async fn a_worker_warns_at_start_up_without_a_real_detector() {
     let tiny = tiny_detector();
     for (detector, says) in [
         ("", "no person detector"),
-        (tiny.to_str().unwrap(), "finds only the demo's synthetic figures"),
+        (
+            tiny.to_str().unwrap(),
+            "finds only the demo's synthetic figures",
+        ),
     ] {
         let p = prefix("detwarn");
         let c = config(&redis.url(), &p);
@@ -178,7 +181,10 @@ async fn a_worker_warns_at_start_up_without_a_real_detector() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(log.contains("worker started"), "{log}");
-        assert!(log.contains("WARN") && log.contains(says), "{detector:?}: {log}");
+        assert!(
+            log.contains("WARN") && log.contains(says),
+            "{detector:?}: {log}"
+        );
         if !detector.is_empty() {
             assert!(log.contains("score_threshold=0.5"), "{log}");
         }

@@ -20,7 +20,10 @@ fn readme_block(name: &str) -> String {
         .unwrap_or_else(|| panic!("README.md has no {marker:?}"))
         .1;
     let body = after.split_once('\n').expect("a fence after the marker").1;
-    body.split_once("```\n").expect("a closing fence").0.to_string()
+    body.split_once("```\n")
+        .expect("a closing fence")
+        .0
+        .to_string()
 }
 
 /// `target/<profile>/examples/<name>`, next to this test binary's `deps/`.
@@ -40,7 +43,10 @@ fn example(name: &str) -> PathBuf {
 fn the_readmes_rust_block_is_the_example_that_runs() {
     let example = std::fs::read_to_string(repo().join("client/examples/track_video.rs")).unwrap();
     assert_eq!(readme_block("rust-readme"), example);
-    assert!(example.lines().count() < 20, "README examples stay under 20 lines");
+    assert!(
+        example.lines().count() < 20,
+        "README examples stay under 20 lines"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +78,10 @@ async fn the_readmes_rust_producer_tracks_a_folder_of_frames() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The clip's figures, tracked: one line per track, numbered from 1.
-    assert!(stdout.contains("TrackInfo { track_id: 1, first_frame: 0"), "{stdout}");
+    assert!(
+        stdout.contains("TrackInfo { track_id: 1, first_frame: 0"),
+        "{stdout}"
+    );
     assert!(stdout.lines().count() >= 2, "{stdout}");
     worker.stop().await;
 }
