@@ -34,6 +34,8 @@ lint: setup
 test: setup lint test-python test-rust test-clients test-reliability test-deploy
 
 test-rust: setup
+	@# The README's Rust producer (tests/it/readme.rs runs it against a worker).
+	$(CARGO) build -p hmr2-client --features redis --example track_video
 	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=$${TEST_THREADS:-2}
 	$(CARGO) test -p hmr2-worker --bench codec --bench pipeline
 
