@@ -23,6 +23,8 @@ const CHUNK = 64;
 const PAGE = 500;
 /** The longest one blocking read waits before the deadline and the abort signal are looked at. */
 const BLOCK_SLICE_MS = 1000;
+/** How many job ids `results()` remembers to drop duplicates: a follower's memory stays bounded. */
+const DEDUPE_WINDOW = 100_000;
 /** Default for {@link WaitOptions.timeoutMs}. */
 const DEFAULT_WAIT_MS = 600_000;
 
@@ -627,6 +629,10 @@ export class Client {
               const key = e.result.job_id !== null ? `j:${e.result.job_id}` : `e:${e.result.entry_id}`;
               if (seen.has(key)) continue;
               seen.add(key);
+              if (seen.size > DEDUPE_WINDOW) {
+                // A Set iterates in insertion order: forget the oldest id.
+                seen.delete(seen.values().next().value as string);
+              }
             }
           }
           yield e;
