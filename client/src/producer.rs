@@ -59,6 +59,7 @@ use thiserror::Error;
 
 use crate::job::{Frame, Job, Video};
 use crate::keys::{Keys, Layout, VideoShard};
+use crate::model::ModelInfo;
 use crate::result::JobResult;
 use crate::video::{VideoDone, VideoFrame};
 use crate::MAX_ID_BYTES;
@@ -572,4 +573,28 @@ pub async fn wait_video<C: ConnectionLike>(
             }
         }
     }
+}
+
+/// What the workers of the queue published about their model in `keys.model`
+/// (`{prefix}:model`: the model's `meta()`, the detector's, the mesh faces, keypoint names, ...),
+/// or `None` while no worker has started on it. A hash that is there but unreadable (a field
+/// that is not its JSON, no `meta`) is an `Err` of kind [`ErrorKind::Parse`] naming the field.
+pub async fn model_info<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+) -> RedisResult<Option<ModelInfo>> {
+    let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(&keys.model)
+        .query_async(conn)
+        .await?;
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    ModelInfo::from_hash(fields).map(Some).map_err(|e| {
+        RedisError::from((
+            ErrorKind::Parse,
+            "unreadable model hash",
+            format!("{}: {e}", keys.model),
+        ))
+    })
 }

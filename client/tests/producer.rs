@@ -898,3 +898,57 @@ async fn wait_video_gives_up_cleanly_when_the_video_is_not_done() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn the_model_hash_reads_as_the_workers_wrote_it_and_is_none_before_any_worker() {
+    let server = Server::start();
+    let mut conn = server.connect().await;
+    let keys = Keys::new("hmr2");
+    assert_eq!(producer::model_info(&mut conn, &keys).await.unwrap(), None);
+    let vectors: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/wire_vectors.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for v in vectors["model"].as_array().unwrap() {
+        let fields: Vec<(String, String)> = v["hash"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, text)| (k.clone(), text.as_str().unwrap().to_string()))
+            .collect();
+        let _: () = redis::cmd("DEL")
+            .arg(&keys.model)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(&keys.model)
+            .arg(&fields)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let info = producer::model_info(&mut conn, &keys)
+            .await
+            .unwrap()
+            .expect("a model hash");
+        assert_eq!(
+            serde_json::to_value(&info).unwrap(),
+            v["model"],
+            "{}",
+            v["name"]
+        );
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.model)
+        .arg("faces")
+        .arg("not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = producer::model_info(&mut conn, &keys).await.unwrap_err();
+    assert!(e.to_string().contains("faces"), "{e}");
+}
