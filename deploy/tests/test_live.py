@@ -167,13 +167,17 @@ class Stack:
             return False
 
     def enqueue_jobs(self):
-        """Three frames and one invalid job, so histograms and outcomes have samples."""
+        """Three frames with a box, one invalid job and a video, so histograms and outcomes have
+        samples."""
         from PIL import Image
 
         buf = io.BytesIO()
         Image.new("RGB", (320, 240), (90, 120, 150)).save(buf, format="PNG")
         image = base64.b64encode(buf.getvalue()).decode()
-        jobs = [{"v": 1, "job_id": f"live-{i}", "frame_number": i, "image_base64": image} for i in range(3)]
+        # A flat frame: the detector finds nobody in it, so these three carry a box (HMR2 runs on
+        # it and its metrics get samples); the video's frames below go through the detector.
+        jobs = [{"v": 1, "job_id": f"live-{i}", "frame_number": i, "image_base64": image,
+                 "boxes": [[40, 30, 200, 220]]} for i in range(3)]
         jobs.append({"v": 1, "job_id": "live-bad", "image_base64": "***not base64***"})
         if self.videos:
             jobs += [
