@@ -219,17 +219,12 @@ def randomize(model: nn.Module, seed: int = 0, size: int = 256) -> None:
     Random weights have no margins: on letterboxed drawings a bf16 copy keeps a median IoU of
     ~0.9 with the float32 boxes, with tails where a query is selected by one and not the other
     (models/README.md). Seeded: the same seed gives the same weights."""
-    from .yolo import calibration_images
+    from .yolo import calibration_images, zero_sum_kaiming_
 
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if type(m) is nn.Conv2d:
-            fan_in = m.weight[0].numel()
-            w = torch.randn(m.weight.shape, generator=gen)
-            if fan_in > 1:  # zero-sum filters: a channel's offset does not leak into the next layer
-                w = w - w.mean((1, 2, 3), keepdim=True)
-            with torch.no_grad():
-                m.weight.copy_(w * (2.0 / fan_in) ** 0.5)
+            zero_sum_kaiming_(m, gen)
     model.eval()
     images = calibration_images(gen, 4, size)
 

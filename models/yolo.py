@@ -123,12 +123,7 @@ def randomize(model: nn.Module, seed: int = 0, size: int = 256) -> None:
     dfl = getattr(model.model[-1], "dfl", None)
     for m in model.modules():
         if type(m) is nn.Conv2d and m is not getattr(dfl, "conv", None):
-            fan_in = m.weight[0].numel()
-            w = torch.randn(m.weight.shape, generator=gen)
-            if fan_in > 1:  # zero-sum filters: a channel's offset does not leak into the next layer
-                w = w - w.mean((1, 2, 3), keepdim=True)
-            with torch.no_grad():
-                m.weight.copy_(w * (2.0 / fan_in) ** 0.5)
+            zero_sum_kaiming_(m, gen)
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
             with torch.no_grad():
@@ -149,6 +144,17 @@ def randomize(model: nn.Module, seed: int = 0, size: int = 256) -> None:
             hook.remove()
         for conv, std in outputs.items():
             conv.weight.mul_(LOGIT_STD / std)
+
+
+def zero_sum_kaiming_(conv: nn.Conv2d, gen: torch.Generator) -> None:
+    """Kaiming-normal weights for ``conv`` (drawn from ``gen``), each filter shifted to sum to zero
+    so that a channel's offset does not leak into the next layer."""
+    fan_in = conv.weight[0].numel()
+    w = torch.randn(conv.weight.shape, generator=gen)
+    if fan_in > 1:
+        w = w - w.mean((1, 2, 3), keepdim=True)
+    with torch.no_grad():
+        conv.weight.copy_(w * (2.0 / fan_in) ** 0.5)
 
 
 def calibration_images(gen: torch.Generator, n: int, size: int) -> torch.Tensor:
